@@ -5,8 +5,14 @@
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/DialectImplementation.h"
+#include "mlir/IR/OpImplementation.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/TypeSwitch.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 using namespace mlir;
 using namespace ds;
@@ -17,7 +23,23 @@ using namespace ds;
 #define GET_ATTRDEF_CLASSES
 #include "ds/Dialect/DS/IR/DSAttrs.cpp.inc"
 
+namespace {
+/// Prints repeated configurations once, as `#mla = #ds.mla<...>` aliases.
+struct DSOpAsmInterface : public OpAsmDialectInterface {
+  using OpAsmDialectInterface::OpAsmDialectInterface;
+  AliasResult getAlias(Attribute attr, raw_ostream &os) const override {
+    return llvm::TypeSwitch<Attribute, AliasResult>(attr)
+        .Case([&](MLAConfigAttr) { os << "mla"; return AliasResult::OverridableAlias; })
+        .Case([&](MoEConfigAttr) { os << "moe"; return AliasResult::OverridableAlias; })
+        .Case([&](RoPEConfigAttr) { os << "rope"; return AliasResult::OverridableAlias; })
+        .Case([&](YaRNAttr) { os << "yarn"; return AliasResult::OverridableAlias; })
+        .Default([](Attribute) { return AliasResult::NoAlias; });
+  }
+};
+} // namespace
+
 void DSDialect::initialize() {
+  addInterfaces<DSOpAsmInterface>();
   addOperations<
 #define GET_OP_LIST
 #include "ds/Dialect/DS/IR/DSOps.cpp.inc"
@@ -26,6 +48,28 @@ void DSDialect::initialize() {
 #define GET_ATTRDEF_LIST
 #include "ds/Dialect/DS/IR/DSAttrs.cpp.inc"
       >();
+}
+
+void ds::printFloatParameter(AsmPrinter &printer, const APFloat &value) {
+  // Shortest %g form that reads back to the same double, with a '.' in the
+  // mantissa so MLIR lexes it as a float (10000.0, 2.5, 0.707, 1.0e-06).
+  double v = value.convertToDouble();
+  char buf[40];
+  // Start at the integer digit count so that 10000 prints as 10000.0, not 1e+04.
+  int digits = std::fabs(v) >= 1.0 && std::isfinite(v)
+                   ? static_cast<int>(std::log10(std::fabs(v))) + 1
+                   : 1;
+  for (int precision = std::min(digits, 17); precision <= 17; ++precision) {
+    std::snprintf(buf, sizeof(buf), "%.*g", precision, v);
+    if (std::strtod(buf, nullptr) == v)
+      break;
+  }
+  std::string str(buf);
+  size_t exp = str.find('e');
+  std::string mantissa = str.substr(0, exp);
+  if (mantissa.find('.') == std::string::npos && std::isfinite(v))
+    str.insert(exp == std::string::npos ? str.size() : exp, ".0");
+  printer << str;
 }
 
 //===----------------------------------------------------------------------===//
@@ -150,7 +194,9 @@ static LogicalResult verifyQuantizedWeights(ModuleOp module,
     weights[w.getSymName()] = w;
   for (auto w : module.getOps<WeightOp>()) {
     RankedTensorType type = w.getTensorType();
-    if (!isa<Float8E4M3FNType>(type.getElementType()))
+    // Malformed FP8 weights (not 2-D '*.weight') are the weight verifier's.
+    if (!isa<Float8E4M3FNType>(type.getElementType()) || type.getRank() != 2 ||
+        !w.getSymName().ends_with(".weight"))
       continue;
     std::string scaleName = (w.getSymName() + kScaleSuffix).str();
     auto it = weights.find(scaleName);

@@ -42,7 +42,7 @@ class DS_FloatParameter<string desc> : APFloatParameter<desc> {
       return ::mlir::failure();
     return ::llvm::APFloat(value);
   }() }];
-  let printer = [{ $_printer.printFloat($_self) }];
+  let printer = [{ ::ds::printFloatParameter($_printer, $_self) }];
 }
 
 class DS_Attr<string name, string attrMnemonic, list<Trait> traits = []>
