@@ -1,6 +1,7 @@
 //===- ds-opt.cpp - mlir-opt for the ds dialect ---------------------------===//
 
 #include "ds/Dialect/DS/IR/DSDialect.h"
+#include "ds/Dialect/Kernel/IR/KernelDialect.h"
 #include "ds/Transforms/Passes.h"
 
 #include "mlir/IR/DialectRegistry.h"
@@ -33,7 +34,7 @@ int main(int argc, char **argv) {
   mlir::DialectRegistry registry;
   mlir::registerAllDialects(registry);
   mlir::registerAllExtensions(registry);
-  registry.insert<ds::DSDialect>();
+  registry.insert<ds::DSDialect, ds::kernel::DSKDialect>();
 
   std::vector<char *> args(argv, argv + argc);
   static char dashO[] = "-o=/dev/null";

@@ -3,6 +3,8 @@
 #ifndef DS_TRANSFORMS_PASSES_H
 #define DS_TRANSFORMS_PASSES_H
 
+#include "ds/Dialect/Kernel/IR/KernelDialect.h"
+
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/Pass/Pass.h"
 

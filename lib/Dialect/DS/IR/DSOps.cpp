@@ -69,10 +69,8 @@ static LogicalResult verifyEps(Operation *op, double eps) {
 
 static int64_t hiddenOf(Value v) { return tensorType(v).getDimSize(1); }
 
-/// The shared symbol verifier of every weight-reading op: each weight the op
-/// lists must be a ds.weight of the shape its configuration implies.
-static LogicalResult verifyWeightUses(Operation *op,
-                                      SymbolTableCollection &tables) {
+LogicalResult ds::verifyWeightUses(Operation *op,
+                                   SymbolTableCollection &tables) {
   SmallVector<WeightUse> uses;
   cast<WeightUserInterface>(op).getWeightUses(uses);
   MLIRContext *ctx = op->getContext();

@@ -31,6 +31,13 @@ struct WeightUse {
 /// Suffix of the FP8 scale companion of a weight named "X.weight".
 inline constexpr llvm::StringLiteral kScaleSuffix = "_scale_inv";
 
+class WeightUserInterface;
+
+/// The symbol verifier shared by every op that reads weights: each weight the
+/// op lists must be a ds.weight of the shape its configuration implies.
+mlir::LogicalResult verifyWeightUses(mlir::Operation *op,
+                                     mlir::SymbolTableCollection &tables);
+
 } // namespace ds
 
 #include "ds/Dialect/DS/IR/DSInterfaces.h.inc"

@@ -1,0 +1,29 @@
+//===- KernelDialect.h - the dsk kernel-level dialect -----------*- C++ -*-===//
+
+#ifndef DS_DIALECT_KERNEL_IR_KERNELDIALECT_H
+#define DS_DIALECT_KERNEL_IR_KERNELDIALECT_H
+
+#include "ds/Dialect/DS/IR/DSOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+
+#include "ds/Dialect/Kernel/IR/KernelDialect.h.inc"
+
+#include "ds/Dialect/Kernel/IR/KernelEnums.h.inc"
+
+#define GET_ATTRDEF_CLASSES
+#include "ds/Dialect/Kernel/IR/KernelAttrs.h.inc"
+
+#define GET_OP_CLASSES
+#include "ds/Dialect/Kernel/IR/KernelOps.h.inc"
+
+namespace ds::kernel {
+/// Name of the function attribute marking a program, and of the module
+/// attribute holding the #dsk.model.
+inline constexpr llvm::StringLiteral kProgramAttrName = "dsk.program";
+inline constexpr llvm::StringLiteral kModelAttrName = "dsk.model";
+} // namespace ds::kernel
+
+#endif // DS_DIALECT_KERNEL_IR_KERNELDIALECT_H

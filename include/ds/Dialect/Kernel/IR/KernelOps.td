@@ -1,0 +1,201 @@
+//===- KernelOps.td - the dsk kernel-level dialect ---------*- tablegen -*-===//
+//
+// The kernel level: one op per kernel or library call, on memref buffers, in
+// launch order. Buffers are [tokens, width] rows (width static, tokens
+// dynamic, bounded by the program's max_tokens); column slices are upstream
+// memref.subview views. Weights stay ds.weight symbols.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DS_DIALECT_KERNEL_IR_KERNELOPS_TD
+#define DS_DIALECT_KERNEL_IR_KERNELOPS_TD
+
+include "ds/Dialect/Kernel/IR/KernelEnums.td"
+include "ds/Dialect/DS/IR/DSAttrs.td"
+include "ds/Dialect/DS/IR/DSInterfaces.td"
+include "mlir/IR/AttrTypeBase.td"
+include "mlir/IR/EnumAttr.td"
+include "mlir/IR/OpBase.td"
+include "mlir/IR/SymbolInterfaces.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+
+def DSK_Dialect : Dialect {
+  let name = "dsk";
+  let cppNamespace = "::ds::kernel";
+  let summary = "ds kernel level: kernels and library calls on buffers";
+  let description = [{
+    The last level before emission. A program (`func.func` with a
+    `dsk.program` attribute) is a sequence of kernel ops, each a call of one
+    runtime kernel (libdsrt) on memref buffers, in launch order. Before
+    memory planning buffers are `memref.alloc`s of `[tokens, width]`; after
+    `dsk-plan-memory` they are `memref.view`s at static offsets of one
+    `dsk.arena`. Both emitters (C++ and CUDA C++) translate this level op by
+    op.
+  }];
+  let dependentDialects = ["::mlir::memref::MemRefDialect",
+                           "::mlir::arith::ArithDialect",
+                           "::mlir::func::FuncDialect", "::ds::DSDialect"];
+  let useDefaultAttributePrinterParser = 1;
+}
+
+def DSK_ProgramAttr : AttrDef<DSK_Dialect, "Program"> {
+  let mnemonic = "program";
+  let summary = "marks a kernel-level program";
+  let description = [{
+    `prefill` runs the prompt at positions 0..n-1 (naive MLA), `decode` one
+    step per sequence over the latent cache (absorbed MLA). Token counts are
+    at most `max_tokens`; `arena_bytes` is the memory plan's size (0 before
+    `dsk-plan-memory`).
+  }];
+  let parameters = (ins "ProgramKind":$kind, "int64_t":$max_tokens,
+                        "int64_t":$arena_bytes);
+  let assemblyFormat = "`<` struct(params) `>`";
+}
+
+def DSK_ModelAttr : AttrDef<DSK_Dialect, "Model"> {
+  let mnemonic = "model";
+  let summary = "what the runtime needs to know of a lowered model";
+  let parameters = (ins "int64_t":$vocab, "int64_t":$hidden,
+                        "int64_t":$cache_layers, "int64_t":$kv_lora_rank,
+                        "int64_t":$qk_rope, "int64_t":$max_seq_len);
+  let assemblyFormat = "`<` struct(params) `>`";
+}
+
+class DSK_Op<string mnemonic, list<Trait> traits = []>
+    : Op<DSK_Dialect, mnemonic, traits>;
+
+class DSK_WeightOp<string mnemonic, list<Trait> traits = []>
+    : DSK_Op<mnemonic, traits # [
+        DeclareOpInterfaceMethods<DS_WeightUserInterface>,
+        DeclareOpInterfaceMethods<SymbolUserOpInterface>]>;
+
+def DSK_Rows : MemRefRankOf<[F32], [2]>;
+def DSK_IntRows : MemRefRankOf<[I32], [2]>;
+def DSK_Tokens : MemRefRankOf<[I32], [1]>;
+
+def DSK_ArenaOp : DSK_Op<"arena", [Pure]> {
+  let summary = "the program's memory arena (ctx.arena())";
+  let results = (outs MemRefRankOf<[I8], [1]>:$result);
+  let assemblyFormat = "attr-dict `:` type($result)";
+}
+
+def DSK_EmbeddingOp : DSK_WeightOp<"embedding"> {
+  let summary = "out[i] = table[ids[i]]";
+  let arguments = (ins Arg<DSK_Tokens, "", [MemRead]>:$ids,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       FlatSymbolRefAttr:$weight);
+  let assemblyFormat = "$ids `,` $out attr-dict `:` type($ids) `,` type($out)";
+}
+
+def DSK_RMSNormOp : DSK_WeightOp<"rms_norm"> {
+  let summary = "RMSNorm of each row, in float32";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       FlatSymbolRefAttr:$weight, F64Attr:$eps);
+  let assemblyFormat = "$input `,` $out attr-dict `:` type($input) `,` type($out)";
+  let hasVerifier = 1;
+}
+
+def DSK_LinearOp : DSK_WeightOp<"linear"> {
+  let summary = "out = input * weight^T (GEMM through BLAS / cuBLASLt)";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       FlatSymbolRefAttr:$weight);
+  let assemblyFormat = "$input `,` $out attr-dict `:` type($input) `,` type($out)";
+}
+
+def DSK_AddOp : DSK_Op<"add"> {
+  let summary = "out = lhs + rhs";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$lhs,
+                       Arg<DSK_Rows, "", [MemRead]>:$rhs,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out);
+  let assemblyFormat = "$lhs `,` $rhs `,` $out attr-dict `:` type($lhs) `,` type($rhs) `,` type($out)";
+  let hasVerifier = 1;
+}
+
+def DSK_SwiGLUOp : DSK_Op<"swiglu"> {
+  let summary = "out = silu(gate) * up";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$gate,
+                       Arg<DSK_Rows, "", [MemRead]>:$up,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out);
+  let assemblyFormat = "$gate `,` $up `,` $out attr-dict `:` type($gate) `,` type($up) `,` type($out)";
+  let hasVerifier = 1;
+}
+
+def DSK_RoPEOp : DSK_Op<"rope"> {
+  let summary = "rotary embedding, in place, on interleaved pairs";
+  let description = [{
+    Rotates columns `[h * head_stride + offset, ... + dim)` of every head h
+    of each row by the row's position.
+  }];
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead, MemWrite]>:$inout,
+                       Arg<DSK_Tokens, "", [MemRead]>:$positions,
+                       DS_RoPEConfigAttr:$config, I64Attr:$dim, I64Attr:$heads,
+                       I64Attr:$head_stride, I64Attr:$offset);
+  let assemblyFormat = "$inout `,` $positions attr-dict `:` type($inout) `,` type($positions)";
+  let hasVerifier = 1;
+}
+
+def DSK_KVCacheWriteOp : DSK_Op<"kv_cache_write"> {
+  let summary = "stores latents and rope keys in the latent KV cache";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$latent,
+                       Arg<DSK_Rows, "", [MemRead]>:$krope,
+                       Arg<DSK_Tokens, "", [MemRead]>:$positions,
+                       I64Attr:$layer);
+  let assemblyFormat = "$latent `,` $krope `,` $positions attr-dict `:` type($latent) `,` type($krope) `,` type($positions)";
+}
+
+def DSK_MLAAttentionNaiveOp : DSK_Op<"mla_attention_naive"> {
+  let summary = "MLA prefill attention on up-projected keys and values";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$q,
+                       Arg<DSK_Rows, "", [MemRead]>:$kv,
+                       Arg<DSK_Rows, "", [MemRead]>:$krope,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       I64Attr:$heads, I64Attr:$qk_nope, I64Attr:$qk_rope,
+                       I64Attr:$v_head, F64Attr:$scale);
+  let assemblyFormat = [{
+    $q `,` $kv `,` $krope `,` $out attr-dict `:` type($q) `,` type($kv) `,`
+    type($krope) `,` type($out)
+  }];
+  let hasVerifier = 1;
+}
+
+def DSK_MLAAttentionAbsorbedOp : DSK_WeightOp<"mla_attention_absorbed"> {
+  let summary = "MLA decode attention on the latent cache (weights absorbed)";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$q,
+                       Arg<DSK_Tokens, "", [MemRead]>:$positions,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       FlatSymbolRefAttr:$kv_b, I64Attr:$layer,
+                       I64Attr:$kv_lora_rank, I64Attr:$heads,
+                       I64Attr:$qk_nope, I64Attr:$qk_rope, I64Attr:$v_head,
+                       F64Attr:$scale);
+  let assemblyFormat = "$q `,` $positions `,` $out attr-dict `:` type($q) `,` type($positions) `,` type($out)";
+  let hasVerifier = 1;
+}
+
+def DSK_MoERouteOp : DSK_WeightOp<"moe_route"> {
+  let summary = "router scores, bias, group-limited top-k, routing weights";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$logits,
+                       Arg<DSK_IntRows, "", [MemWrite]>:$indices,
+                       Arg<DSK_Rows, "", [MemWrite]>:$weights,
+                       DS_MoEConfigAttr:$config,
+                       OptionalAttr<FlatSymbolRefAttr>:$bias);
+  let assemblyFormat = "$logits `,` $indices `,` $weights attr-dict `:` type($logits) `,` type($indices) `,` type($weights)";
+  let hasVerifier = 1;
+}
+
+def DSK_MoEExpertsOp : DSK_WeightOp<"moe_experts"> {
+  let summary = "weighted sum of each token's routed SwiGLU experts";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
+                       Arg<DSK_IntRows, "", [MemRead]>:$indices,
+                       Arg<DSK_Rows, "", [MemRead]>:$weights,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       StrAttr:$prefix, I64Attr:$experts, I64Attr:$inter);
+  let assemblyFormat = [{
+    $input `,` $indices `,` $weights `,` $out attr-dict `:` type($input) `,`
+    type($indices) `,` type($weights) `,` type($out)
+  }];
+  let hasVerifier = 1;
+}
+
+#endif // DS_DIALECT_KERNEL_IR_KERNELOPS_TD

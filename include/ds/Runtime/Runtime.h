@@ -1,0 +1,196 @@
+//===- Runtime.h - libdsrt: the API emitted code calls ----------*- C++ -*-===//
+//
+// The runtime knows no MLIR. A compiled model is a ModelSpec (weights, RoPE
+// tables, cache geometry, memory plan) plus two programs, `prefill` and
+// `decode`, emitted as C++ that call the kernels below in launch order on
+// buffers carved from one arena. `runMain` is the executable's main: it parses
+// the CLI (DESIGN.md, fixed), loads weights, and runs greedy generation.
+//
+// Conventions: matrices are row-major float32; `ld*` is the row stride in
+// elements, so a column slice of a wider buffer is (pointer + column, ld of
+// the buffer). Linear weights are in the checkpoint's [out, in] layout.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DS_RUNTIME_RUNTIME_H
+#define DS_RUNTIME_RUNTIME_H
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace dsrt {
+
+/// Storage dtype of a checkpoint tensor.
+enum class DType : uint8_t { F32, BF16, F16, F8E4M3 };
+
+/// A checkpoint tensor the compiled model reads.
+struct WeightSpec {
+  const char *name; ///< Hugging Face name, e.g. "model.layers.0.mlp.up_proj.weight".
+  int32_t rank;     ///< 1 or 2.
+  int64_t shape[2];
+  DType dtype;      ///< As declared by the model. F8E4M3 weights come with an
+                    ///< F32 "<name>_scale_inv" tensor of 128x128-block scales.
+};
+
+/// Rotary embedding over `dim` interleaved dims (pairs (2i, 2i+1)).
+struct RopeSpec {
+  int64_t dim;
+  double theta;
+  bool yarn;
+  double factor;
+  int64_t originalMaxPositionEmbeddings;
+  double betaFast, betaSlow, mscale, mscaleAllDim;
+};
+
+/// MoE routing configuration (DESIGN.md "The ds dialect").
+struct MoERouting {
+  enum Scoring : int32_t { Sigmoid = 0, Softmax = 1 };
+  enum Method : int32_t { Greedy = 0, GroupLimitedGreedy = 1, NoauxTC = 2 };
+  int64_t experts, topK, nGroup, topkGroup;
+  Scoring scoring;
+  Method method;
+  bool normTopk;
+  double scale; ///< routed_scaling_factor
+};
+
+class Context;
+
+/// One emitted program: `n` tokens with ids `ids[0..n)` at positions
+/// `pos[0..n)`; writes logits [n, vocab] to `logits`.
+using ProgramFn = void (*)(Context &ctx, const int32_t *ids, const int32_t *pos,
+                           int64_t n, float *logits);
+
+/// Everything the compiler knows that the runtime needs.
+struct ModelSpec {
+  const char *name;
+  int64_t vocabSize, hiddenSize;
+  const WeightSpec *weights;
+  int64_t numWeights;
+  const RopeSpec *ropes;
+  int64_t numRopes;
+  /// Latent KV cache: per layer and position, kvLoraRank latent values then
+  /// qkRopeDim rope-key values.
+  int64_t cacheLayers, kvLoraRank, qkRopeDim;
+  int64_t maxSeqLen;   ///< positions the cache holds (--max-seq-len)
+  int64_t arenaBytes;  ///< from the static memory plan (max over programs)
+  ProgramFn prefill;   ///< naive MLA; positions 0..n-1 of a fresh sequence
+  int64_t prefillMaxTokens;
+  ProgramFn decode;    ///< absorbed MLA over the latent cache
+  int64_t decodeMaxTokens;
+};
+
+/// Splits [0, n) over the thread pool; fn(begin, end) runs once per chunk.
+void parallelFor(Context &ctx, int64_t n,
+                 void (*fn)(void *state, int64_t begin, int64_t end),
+                 void *state);
+
+/// Per-run state: weights (converted to float32 on load), the arena, the
+/// latent KV cache, RoPE tables, the thread pool.
+class Context {
+public:
+  Context(const ModelSpec &spec, int threads);
+  ~Context();
+  Context(const Context &) = delete;
+  Context &operator=(const Context &) = delete;
+
+  const ModelSpec &spec() const;
+  int threads() const;
+  /// float32 data of weight `index` (into spec().weights).
+  const float *weight(int64_t index) const;
+  /// Base of the arena; buffers are at plan offsets (bytes, 64-aligned).
+  char *arena();
+  /// Latent cache row of (layer, position): kvLoraRank + qkRopeDim floats.
+  float *cacheRow(int64_t layer, int64_t position);
+
+  /// Loads weights from a .safetensors file or a checkpoint directory
+  /// (model.safetensors.index.json or *.safetensors). Returns false and sets
+  /// `error` (naming the file and tensor) on failure.
+  bool loadWeights(const char *path, std::string *error);
+  /// Deterministic random weights from `seed`.
+  void randomWeights(uint64_t seed);
+
+  struct Impl;
+  Impl &impl() { return *impl_; }
+
+private:
+  std::unique_ptr<Impl> impl_;
+};
+
+/// The executable's main (CLI in DESIGN.md).
+int runMain(int argc, char **argv, const ModelSpec &spec);
+
+namespace cpu {
+
+/// out[i] = table[ids[i]]; table is [vocab, hidden].
+void embedding(Context &ctx, const float *table, int64_t vocab, int64_t hidden,
+               const int32_t *ids, int64_t n, float *out, int64_t ldo);
+
+/// y = x / sqrt(mean(x^2) + eps) * w over rows of width d, in float32.
+void rmsNorm(Context &ctx, const float *x, int64_t ldx, const float *w,
+             int64_t n, int64_t d, double eps, float *y, int64_t ldy);
+
+/// y[n, out] = x[n, in] * w^T with w [out, in] (BLAS sgemm).
+void linear(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+            const float *w, int64_t out, float *y, int64_t ldy);
+
+/// y = a + b over [n, d].
+void add(Context &ctx, const float *a, int64_t lda, const float *b,
+         int64_t ldb, int64_t n, int64_t d, float *y, int64_t ldy);
+
+/// y = silu(gate) * up over [n, d].
+void swiglu(Context &ctx, const float *gate, int64_t ldg, const float *up,
+            int64_t ldu, int64_t n, int64_t d, float *y, int64_t ldy);
+
+/// Rotates, in place, dims [offset, offset + rope.dim) of each of `heads`
+/// heads (head h starts at column h * headStride) of each row i by position
+/// pos[i], pairs (2j, 2j+1) as complex numbers; table `rope` of ctx.
+void rope(Context &ctx, float *x, int64_t ldx, int64_t n, int64_t heads,
+          int64_t headStride, int64_t offset, const int32_t *pos,
+          int64_t ropeIndex);
+
+/// Stores the latent [n, kvLoraRank] and rope key [n, qkRopeDim] of `n`
+/// tokens at positions pos[] of cache layer `layer`.
+void kvCacheWrite(Context &ctx, int64_t layer, const float *latent,
+                  int64_t ldl, const float *krope, int64_t ldk,
+                  const int32_t *pos, int64_t n);
+
+/// MLA prefill, naive form, causal over the n tokens (positions 0..n-1):
+/// q [n, heads*(nope+rope)], kv [n, heads*(nope+vdim)] (per head: k_nope then
+/// v, the up-projected latent), krope [n, rope] shared by all heads;
+/// out [n, heads*vdim].
+void mlaAttentionNaive(Context &ctx, const float *q, int64_t ldq,
+                       const float *kv, int64_t ldkv, const float *krope,
+                       int64_t ldk, int64_t n, int64_t heads, int64_t nope,
+                       int64_t rope, int64_t vdim, double scale, float *out,
+                       int64_t ldo);
+
+/// MLA decode, absorbed form, over cache layer `layer`: token i attends to
+/// cache positions [0, pos[i]]. W_UK (rows h*(nope+vdim) .. +nope of kvB,
+/// [heads*(nope+vdim), kvLoraRank]) is folded into the query, W_UV (the next
+/// vdim rows) into the output. out [n, heads*vdim].
+void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
+                          int64_t ldq, const float *kvB, const int32_t *pos,
+                          int64_t n, int64_t heads, int64_t nope, int64_t rope,
+                          int64_t vdim, double scale, float *out, int64_t ldo);
+
+/// Routing from router logits [n, experts]: writes the chosen experts
+/// idx [n, topK] and their weights [n, topK]. `bias` (noaux_tc only) may be
+/// null.
+void moeRoute(Context &ctx, const float *logits, int64_t ldl, int64_t n,
+              const float *bias, const MoERouting &routing, int32_t *idx,
+              float *weights);
+
+/// y[n, hidden] = sum_k weights[i,k] * expert_{idx[i,k]}(x[i]) with SwiGLU
+/// experts (gate/up [inter, hidden], down [hidden, inter]); overwrites y.
+void moeExperts(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                int64_t hidden, int64_t inter, const int32_t *idx,
+                const float *weights, int64_t topK, const float *const *gate,
+                const float *const *up, const float *const *down,
+                int64_t experts, float *y, int64_t ldy);
+
+} // namespace cpu
+} // namespace dsrt
+
+#endif // DS_RUNTIME_RUNTIME_H

@@ -1,0 +1,19 @@
+//===- Cpp.h - emit kernel-level programs as C++ ----------------*- C++ -*-===//
+
+#ifndef DS_TARGET_CPP_H
+#define DS_TARGET_CPP_H
+
+#include "mlir/IR/BuiltinOps.h"
+#include "llvm/Support/raw_ostream.h"
+
+namespace ds {
+
+/// Emits a planned kernel-level module (after ds-lower-to-kernels and
+/// dsk-plan-memory) as one C++ translation unit for the CPU backend of
+/// libdsrt: the weight table, the RoPE tables, `prefill` and `decode` as
+/// kernel calls in launch order, the ModelSpec and `main`.
+mlir::LogicalResult emitCpp(mlir::ModuleOp module, llvm::raw_ostream &os);
+
+} // namespace ds
+
+#endif // DS_TARGET_CPP_H

@@ -1,0 +1,168 @@
+//===- KernelDialect.cpp - the dsk kernel-level dialect -------------------===//
+
+#include "ds/Dialect/Kernel/IR/KernelDialect.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/DialectImplementation.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+using namespace mlir;
+using namespace ds::kernel;
+using ds::WeightUse;
+
+#include "ds/Dialect/Kernel/IR/KernelDialect.cpp.inc"
+#include "ds/Dialect/Kernel/IR/KernelEnums.cpp.inc"
+
+#define GET_ATTRDEF_CLASSES
+#include "ds/Dialect/Kernel/IR/KernelAttrs.cpp.inc"
+
+#define GET_OP_CLASSES
+#include "ds/Dialect/Kernel/IR/KernelOps.cpp.inc"
+
+void DSKDialect::initialize() {
+  addOperations<
+#define GET_OP_LIST
+#include "ds/Dialect/Kernel/IR/KernelOps.cpp.inc"
+      >();
+  addAttributes<
+#define GET_ATTRDEF_LIST
+#include "ds/Dialect/Kernel/IR/KernelAttrs.cpp.inc"
+      >();
+}
+
+//===----------------------------------------------------------------------===//
+// Helpers
+//===----------------------------------------------------------------------===//
+
+/// Static row width of a [tokens, width] buffer.
+static int64_t width(Value v) { return cast<MemRefType>(v.getType()).getDimSize(1); }
+
+static LogicalResult verifyWidth(Operation *op, Value v, int64_t expected,
+                                 StringRef what) {
+  int64_t w = width(v);
+  if (ShapedType::isDynamic(w) || w != expected)
+    return op->emitOpError() << what << " must have " << expected
+                             << " columns, got " << v.getType();
+  return success();
+}
+
+static WeightUse use(const Twine &name, ArrayRef<int64_t> shape,
+                     bool quantizable) {
+  return WeightUse{name.str(), SmallVector<int64_t>(shape), quantizable};
+}
+
+#define DSK_VERIFY_SYMBOL_USES(OP)                                             \
+  LogicalResult OP::verifySymbolUses(SymbolTableCollection &tables) {          \
+    return ds::verifyWeightUses(*this, tables);                                \
+  }
+DSK_VERIFY_SYMBOL_USES(EmbeddingOp)
+DSK_VERIFY_SYMBOL_USES(RMSNormOp)
+DSK_VERIFY_SYMBOL_USES(LinearOp)
+DSK_VERIFY_SYMBOL_USES(MLAAttentionAbsorbedOp)
+DSK_VERIFY_SYMBOL_USES(MoERouteOp)
+DSK_VERIFY_SYMBOL_USES(MoEExpertsOp)
+#undef DSK_VERIFY_SYMBOL_USES
+
+//===----------------------------------------------------------------------===//
+// Ops
+//===----------------------------------------------------------------------===//
+
+void EmbeddingOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
+  uses.push_back(use(getWeight(), {ShapedType::kDynamic, width(getOut())}, false));
+}
+
+LogicalResult RMSNormOp::verify() {
+  if (!(getEps().convertToDouble() > 0.0))
+    return emitOpError() << "eps must be positive";
+  return verifyWidth(*this, getOut(), width(getInput()), "out");
+}
+
+void RMSNormOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
+  uses.push_back(use(getWeight(), {width(getInput())}, false));
+}
+
+void LinearOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
+  uses.push_back(use(getWeight(), {width(getOut()), width(getInput())}, true));
+}
+
+LogicalResult AddOp::verify() {
+  if (failed(verifyWidth(*this, getRhs(), width(getLhs()), "rhs")))
+    return failure();
+  return verifyWidth(*this, getOut(), width(getLhs()), "out");
+}
+
+LogicalResult SwiGLUOp::verify() {
+  if (failed(verifyWidth(*this, getUp(), width(getGate()), "up")))
+    return failure();
+  return verifyWidth(*this, getOut(), width(getGate()), "out");
+}
+
+LogicalResult RoPEOp::verify() {
+  int64_t dim = getDim(), heads = getHeads(), stride = getHeadStride(),
+          offset = getOffset();
+  if (dim <= 0 || dim % 2 != 0)
+    return emitOpError() << "dim must be positive and even, got " << dim;
+  if (heads <= 0 || offset < 0 || offset + dim > stride)
+    return emitOpError() << "rotated columns [" << offset << ", "
+                         << offset + dim << ") do not fit a head of "
+                         << stride << " columns";
+  if (heads * stride > width(getInout()))
+    return emitOpError() << heads << " heads of " << stride
+                         << " columns exceed the buffer's " << width(getInout());
+  return success();
+}
+
+LogicalResult MLAAttentionNaiveOp::verify() {
+  int64_t h = getHeads();
+  if (failed(verifyWidth(*this, getQ(), h * (getQkNope() + getQkRope()), "q")) ||
+      failed(verifyWidth(*this, getKv(), h * (getQkNope() + getVHead()), "kv")) ||
+      failed(verifyWidth(*this, getKrope(), getQkRope(), "krope")))
+    return failure();
+  return verifyWidth(*this, getOut(), h * getVHead(), "out");
+}
+
+LogicalResult MLAAttentionAbsorbedOp::verify() {
+  int64_t h = getHeads();
+  if (failed(verifyWidth(*this, getQ(), h * (getQkNope() + getQkRope()), "q")))
+    return failure();
+  return verifyWidth(*this, getOut(), h * getVHead(), "out");
+}
+
+void MLAAttentionAbsorbedOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
+  int64_t rows = getHeads() * (getQkNope() + getVHead());
+  int64_t cols = getKvLoraRank();
+  uses.push_back(use(getKvB(), {rows, cols}, true));
+}
+
+LogicalResult MoERouteOp::verify() {
+  ds::MoEConfigAttr c = getConfig();
+  if (failed(verifyWidth(*this, getLogits(), c.getExperts(), "logits")) ||
+      failed(verifyWidth(*this, getIndices(), c.getTopK(), "indices")) ||
+      failed(verifyWidth(*this, getWeights(), c.getTopK(), "weights")))
+    return failure();
+  if (static_cast<bool>(getBias()) != (c.getTopkMethod() == ds::TopkMethod::noaux_tc))
+    return emitOpError() << "a correction bias goes with noaux_tc routing, "
+                            "and only with it";
+  return success();
+}
+
+void MoERouteOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
+  if (auto bias = getBiasAttr())
+    uses.push_back(use(bias.getValue(), {getConfig().getExperts()}, false));
+}
+
+LogicalResult MoEExpertsOp::verify() {
+  if (width(getIndices()) != width(getWeights()))
+    return emitOpError() << "indices and weights differ in top_k";
+  return verifyWidth(*this, getOut(), width(getInput()), "out");
+}
+
+void MoEExpertsOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
+  int64_t h = width(getInput()), inter = getInter();
+  for (int64_t e = 0, n = getExperts(); e < n; ++e) {
+    std::string p = (getPrefix() + ".experts." + Twine(e)).str();
+    uses.push_back(use(p + ".gate_proj.weight", {inter, h}, true));
+    uses.push_back(use(p + ".up_proj.weight", {inter, h}, true));
+    uses.push_back(use(p + ".down_proj.weight", {h, inter}, true));
+  }
+}

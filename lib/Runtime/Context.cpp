@@ -1,0 +1,159 @@
+//===- Context.cpp - per-run state and the thread pool -------------------===//
+//
+// Weights loading (loadWeights, randomWeights) lives in Weights.cpp.
+//
+//===----------------------------------------------------------------------===//
+
+#include "ContextImpl.h"
+#include "ThreadPool.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+
+namespace dsrt {
+
+//===----------------------------------------------------------------------===//
+// ThreadPool
+//===----------------------------------------------------------------------===//
+
+// Set while a thread runs a chunk: a nested parallelFor then runs inline
+// instead of waiting on workers that are busy with the outer job.
+static thread_local bool insideParallelRegion = false;
+
+static int64_t chunkBegin(int64_t n, int chunks, int c) {
+  return n * c / chunks;
+}
+
+ThreadPool::ThreadPool(int threads) : threads_(std::max(threads, 1)) {
+  workers_.reserve(threads_ - 1);
+  for (int i = 1; i < threads_; ++i)
+    workers_.emplace_back([this, i] { workerLoop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  start_.notify_all();
+  for (std::thread &t : workers_)
+    t.join();
+}
+
+void ThreadPool::run(int64_t n, int64_t minChunk, ChunkFn fn, void *state) {
+  if (n <= 0)
+    return;
+  minChunk = std::max<int64_t>(minChunk, 1);
+  int64_t wanted = (n + minChunk - 1) / minChunk;
+  int chunks = static_cast<int>(std::min<int64_t>(threads_, wanted));
+  if (chunks <= 1 || insideParallelRegion) {
+    fn(state, 0, n);
+    return;
+  }
+
+  std::lock_guard<std::mutex> submit(submit_);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    fn_ = fn;
+    state_ = state;
+    n_ = n;
+    chunks_ = chunks;
+    pending_ = chunks - 1;
+    ++generation_;
+  }
+  start_.notify_all();
+
+  insideParallelRegion = true;
+  fn(state, 0, chunkBegin(n, chunks, 1));
+  insideParallelRegion = false;
+
+  std::unique_lock<std::mutex> lock(mutex_);
+  done_.wait(lock, [this] { return pending_ == 0; });
+}
+
+void ThreadPool::workerLoop(int index) {
+  insideParallelRegion = true;
+  uint64_t seen = 0;
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    start_.wait(lock, [&] { return stop_ || generation_ != seen; });
+    if (stop_)
+      return;
+    seen = generation_;
+    // A job is only submitted once every worker of the previous one is done,
+    // so a worker never misses a job it takes part in.
+    if (index >= chunks_)
+      continue;
+    ChunkFn fn = fn_;
+    void *state = state_;
+    int64_t begin = chunkBegin(n_, chunks_, index);
+    int64_t end = chunkBegin(n_, chunks_, index + 1);
+    lock.unlock();
+    fn(state, begin, end);
+    lock.lock();
+    if (--pending_ == 0)
+      done_.notify_one();
+  }
+}
+
+void parallelFor(Context &ctx, int64_t n,
+                 void (*fn)(void *state, int64_t begin, int64_t end),
+                 void *state) {
+  ctx.impl().pool->run(n, 1, fn, state);
+}
+
+//===----------------------------------------------------------------------===//
+// Context
+//===----------------------------------------------------------------------===//
+
+Context::Context(const ModelSpec &spec, int threads)
+    : impl_(std::make_unique<Impl>(spec)) {
+  Impl &im = *impl_;
+  im.threads = std::max(threads, 1);
+  im.pool = std::make_unique<ThreadPool>(im.threads);
+  // Our pool threads the GEMMs (cpu::gemm) in shape-fixed tiles; OpenBLAS's
+  // own threads would make results depend on the thread count.
+  openblas_set_num_threads(1);
+
+  // 64-byte alignment keeps every plan offset (multiples of 64) aligned for
+  // vector loads; aligned_alloc wants a size that is a multiple of it.
+  int64_t bytes = std::max<int64_t>(spec.arenaBytes, 64);
+  bytes = (bytes + 63) / 64 * 64;
+  im.arena = static_cast<char *>(std::aligned_alloc(64, bytes));
+  if (!im.arena) {
+    std::fprintf(stderr, "dsrt: cannot allocate the %lld-byte arena\n",
+                 static_cast<long long>(bytes));
+    std::abort();
+  }
+
+  int64_t row = spec.kvLoraRank + spec.qkRopeDim;
+  im.cache.assign(static_cast<size_t>(spec.cacheLayers * spec.maxSeqLen * row),
+                  0.0f);
+
+  im.ropes.reserve(spec.numRopes);
+  for (int64_t i = 0; i < spec.numRopes; ++i)
+    im.ropes.push_back(buildRopeTable(spec.ropes[i], spec.maxSeqLen));
+}
+
+Context::~Context() { std::free(impl_->arena); }
+
+const ModelSpec &Context::spec() const { return impl_->spec; }
+
+int Context::threads() const { return impl_->threads; }
+
+const float *Context::weight(int64_t index) const {
+  return impl_->weights[index];
+}
+
+char *Context::arena() { return impl_->arena; }
+
+float *Context::cacheRow(int64_t layer, int64_t position) {
+  const ModelSpec &s = impl_->spec;
+  int64_t row = s.kvLoraRank + s.qkRopeDim;
+  return impl_->cache.data() + (layer * s.maxSeqLen + position) * row;
+}
+
+} // namespace dsrt

@@ -1,0 +1,49 @@
+//===- ContextImpl.h - libdsrt's private per-run state ----------*- C++ -*-===//
+
+#ifndef DS_LIB_RUNTIME_CONTEXTIMPL_H
+#define DS_LIB_RUNTIME_CONTEXTIMPL_H
+
+#include "ds/Runtime/Runtime.h"
+// Complete type needed: Impl's inline constructor destroys `pool` on unwind.
+#include "ThreadPool.h"
+
+#include <memory>
+#include <vector>
+
+namespace dsrt {
+
+/// cos/sin of every (position, pair) for one RopeSpec, YaRN applied; the HF
+/// YaRN attention factor (yarn_get_mscale(factor, mscale) /
+/// yarn_get_mscale(factor, mscale_all_dim)) is folded in.
+struct RopeTable {
+  int64_t dim = 0; // rotated dims; dim / 2 pairs
+  int64_t positions = 0;
+  std::vector<float> cos, sin; // [positions][dim / 2]
+};
+
+/// Builds the table for positions [0, positions).
+RopeTable buildRopeTable(const RopeSpec &spec, int64_t positions);
+
+struct Context::Impl {
+  explicit Impl(const ModelSpec &spec) : spec(spec) {}
+
+  const ModelSpec &spec;
+  int threads = 1;
+  std::unique_ptr<ThreadPool> pool;
+
+  /// float32 copy of every weight; weights[i] points into storage[i].
+  std::vector<std::vector<float>> storage;
+  std::vector<const float *> weights;
+
+  /// The arena of the static memory plan (64-byte aligned).
+  char *arena = nullptr;
+
+  /// Latent KV cache: [cacheLayers][maxSeqLen][kvLoraRank + qkRopeDim].
+  std::vector<float> cache;
+
+  std::vector<RopeTable> ropes; // one per spec.ropes entry
+};
+
+} // namespace dsrt
+
+#endif // DS_LIB_RUNTIME_CONTEXTIMPL_H

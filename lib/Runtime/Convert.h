@@ -1,0 +1,150 @@
+//===- Convert.h - checkpoint dtypes to float32, random weights -*- C++ -*-===//
+//
+// Header-only so the unit tests can check them without a Context. All
+// conversions are exact: every BF16, F16 and F8_E4M3 value is a float32.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DS_LIB_RUNTIME_CONVERT_H
+#define DS_LIB_RUNTIME_CONVERT_H
+
+#include "ds/Runtime/Runtime.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace dsrt {
+
+inline float bitsToFloat(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+/// bfloat16 is the upper half of a float32.
+inline float bf16ToFloat(uint16_t h) { return bitsToFloat(uint32_t(h) << 16); }
+
+/// IEEE binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits.
+inline float f16ToFloat(uint16_t h) {
+  uint32_t sign = uint32_t(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1F;
+  uint32_t man = h & 0x3FF;
+  if (exp == 0) { // zero or subnormal: man * 2^-24, exact in float32
+    float v = float(man) * 0x1p-24f;
+    return sign ? -v : v;
+  }
+  if (exp == 31) // inf, or NaN with its payload kept
+    return bitsToFloat(sign | 0x7F800000u | man << 13);
+  return bitsToFloat(sign | (exp - 15 + 127) << 23 | man << 13);
+}
+
+/// float8 e4m3fn (OCP FP8, as in DeepSeek-V3 checkpoints): 1 sign, 4 exponent
+/// (bias 7), 3 mantissa bits; no infinities, S.1111.111 is NaN, the largest
+/// finite value is 448.
+inline float e4m3ToFloat(uint8_t b) {
+  uint32_t sign = uint32_t(b & 0x80) << 24;
+  uint32_t exp = (b >> 3) & 0xF;
+  uint32_t man = b & 0x7;
+  if (exp == 15 && man == 7)
+    return bitsToFloat(sign | 0x7FC00000u);
+  if (exp == 0) { // zero or subnormal: man * 2^-9
+    float v = float(man) * 0x1p-9f;
+    return sign ? -v : v;
+  }
+  return bitsToFloat(sign | (exp - 7 + 127) << 23 | man << 20);
+}
+
+/// Converts n elements of a non-FP8 dtype (or FP8 without scaling) at `src`
+/// (any alignment, little-endian) to float32.
+inline void convertToFloat(DType dtype, const uint8_t *src, int64_t n,
+                           float *dst) {
+  switch (dtype) {
+  case DType::F32:
+    std::memcpy(dst, src, size_t(n) * 4);
+    return;
+  case DType::BF16:
+  case DType::F16:
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      dst[i] = dtype == DType::BF16 ? bf16ToFloat(h) : f16ToFloat(h);
+    }
+    return;
+  case DType::F8E4M3:
+    for (int64_t i = 0; i < n; ++i)
+      dst[i] = e4m3ToFloat(src[i]);
+    return;
+  }
+}
+
+/// Side of the square blocks that share one FP8 scale in DeepSeek's
+/// checkpoints ("weight_block_size": [128, 128]).
+constexpr int64_t kFp8Block = 128;
+
+/// Rows [rowBegin, rowEnd) of an F8_E4M3 matrix [rows, cols] times their
+/// block scales `scaleInv` [ceil(rows/128), ceil(cols/128)] (the
+/// checkpoint's "*_scale_inv": multiplying dequantizes). The last block row
+/// and column may be partial.
+inline void dequantE4M3(const uint8_t *src, int64_t cols, const float *scaleInv,
+                        int64_t rowBegin, int64_t rowEnd, float *dst) {
+  const int64_t blockCols = (cols + kFp8Block - 1) / kFp8Block;
+  for (int64_t r = rowBegin; r < rowEnd; ++r) {
+    const float *scales = scaleInv + (r / kFp8Block) * blockCols;
+    const uint8_t *in = src + r * cols;
+    float *out = dst + r * cols;
+    for (int64_t c = 0; c < cols; ++c)
+      out[c] = e4m3ToFloat(in[c]) * scales[c / kFp8Block];
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Deterministic random weights
+//===----------------------------------------------------------------------===//
+
+/// 64-bit FNV-1a of a NUL-terminated string.
+inline uint64_t fnv1a64(const char *s) {
+  uint64_t h = 0xCBF29CE484222325ull;
+  for (; *s; ++s)
+    h = (h ^ uint8_t(*s)) * 0x100000001B3ull;
+  return h;
+}
+
+/// splitmix64's output function: a bijective mix of a 64-bit counter.
+inline uint64_t splitmix64(uint64_t x) {
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+/// Fills elements [begin, end) of the random weight `w` for `seed`. Element
+/// i is a function of (seed, name, i) only, so the result does not depend on
+/// the order of the weights or on how the range is split over threads:
+///   2-D             uniform(-a, a), a = sqrt(3 / cols) (variance 1 / cols)
+///   1-D *norm.weight  1 + uniform(-0.1, 0.1)
+///   other 1-D       uniform(-0.05, 0.05)   (e.g. e_score_correction_bias)
+inline void randomWeightRange(const WeightSpec &w, uint64_t seed,
+                              int64_t begin, int64_t end, float *dst) {
+  double base = 0, a;
+  if (w.rank == 2) {
+    a = std::sqrt(3.0 / double(w.shape[1] > 0 ? w.shape[1] : 1));
+  } else {
+    size_t n = std::strlen(w.name);
+    const char *suffix = "norm.weight"; // also matches *layernorm.weight
+    bool norm = n >= 11 && std::strcmp(w.name + n - 11, suffix) == 0;
+    base = norm ? 1.0 : 0.0;
+    a = norm ? 0.1 : 0.05;
+  }
+  // splitmix64 is a counter-based generator: the i-th draw is the mix of
+  // key + (i + 1) * golden gamma.
+  const uint64_t key = splitmix64(seed) ^ fnv1a64(w.name);
+  for (int64_t i = begin; i < end; ++i) {
+    uint64_t z = splitmix64(key + uint64_t(i + 1) * 0x9E3779B97F4A7C15ull);
+    double u = double(z >> 40) * 0x1p-24; // [0, 1), 24 bits
+    dst[i] = float(base + a * (2.0 * u - 1.0));
+  }
+}
+
+} // namespace dsrt
+
+#endif // DS_LIB_RUNTIME_CONVERT_H

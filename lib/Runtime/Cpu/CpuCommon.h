@@ -1,0 +1,66 @@
+//===- CpuCommon.h - helpers shared by the CPU kernels ----------*- C++ -*-===//
+
+#ifndef DS_LIB_RUNTIME_CPU_CPUCOMMON_H
+#define DS_LIB_RUNTIME_CPU_CPUCOMMON_H
+
+#include "ContextImpl.h"
+#include "ThreadPool.h"
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace dsrt {
+namespace cpu {
+
+inline ThreadPool &pool(Context &ctx) { return *ctx.impl().pool; }
+
+/// A broken contract between emitted code and the runtime (the compiler
+/// checked the model, so this is a bug, not bad input): report and stop.
+[[noreturn]] inline void fatal(const char *kernel, const char *what,
+                               long long value) {
+  std::fprintf(stderr, "dsrt: %s: %s (%lld)\n", kernel, what, value);
+  std::abort();
+}
+
+/// Rows per parallel chunk so that a chunk has about `grain` elements of
+/// work: small kernels stay on one thread instead of paying a wake-up.
+inline int64_t rowsPerChunk(int64_t rowWork, int64_t grain = 16384) {
+  if (rowWork < 1)
+    rowWork = 1;
+  return rowWork >= grain ? 1 : (grain + rowWork - 1) / rowWork;
+}
+
+/// Runs fn(i) for every i in [0, n): spread over the pool when there are at
+/// least as many items as threads (GEMMs inside fn then run inline), else one
+/// after another so that the GEMMs inside use the pool. Same arithmetic
+/// either way, so the same results.
+template <class F> void forEachItem(Context &ctx, int64_t n, F &&fn) {
+  ThreadPool &p = pool(ctx);
+  if (n >= p.threads() && n > 1) {
+    p.parallelFor(n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        fn(i);
+    });
+  } else {
+    for (int64_t i = 0; i < n; ++i)
+      fn(i);
+  }
+}
+
+/// C[m, n] (ldc) = alpha * A[m, k] (lda) * op(B) + beta * C, row-major, with
+/// op(B) = B^T for B [n, k] when transB, else B [k, n] (ldb).
+///
+/// Every GEMM of the CPU backend goes through here. OpenBLAS runs single-
+/// threaded and we split C into tiles over the thread pool: OpenBLAS's own
+/// threading rounds differently for different thread counts (its results
+/// depend on how C is partitioned), while our tiles depend on the shape
+/// only, so the output is bit-identical for any --threads. (It is also
+/// faster for the few-row GEMMs of decode, which OpenBLAS barely threads.)
+void gemm(Context &ctx, bool transB, int64_t m, int64_t n, int64_t k,
+          float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+          float beta, float *c, int64_t ldc);
+
+} // namespace cpu
+} // namespace dsrt
+
+#endif // DS_LIB_RUNTIME_CPU_CPUCOMMON_H

@@ -1,0 +1,333 @@
+//===- LowerToKernels.cpp - ds -> dsk prefill/decode programs -------------===//
+
+#include "ds/Dialect/DS/IR/DSOps.h"
+#include "ds/Dialect/Kernel/IR/KernelDialect.h"
+#include "ds/Transforms/Passes.h"
+
+#include "mlir/IR/Builders.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+#include <cmath>
+
+namespace ds {
+#define GEN_PASS_DEF_LOWERTOKERNELS
+#include "ds/Transforms/Passes.h.inc"
+} // namespace ds
+
+using namespace mlir;
+using namespace ds;
+namespace dsk = ds::kernel;
+
+/// Softmax scale of MLA: (qk_nope + qk_rope)^-0.5, times mscale^2 under YaRN
+/// with mscale = 0.1 * mscale_all_dim * ln(factor) + 1 (HF's yarn_get_mscale).
+static double mlaSoftmaxScale(MLAConfigAttr c, RoPEConfigAttr rope) {
+  double scale = 1.0 / std::sqrt(static_cast<double>(c.getQHeadDim()));
+  if (YaRNAttr yarn = rope.getYarn()) {
+    double factor = yarn.getFactor().convertToDouble();
+    double all = yarn.getMscaleAllDim().convertToDouble();
+    if (all != 0.0 && factor > 1.0) {
+      double m = 0.1 * all * std::log(factor) + 1.0;
+      scale *= m * m;
+    }
+  }
+  return scale;
+}
+
+namespace {
+
+/// Lowers @forward into one program. Values of the model level (tensors)
+/// map to buffers (memrefs) allocated per result; the memory plan reuses
+/// them later.
+class ProgramLowering {
+public:
+  ProgramLowering(func::FuncOp forward, dsk::ProgramKind kind,
+                  int64_t maxTokens)
+      : forward(forward), kind(kind), maxTokens(maxTokens),
+        b(forward.getContext()), loc(forward.getLoc()) {}
+
+  LogicalResult run() {
+    MLIRContext *ctx = forward.getContext();
+    auto results = forward.getFunctionType().getResults();
+    auto logitsType = results.empty() ? RankedTensorType()
+                                      : dyn_cast<RankedTensorType>(results[0]);
+    if (!logitsType || logitsType.getRank() != 2 ||
+        forward.getNumArguments() != 2)
+      return forward.emitOpError()
+             << "must be @forward(ids, positions) -> (logits, ...)";
+    vocab = logitsType.getDimSize(1);
+
+    b.setInsertionPointToEnd(forward->getParentOfType<ModuleOp>().getBody());
+    Type i32 = b.getI32Type(), f32 = b.getF32Type();
+    auto tokens = MemRefType::get({ShapedType::kDynamic}, i32);
+    auto logits = MemRefType::get({ShapedType::kDynamic, vocab}, f32);
+    StringRef name = kind == dsk::ProgramKind::prefill ? "prefill" : "decode";
+    fn = func::FuncOp::create(b, loc, name,
+                              b.getFunctionType({tokens, tokens, logits}, {}));
+    fn->setAttr(dsk::kProgramAttrName,
+                dsk::ProgramAttr::get(ctx, kind, maxTokens, 0));
+    Block *entry = fn.addEntryBlock();
+    b.setInsertionPointToStart(entry);
+    ids = entry->getArgument(0);
+    positions = entry->getArgument(1);
+    logitsOut = entry->getArgument(2);
+    n = memref::DimOp::create(b, loc, ids, 0);
+    map[forward.getArgument(0)] = ids;
+    map[forward.getArgument(1)] = positions;
+
+    for (Operation &op : forward.getBody().front()) {
+      LogicalResult r =
+          llvm::TypeSwitch<Operation *, LogicalResult>(&op)
+              .Case([&](EmbeddingOp o) {
+                Value out = alloc(hiddenOf(o.getResult()));
+                dsk::EmbeddingOp::create(b, loc, lookup(o.getIds()), out,
+                                         o.getWeightAttr());
+                return bind(o.getResult(), out);
+              })
+              .Case([&](RMSNormOp o) {
+                Value out = rmsNorm(lookup(o.getInput()), o.getWeightAttr(),
+                                    o.getEps().convertToDouble());
+                return bind(o.getResult(), out);
+              })
+              .Case([&](LinearOp o) -> LogicalResult {
+                if (tensorRank(o.getInput()) != 2)
+                  return o.emitOpError("only [tokens, features] inputs lower "
+                                       "to kernels");
+                return bind(o.getResult(), linear(lookup(o.getInput()),
+                                                  o.getWeightAttr(),
+                                                  hiddenOf(o.getResult())));
+              })
+              .Case([&](arith::AddFOp o) {
+                Value lhs = lookup(o.getLhs());
+                Value out = alloc(width(lhs));
+                dsk::AddOp::create(b, loc, lhs, lookup(o.getRhs()), out);
+                return bind(o.getResult(), out);
+              })
+              .Case([&](MLAOp o) { return lowerMLA(o); })
+              .Case([&](MLPOp o) {
+                return bind(o.getResult(), mlp(lookup(o.getInput()),
+                                               o.getPrefix(), o.getInter()));
+              })
+              .Case([&](MoEOp o) { return lowerMoE(o); })
+              .Case([&](LMHeadOp o) {
+                dsk::LinearOp::create(b, loc, lookup(o.getInput()), logitsOut,
+                                      o.getWeightAttr());
+                lmHead = o.getResult();
+                hidden = hiddenOf(o.getInput());
+                return success();
+              })
+              .Case([&](func::ReturnOp o) -> LogicalResult {
+                if (o.getNumOperands() == 0 || o.getOperand(0) != lmHead)
+                  return o.emitOpError(
+                      "@forward must return the ds.lm_head logits first");
+                func::ReturnOp::create(b, loc);
+                return success();
+              })
+              .Default([&](Operation *o) {
+                return o->emitOpError("is not supported by "
+                                      "ds-lower-to-kernels yet");
+              });
+      if (failed(r))
+        return failure();
+    }
+    return success();
+  }
+
+  func::FuncOp fn;
+  int64_t vocab = 0, hidden = 0;
+  SmallVector<MLAOp> mlaLayers;
+
+private:
+  static int64_t tensorRank(Value v) {
+    return cast<RankedTensorType>(v.getType()).getRank();
+  }
+  static int64_t hiddenOf(Value tensor) {
+    return cast<RankedTensorType>(tensor.getType()).getDimSize(1);
+  }
+  static int64_t width(Value buffer) {
+    return cast<MemRefType>(buffer.getType()).getDimSize(1);
+  }
+
+  Value lookup(Value tensor) { return map.lookup(tensor); }
+  LogicalResult bind(Value tensor, Value buffer) {
+    map[tensor] = buffer;
+    return success();
+  }
+
+  /// A [tokens, width] buffer.
+  Value alloc(int64_t w, Type elt = {}) {
+    if (!elt)
+      elt = b.getF32Type();
+    auto type = MemRefType::get({ShapedType::kDynamic, w}, elt);
+    return memref::AllocOp::create(b, loc, type, ValueRange{n});
+  }
+
+  /// Columns [col, col + w) of every row of `buffer`.
+  Value columns(Value buffer, int64_t col, int64_t w) {
+    SmallVector<OpFoldResult> offsets = {b.getIndexAttr(0), b.getIndexAttr(col)};
+    SmallVector<OpFoldResult> sizes = {n, b.getIndexAttr(w)};
+    SmallVector<OpFoldResult> strides = {b.getIndexAttr(1), b.getIndexAttr(1)};
+    return memref::SubViewOp::create(b, loc, buffer, offsets, sizes, strides);
+  }
+
+  FlatSymbolRefAttr sym(const Twine &name) {
+    return FlatSymbolRefAttr::get(b.getContext(), name.str());
+  }
+
+  Value linear(Value in, FlatSymbolRefAttr weight, int64_t outWidth) {
+    Value out = alloc(outWidth);
+    dsk::LinearOp::create(b, loc, in, out, weight);
+    return out;
+  }
+
+  Value rmsNorm(Value in, FlatSymbolRefAttr weight, double eps) {
+    Value out = alloc(width(in));
+    dsk::RMSNormOp::create(b, loc, in, out, weight, b.getF64FloatAttr(eps));
+    return out;
+  }
+
+  Value mlp(Value x, StringRef prefix, int64_t inter) {
+    Value gate = linear(x, sym(prefix + ".gate_proj.weight"), inter);
+    Value up = linear(x, sym(prefix + ".up_proj.weight"), inter);
+    Value act = alloc(inter);
+    dsk::SwiGLUOp::create(b, loc, gate, up, act);
+    return linear(act, sym(prefix + ".down_proj.weight"), width(x));
+  }
+
+  LogicalResult lowerMLA(MLAOp o) {
+    MLAConfigAttr c = o.getConfig();
+    Value x = lookup(o.getInput());
+    std::string p = o.getPrefix().str();
+    int64_t heads = c.getHeads(), nope = c.getQkNope(), rope = c.getQkRope();
+    int64_t vdim = c.getVHead(), kvl = c.getKvLoraRank();
+    int64_t qhd = nope + rope;
+    double eps = o.getEps().convertToDouble();
+    int64_t layer = mlaLayers.size();
+    mlaLayers.push_back(o);
+
+    Value q;
+    if (c.getQLoraRank() > 0) {
+      Value qa = linear(x, sym(p + ".q_a_proj.weight"), c.getQLoraRank());
+      Value qan = rmsNorm(qa, sym(p + ".q_a_layernorm.weight"), eps);
+      q = linear(qan, sym(p + ".q_b_proj.weight"), heads * qhd);
+    } else {
+      q = linear(x, sym(p + ".q_proj.weight"), heads * qhd);
+    }
+    Value kva = linear(x, sym(p + ".kv_a_proj_with_mqa.weight"), kvl + rope);
+    Value latent = rmsNorm(columns(kva, 0, kvl),
+                           sym(p + ".kv_a_layernorm.weight"), eps);
+    Value krope = columns(kva, kvl, rope);
+    auto ropeOp = [&](Value buf, int64_t h, int64_t stride, int64_t offset) {
+      dsk::RoPEOp::create(b, loc, buf, positions, o.getRope(),
+                          b.getI64IntegerAttr(rope), b.getI64IntegerAttr(h),
+                          b.getI64IntegerAttr(stride),
+                          b.getI64IntegerAttr(offset));
+    };
+    ropeOp(q, heads, qhd, nope);
+    ropeOp(krope, 1, rope, 0);
+    dsk::KVCacheWriteOp::create(b, loc, latent, krope, positions,
+                                b.getI64IntegerAttr(layer));
+
+    double scale = mlaSoftmaxScale(c, o.getRope());
+    Value attn = alloc(heads * vdim);
+    if (kind == dsk::ProgramKind::prefill) {
+      Value kv = linear(latent, sym(p + ".kv_b_proj.weight"),
+                        heads * (nope + vdim));
+      dsk::MLAAttentionNaiveOp::create(
+          b, loc, q, kv, krope, attn, b.getI64IntegerAttr(heads),
+          b.getI64IntegerAttr(nope), b.getI64IntegerAttr(rope),
+          b.getI64IntegerAttr(vdim), b.getF64FloatAttr(scale));
+    } else {
+      dsk::MLAAttentionAbsorbedOp::create(
+          b, loc, q, positions, attn, sym(p + ".kv_b_proj.weight"),
+          b.getI64IntegerAttr(layer), b.getI64IntegerAttr(kvl),
+          b.getI64IntegerAttr(heads), b.getI64IntegerAttr(nope),
+          b.getI64IntegerAttr(rope), b.getI64IntegerAttr(vdim),
+          b.getF64FloatAttr(scale));
+    }
+    return bind(o.getResult(),
+                linear(attn, sym(p + ".o_proj.weight"), width(x)));
+  }
+
+  LogicalResult lowerMoE(MoEOp o) {
+    MoEConfigAttr c = o.getConfig();
+    Value x = lookup(o.getInput());
+    std::string p = o.getPrefix().str();
+    Value logits = linear(x, sym(p + ".gate.weight"), c.getExperts());
+    Value indices = alloc(c.getTopK(), b.getI32Type());
+    Value weights = alloc(c.getTopK());
+    FlatSymbolRefAttr bias;
+    if (c.getTopkMethod() == TopkMethod::noaux_tc)
+      bias = sym(p + ".gate.e_score_correction_bias");
+    dsk::MoERouteOp::create(b, loc, logits, indices, weights, c, bias);
+    Value out = alloc(width(x));
+    dsk::MoEExpertsOp::create(b, loc, x, indices, weights, out,
+                              b.getStringAttr(p),
+                              b.getI64IntegerAttr(c.getExperts()),
+                              b.getI64IntegerAttr(c.getInter()));
+    if (c.getShared() > 0) {
+      Value shared =
+          mlp(x, p + ".shared_experts", c.getShared() * c.getInter());
+      dsk::AddOp::create(b, loc, out, shared, out);
+    }
+    return bind(o.getResult(), out);
+  }
+
+  func::FuncOp forward;
+  dsk::ProgramKind kind;
+  int64_t maxTokens;
+  OpBuilder b;
+  Location loc;
+  DenseMap<Value, Value> map;
+  Value ids, positions, logitsOut, n, lmHead;
+};
+
+struct LowerToKernelsPass
+    : public ds::impl::LowerToKernelsBase<LowerToKernelsPass> {
+  using LowerToKernelsBase::LowerToKernelsBase;
+
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    auto forward = module.lookupSymbol<func::FuncOp>("forward");
+    if (!forward) {
+      module.emitError("ds-lower-to-kernels: the module has no @forward");
+      return signalPassFailure();
+    }
+    if (maxSeqLen <= 0 || maxBatch <= 0 || maxBatch > maxSeqLen) {
+      module.emitError() << "ds-lower-to-kernels: need 0 < max-batch ("
+                         << maxBatch.getValue() << ") <= max-seq-len ("
+                         << maxSeqLen.getValue() << ")";
+      return signalPassFailure();
+    }
+    ProgramLowering prefill(forward, dsk::ProgramKind::prefill,
+                            maxSeqLen.getValue());
+    ProgramLowering decode(forward, dsk::ProgramKind::decode,
+                           maxBatch.getValue());
+    if (failed(prefill.run()) || failed(decode.run()))
+      return signalPassFailure();
+
+    // The latent cache: one row per MLA layer and position.
+    int64_t kvl = 0, rope = 0;
+    for (MLAOp mla : prefill.mlaLayers) {
+      MLAConfigAttr c = mla.getConfig();
+      if ((kvl && kvl != c.getKvLoraRank()) || (rope && rope != c.getQkRope())) {
+        mla.emitOpError("all MLA layers must share kv_lora_rank and qk_rope "
+                        "(one latent cache geometry)");
+        return signalPassFailure();
+      }
+      kvl = c.getKvLoraRank();
+      rope = c.getQkRope();
+    }
+    module->setAttr(dsk::kModelAttrName,
+                    dsk::ModelAttr::get(&getContext(), prefill.vocab,
+                                        prefill.hidden,
+                                        prefill.mlaLayers.size(), kvl, rope,
+                                        maxSeqLen));
+
+    // The model level is gone; MTP modules are not compiled yet.
+    for (auto fn : llvm::make_early_inc_range(module.getOps<func::FuncOp>()))
+      if (!fn->hasAttr(dsk::kProgramAttrName))
+        fn.erase();
+  }
+};
+
+} // namespace

@@ -1,0 +1,233 @@
+// RUN: ds-opt --split-input-file --verify-diagnostics %s
+
+// One case per verifier rule of the dsk dialect.
+
+// rms_norm: eps must be positive.
+ds.weight @n : tensor<16xf32>
+func.func @f(%x: memref<?x16xf32>) {
+  // expected-error @+1 {{eps must be positive}}
+  dsk.rms_norm %x, %x {eps = 0.0 : f64, weight = @n} : memref<?x16xf32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// rms_norm: out has the input's width.
+ds.weight @n : tensor<16xf32>
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>) {
+  // expected-error @+1 {{out must have 16 columns, got 'memref<?x8xf32>'}}
+  dsk.rms_norm %x, %y {eps = 1.0e-6 : f64, weight = @n} : memref<?x16xf32>, memref<?x8xf32>
+  return
+}
+
+// -----
+
+// linear: the weight is [out, in] of the buffers' widths.
+ds.weight @w : tensor<16x8xf32>
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>) {
+  // expected-error @+1 {{weight 'w' has shape [16, 8] but the op implies [8, 16]}}
+  dsk.linear %x, %y {weight = @w} : memref<?x16xf32>, memref<?x8xf32>
+  return
+}
+
+// -----
+
+// add: operands have one width.
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>) {
+  // expected-error @+1 {{rhs must have 16 columns}}
+  dsk.add %x, %y, %x : memref<?x16xf32>, memref<?x8xf32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// add: out has the operands' width.
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>) {
+  // expected-error @+1 {{out must have 16 columns}}
+  dsk.add %x, %x, %y : memref<?x16xf32>, memref<?x16xf32>, memref<?x8xf32>
+  return
+}
+
+// -----
+
+// swiglu: gate and up have one width.
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>) {
+  // expected-error @+1 {{up must have 16 columns}}
+  dsk.swiglu %x, %y, %x : memref<?x16xf32>, memref<?x8xf32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// swiglu: out has the operands' width.
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>) {
+  // expected-error @+1 {{out must have 16 columns}}
+  dsk.swiglu %x, %x, %y : memref<?x16xf32>, memref<?x16xf32>, memref<?x8xf32>
+  return
+}
+
+// -----
+
+// rope: dims odd.
+func.func @f(%x: memref<?x16xf32>, %p: memref<?xi32>) {
+  // expected-error @+1 {{dim must be positive and even, got 3}}
+  dsk.rope %x, %p {config = #ds.rope<theta = 1.0>, dim = 3 : i64, heads = 1 : i64, head_stride = 16 : i64, offset = 0 : i64} : memref<?x16xf32>, memref<?xi32>
+  return
+}
+
+// -----
+
+// rope: rotated columns fit the head.
+func.func @f(%x: memref<?x16xf32>, %p: memref<?xi32>) {
+  // expected-error @+1 {{rotated columns [4, 12) do not fit a head of 8 columns}}
+  dsk.rope %x, %p {config = #ds.rope<theta = 1.0>, dim = 8 : i64, heads = 2 : i64, head_stride = 8 : i64, offset = 4 : i64} : memref<?x16xf32>, memref<?xi32>
+  return
+}
+
+// -----
+
+// rope: heads fit the buffer.
+func.func @f(%x: memref<?x16xf32>, %p: memref<?xi32>) {
+  // expected-error @+1 {{3 heads of 8 columns exceed the buffer's 16}}
+  dsk.rope %x, %p {config = #ds.rope<theta = 1.0>, dim = 8 : i64, heads = 3 : i64, head_stride = 8 : i64, offset = 0 : i64} : memref<?x16xf32>, memref<?xi32>
+  return
+}
+
+// -----
+
+// mla_attention_naive: q is heads * (nope + rope) wide.
+func.func @f(%q: memref<?x40xf32>, %kv: memref<?x64xf32>, %k: memref<?x8xf32>, %o: memref<?x32xf32>) {
+  // expected-error @+1 {{q must have 48 columns}}
+  dsk.mla_attention_naive %q, %kv, %k, %o {heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x40xf32>, memref<?x64xf32>, memref<?x8xf32>, memref<?x32xf32>
+  return
+}
+
+// -----
+
+// mla_attention_naive: kv is heads * (nope + v) wide.
+func.func @f(%q: memref<?x48xf32>, %kv: memref<?x60xf32>, %k: memref<?x8xf32>, %o: memref<?x32xf32>) {
+  // expected-error @+1 {{kv must have 64 columns}}
+  dsk.mla_attention_naive %q, %kv, %k, %o {heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x48xf32>, memref<?x60xf32>, memref<?x8xf32>, memref<?x32xf32>
+  return
+}
+
+// -----
+
+// mla_attention_naive: the rope key is qk_rope wide.
+func.func @f(%q: memref<?x48xf32>, %kv: memref<?x64xf32>, %k: memref<?x6xf32>, %o: memref<?x32xf32>) {
+  // expected-error @+1 {{krope must have 8 columns}}
+  dsk.mla_attention_naive %q, %kv, %k, %o {heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x48xf32>, memref<?x64xf32>, memref<?x6xf32>, memref<?x32xf32>
+  return
+}
+
+// -----
+
+// mla_attention_naive: out is heads * v wide.
+func.func @f(%q: memref<?x48xf32>, %kv: memref<?x64xf32>, %k: memref<?x8xf32>, %o: memref<?x16xf32>) {
+  // expected-error @+1 {{out must have 32 columns}}
+  dsk.mla_attention_naive %q, %kv, %k, %o {heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x48xf32>, memref<?x64xf32>, memref<?x8xf32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// mla_attention_absorbed: q is heads * (nope + rope) wide.
+ds.weight @kvb : tensor<64x8xf32>
+func.func @f(%q: memref<?x40xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>) {
+  // expected-error @+1 {{q must have 48 columns}}
+  dsk.mla_attention_absorbed %q, %p, %o {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x40xf32>, memref<?xi32>, memref<?x32xf32>
+  return
+}
+
+// -----
+
+// mla_attention_absorbed: out is heads * v wide.
+ds.weight @kvb : tensor<64x8xf32>
+func.func @f(%q: memref<?x48xf32>, %p: memref<?xi32>, %o: memref<?x16xf32>) {
+  // expected-error @+1 {{out must have 32 columns}}
+  dsk.mla_attention_absorbed %q, %p, %o {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x48xf32>, memref<?xi32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// mla_attention_absorbed: kv_b is [heads * (nope + v), kv_lora_rank].
+ds.weight @kvb : tensor<64x4xf32>
+func.func @f(%q: memref<?x48xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>) {
+  // expected-error @+1 {{weight 'kvb' has shape [64, 4] but the op implies [64, 8]}}
+  dsk.mla_attention_absorbed %q, %p, %o {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32>
+  return
+}
+
+// -----
+
+// moe_route: one logit per expert.
+func.func @f(%l: memref<?x3xf32>, %i: memref<?x2xi32>, %w: memref<?x2xf32>) {
+  // expected-error @+1 {{logits must have 4 columns}}
+  dsk.moe_route %l, %i, %w {config = #ds.moe<experts = 4, shared = 0, top_k = 2, inter = 4, scoring = softmax, topk_method = greedy, n_group = 1, topk_group = 1, norm_topk = false, scale = 1.0>} : memref<?x3xf32>, memref<?x2xi32>, memref<?x2xf32>
+  return
+}
+
+// -----
+
+// moe_route: top_k indices per token.
+func.func @f(%l: memref<?x4xf32>, %i: memref<?x3xi32>, %w: memref<?x2xf32>) {
+  // expected-error @+1 {{indices must have 2 columns}}
+  dsk.moe_route %l, %i, %w {config = #ds.moe<experts = 4, shared = 0, top_k = 2, inter = 4, scoring = softmax, topk_method = greedy, n_group = 1, topk_group = 1, norm_topk = false, scale = 1.0>} : memref<?x4xf32>, memref<?x3xi32>, memref<?x2xf32>
+  return
+}
+
+// -----
+
+// moe_route: top_k weights per token.
+func.func @f(%l: memref<?x4xf32>, %i: memref<?x2xi32>, %w: memref<?x1xf32>) {
+  // expected-error @+1 {{weights must have 2 columns}}
+  dsk.moe_route %l, %i, %w {config = #ds.moe<experts = 4, shared = 0, top_k = 2, inter = 4, scoring = softmax, topk_method = greedy, n_group = 1, topk_group = 1, norm_topk = false, scale = 1.0>} : memref<?x4xf32>, memref<?x2xi32>, memref<?x1xf32>
+  return
+}
+
+// -----
+
+// moe_route: noaux_tc needs its bias.
+func.func @f(%l: memref<?x4xf32>, %i: memref<?x2xi32>, %w: memref<?x2xf32>) {
+  // expected-error @+1 {{a correction bias goes with noaux_tc routing, and only with it}}
+  dsk.moe_route %l, %i, %w {config = #ds.moe<experts = 4, shared = 0, top_k = 2, inter = 4, scoring = sigmoid, topk_method = noaux_tc, n_group = 2, topk_group = 1, norm_topk = true, scale = 1.0>} : memref<?x4xf32>, memref<?x2xi32>, memref<?x2xf32>
+  return
+}
+
+// -----
+
+// moe_route: other methods take no bias.
+ds.weight @b : tensor<4xf32>
+func.func @f(%l: memref<?x4xf32>, %i: memref<?x2xi32>, %w: memref<?x2xf32>) {
+  // expected-error @+1 {{a correction bias goes with noaux_tc routing, and only with it}}
+  dsk.moe_route %l, %i, %w {config = #ds.moe<experts = 4, shared = 0, top_k = 2, inter = 4, scoring = softmax, topk_method = greedy, n_group = 1, topk_group = 1, norm_topk = false, scale = 1.0>, bias = @b} : memref<?x4xf32>, memref<?x2xi32>, memref<?x2xf32>
+  return
+}
+
+// -----
+
+// moe_experts: indices and weights agree on top_k.
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x2xi32>, %w: memref<?x1xf32>) {
+  // expected-error @+1 {{indices and weights differ in top_k}}
+  dsk.moe_experts %x, %i, %w, %x {prefix = "m", experts = 1 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x2xi32>, memref<?x1xf32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// moe_experts: out has the input's width.
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x8xf32>) {
+  // expected-error @+1 {{out must have 16 columns}}
+  dsk.moe_experts %x, %i, %w, %y {prefix = "m", experts = 1 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x8xf32>
+  return
+}
+
+// -----
+
+// moe_experts: every expert's weights exist.
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>) {
+  // expected-error @+1 {{weight 'm.experts.0.gate_proj.weight' is not defined by a ds.weight}}
+  dsk.moe_experts %x, %i, %w, %x {prefix = "m", experts = 1 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+  return
+}

@@ -1,0 +1,52 @@
+// RUN: ds-opt %s | ds-opt | FileCheck %s
+// RUN: ds-opt --mlir-print-op-generic %s | ds-opt | FileCheck %s
+
+// Every kernel-level op, printed and parsed back.
+// CHECK: module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers = 1, kv_lora_rank = 8, qk_rope = 8, max_seq_len = 32>}
+// CHECK: func.func @prefill({{.+}}) attributes {dsk.program = #dsk.program<kind = prefill, max_tokens = 32, arena_bytes = 4096>}
+// CHECK: dsk.arena : memref<4096xi8>
+// CHECK: dsk.embedding %{{.+}}, %{{.+}} {weight = @emb} : memref<?xi32>, memref<?x16xf32>
+// CHECK: dsk.rms_norm %{{.+}}, %{{.+}} {eps = 1.000000e-05 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>
+// CHECK: dsk.linear %{{.+}}, %{{.+}} {weight = @q} : memref<?x16xf32>, memref<?x48xf32>
+// CHECK: dsk.add %{{.+}}, %{{.+}}, %{{.+}} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+// CHECK: dsk.swiglu %{{.+}}, %{{.+}}, %{{.+}} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+// CHECK: dsk.rope %{{.+}}, %{{.+}} {config = #{{.+}}, dim = 8 : i64, head_stride = 24 : i64, heads = 2 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?xi32>
+// CHECK: dsk.kv_cache_write %{{.+}}, %{{.+}}, %{{.+}} {layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+// CHECK: dsk.mla_attention_naive %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, scale = 2.000000e-01 : f64, v_head = 16 : i64}
+// CHECK: dsk.mla_attention_absorbed %{{.+}}, %{{.+}}, %{{.+}} {heads = 2 : i64, kv_b = @kvb, kv_lora_rank = 8 : i64, layer = 0 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, scale = 2.000000e-01 : f64, v_head = 16 : i64}
+// CHECK: dsk.moe_route %{{.+}}, %{{.+}}, %{{.+}} {bias = @bias, config = #{{.+}}} : memref<?x2xf32>, memref<?x1xi32>, memref<?x1xf32>
+// CHECK: dsk.moe_experts %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {experts = 2 : i64, inter = 4 : i64, prefix = "m"} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers = 1, kv_lora_rank = 8, qk_rope = 8, max_seq_len = 32>} {
+  ds.weight @emb : tensor<8x16xf32>
+  ds.weight @norm : tensor<16xf32>
+  ds.weight @q : tensor<48x16xf32>
+  ds.weight @kvb : tensor<64x8xf32>
+  ds.weight @bias : tensor<2xf32>
+  ds.weight @m.experts.0.gate_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.0.up_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.0.down_proj.weight : tensor<16x4xf32>
+  ds.weight @m.experts.1.gate_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.1.up_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.1.down_proj.weight : tensor<16x4xf32>
+  func.func @prefill(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x16xf32>, %q: memref<?x48xf32>,
+                     %lat: memref<?x8xf32>, %kva: memref<?x16xf32>, %kv: memref<?x64xf32>, %o: memref<?x32xf32>,
+                     %rl: memref<?x2xf32>, %idx: memref<?x1xi32>, %w: memref<?x1xf32>)
+      attributes {dsk.program = #dsk.program<kind = prefill, max_tokens = 32, arena_bytes = 4096>} {
+    %arena = dsk.arena : memref<4096xi8>
+    dsk.embedding %ids, %x {weight = @emb} : memref<?xi32>, memref<?x16xf32>
+    dsk.rms_norm %x, %x {eps = 1.0e-5 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>
+    dsk.linear %x, %q {weight = @q} : memref<?x16xf32>, memref<?x48xf32>
+    dsk.add %x, %x, %x : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.swiglu %x, %x, %x : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.rope %q, %pos {config = #ds.rope<theta = 10000.0>, dim = 8 : i64, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?xi32>
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %kr = memref.subview %kva[0, 8] [%n, 8] [1, 1] : memref<?x16xf32> to memref<?x8xf32, strided<[16, 1], offset: 8>>
+    dsk.kv_cache_write %lat, %kr, %pos {layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+    dsk.mla_attention_naive %q, %kv, %kr, %o {heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x48xf32>, memref<?x64xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?x32xf32>
+    dsk.mla_attention_absorbed %q, %pos, %o {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32>
+    dsk.moe_route %rl, %idx, %w {config = #ds.moe<experts = 2, shared = 0, top_k = 1, inter = 4, scoring = sigmoid, topk_method = noaux_tc, n_group = 1, topk_group = 1, norm_topk = true, scale = 1.0>, bias = @bias} : memref<?x2xf32>, memref<?x1xi32>, memref<?x1xf32>
+    dsk.moe_experts %x, %idx, %w, %x {prefix = "m", experts = 2 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+    return
+  }
+}

@@ -1,0 +1,48 @@
+// The planned kernel level of models/tiny.mlir as C++: tables, the two
+// programs as kernel calls in launch order, the ModelSpec and main.
+// RUN: ds-opt --ds-lower-to-kernels="max-seq-len=64" --dsk-plan-memory %ds_src_root/models/tiny.mlir -o %t.mlir
+// RUN: ds-translate --emit-cpp %t.mlir -o %t.cpp
+// RUN: FileCheck %s < %t.cpp
+// The output compiles against the runtime header.
+// RUN: c++ -std=c++17 -fsyntax-only -I %ds_src_root/include %t.cpp
+// Errors: a module that was not lowered, or not planned.
+// RUN: not ds-translate --emit-cpp %ds_src_root/models/tiny.mlir -o %t.bad.cpp 2>&1 | FileCheck %s --check-prefix=NOTLOWERED
+// RUN: ds-opt --ds-lower-to-kernels %ds_src_root/models/tiny.mlir -o %t.unplanned.mlir
+// RUN: not ds-translate --emit-cpp %t.unplanned.mlir -o %t.bad.cpp 2>&1 | FileCheck %s --check-prefix=UNPLANNED
+// RUN: not test -e %t.bad.cpp
+
+// CHECK: #include "ds/Runtime/Runtime.h"
+// CHECK: const dsrt::WeightSpec kWeights[] = {
+// CHECK-NEXT: {"model.embed_tokens.weight", 2, {1024, 64}, dsrt::DType::BF16},
+// CHECK: {"model.layers.1.mlp.gate.e_score_correction_bias", 1, {16, 0}, dsrt::DType::F32},
+// CHECK: const dsrt::RopeSpec kRopes[] = {
+// CHECK-NEXT: {8, 10000.0, true, 4.0, 128, 32.0, 1.0, 1.0, 1.0},
+// CHECK-NEXT: };
+// CHECK: void prefill(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, int64_t n, float *logits) {
+// CHECK-NEXT: char *arena = ctx.arena();
+// CHECK: dsrt::cpu::embedding(ctx, ctx.weight(0), 1024, 64, ids, n, [[X:b[0-9]+]], 64);
+// CHECK: dsrt::cpu::rmsNorm(ctx, [[X]], 64, ctx.weight({{[0-9]+}}), n, 64, 9.9999999999999995e-07,
+// Column slices of the kv_a output: the latent (columns 0..31) and the rope key (32..39).
+// CHECK: dsrt::cpu::linear(ctx, {{b[0-9]+}}, 64, n, 64, ctx.weight({{[0-9]+}}), 40, [[KVA:b[0-9]+]], 40);
+// CHECK: dsrt::cpu::rmsNorm(ctx, ([[KVA]] + 0), 40, ctx.weight({{[0-9]+}}), n, 32,
+// CHECK: dsrt::cpu::rope(ctx, {{b[0-9]+}}, 96, n, 4, 24, 16, pos, 0);
+// CHECK: dsrt::cpu::rope(ctx, ([[KVA]] + 32), 40, n, 1, 8, 0, pos, 0);
+// CHECK: dsrt::cpu::kvCacheWrite(ctx, 0, {{b[0-9]+}}, 32, ([[KVA]] + 32), 40, pos, n);
+// CHECK: dsrt::cpu::mlaAttentionNaive(ctx, {{.+}}, n, 4, 16, 8, 16, 0.26464225796422675,
+// CHECK: static const dsrt::MoERouting route{{[0-9]+}} = {16, 4, 4, 2, dsrt::MoERouting::Sigmoid, dsrt::MoERouting::NoauxTC, true, 2.5};
+// CHECK: dsrt::cpu::moeRoute(
+// CHECK: const float *e{{[0-9]+}}gate[16] = {ctx.weight(
+// CHECK: dsrt::cpu::moeExperts(ctx, {{.+}}, n, 64, 32, {{.+}}, 4, e{{[0-9]+}}gate, e{{[0-9]+}}up, e{{[0-9]+}}down, 16,
+// CHECK: dsrt::cpu::linear(ctx, {{.+}}, ctx.weight({{[0-9]+}}), 1024, logits, 1024);
+// CHECK: void decode(
+// CHECK-NOT: mlaAttentionNaive
+// CHECK: dsrt::cpu::mlaAttentionAbsorbed(ctx, 0, {{b[0-9]+}}, 96, ctx.weight({{[0-9]+}}), pos, n, 4, 16, 8, 16, 0.26464225796422675,
+// CHECK: static const dsrt::ModelSpec kModel = {
+// CHECK: /*cacheLayers=*/3, /*kvLoraRank=*/32, /*qkRopeDim=*/8,
+// CHECK-NEXT: /*maxSeqLen=*/64,
+// CHECK: prefill, 64,
+// CHECK-NEXT: decode, 1,
+// CHECK: int main(int argc, char **argv) { return dsrt::runMain(argc, argv, kModel); }
+
+// NOTLOWERED: error: emit-cpp: not a kernel-level module (run ds-lower-to-kernels and dsk-plan-memory first)
+// UNPLANNED: error: 'func.func' op emit-cpp: program has no memory plan (run dsk-plan-memory)

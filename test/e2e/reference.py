@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""Independent numpy reference forward pass of DeepSeek-V2/V3 (float32).
+
+  reference.py --checkpoint PATH --prompt-ids 1,2,3 [--max-new-tokens N (8)]
+               [--dump-logits FILE.npy] [--config CONFIG.json]
+
+PATH is a checkpoint directory (config.json + safetensors, single file, sharded
+with model.safetensors.index.json, or a directory of *.safetensors) or a
+.safetensors file (config.json then comes from its directory or --config).
+Weights are converted to float32 on load (FP8 dequantized with their 128x128
+block scales). Prints `tokens: a b c ...`: N greedy tokens, each step
+recomputing the full forward over prompt + generated tokens (no cache).
+--dump-logits writes the prompt's logits [n, vocab] as float32 .npy.
+
+Semantics follow deepseek-ai/DeepSeek-V3 inference/model.py and the Hugging
+Face modeling_deepseek.py (V2/V3) as described in the function docstrings;
+where they differ this follows the HF code (the checkpoints' config fields).
+"""
+
+import argparse
+import math
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hfconfig  # noqa: E402
+import st  # noqa: E402
+
+F32 = np.float32
+MLA_NORM_EPS = 1e-6  # q_a_layernorm / kv_a_layernorm: HF's RMSNorm default eps
+
+
+class ReferenceError_(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- primitives
+
+def rms_norm(x, w, eps):
+    """x / sqrt(mean(x^2) + eps) * w, in float32."""
+    x = x.astype(F32)
+    var = np.mean(x * x, axis=-1, keepdims=True, dtype=F32)
+    return (x / np.sqrt(var + F32(eps))).astype(F32) * w
+
+
+def linear(x, w):
+    """y = x W^T (HF / torch nn.Linear layout: W is [out, in])."""
+    return np.matmul(x, w.T).astype(F32)
+
+
+def sigmoid(x):
+    with np.errstate(over="ignore"):
+        return (F32(1) / (F32(1) + np.exp(-x))).astype(F32)
+
+
+def softmax(x, axis=-1):
+    m = np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    return (e / np.sum(e, axis=axis, keepdims=True)).astype(F32)
+
+
+def swiglu(x, W, prefix):
+    """down(silu(gate(x)) * up(x))."""
+    g = linear(x, W[prefix + "gate_proj.weight"])
+    u = linear(x, W[prefix + "up_proj.weight"])
+    return linear(g * sigmoid(g) * u, W[prefix + "down_proj.weight"])
+
+
+# ---------------------------------------------------------------- RoPE / YaRN
+
+def yarn_get_mscale(scale, mscale):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_params(c):
+    """-> (inv_freq [rope/2] float64, cos/sin multiplier, softmax scale).
+
+    Plain RoPE: inv_freq = 1 / theta^(arange(0, dim, 2) / dim).
+    YaRN (rope_scaling type/rope_type yarn; applied always, as in HF):
+      low/high = correction range of beta_fast/beta_slow over
+      original_max_position_embeddings (floor/ceil, clamped to [0, dim-1]);
+      smooth = 1 - linear_ramp(low, high, dim/2) (high += 0.001 when equal);
+      inv_freq = inv_freq / factor * (1 - smooth) + inv_freq * smooth;
+      cos and sin are multiplied by yarn_get_mscale(factor, mscale) /
+      yarn_get_mscale(factor, mscale_all_dim) (HF; 1 when they are equal);
+      softmax scale (nope + rope)^-0.5 * yarn_get_mscale(factor, mscale_all_dim)^2
+      when mscale_all_dim is set (nonzero).
+    """
+    dim = c["qk_rope_head_dim"]
+    base = float(c["rope_theta"])
+    inv_freq = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    scale = (c["qk_nope_head_dim"] + c["qk_rope_head_dim"]) ** -0.5
+    attn_factor = 1.0
+    rs = c["rope_scaling"]
+    if rs is not None:
+        factor = float(rs["factor"])
+        orig = float(rs.get("original_max_position_embeddings", 4096))
+        beta_fast = float(rs.get("beta_fast", 32))
+        beta_slow = float(rs.get("beta_slow", 1))
+        mscale = float(rs.get("mscale", 1))
+        mscale_all_dim = float(rs.get("mscale_all_dim", 0) or 0)
+
+        def corr_dim(rot):
+            return dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+
+        low = max(math.floor(corr_dim(beta_fast)), 0)
+        high = min(math.ceil(corr_dim(beta_slow)), dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+        smooth = 1.0 - ramp
+        inv_freq = inv_freq / factor * (1 - smooth) + inv_freq * smooth
+        attn_factor = yarn_get_mscale(factor, mscale) / yarn_get_mscale(factor, mscale_all_dim)
+        if mscale_all_dim:
+            m = yarn_get_mscale(factor, mscale_all_dim)
+            scale = scale * m * m
+    return inv_freq, attn_factor, scale
+
+
+def rope_tables(c, n):
+    inv_freq, attn_factor, _ = rope_params(c)
+    ang = np.outer(np.arange(n, dtype=np.float64), inv_freq)
+    return (np.cos(ang) * attn_factor).astype(F32), (np.sin(ang) * attn_factor).astype(F32)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate interleaved pairs (2i, 2i+1) of the last dim as complex numbers
+    (inference/model.py: view_as_complex of the last dim viewed as [-1, 2]).
+    x: [n, ..., dim]; cos, sin: [n, dim/2]."""
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (cos.shape[1],)
+    c, s = cos.reshape(shape), sin.reshape(shape)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2] = x0 * c - x1 * s
+    out[..., 1::2] = x0 * s + x1 * c
+    return out
+
+
+# ---------------------------------------------------------------- blocks
+
+def mla(c, W, p, x, cos, sin):
+    """Multi-head latent attention (naive form), causal, over all n tokens."""
+    n = x.shape[0]
+    nh = c["num_attention_heads"]
+    nope, rope, vd, kvl = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"], c["kv_lora_rank"]
+    if c["q_lora_rank"] is None:
+        q = linear(x, W[p + "q_proj.weight"])
+    else:
+        q = linear(rms_norm(linear(x, W[p + "q_a_proj.weight"]), W[p + "q_a_layernorm.weight"],
+                            MLA_NORM_EPS), W[p + "q_b_proj.weight"])
+    q = q.reshape(n, nh, nope + rope)
+    q_nope, q_pe = q[..., :nope], apply_rope(q[..., nope:], cos, sin)
+    kv = linear(x, W[p + "kv_a_proj_with_mqa.weight"])
+    latent, k_pe = kv[:, :kvl], apply_rope(kv[:, kvl:], cos, sin)  # k_pe [n, rope], shared by heads
+    kvb = linear(rms_norm(latent, W[p + "kv_a_layernorm.weight"], MLA_NORM_EPS),
+                 W[p + "kv_b_proj.weight"]).reshape(n, nh, nope + vd)
+    k_nope, v = kvb[..., :nope], kvb[..., nope:]
+    _, _, scale = rope_params(c)
+    scores = (np.einsum("shd,thd->hst", q_nope, k_nope) +
+              np.einsum("shr,tr->hst", q_pe, k_pe)).astype(F32) * F32(scale)
+    mask = np.triu(np.ones((n, n), dtype=bool), 1)
+    scores = np.where(mask[None], F32(-np.inf), scores)
+    probs = softmax(scores, axis=-1)
+    out = np.einsum("hst,thd->shd", probs, v).astype(F32).reshape(n, nh * vd)
+    return linear(out, W[p + "o_proj.weight"])
+
+
+def topk_idx(scores, k):
+    """Indices of the k largest per row (ties: lower index first)."""
+    return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+
+
+def route(c, W, p, x):
+    """-> (expert indices [n, k], weights [n, k]).
+
+    scores = sigmoid or softmax(x @ gate^T) in float32; selection scores add
+    e_score_correction_bias for noaux_tc. With topk_method != greedy and
+    n_group > 1, groups are scored by the sum of their top-2 selection scores
+    (noaux_tc) or their max (group_limited_greedy); the topk_group best are
+    kept, the others masked to -inf (inference/model.py; HF's code fills 0.0,
+    which differs only when a kept expert's biased score is negative and ranks
+    below k). Top-k of the selection scores (ties: lower index); the weights
+    are the unbiased scores, divided by their sum if norm_topk_prob, then
+    multiplied by routed_scaling_factor.
+    """
+    E, k = c["n_routed_experts"], c["num_experts_per_tok"]
+    logits = linear(x.astype(F32), W[p + "gate.weight"])
+    scores = sigmoid(logits) if c["scoring_func"] == "sigmoid" else softmax(logits, axis=-1)
+    sel = scores
+    if c["topk_method"] == "noaux_tc":
+        sel = scores + W[p + "gate.e_score_correction_bias"][None, :]
+    G = c["n_group"]
+    if c["topk_method"] != "greedy" and G > 1:
+        n = x.shape[0]
+        grouped = sel.reshape(n, G, E // G)
+        if c["topk_method"] == "noaux_tc":
+            top2 = -np.sort(-grouped, axis=-1)[..., :min(2, E // G)]
+            gscore = top2.sum(axis=-1)
+        else:
+            gscore = grouped.max(axis=-1)
+        keep = np.zeros((n, G), dtype=bool)
+        np.put_along_axis(keep, topk_idx(gscore, c["topk_group"]), True, axis=-1)
+        sel = np.where(np.repeat(keep, E // G, axis=1), sel, F32(-np.inf))
+    idx = topk_idx(sel, k)
+    w = np.take_along_axis(scores, idx, axis=-1)
+    if c["norm_topk_prob"]:
+        w = w / w.sum(axis=-1, keepdims=True)
+    w = (w * F32(c["routed_scaling_factor"])).astype(F32)
+    return idx, w
+
+
+def moe(c, W, p, x):
+    idx, w = route(c, W, p, x)
+    y = np.zeros_like(x)
+    for e in np.unique(idx):
+        rows, slot = np.nonzero(idx == e)
+        y[rows] += swiglu(x[rows], W, p + "experts.%d." % e) * w[rows, slot][:, None]
+    if c["n_shared_experts"]:
+        y = y + swiglu(x, W, p + "shared_experts.")
+    return y.astype(F32)
+
+
+def forward(c, W, ids):
+    """Logits [n, vocab] for token ids [n] at positions 0..n-1."""
+    ids = np.asarray(ids, dtype=np.int64)
+    n = len(ids)
+    cos, sin = rope_tables(c, n)
+    eps = c["rms_norm_eps"]
+    h = W["model.embed_tokens.weight"][ids].astype(F32)
+    for i in range(c["num_hidden_layers"]):
+        p = "model.layers.%d." % i
+        h = h + mla(c, W, p + "self_attn.", rms_norm(h, W[p + "input_layernorm.weight"], eps), cos, sin)
+        hn = rms_norm(h, W[p + "post_attention_layernorm.weight"], eps)
+        if hfconfig.is_moe_layer(c, i):
+            h = h + moe(c, W, p + "mlp.", hn)
+        else:
+            h = h + swiglu(hn, W, p + "mlp.")
+    h = rms_norm(h, W["model.norm.weight"], eps)
+    head = W["model.embed_tokens.weight"] if c["tie_word_embeddings"] else W["lm_head.weight"]
+    return linear(h, head)
+
+
+# ---------------------------------------------------------------- driver
+
+def load(checkpoint, config=None):
+    if config is None:
+        d = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
+        config = os.path.join(d, "config.json")
+    c = hfconfig.load(config)
+    W = st.read_checkpoint(checkpoint)
+    for name, shape in hfconfig.checkpoint_tensors(c, with_mtp=False):
+        if name not in W:
+            raise ReferenceError_("missing tensor '%s'" % name)
+        if tuple(W[name].shape) != tuple(shape):
+            raise ReferenceError_("tensor '%s' has shape %s, expected %s"
+                                  % (name, list(W[name].shape), list(shape)))
+    return c, W
+
+
+def parse_ids(s):
+    try:
+        return [int(t) for t in s.split(",") if t.strip() != ""]
+    except ValueError:
+        raise ReferenceError_("--prompt-ids: not a comma-separated list of integers: %r" % s)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--config", help="config.json (default: next to the checkpoint)")
+    ap.add_argument("--prompt-ids", required=True)
+    ap.add_argument("--max-new-tokens", type=int, default=8)
+    ap.add_argument("--dump-logits")
+    args = ap.parse_args(argv)
+    try:
+        ids = parse_ids(args.prompt_ids)
+        if not ids:
+            raise ReferenceError_("--prompt-ids: empty prompt")
+        if args.max_new_tokens < 0:
+            raise ReferenceError_("--max-new-tokens must be >= 0")
+        c, W = load(args.checkpoint, args.config)
+        V = c["vocab_size"]
+        for t in ids:
+            if not 0 <= t < V:
+                raise ReferenceError_("token id %d out of range [0, %d)" % (t, V))
+        logits = forward(c, W, ids)
+        if args.dump_logits:
+            tmp = args.dump_logits + ".tmp.npy"
+            np.save(tmp, logits.astype(F32))
+            os.replace(tmp, args.dump_logits)
+        seq, new = list(ids), []
+        for step in range(args.max_new_tokens):
+            if step > 0:
+                logits = forward(c, W, seq)
+            t = int(np.argmax(logits[-1]))
+            new.append(t)
+            seq.append(t)
+    except (OSError, ValueError, KeyError, st.SafetensorsError, hfconfig.ConfigError,
+            ReferenceError_) as e:
+        print("reference.py: error: %s" % e, file=sys.stderr)
+        return 1
+    print("tokens:" + "".join(" %d" % t for t in new))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+//===- ds-compile.cpp - model -> executable -------------------------------===//
+//
+//   ds-compile INPUT -o OUT [--target=cpu] [--max-seq-len=N] [--max-batch=N]
+//              [--emit=mlir|source|exe]
+//
+// INPUT is a ds-dialect .mlir model, or a Hugging Face config.json (or a
+// checkpoint directory holding one). A thin driver over the same passes
+// ds-opt runs: ds-lower-to-kernels, dsk-plan-memory, then C++ emission and
+// the host C++ compiler against libdsrt.
+//
+//===----------------------------------------------------------------------===//
+
+#include "ds/Dialect/DS/IR/DSOps.h"
+#include "ds/Dialect/Kernel/IR/KernelDialect.h"
+#include "ds/Target/Cpp.h"
+#include "ds/Target/HFConfig.h"
+#include "ds/Transforms/Passes.h"
+
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/Verifier.h"
+#include "mlir/Parser/Parser.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Support/FileUtilities.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/Program.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/ToolOutputFile.h"
+#include "llvm/Support/WithColor.h"
+
+namespace cl = llvm::cl;
+using namespace mlir;
+
+static cl::OptionCategory category("ds-compile options");
+
+static cl::opt<std::string> input(cl::Positional, cl::Required,
+                                  cl::desc("<model.mlir | config.json | checkpoint dir>"),
+                                  cl::cat(category));
+static cl::opt<std::string> output("o", cl::Required, cl::desc("Output file"),
+                                   cl::value_desc("file"), cl::cat(category));
+
+enum class Target { Cpu, Cuda };
+static cl::opt<Target> target(
+    "target", cl::desc("Backend (default: cpu; the CUDA backend is not built yet)"),
+    cl::values(clEnumValN(Target::Cpu, "cpu", "multithreaded C++ on libdsrt's CPU backend"),
+               clEnumValN(Target::Cuda, "cuda", "CUDA C++ (not available yet)")),
+    cl::init(Target::Cpu), cl::cat(category));
+
+enum class Emit { Mlir, Source, Exe };
+static cl::opt<Emit> emit(
+    "emit", cl::desc("What to write to -o"),
+    cl::values(clEnumValN(Emit::Mlir, "mlir", "the planned kernel-level module"),
+               clEnumValN(Emit::Source, "source", "the generated C++"),
+               clEnumValN(Emit::Exe, "exe", "the executable (default)")),
+    cl::init(Emit::Exe), cl::cat(category));
+
+static cl::opt<int64_t> maxSeqLen("max-seq-len",
+                                  cl::desc("Positions the KV cache holds; longest prompt (default 4096)"),
+                                  cl::init(4096), cl::cat(category));
+static cl::opt<int64_t> maxBatch("max-batch",
+                                 cl::desc("Tokens per decode step (default 1)"),
+                                 cl::init(1), cl::cat(category));
+static cl::opt<int> tp("tp", cl::desc("Tensor-parallel ranks (only 1 so far)"), cl::init(1), cl::cat(category));
+static cl::opt<int> ep("ep", cl::desc("Expert-parallel ranks (only 1 so far)"), cl::init(1), cl::cat(category));
+static cl::opt<int> pp("pp", cl::desc("Pipeline-parallel stages (only 1 so far)"), cl::init(1), cl::cat(category));
+static cl::opt<int> dp("dp", cl::desc("Data-parallel replicas (only 1 so far)"), cl::init(1), cl::cat(category));
+static cl::opt<std::string> quant("quant", cl::desc("Quantization: none (fp8 not yet)"),
+                                  cl::init("none"), cl::cat(category));
+static cl::opt<bool> explainPlan("explain-plan", cl::desc("Print the per-rank plan and exit (not yet)"),
+                                 cl::cat(category));
+static cl::opt<std::string> cxx("cxx", cl::desc("Host C++ compiler (default: $CXX, else c++)"),
+                                cl::cat(category));
+static cl::opt<bool> verbose("v", cl::desc("Print the compiler command"), cl::cat(category));
+
+static int fail(const llvm::Twine &msg) {
+  llvm::WithColor::error(llvm::errs(), "ds-compile") << msg << "\n";
+  return 1;
+}
+
+static OwningOpRef<ModuleOp> load(MLIRContext &ctx, llvm::SourceMgr &sourceMgr,
+                                  std::string &error) {
+  llvm::StringRef path(input);
+  if (llvm::sys::fs::is_directory(path) || path.ends_with(".json"))
+    return ds::importHFConfig(path, &ctx, error);
+  auto buffer = openInputFile(path, &error);
+  if (!buffer)
+    return nullptr;
+  sourceMgr.AddNewSourceBuffer(std::move(buffer), llvm::SMLoc());
+  return parseSourceFile<ModuleOp>(sourceMgr, &ctx);
+}
+
+/// Runs the host compiler on `source`, writing the executable to OUT
+/// atomically (temp file + rename).
+static int buildExecutable(llvm::StringRef source) {
+  llvm::SmallString<128> dir;
+  if (std::error_code ec = llvm::sys::fs::createUniqueDirectory("ds-compile", dir))
+    return fail("cannot create a temporary directory: " + ec.message());
+  llvm::SmallString<128> src(dir), exe(dir);
+  llvm::sys::path::append(src, "model.cpp");
+  llvm::sys::path::append(exe, "model");
+  auto cleanup = [&]() {
+    llvm::sys::fs::remove(src);
+    llvm::sys::fs::remove(exe);
+    llvm::sys::fs::remove(dir);
+  };
+  {
+    std::error_code ec;
+    llvm::raw_fd_ostream os(src, ec);
+    if (ec)
+      return cleanup(), fail(src + ": " + ec.message());
+    os << source;
+  }
+  std::string compiler = cxx;
+  if (compiler.empty())
+    if (const char *env = std::getenv("CXX"))
+      compiler = env;
+  if (compiler.empty())
+    compiler = "c++";
+  auto program = llvm::sys::findProgramByName(compiler);
+  if (!program)
+    return cleanup(), fail("host C++ compiler '" + compiler + "' not found");
+
+  SmallVector<std::string> args = {*program, "-std=c++17", "-O2", "-w",
+                                   "-I", DS_RUNTIME_INCLUDE_DIR,
+                                   src.str().str(), DS_RUNTIME_LIBRARY};
+  SmallVector<StringRef> linkLibs;
+  StringRef(DS_RUNTIME_LINK_LIBS).split(linkLibs, ' ', -1, false);
+  for (StringRef lib : linkLibs)
+    args.push_back(lib.str());
+  args.push_back("-o");
+  args.push_back(exe.str().str());
+  SmallVector<StringRef> argRefs(args.begin(), args.end());
+  if (verbose) {
+    for (StringRef a : argRefs)
+      llvm::errs() << a << " ";
+    llvm::errs() << "\n";
+  }
+  std::string message;
+  int rc = llvm::sys::ExecuteAndWait(*program, argRefs, std::nullopt, {}, 0, 0,
+                                     &message);
+  if (rc != 0)
+    return cleanup(), fail("the host C++ compiler failed" +
+                           (message.empty() ? "" : ": " + message));
+  if (std::error_code ec = llvm::sys::fs::copy_file(exe, output + ".tmp"))
+    return cleanup(), fail(output + ": " + ec.message());
+  llvm::sys::fs::setPermissions(output + ".tmp", llvm::sys::fs::all_read |
+                                                     llvm::sys::fs::all_exe |
+                                                     llvm::sys::fs::owner_write);
+  if (std::error_code ec = llvm::sys::fs::rename(output + ".tmp", output)) {
+    llvm::sys::fs::remove(output + ".tmp");
+    return cleanup(), fail(output + ": " + ec.message());
+  }
+  cleanup();
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  llvm::InitLLVM init(argc, argv);
+  registerPassManagerCLOptions();
+  registerAsmPrinterCLOptions();
+  registerMLIRContextCLOptions();
+  cl::ParseCommandLineOptions(
+      argc, argv,
+      "ds-compile: compile a DeepSeek-architecture model to an executable\n\n"
+      "  ds-compile INPUT -o OUT [--target=cpu] [--max-seq-len=N] [--emit=exe]\n"
+      "  OUT [--weights PATH] [--prompt-ids 1,2,3] [--max-new-tokens N] ...\n");
+
+  if (target == Target::Cuda)
+    return fail("--target=cuda: the CUDA backend is not built yet; use --target=cpu");
+  if (tp != 1 || ep != 1 || pp != 1 || dp != 1)
+    return fail("--tp/--ep/--pp/--dp: only single-rank compilation is implemented yet");
+  if (quant != "none")
+    return fail("--quant=" + quant + ": only 'none' is implemented yet");
+  if (explainPlan)
+    return fail("--explain-plan is not implemented yet");
+
+  MLIRContext ctx;
+  ctx.loadDialect<ds::DSDialect, ds::kernel::DSKDialect>();
+  llvm::SourceMgr sourceMgr;
+  SourceMgrDiagnosticHandler handler(sourceMgr, &ctx);
+  std::string error;
+  OwningOpRef<ModuleOp> module = load(ctx, sourceMgr, error);
+  if (!module)
+    return error.empty() ? 1 : fail(error);
+  if (failed(verify(*module)))
+    return 1;
+
+  PassManager pm(&ctx);
+  if (failed(applyPassManagerCLOptions(pm)))
+    return 1;
+  ds::LowerToKernelsOptions lowering;
+  lowering.maxSeqLen = maxSeqLen;
+  lowering.maxBatch = maxBatch;
+  pm.addPass(ds::createLowerToKernels(lowering));
+  pm.addPass(ds::createPlanMemory());
+  if (failed(pm.run(*module)))
+    return 1;
+
+  std::string text;
+  llvm::raw_string_ostream os(text);
+  if (emit == Emit::Mlir)
+    module->print(os);
+  else if (failed(ds::emitCpp(*module, os)))
+    return 1;
+  if (emit != Emit::Exe) {
+    auto out = openOutputFile(output, &error);
+    if (!out)
+      return fail(error);
+    out->os() << text;
+    out->keep();
+    return 0;
+  }
+  return buildExecutable(text);
+}
