@@ -148,6 +148,12 @@ const float *Context::weight(int64_t index) const {
   return impl_->weights[index];
 }
 
+const Fp8Weight *Context::fp8Weight(int64_t index) const {
+  return index >= 0 && size_t(index) < impl_->fp8Weights.size()
+             ? impl_->fp8Weights[size_t(index)]
+             : nullptr;
+}
+
 char *Context::arena() { return impl_->arena; }
 
 float *Context::cacheRow(int64_t layer, int64_t position) {

@@ -31,9 +31,20 @@ struct Context::Impl {
   int threads = 1;
   std::unique_ptr<ThreadPool> pool;
 
-  /// float32 copy of every weight; weights[i] points into storage[i].
+  /// float32 copy of every weight kept in float; weights[i] points into
+  /// storage[i] (null for a weight kept in FP8).
   std::vector<std::vector<float>> storage;
   std::vector<const float *> weights;
+
+  /// A weight kept in FP8 (2-D WeightSpec with dtype F8E4M3): e4m3 codes
+  /// [rows, cols] and block scales [ceil(rows/128), ceil(cols/128)].
+  struct Fp8Storage {
+    std::vector<uint8_t> codes;
+    std::vector<float> scales;
+    Fp8Weight view{nullptr, nullptr, 0, 0};
+  };
+  std::vector<Fp8Storage> fp8;               // one per weight (empty if float)
+  std::vector<const Fp8Weight *> fp8Weights; // &fp8[i].view, or null
 
   /// The arena of the static memory plan (64-byte aligned).
   char *arena = nullptr;

@@ -1,7 +1,9 @@
 //===- Convert.h - checkpoint dtypes to float32, random weights -*- C++ -*-===//
 //
 // Header-only so the unit tests can check them without a Context. All
-// conversions are exact: every BF16, F16 and F8_E4M3 value is a float32.
+// conversions to float32 are exact: every BF16, F16 and F8_E4M3 value is a
+// float32. floatToE4M3 / quantizeE4M3BlockRow go the other way (FP8 weights
+// quantized on load, FP8 activations).
 //
 //===----------------------------------------------------------------------===//
 
@@ -98,6 +100,71 @@ inline void dequantE4M3(const uint8_t *src, int64_t cols, const float *scaleInv,
   }
 }
 
+/// float32 to float8 e4m3fn (OCP FP8), saturating: round to nearest, ties to
+/// even (also into the subnormals, whose step is 2^-9); finite values and
+/// infinities beyond +-448 give +-448 (0x7E / 0xFE); NaN gives 0x7F; the
+/// sign is kept, so -0 and negative values that round to zero give 0x80.
+inline uint8_t floatToE4M3(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const uint8_t sign = uint8_t((bits >> 24) & 0x80);
+  const uint32_t abs = bits & 0x7FFFFFFFu;
+  if (abs > 0x7F800000u)
+    return 0x7F;
+  const float a = bitsToFloat(abs);
+  if (a >= 448.0f) // 448 or beyond (incl. inf): saturate
+    return uint8_t(sign | 0x7E);
+  if (a < 0x1p-6f) { // subnormal range: multiples of 2^-9
+    float q = a * 512.0f; // exact (a power-of-two scaling), q < 8
+    uint32_t i = uint32_t(q);
+    float frac = q - float(i); // exact
+    if (frac > 0.5f || (frac == 0.5f && (i & 1)))
+      ++i; // i == 8 is 0x08, the smallest normal 2^-6
+    return uint8_t(sign | i);
+  }
+  // Normal: keep 3 of float's 23 mantissa bits; a carry out of the mantissa
+  // bumps the exponent, which is the right code. a < 448 never reaches 0x7F.
+  const uint32_t exp = (abs >> 23) - 127 + 7; // 1 .. 15
+  const uint32_t man = abs & 0x7FFFFFu;
+  const uint32_t keep = man >> 20, rem = man & 0xFFFFFu;
+  uint32_t code = exp << 3 | keep;
+  if (rem > 0x80000u || (rem == 0x80000u && (keep & 1)))
+    ++code;
+  return uint8_t(sign | code);
+}
+
+/// The FP8 block scale of a block whose largest |w| is `amax`: amax / 448
+/// (float32 division), so that the block's largest element maps to 448.
+/// A block of zeros, or one whose amax / 448 underflows to 0 or is not
+/// finite (a non-finite weight), gets scale 1.
+inline float e4m3BlockScale(float amax) {
+  float s = amax / 448.0f;
+  return s > 0.0f && std::isfinite(s) ? s : 1.0f;
+}
+
+/// Quantizes one block row: `rows` (<= 128) rows of a float matrix [.., cols]
+/// (row stride `ld`) into e4m3 codes [rows, cols] and the row of block
+/// scales [ceil(cols/128)]: per 128x128 block (the last block column may be
+/// narrower), scale = e4m3BlockScale(max |w|), code = floatToE4M3(w / scale),
+/// so w ~ e4m3ToFloat(code) * scale. NaNs are ignored by the max.
+inline void quantizeE4M3BlockRow(const float *src, int64_t ld, int64_t rows,
+                                 int64_t cols, uint8_t *codes, float *scales) {
+  for (int64_t c0 = 0, b = 0; c0 < cols; c0 += kFp8Block, ++b) {
+    const int64_t c1 = c0 + kFp8Block < cols ? c0 + kFp8Block : cols;
+    float amax = 0.0f;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = c0; c < c1; ++c) {
+        float a = std::fabs(src[r * ld + c]);
+        amax = a > amax ? a : amax;
+      }
+    const float scale = e4m3BlockScale(amax);
+    scales[b] = scale;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = c0; c < c1; ++c)
+        codes[r * cols + c] = floatToE4M3(src[r * ld + c] / scale);
+  }
+}
+
 //===----------------------------------------------------------------------===//
 // Deterministic random weights
 //===----------------------------------------------------------------------===//
@@ -123,8 +190,18 @@ inline uint64_t splitmix64(uint64_t x) {
 ///   2-D             uniform(-a, a), a = sqrt(3 / cols) (variance 1 / cols)
 ///   1-D *norm.weight  1 + uniform(-0.1, 0.1)
 ///   other 1-D       uniform(-0.05, 0.05)   (e.g. e_score_correction_bias)
+/// randomWeightRange writing element i to dst[i - begin] (a buffer of just
+/// the range).
+inline void randomWeightRangeTo(const WeightSpec &w, uint64_t seed,
+                                int64_t begin, int64_t end, float *dst);
+
 inline void randomWeightRange(const WeightSpec &w, uint64_t seed,
                               int64_t begin, int64_t end, float *dst) {
+  randomWeightRangeTo(w, seed, begin, end, dst + begin);
+}
+
+inline void randomWeightRangeTo(const WeightSpec &w, uint64_t seed,
+                                int64_t begin, int64_t end, float *dst) {
   double base = 0, a;
   if (w.rank == 2) {
     a = std::sqrt(3.0 / double(w.shape[1] > 0 ? w.shape[1] : 1));
@@ -141,7 +218,7 @@ inline void randomWeightRange(const WeightSpec &w, uint64_t seed,
   for (int64_t i = begin; i < end; ++i) {
     uint64_t z = splitmix64(key + uint64_t(i + 1) * 0x9E3779B97F4A7C15ull);
     double u = double(z >> 40) * 0x1p-24; // [0, 1), 24 bits
-    dst[i] = float(base + a * (2.0 * u - 1.0));
+    dst[i - begin] = float(base + a * (2.0 * u - 1.0));
   }
 }
 

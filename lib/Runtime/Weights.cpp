@@ -5,6 +5,15 @@
 // at spec().weights[i]'s copy. The checkpoint's own dtype decides the
 // conversion, so e.g. an F32 checkpoint of a BF16 model loads as well.
 //
+// Exception: a 2-D weight declared F8E4M3 is kept in FP8 (impl().fp8[i]:
+// e4m3 codes + one float scale per 128x128 block; weights[i] stays null).
+// An F8_E4M3 checkpoint tensor is copied as it is with its "_scale_inv"
+// scales; a float one (F32/BF16/F16) and random weights are quantized block
+// row by block row (quantizeE4M3BlockRow: scale = amax / 448, 1 for an
+// all-zero block; code = floatToE4M3(w / scale), round to nearest even,
+// saturating), never holding more than 128 float rows per thread. A 1-D
+// F8E4M3 weight is kept in float32 like any other.
+//
 //===----------------------------------------------------------------------===//
 
 #include "Convert.h"
@@ -40,25 +49,17 @@ int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 std::string quote(const std::string &s) { return "'" + s + "'"; }
 
-/// Converts checkpoint tensor `t` (shape already checked against `w`) into
-/// `dst`, dequantizing F8_E4M3 with its "<name>_scale_inv" block scales.
-bool convertTensor(Context &ctx, const Checkpoint &ckpt, const WeightSpec &w,
-                   const Tensor &t, float *dst, std::string *error) {
-  const int64_t numel = t.numel();
+bool keptInFp8(const WeightSpec &w) {
+  return w.dtype == DType::F8E4M3 && w.rank == 2;
+}
+
+/// Finds, checks and converts the "<name>_scale_inv" block scales of the
+/// F8_E4M3 checkpoint tensor `t` (weight `w`) into `scales`.
+bool readScales(const Checkpoint &ckpt, const WeightSpec &w, const Tensor &t,
+                std::vector<float> *scales, std::string *error) {
   // A 1-D tensor is one row; its scales are then [ceil(n/128)].
   const int64_t rows = w.rank == 2 ? w.shape[0] : 1;
   const int64_t cols = w.rank == 2 ? w.shape[1] : w.shape[0];
-
-  if (t.dtype != DType::F8E4M3) {
-    auto body = [&](int64_t begin, int64_t end) {
-      int64_t esize = t.dtype == DType::F32 ? 4 : 2;
-      convertToFloat(t.dtype, t.data + begin * esize, end - begin,
-                     dst + begin);
-    };
-    forRange(ctx, numel, numel, body);
-    return true;
-  }
-
   const std::string scaleName = std::string(w.name) + "_scale_inv";
   const Tensor *s = ckpt.find(scaleName);
   if (!s) {
@@ -82,13 +83,83 @@ bool convertTensor(Context &ctx, const Checkpoint &ckpt, const WeightSpec &w,
              shapeString(wantShape, w.rank);
     return false;
   }
-  std::vector<float> scales(size_t(s->numel()));
-  convertToFloat(s->dtype, s->data, s->numel(), scales.data());
+  scales->resize(size_t(s->numel()));
+  convertToFloat(s->dtype, s->data, s->numel(), scales->data());
+  return true;
+}
+
+/// Converts checkpoint tensor `t` (shape already checked against `w`) into
+/// `dst`, dequantizing F8_E4M3 with its "<name>_scale_inv" block scales.
+bool convertTensor(Context &ctx, const Checkpoint &ckpt, const WeightSpec &w,
+                   const Tensor &t, float *dst, std::string *error) {
+  const int64_t numel = t.numel();
+  const int64_t rows = w.rank == 2 ? w.shape[0] : 1;
+  const int64_t cols = w.rank == 2 ? w.shape[1] : w.shape[0];
+
+  if (t.dtype != DType::F8E4M3) {
+    auto body = [&](int64_t begin, int64_t end) {
+      int64_t esize = t.dtype == DType::F32 ? 4 : 2;
+      convertToFloat(t.dtype, t.data + begin * esize, end - begin,
+                     dst + begin);
+    };
+    forRange(ctx, numel, numel, body);
+    return true;
+  }
+
+  std::vector<float> scales;
+  if (!readScales(ckpt, w, t, &scales, error))
+    return false;
   auto body = [&](int64_t begin, int64_t end) {
     dequantE4M3(t.data, cols, scales.data(), begin, end, dst);
   };
   forRange(ctx, rows, numel, body);
   return true;
+}
+
+/// Quantizes a [rows, cols] float matrix into `q` block row by block row;
+/// fill(r0, r1, buf) writes rows [r0, r1) of it to buf (row stride cols).
+template <class Fill>
+void quantizeOnLoad(Context &ctx, int64_t rows, int64_t cols, Fill &fill,
+                    Context::Impl::Fp8Storage &q) {
+  const int64_t blockRows = ceilDiv(rows, kFp8Block);
+  const int64_t blockCols = ceilDiv(cols, kFp8Block);
+  q.codes.resize(size_t(rows * cols));
+  q.scales.resize(size_t(blockRows * blockCols));
+  auto body = [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(size_t(std::min(rows, kFp8Block) * cols));
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t r0 = b * kFp8Block, r1 = std::min(rows, r0 + kFp8Block);
+      fill(r0, r1, buf.data());
+      quantizeE4M3BlockRow(buf.data(), cols, r1 - r0, cols,
+                           q.codes.data() + r0 * cols,
+                           q.scales.data() + b * blockCols);
+    }
+  };
+  forRange(ctx, blockRows, rows * cols, body);
+}
+
+/// Keeps checkpoint tensor `t` of the FP8 weight `w` in `q`: F8_E4M3 as it
+/// is, anything else quantized.
+bool loadFp8(Context &ctx, const Checkpoint &ckpt, const WeightSpec &w,
+             const Tensor &t, Context::Impl::Fp8Storage &q,
+             std::string *error) {
+  const int64_t rows = w.shape[0], cols = w.shape[1];
+  if (t.dtype == DType::F8E4M3) {
+    if (!readScales(ckpt, w, t, &q.scales, error))
+      return false;
+    q.codes.assign(t.data, t.data + rows * cols);
+    return true;
+  }
+  auto fill = [&](int64_t r0, int64_t r1, float *buf) {
+    int64_t esize = t.dtype == DType::F32 ? 4 : 2;
+    convertToFloat(t.dtype, t.data + r0 * cols * esize, (r1 - r0) * cols, buf);
+  };
+  quantizeOnLoad(ctx, rows, cols, fill, q);
+  return true;
+}
+
+void setFp8View(Context::Impl::Fp8Storage &q, const WeightSpec &w) {
+  q.view = Fp8Weight{q.codes.data(), q.scales.data(), w.shape[0], w.shape[1]};
 }
 
 } // namespace
@@ -100,6 +171,8 @@ bool Context::loadWeights(const char *path, std::string *error) {
   // failure no weight is set.
   impl.storage.assign(size_t(spec.numWeights), {});
   impl.weights.assign(size_t(spec.numWeights), nullptr);
+  impl.fp8.assign(size_t(spec.numWeights), {});
+  impl.fp8Weights.assign(size_t(spec.numWeights), nullptr);
 
   std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(path, error);
   if (!ckpt)
@@ -115,18 +188,27 @@ bool Context::loadWeights(const char *path, std::string *error) {
                shapeString(w.shape, w.rank);
       ok = false;
     }
-    if (ok) {
+    if (ok && keptInFp8(w)) {
+      ok = loadFp8(*this, *ckpt, w, *t, impl.fp8[size_t(i)], error);
+    } else if (ok) {
       impl.storage[size_t(i)].resize(size_t(t->numel()));
       ok = convertTensor(*this, *ckpt, w, *t, impl.storage[size_t(i)].data(),
                          error);
     }
     if (!ok) {
       impl.storage.assign(size_t(spec.numWeights), {});
+      impl.fp8.assign(size_t(spec.numWeights), {});
       return false;
     }
   }
-  for (int64_t i = 0; i < spec.numWeights; ++i)
-    impl.weights[size_t(i)] = impl.storage[size_t(i)].data();
+  for (int64_t i = 0; i < spec.numWeights; ++i) {
+    if (keptInFp8(spec.weights[i])) {
+      setFp8View(impl.fp8[size_t(i)], spec.weights[i]);
+      impl.fp8Weights[size_t(i)] = &impl.fp8[size_t(i)].view;
+    } else {
+      impl.weights[size_t(i)] = impl.storage[size_t(i)].data();
+    }
+  }
   return true;
 }
 
@@ -135,8 +217,22 @@ void Context::randomWeights(uint64_t seed) {
   Impl &impl = this->impl();
   impl.storage.assign(size_t(spec.numWeights), {});
   impl.weights.assign(size_t(spec.numWeights), nullptr);
+  impl.fp8.assign(size_t(spec.numWeights), {});
+  impl.fp8Weights.assign(size_t(spec.numWeights), nullptr);
   for (int64_t i = 0; i < spec.numWeights; ++i) {
     const WeightSpec &w = spec.weights[i];
+    if (keptInFp8(w)) {
+      // The same float values as a float32 weight of this name, quantized.
+      const int64_t cols = w.shape[1];
+      auto fill = [&](int64_t r0, int64_t r1, float *buf) {
+        randomWeightRangeTo(w, seed, r0 * cols, r1 * cols, buf);
+      };
+      Impl::Fp8Storage &q = impl.fp8[size_t(i)];
+      quantizeOnLoad(*this, w.shape[0], cols, fill, q);
+      setFp8View(q, w);
+      impl.fp8Weights[size_t(i)] = &q.view;
+      continue;
+    }
     int64_t numel = w.rank == 2 ? w.shape[0] * w.shape[1] : w.shape[0];
     std::vector<float> &dst = impl.storage[size_t(i)];
     dst.resize(size_t(numel));

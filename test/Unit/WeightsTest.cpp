@@ -233,10 +233,13 @@ TEST(Weights, LoadsEachDType) {
        {"q.weight", "F8_E4M3", {rows, cols}, fp8},
        {"q.weight_scale_inv", "F32", {2, 2}, rawBytes(scale)},
        {"unused", "I64", {1}, std::string(8, '\0')}});
+  // An F8_E4M3 tensor is kept in FP8 when the model declares it F8E4M3
+  // (weight 0), dequantized to float32 otherwise (weight 4).
   std::vector<WeightSpec> ws = {{"q.weight", 2, {rows, cols}, DType::F8E4M3},
                                 {"f16", 1, {2, 0}, DType::F16},
                                 {"bf16", 2, {300, 300}, DType::BF16},
-                                {"f32", 1, {3, 0}, DType::F32}};
+                                {"f32", 1, {3, 0}, DType::F32},
+                                {"q.weight", 2, {rows, cols}, DType::BF16}};
   ModelSpec spec = specOf(ws);
   Context ctx(spec, 2);
   std::string error;
@@ -249,7 +252,16 @@ TEST(Weights, LoadsEachDType) {
   EXPECT_EQ(ctx.weight(1)[0], 1.0f);
   EXPECT_EQ(ctx.weight(1)[1], 0x1p-24f);
   EXPECT_EQ(std::memcmp(ctx.weight(2), big.data(), big.size() * 4), 0);
-  const float *q = ctx.weight(0);
+  EXPECT_EQ(ctx.weight(0), nullptr);
+  const Fp8Weight *kept = ctx.fp8Weight(0);
+  ASSERT_NE(kept, nullptr);
+  EXPECT_EQ(kept->rows, rows);
+  EXPECT_EQ(kept->cols, cols);
+  EXPECT_EQ(std::memcmp(kept->codes, fp8.data(), fp8.size()), 0);
+  EXPECT_EQ(std::memcmp(kept->scaleInv, scale.data(), 16), 0);
+  for (int i = 1; i < 5; ++i)
+    EXPECT_EQ(ctx.fp8Weight(i), nullptr) << i;
+  const float *q = ctx.weight(4);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) {
       float want = e4m3ToFloat(uint8_t(0x30 + (r * cols + c) % 16)) *

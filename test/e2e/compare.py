@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """Compare two logits files (and optionally two `tokens:` lines).
 
-  compare.py A.npy B.npy [--rtol 1e-4] [--tokens A.txt B.txt]
+  compare.py A.npy B.npy [--rtol 1e-4] [--tokens A.txt B.txt] [--report]
 
 Checks: same shape; relative Frobenius error ||A - B|| / ||B|| < rtol (all
 values finite); argmax over the last axis equal at every row; with --tokens,
 the `tokens:` lines of the two text files are equal. B is the reference.
 Prints what it checked, exits 1 with a message on any mismatch.
+
+--report only measures (to document an expected error, e.g. FP8 vs float32):
+it prints `rel_err E, max_abs_err M, argmax equal at k/n positions` (and with
+--tokens `, tokens equal (n)` or `, tokens differ from position i (a/b equal)`)
+and exits 0 whatever the values; --rtol is ignored. Unreadable files, a shape
+mismatch or non-finite values still fail.
 """
 
 import argparse
@@ -31,12 +37,36 @@ def tokens_line(path):
     return lines[0][len("tokens:"):].split()
 
 
+def metrics(a, b):
+    """-> (||a - b|| / ||b|| (Frobenius; ||a - b|| if b is 0), max |a - b|,
+    rows whose argmax over the last axis agree, rows), in float64."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    nb = np.linalg.norm(b64)
+    diff = np.linalg.norm(a64 - b64)
+    rel = diff / nb if nb > 0 else diff
+    last = a64.shape[-1] if a64.ndim > 0 else 1
+    am = np.argmax(a64.reshape(-1, last), axis=-1)
+    bm = np.argmax(b64.reshape(-1, last), axis=-1)
+    return float(rel), float(np.max(np.abs(a64 - b64))), int(np.sum(am == bm)), len(am)
+
+
+def tokens_agreement(ta, tb):
+    """'tokens equal (n)' or 'tokens differ from position i (k/n equal)'."""
+    if ta == tb:
+        return "tokens equal (%d)" % len(ta)
+    first = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    same = sum(x == y for x, y in zip(ta, tb))
+    return "tokens differ from position %d (%d/%d equal)" % (first, same, max(len(ta), len(tb)))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--tokens", nargs=2, metavar=("A.txt", "B.txt"))
+    ap.add_argument("--report", action="store_true",
+                    help="print rel_err, max abs error and argmax agreement; no threshold")
     args = ap.parse_args(argv)
     try:
         a = np.load(args.a)
@@ -51,6 +81,13 @@ def main(argv=None):
     for arr, name in ((a64, args.a), (b64, args.b)):
         if not np.all(np.isfinite(arr)):
             fail("%s has %d non-finite values" % (name, int(np.sum(~np.isfinite(arr)))))
+    if args.report:
+        rel, mx, agree, rows = metrics(a64, b64)
+        msg = "rel_err %.3e, max_abs_err %.3e, argmax equal at %d/%d positions" % (rel, mx, agree, rows)
+        if args.tokens:
+            msg += ", " + tokens_agreement(tokens_line(args.tokens[0]), tokens_line(args.tokens[1]))
+        print(msg)
+        return 0
     nb = np.linalg.norm(b64)
     diff = np.linalg.norm(a64 - b64)
     rel = diff / nb if nb > 0 else diff

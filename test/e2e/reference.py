@@ -2,7 +2,7 @@
 """Independent numpy reference forward pass of DeepSeek-V2/V3 (float32).
 
   reference.py --checkpoint PATH --prompt-ids 1,2,3 [--max-new-tokens N (8)]
-               [--dump-logits FILE.npy] [--config CONFIG.json]
+               [--dump-logits FILE.npy] [--config CONFIG.json] [--quant fp8]
 
 PATH is a checkpoint directory (config.json + safetensors, single file, sharded
 with model.safetensors.index.json, or a directory of *.safetensors) or a
@@ -11,6 +11,17 @@ Weights are converted to float32 on load (FP8 dequantized with their 128x128
 block scales). Prints `tokens: a b c ...`: N greedy tokens, each step
 recomputing the full forward over prompt + generated tokens (no cache).
 --dump-logits writes the prompt's logits [n, vocab] as float32 .npy.
+
+--quant fp8 emulates DeepSeek-V3's FP8 inference recipe (inference/kernel.py
+act_quant / fp8_gemm, inference/model.py linear) in the linear layers that the
+FP8 checkpoints quantize: attention q_proj, q_a_proj, q_b_proj,
+kv_a_proj_with_mqa, o_proj and the gate/up/down_proj of dense MLPs, routed and
+shared experts (see fp8_linear). F8_E4M3 weights of the checkpoint keep their
+codes and block scales; float weights are quantized per 128x128 block first
+(quant_weight). Everything else stays float32: embeddings, norms, the router
+and its e_score_correction_bias, kv_b_proj (dequantized if the checkpoint has
+it in FP8), lm_head and attention. Without --quant, FP8 weights are
+dequantized and everything is computed in float32.
 
 Semantics follow deepseek-ai/DeepSeek-V3 inference/model.py and the Hugging
 Face modeling_deepseek.py (V2/V3) as described in the function docstrings;
@@ -46,8 +57,107 @@ def rms_norm(x, w, eps):
 
 
 def linear(x, w):
-    """y = x W^T (HF / torch nn.Linear layout: W is [out, in])."""
+    """y = x W^T (HF / torch nn.Linear layout: W is [out, in]); an FP8Weight
+    runs the emulated FP8 GEMM."""
+    if isinstance(w, FP8Weight):
+        return fp8_linear(x, w)
     return np.matmul(x, w.T).astype(F32)
+
+
+# ---------------------------------------------------------------- FP8 emulation
+
+QBLOCK = st.BLOCK  # 128: weight blocks are QBLOCK x QBLOCK, activation tiles 1 x QBLOCK
+E4M3_MAX = F32(st.E4M3_MAX)  # 448
+# Linear weights used in FP8 by --quant fp8 (the FP8 checkpoints also quantize
+# kv_b_proj; the reference keeps that one in float32).
+FP8_LINEAR = ("self_attn.q_proj.weight", "self_attn.q_a_proj.weight", "self_attn.q_b_proj.weight",
+              "self_attn.kv_a_proj_with_mqa.weight", "self_attn.o_proj.weight",
+              "gate_proj.weight", "up_proj.weight", "down_proj.weight")
+
+
+class FP8Weight:
+    """A [out, in] weight as e4m3fn codes (uint8) and float32 block scales
+    scale[i // 128, j // 128] (the checkpoints' weight_scale_inv: w ~= e4m3(codes) * scale)."""
+
+    def __init__(self, codes, scale):
+        self.codes = np.asarray(codes, dtype=np.uint8)
+        self.scale = np.asarray(scale, dtype=F32)
+        self.shape = self.codes.shape
+        r, c = self.shape
+        if self.scale.shape != (-(-r // QBLOCK), -(-c // QBLOCK)):
+            raise ReferenceError_("FP8 weight %s: scale shape %s" % (list(self.shape), list(self.scale.shape)))
+
+    def dequant(self):
+        return st.dequant_fp8(self.codes, self.scale)
+
+
+def _scales(amax):
+    """amax / 448 in float32; an all-zero block or tile gets scale 1."""
+    amax = np.asarray(amax, dtype=F32)
+    return np.where(amax > 0, amax / E4M3_MAX, F32(1)).astype(F32)
+
+
+def quant_weight(w):
+    """float [out, in] -> FP8Weight: per 128x128 block (partial at the edges)
+    scale = amax(|block|) / 448 (all-zero block: 1), codes = e4m3(w / scale),
+    w / scale in float32, rounded to nearest even and saturated to +-448."""
+    w = np.asarray(w, dtype=F32)
+    r, c = w.shape
+    R, C = -(-r // QBLOCK), -(-c // QBLOCK)
+    pad = np.zeros((R * QBLOCK, C * QBLOCK), dtype=F32)
+    pad[:r, :c] = w
+    amax = np.abs(pad).reshape(R, QBLOCK, C, QBLOCK).max(axis=(1, 3))
+    scale = _scales(amax)
+    full = np.repeat(np.repeat(scale, QBLOCK, 0), QBLOCK, 1)[:r, :c]
+    return FP8Weight(st.f32_to_e4m3_bits((w / full).astype(F32)), scale)
+
+
+def act_quant(x):
+    """float [n, in] -> (codes uint8 [n, in], scales float32 [n, ceil(in/128)]):
+    per row and 128-column tile (partial last tile) s = amax(|tile|) / 448
+    (all-zero tile: 1), codes = e4m3(x / s) (float32 division, RNE, saturating)."""
+    x = np.asarray(x, dtype=F32)
+    n, k = x.shape
+    T = -(-k // QBLOCK)
+    pad = np.zeros((n, T * QBLOCK), dtype=F32)
+    pad[:, :k] = x
+    pad = pad.reshape(n, T, QBLOCK)
+    s = _scales(np.abs(pad).max(axis=-1))
+    codes = st.f32_to_e4m3_bits((pad / s[..., None]).astype(F32)).reshape(n, T * QBLOCK)[:, :k]
+    return codes, s
+
+
+def fp8_gemm(xc, xs, w):
+    """y[m, o] = sum over k tiles t (ascending) of
+         float32(sum_{j in t} e4m3(xc[m, j]) * e4m3(w.codes[o, j])) * xs[m, t] * w.scale[o // 128, t]
+    with the products, the scaling and the accumulation in float32 as in
+    fp8_gemm_kernel (accumulator += dot(a, b) * a_s * b_s). The per-tile dot is
+    computed in float64, where it is exact: e4m3 values are multiples of 2^-9
+    with 4 significant bits, so every product is a multiple of 2^-18 and
+    |tile sum| <= 128 * 448^2 < 2^25, 43 bits in all; it is then rounded once
+    to float32 (tensor cores' limited-precision accumulation is not modelled)."""
+    n, k = xc.shape
+    o = w.shape[0]
+    if w.shape[1] != k:
+        raise ReferenceError_("fp8_gemm: x has %d columns, weight %s" % (k, list(w.shape)))
+    xv = st.E4M3_TABLE[xc].astype(np.float64)
+    wv = st.E4M3_TABLE[w.codes].astype(np.float64)
+    ws = np.repeat(w.scale, QBLOCK, axis=0)[:o]  # [out, k tiles]
+    acc = np.zeros((n, o), dtype=F32)
+    for t in range(-(-k // QBLOCK)):
+        cols = slice(t * QBLOCK, min((t + 1) * QBLOCK, k))
+        dot = np.matmul(xv[:, cols], wv[:, cols].T).astype(F32)
+        acc += (dot * xs[:, t:t + 1]) * ws[None, :, t]
+    return acc
+
+
+def fp8_linear(x, w):
+    """inference/model.py linear() with an FP8 weight: act_quant, then fp8_gemm."""
+    x = np.asarray(x, dtype=F32)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    xc, xs = act_quant(x2)
+    return fp8_gemm(xc, xs, w).reshape(lead + (w.shape[0],))
 
 
 def sigmoid(x):
@@ -244,19 +354,50 @@ def forward(c, W, ids):
 
 # ---------------------------------------------------------------- driver
 
-def load(checkpoint, config=None):
+def load(checkpoint, config=None, quant=None):
+    """-> (normalized config, weights name -> float32 array). With quant="fp8"
+    the FP8_LINEAR weights are FP8Weight: the checkpoint's own codes and
+    weight_scale_inv when it stores them as F8_E4M3, else quant_weight()."""
     if config is None:
         d = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
         config = os.path.join(d, "config.json")
     c = hfconfig.load(config)
-    W = st.read_checkpoint(checkpoint)
-    for name, shape in hfconfig.checkpoint_tensors(c, with_mtp=False):
+    raw = st.read_checkpoint_raw(checkpoint)
+    W = st.read_checkpoint(checkpoint, raw)
+    tensors = hfconfig.checkpoint_tensors(c, with_mtp=False)
+    for name, shape in tensors:
         if name not in W:
             raise ReferenceError_("missing tensor '%s'" % name)
         if tuple(W[name].shape) != tuple(shape):
             raise ReferenceError_("tensor '%s' has shape %s, expected %s"
                                   % (name, list(W[name].shape), list(shape)))
+    if quant not in (None, "fp8"):
+        raise ReferenceError_("--quant: unsupported value %r" % (quant,))
+    if quant == "fp8":
+        for name, _ in tensors:
+            if not name.endswith(FP8_LINEAR):
+                continue
+            dtype, _, codes = raw[name]
+            if dtype == "F8_E4M3" and name + "_scale_inv" in raw:
+                sdtype, _, sarr = raw[name + "_scale_inv"]
+                W[name] = FP8Weight(codes, st.raw_to_f32(sdtype, sarr, name + "_scale_inv"))
+            else:
+                W[name] = quant_weight(W[name])
     return c, W
+
+
+def generate(c, W, ids, max_new_tokens):
+    """-> (logits of the prompt [n, vocab], greedy new tokens), each step
+    recomputing the full forward over prompt + generated tokens (no cache)."""
+    logits = prompt_logits = forward(c, W, ids)
+    seq, new = list(ids), []
+    for step in range(max_new_tokens):
+        if step > 0:
+            logits = forward(c, W, seq)
+        t = int(np.argmax(logits[-1]))
+        new.append(t)
+        seq.append(t)
+    return prompt_logits, new
 
 
 def parse_ids(s):
@@ -273,6 +414,8 @@ def main(argv=None):
     ap.add_argument("--prompt-ids", required=True)
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--dump-logits")
+    ap.add_argument("--quant", choices=["fp8"],
+                    help="emulate DeepSeek-V3's FP8 GEMMs in the linear layers")
     args = ap.parse_args(argv)
     try:
         ids = parse_ids(args.prompt_ids)
@@ -280,23 +423,16 @@ def main(argv=None):
             raise ReferenceError_("--prompt-ids: empty prompt")
         if args.max_new_tokens < 0:
             raise ReferenceError_("--max-new-tokens must be >= 0")
-        c, W = load(args.checkpoint, args.config)
+        c, W = load(args.checkpoint, args.config, args.quant)
         V = c["vocab_size"]
         for t in ids:
             if not 0 <= t < V:
                 raise ReferenceError_("token id %d out of range [0, %d)" % (t, V))
-        logits = forward(c, W, ids)
+        logits, new = generate(c, W, ids, args.max_new_tokens)
         if args.dump_logits:
             tmp = args.dump_logits + ".tmp.npy"
             np.save(tmp, logits.astype(F32))
             os.replace(tmp, args.dump_logits)
-        seq, new = list(ids), []
-        for step in range(args.max_new_tokens):
-            if step > 0:
-                logits = forward(c, W, seq)
-            t = int(np.argmax(logits[-1]))
-            new.append(t)
-            seq.append(t)
     except (OSError, ValueError, KeyError, st.SafetensorsError, hfconfig.ConfigError,
             ReferenceError_) as e:
         print("reference.py: error: %s" % e, file=sys.stderr)

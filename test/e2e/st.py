@@ -13,6 +13,7 @@ API:
   read_raw(path)        -> name -> (dtype_str, shape, np.ndarray in that dtype)
   read_checkpoint(path) -> name -> np.float32 array, for a file or a directory,
                            with FP8 weights dequantized by their weight_scale_inv
+  read_checkpoint_raw(path) -> name -> (dtype_str, shape, raw array) over all files
   f32_to_bf16_bits / bf16_bits_to_f32, f32_to_e4m3_bits / e4m3_bits_to_f32,
   to_dtype(array, dtype_str) -> raw array for write()
 """
@@ -274,15 +275,23 @@ def dequant_fp8(codes, scale_inv):
     return (w * s).astype(np.float32)
 
 
-def read_checkpoint(path):
-    """-> dict name -> np.float32 array over all files; FP8 `X.weight` tensors with a
-    companion `X.weight_scale_inv` are dequantized and the scales dropped."""
+def read_checkpoint_raw(path):
+    """-> dict name -> (dtype_str, shape, raw ndarray) over all files of a checkpoint."""
     raw = {}
     for fpath in checkpoint_files(path):
         for name, entry in read_raw(fpath).items():
             if name in raw:
                 raise SafetensorsError("tensor '%s' appears in more than one file" % name)
             raw[name] = entry
+    return raw
+
+
+def read_checkpoint(path, raw=None):
+    """-> dict name -> np.float32 array over all files; FP8 `X.weight` tensors with a
+    companion `X.weight_scale_inv` are dequantized and the scales dropped. `raw`:
+    the checkpoint's read_checkpoint_raw(path), when the caller already has it."""
+    if raw is None:
+        raw = read_checkpoint_raw(path)
     out = {}
     for name, (dtype, shape, arr) in raw.items():
         if name.endswith("_scale_inv") and name[:-len("_scale_inv")] in raw:

@@ -29,6 +29,7 @@
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
+#include "llvm/ADT/StringSet.h"
 
 namespace cl = llvm::cl;
 using namespace mlir;
@@ -38,7 +39,7 @@ static cl::OptionCategory category("ds-compile options");
 static cl::opt<std::string> input(cl::Positional, cl::Required,
                                   cl::desc("<model.mlir | config.json | checkpoint dir>"),
                                   cl::cat(category));
-static cl::opt<std::string> output("o", cl::Required, cl::desc("Output file"),
+static cl::opt<std::string> output("o", cl::desc("Output file (required unless --explain-plan)"),
                                    cl::value_desc("file"), cl::cat(category));
 
 enum class Target { Cpu, Cuda };
@@ -66,9 +67,17 @@ static cl::opt<int> tp("tp", cl::desc("Tensor-parallel ranks (only 1 so far)"), 
 static cl::opt<int> ep("ep", cl::desc("Expert-parallel ranks (only 1 so far)"), cl::init(1), cl::cat(category));
 static cl::opt<int> pp("pp", cl::desc("Pipeline-parallel stages (only 1 so far)"), cl::init(1), cl::cat(category));
 static cl::opt<int> dp("dp", cl::desc("Data-parallel replicas (only 1 so far)"), cl::init(1), cl::cat(category));
-static cl::opt<std::string> quant("quant", cl::desc("Quantization: none (fp8 not yet)"),
-                                  cl::init("none"), cl::cat(category));
-static cl::opt<bool> explainPlan("explain-plan", cl::desc("Print the per-rank plan and exit (not yet)"),
+enum class Quant { None, Fp8 };
+static cl::opt<Quant> quant(
+    "quant", cl::desc("Quantization (default none)"),
+    cl::values(clEnumValN(Quant::None, "none", "float weights as the checkpoint has them; FP8 checkpoints dequantized"),
+               clEnumValN(Quant::Fp8, "fp8", "DeepSeek-V3's FP8 recipe: e4m3 weights in 128x128 blocks, "
+                                             "activations per token per 128 channels")),
+    cl::init(Quant::None), cl::cat(category));
+static cl::opt<bool> noFuse("no-fuse", cl::desc("Do not fuse kernels (dsk-fuse)"), cl::cat(category));
+static cl::opt<bool> explainPlan("explain-plan",
+                                 cl::desc("Print the plan (per rank: weight bytes, KV-cache bytes per token, "
+                                          "communication bytes per token, kernel counts) and exit"),
                                  cl::cat(category));
 static cl::opt<std::string> cxx("cxx", cl::desc("Host C++ compiler (default: $CXX, else c++)"),
                                 cl::cat(category));
@@ -156,6 +165,44 @@ static int buildExecutable(llvm::StringRef source) {
   return 0;
 }
 
+/// Bytes of a checkpoint tensor as stored.
+static int64_t storageBytes(ds::WeightOp w) {
+  RankedTensorType t = w.getTensorType();
+  return t.getNumElements() * std::max<int64_t>(1, t.getElementTypeBitWidth() / 8);
+}
+
+/// --explain-plan: what one rank holds and does (single rank so far).
+static void explain(ModuleOp module, llvm::raw_ostream &os) {
+  llvm::StringSet<> read;
+  module.walk([&](ds::WeightUserInterface op) {
+    SmallVector<ds::WeightUse> uses;
+    op.getWeightUses(uses);
+    for (const ds::WeightUse &u : uses)
+      read.insert(u.name);
+  });
+  int64_t weightBytes = 0;
+  for (auto w : module.getOps<ds::WeightOp>()) {
+    StringRef name = w.getSymName();
+    // FP8 scales travel with the weight they scale.
+    if (read.contains(name) ||
+        (name.consume_back(ds::kScaleSuffix) && read.contains(name)))
+      weightBytes += storageBytes(w);
+  }
+  auto model = module->getAttrOfType<ds::kernel::ModelAttr>(ds::kernel::kModelAttrName);
+  int64_t kvBytes = model.getCacheLayers() * (model.getKvLoraRank() + model.getQkRope()) * 2;
+  os << "rank: 0\n";
+  os << "weights.bytes: " << weightBytes << "\n";
+  os << "kv_cache.bytes_per_token: " << kvBytes << "\n";
+  os << "comm.bytes_per_token.decode: 0\n";
+  for (auto fn : module.getOps<func::FuncOp>()) {
+    int64_t kernels = 0;
+    for (Operation &op : fn.getBody().front())
+      kernels += isa<ds::kernel::DSKDialect>(op.getDialect()) &&
+                 !isa<ds::kernel::ArenaOp>(op);
+    os << "kernels." << fn.getName() << ": " << kernels << "\n";
+  }
+}
+
 int main(int argc, char **argv) {
   llvm::InitLLVM init(argc, argv);
   registerPassManagerCLOptions();
@@ -171,10 +218,8 @@ int main(int argc, char **argv) {
     return fail("--target=cuda: the CUDA backend is not built yet; use --target=cpu");
   if (tp != 1 || ep != 1 || pp != 1 || dp != 1)
     return fail("--tp/--ep/--pp/--dp: only single-rank compilation is implemented yet");
-  if (quant != "none")
-    return fail("--quant=" + quant + ": only 'none' is implemented yet");
-  if (explainPlan)
-    return fail("--explain-plan is not implemented yet");
+  if (!explainPlan && output.empty())
+    return fail("no output file: give -o OUT (or --explain-plan)");
 
   MLIRContext ctx;
   ctx.loadDialect<ds::DSDialect, ds::kernel::DSKDialect>();
@@ -194,9 +239,17 @@ int main(int argc, char **argv) {
   lowering.maxSeqLen = maxSeqLen;
   lowering.maxBatch = maxBatch;
   pm.addPass(ds::createLowerToKernels(lowering));
+  if (!noFuse)
+    pm.addPass(ds::createFuse());
+  if (quant == Quant::Fp8)
+    pm.addPass(ds::createQuantize());
   pm.addPass(ds::createPlanMemory());
   if (failed(pm.run(*module)))
     return 1;
+  if (explainPlan) {
+    explain(*module, llvm::outs());
+    return 0;
+  }
 
   std::string text;
   llvm::raw_string_ostream os(text);

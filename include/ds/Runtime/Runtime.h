@@ -30,8 +30,26 @@ struct WeightSpec {
   const char *name; ///< Hugging Face name, e.g. "model.layers.0.mlp.up_proj.weight".
   int32_t rank;     ///< 1 or 2.
   int64_t shape[2];
-  DType dtype;      ///< As declared by the model. F8E4M3 weights come with an
-                    ///< F32 "<name>_scale_inv" tensor of 128x128-block scales.
+  /// How the runtime keeps it. F8E4M3: as e4m3 codes with one float32 scale
+  /// per 128x128 block (Fp8Weight), never as a float copy: an F8_E4M3
+  /// checkpoint tensor (with its "<name>_scale_inv") is kept as it is, a
+  /// float one is quantized on load (scale = block amax / 448, round to
+  /// nearest even). Anything else: converted to float32 on load.
+  DType dtype;
+};
+
+/// A weight kept in FP8 (WeightSpec::dtype == F8E4M3).
+struct Fp8Weight {
+  const uint8_t *codes;  ///< [rows, cols] e4m3fn
+  const float *scaleInv; ///< [ceil(rows/128), ceil(cols/128)]: w = code * scale
+  int64_t rows, cols;
+};
+
+/// What a GEMM does with its activations when its weight is FP8.
+enum class ActQuant : int32_t {
+  None = 0, ///< float32 activations (weight-only FP8: the dequantized model)
+  Fp8 = 1,  ///< DeepSeek-V3's recipe: each row quantized to e4m3 per 128
+            ///< columns (scale = tile amax / 448) before the product
 };
 
 /// Rotary embedding over `dim` interleaved dims (pairs (2i, 2i+1)).
@@ -97,8 +115,11 @@ public:
 
   const ModelSpec &spec() const;
   int threads() const;
-  /// float32 data of weight `index` (into spec().weights).
+  /// float32 data of weight `index` (into spec().weights); null for a
+  /// weight kept in FP8.
   const float *weight(int64_t index) const;
+  /// The FP8 form of weight `index`; null unless it is kept in FP8.
+  const Fp8Weight *fp8Weight(int64_t index) const;
   /// Base of the arena; buffers are at plan offsets (bytes, 64-aligned).
   char *arena();
   /// Latent cache row of (layer, position): kvLoraRank + qkRopeDim floats.
@@ -189,6 +210,45 @@ void moeExperts(Context &ctx, const float *x, int64_t ldx, int64_t n,
                 const float *weights, int64_t topK, const float *const *gate,
                 const float *const *up, const float *const *down,
                 int64_t experts, float *y, int64_t ldy);
+
+//===--------------------------------------------------------------------===//
+// Kernels on weights by index: float32 or FP8 storage (ActQuant applies to
+// FP8 weights only), and the fused kernels of the dsk-fuse pass.
+//===--------------------------------------------------------------------===//
+
+/// y[n, out] = x[n, in] * W^T, W = weight `weight` ([out, in]); float32
+/// accumulation in every case.
+void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+             int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act);
+
+/// moeExperts with expert weights by index (gate/up/down[experts]).
+void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                 int64_t hidden, int64_t inter, const int32_t *idx,
+                 const float *weights, int64_t topK, const int64_t *gate,
+                 const int64_t *up, const int64_t *down, int64_t experts,
+                 float *y, int64_t ldy, ActQuant act);
+
+/// Fused residual add + RMSNorm: sum = a + b, y = rmsNorm(sum, w, eps).
+void addRmsNorm(Context &ctx, const float *a, int64_t lda, const float *b,
+                int64_t ldb, int64_t n, int64_t d, const float *w, double eps,
+                float *sum, int64_t lds, float *y, int64_t ldy);
+
+/// Fused RoPE + latent-cache write: rotates krope [n, rope.dim] in place
+/// (table ropeIndex) and stores latent and krope at cache layer `layer`.
+void ropeKvCacheWrite(Context &ctx, int64_t layer, const float *latent,
+                      int64_t ldl, float *krope, int64_t ldk,
+                      const int32_t *pos, int64_t n, int64_t ropeIndex);
+
+/// Fused gate/up GEMMs with the SwiGLU epilogue:
+/// y = silu(x Wgate^T) * (x Wup^T), y [n, inter].
+void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+             int64_t gate, int64_t up, int64_t inter, float *y, int64_t ldy,
+             ActQuant act);
+
+/// Fused router: logits = x Wgate^T (float32), then moeRoute.
+void moeGate(Context &ctx, const float *x, int64_t ldx, int64_t n,
+             int64_t hidden, int64_t weight, const float *bias,
+             const MoERouting &routing, int32_t *idx, float *weights);
 
 } // namespace cpu
 } // namespace dsrt

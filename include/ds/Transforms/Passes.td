@@ -80,4 +80,45 @@ def PlanMemory : Pass<"dsk-plan-memory", "::mlir::ModuleOp"> {
                            "::mlir::arith::ArithDialect"];
 }
 
+def Fuse : Pass<"dsk-fuse", "::mlir::ModuleOp"> {
+  let summary = "Group kernel-level ops that should be one kernel";
+  let description = [{
+    On each `dsk` program (before memory planning), replaces launch-order
+    neighbours that read and write rows in step by one fused kernel:
+
+    - `dsk.add` then `dsk.rms_norm` of the sum -> `dsk.add_rms_norm` (the
+      residual add and the next norm of every layer);
+    - `dsk.rope` of MLA's shared rope key then `dsk.kv_cache_write` ->
+      `dsk.rope_kv_cache_write`;
+    - gate and up `dsk.linear`s of one input then `dsk.swiglu` of their
+      results -> `dsk.gated_up` (two GEMMs, SwiGLU epilogue);
+    - the router `dsk.linear` then `dsk.moe_route` of its logits ->
+      `dsk.moe_gate` (router GEMM, scoring, bias, group top-k).
+
+    Intermediate buffers only the group used disappear. Softmax epilogues are
+    already inside the attention kernels. Fused kernels compute exactly what
+    their parts did, in the same order.
+  }];
+  let dependentDialects = ["::ds::kernel::DSKDialect"];
+}
+
+def Quantize : Pass<"dsk-quantize", "::mlir::ModuleOp"> {
+  let summary = "Insert FP8 quantization as DeepSeek-V3 ships it";
+  let description = [{
+    FP8 e4m3 weights with one f32 scale per 128x128 block, activations
+    quantized dynamically per token per 128 channels, GEMMs accumulating in
+    f32. The pass decides which GEMMs run in FP8: those whose every weight is
+    a linear-layer weight of the published FP8 checkpoints (q_a/q_b/q_proj,
+    kv_a_proj_with_mqa, kv_b_proj, o_proj, MLP and expert gate/up/down_proj)
+    and is read only by GEMM kernels. Everything else stays in f32: norms,
+    RoPE, the router (its GEMM, scoring and top-k), attention and its
+    softmax, the embedding and lm_head, and kv_b_proj, which absorbed decode
+    attention reads as a float matrix. FP8 GEMMs get `fp8`; their float
+    weights become f8E4M3FN with `weight_scale_inv` companions (the runtime
+    quantizes them on load, with the same recipe), and the module gets
+    `ds.quantization = #ds.fp8<block = [128, 128]>`.
+  }];
+  let dependentDialects = ["::ds::kernel::DSKDialect"];
+}
+
 #endif // DS_TRANSFORMS_PASSES_TD

@@ -60,6 +60,42 @@ void gemm(Context &ctx, bool transB, int64_t m, int64_t n, int64_t k,
           float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
           float beta, float *c, int64_t ldc);
 
+// gemm's tiling of C [m, n], from the shape alone (never from the thread
+// count), so results do not depend on it. Few rows (decode, memory-bound):
+// 64-column tiles for balance. Otherwise 128..256 columns (narrower tiles
+// cost OpenBLAS ~10%) and 128-row tiles past 192 rows, enough tiles for 16
+// threads at 256x1024. Fused kernels that must match gemm bit for bit use
+// the same tiles.
+inline int64_t gemmColTile(int64_t m, int64_t n) {
+  if (m <= 16)
+    return 64;
+  int64_t t = ((n + 15) / 16 + 15) / 16 * 16;
+  return t < 128 ? 128 : t > 256 ? 256 : t;
+}
+inline int64_t gemmRowTile(int64_t m) { return m <= 192 ? m : 128; }
+/// Tiles per parallel chunk for tiles of `tileWork` multiply-adds: waking
+/// the pool must pay off.
+inline int64_t gemmMinChunk(int64_t tileWork) {
+  return tileWork >= 32768 ? 1 : (32768 + tileWork - 1) / tileWork;
+}
+
+/// A linear weight [out, in] in either storage: exactly one of f (float32)
+/// and q (FP8) is set.
+struct WeightRef {
+  const float *f = nullptr;
+  const Fp8Weight *q = nullptr;
+};
+
+/// Weight `index` of ctx, checked to be loaded and of shape [out, in]
+/// (fatal otherwise, naming `kernel`).
+WeightRef weightRef(Context &ctx, int64_t index, const char *kernel,
+                    int64_t out, int64_t in);
+
+/// linearW on a WeightRef: float -> gemm (as linear); FP8 -> see Fp8.cpp.
+void linearRef(Context &ctx, const float *x, int64_t ldx, int64_t n,
+               int64_t in, const WeightRef &w, int64_t out, float *y,
+               int64_t ldy, ActQuant act);
+
 } // namespace cpu
 } // namespace dsrt
 

@@ -64,18 +64,6 @@ void rmsNorm(Context &ctx, const float *x, int64_t ldx, const float *w,
       rowsPerChunk(d));
 }
 
-// Tile sizes from the shape alone (never from the thread count), so results
-// do not depend on it. Few rows (decode, memory-bound): 64-column tiles for
-// balance. Otherwise 128..256 columns (narrower tiles cost OpenBLAS ~10%)
-// and 128-row tiles past 192 rows, enough tiles for 16 threads at 256x1024.
-static int64_t colTile(int64_t m, int64_t n) {
-  if (m <= 16)
-    return 64;
-  int64_t t = ((n + 15) / 16 + 15) / 16 * 16;
-  return std::min<int64_t>(std::max<int64_t>(t, 128), 256);
-}
-static int64_t rowTile(int64_t m) { return m <= 192 ? m : 128; }
-
 void gemm(Context &ctx, bool transB, int64_t m, int64_t n, int64_t k,
           float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
           float beta, float *c, int64_t ldc) {
@@ -87,7 +75,7 @@ void gemm(Context &ctx, bool transB, int64_t m, int64_t n, int64_t k,
         c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
-  const int64_t tm = rowTile(m), tn = colTile(m, n);
+  const int64_t tm = gemmRowTile(m), tn = gemmColTile(m, n);
   const int64_t rowTiles = (m + tm - 1) / tm, colTiles = (n + tn - 1) / tn;
   // Work per tile decides whether waking the pool pays off.
   const int64_t tileWork = tm * std::min(tn, n) * k;
@@ -104,7 +92,7 @@ void gemm(Context &ctx, bool transB, int64_t m, int64_t n, int64_t k,
                       beta, c + r0 * ldc + c0, ldc);
         }
       },
-      tileWork >= 32768 ? 1 : (32768 + tileWork - 1) / tileWork);
+      gemmMinChunk(tileWork));
 }
 
 void linear(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
@@ -179,6 +167,71 @@ void kvCacheWrite(Context &ctx, int64_t layer, const float *latent, int64_t ldl,
   for (int64_t i = 0; i < n; ++i) {
     if (pos[i] < 0 || pos[i] >= s.maxSeqLen)
       fatal("kvCacheWrite", "position outside the cache", pos[i]);
+    float *row = ctx.cacheRow(layer, pos[i]);
+    std::memcpy(row, latent + i * ldl, sizeof(float) * s.kvLoraRank);
+    std::memcpy(row + s.kvLoraRank, krope + i * ldk,
+                sizeof(float) * s.qkRopeDim);
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Fused kernels: the same arithmetic as the unfused sequence, bit for bit.
+//===----------------------------------------------------------------------===//
+
+void addRmsNorm(Context &ctx, const float *a, int64_t lda, const float *b,
+                int64_t ldb, int64_t n, int64_t d, const float *w, double eps,
+                float *sum, int64_t lds, float *y, int64_t ldy) {
+  const float epsf = static_cast<float>(eps);
+  pool(ctx).parallelFor(
+      n,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          // add, then rmsNorm of the stored sum row (sum may alias a or b).
+          const float *ai = a + i * lda, *bi = b + i * ldb;
+          float *si = sum + i * lds;
+          for (int64_t j = 0; j < d; ++j)
+            si[j] = ai[j] + bi[j];
+          float *yi = y + i * ldy;
+          float r = 1.0f / std::sqrt(sumSquares(si, d) / d + epsf);
+          for (int64_t j = 0; j < d; ++j)
+            yi[j] = si[j] * r * w[j];
+        }
+      },
+      rowsPerChunk(2 * d));
+}
+
+void ropeKvCacheWrite(Context &ctx, int64_t layer, const float *latent,
+                      int64_t ldl, float *krope, int64_t ldk,
+                      const int32_t *pos, int64_t n, int64_t ropeIndex) {
+  const ModelSpec &s = ctx.spec();
+  const RopeTable &t = ctx.impl().ropes[ropeIndex];
+  const int64_t half = t.dim / 2;
+  for (int64_t i = 0; i < n; ++i)
+    if (pos[i] < 0 || pos[i] >= t.positions)
+      fatal("ropeKvCacheWrite", "position outside the table", pos[i]);
+  if (layer < 0 || layer >= s.cacheLayers)
+    fatal("ropeKvCacheWrite", "layer outside the cache", layer);
+  for (int64_t i = 0; i < n; ++i)
+    if (pos[i] >= s.maxSeqLen)
+      fatal("ropeKvCacheWrite", "position outside the cache", pos[i]);
+  // Rotate (rope with one head at offset 0) in parallel, then store in token
+  // order like kvCacheWrite (a repeated position: the last token wins).
+  pool(ctx).parallelFor(
+      n,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const float *c = t.cos.data() + pos[i] * half;
+          const float *sn = t.sin.data() + pos[i] * half;
+          float *v = krope + i * ldk;
+          for (int64_t j = 0; j < half; ++j) {
+            float a = v[2 * j], b = v[2 * j + 1];
+            v[2 * j] = a * c[j] - b * sn[j];
+            v[2 * j + 1] = a * sn[j] + b * c[j];
+          }
+        }
+      },
+      rowsPerChunk(t.dim));
+  for (int64_t i = 0; i < n; ++i) {
     float *row = ctx.cacheRow(layer, pos[i]);
     std::memcpy(row, latent + i * ldl, sizeof(float) * s.kvLoraRank);
     std::memcpy(row + s.kvLoraRank, krope + i * ldk,

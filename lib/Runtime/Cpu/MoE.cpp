@@ -6,7 +6,9 @@
 // sorted by expert, each active expert does gate, up and down as one GEMM
 // over its rows, and the weighted outputs are summed per token in top-k
 // order (no per-thread partial sums), so the result does not depend on the
-// thread count.
+// thread count. moeExpertsW is the same with weights by index, each expert
+// GEMM through linearW's logic (float32 or FP8, ActQuant on the expert's
+// input: x for gate/up, the SwiGLU output for down).
 //
 //===----------------------------------------------------------------------===//
 
@@ -106,21 +108,22 @@ void moeRoute(Context &ctx, const float *logits, int64_t ldl, int64_t n,
       rowsPerChunk(experts * 8));
 }
 
-void moeExperts(Context &ctx, const float *x, int64_t ldx, int64_t n,
+namespace {
+
+enum Proj { Gate, Up, Down };
+
+/// moeExperts over any weight storage: local(e) says whether expert e has
+/// weights here; project(proj, e, rows, x, ldx, outWidth, y, ldy) is one
+/// expert GEMM (y = x W^T).
+template <class Local, class Project>
+void runExperts(Context &ctx, const float *x, int64_t ldx, int64_t n,
                 int64_t hidden, int64_t inter, const int32_t *idx,
-                const float *weights, int64_t topK, const float *const *gate,
-                const float *const *up, const float *const *down,
-                int64_t experts, float *y, int64_t ldy) {
+                const float *weights, int64_t topK, int64_t experts, float *y,
+                int64_t ldy, Local &&local, Project &&project) {
   for (int64_t i = 0; i < n; ++i)
     std::memset(y + i * ldy, 0, sizeof(float) * hidden);
   if (n <= 0 || topK <= 0 || hidden <= 0 || inter <= 0)
     return;
-
-  // An index outside [0, experts) or an expert without weights (another
-  // rank's, under expert parallelism) contributes nothing.
-  auto local = [&](int32_t e) {
-    return e >= 0 && e < experts && gate[e] && up[e] && down[e];
-  };
 
   // Scratch per (token, k) row: gathered x, gate, up, expert output. Tokens
   // go in chunks so that it stays within ~256 MiB for any n.
@@ -172,10 +175,8 @@ void moeExperts(Context &ctx, const float *x, int64_t ldx, int64_t n,
       const int64_t r0 = offset[e], rows = offset[e + 1] - r0;
       const float *xe = xs.data() + r0 * hidden;
       float *g = gs.data() + r0 * inter, *u = us.data() + r0 * inter;
-      gemm(ctx, true, rows, inter, hidden, 1.0f, xe, hidden, gate[e], hidden,
-           0.0f, g, inter);
-      gemm(ctx, true, rows, inter, hidden, 1.0f, xe, hidden, up[e], hidden,
-           0.0f, u, inter);
+      project(Gate, e, rows, xe, hidden, inter, g, inter);
+      project(Up, e, rows, xe, hidden, inter, u, inter);
       pool(ctx).parallelFor(
           rows,
           [&](int64_t begin, int64_t end) {
@@ -183,8 +184,7 @@ void moeExperts(Context &ctx, const float *x, int64_t ldx, int64_t n,
               g[j] = g[j] / (1.0f + std::exp(-g[j])) * u[j];
           },
           rowsPerChunk(4 * inter));
-      gemm(ctx, true, rows, hidden, inter, 1.0f, g, inter, down[e], inter, 0.0f,
-           os.data() + r0 * hidden, hidden);
+      project(Down, e, rows, g, inter, hidden, os.data() + r0 * hidden, hidden);
     };
     const int64_t numActive = static_cast<int64_t>(active.size());
     if (expertRows <= 16)
@@ -212,6 +212,54 @@ void moeExperts(Context &ctx, const float *x, int64_t ldx, int64_t n,
         },
         rowsPerChunk(topK * hidden));
   }
+}
+
+} // namespace
+
+void moeExperts(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                int64_t hidden, int64_t inter, const int32_t *idx,
+                const float *weights, int64_t topK, const float *const *gate,
+                const float *const *up, const float *const *down,
+                int64_t experts, float *y, int64_t ldy) {
+  // An index outside [0, experts) or an expert without weights (another
+  // rank's, under expert parallelism) contributes nothing.
+  auto local = [&](int32_t e) {
+    return e >= 0 && e < experts && gate[e] && up[e] && down[e];
+  };
+  auto project = [&](Proj p, int32_t e, int64_t rows, const float *xe,
+                     int64_t in, int64_t out, float *ye, int64_t lde) {
+    const float *w = p == Gate ? gate[e] : p == Up ? up[e] : down[e];
+    gemm(ctx, true, rows, out, in, 1.0f, xe, in, w, in, 0.0f, ye, lde);
+  };
+  runExperts(ctx, x, ldx, n, hidden, inter, idx, weights, topK, experts, y,
+             ldy, local, project);
+}
+
+void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                 int64_t hidden, int64_t inter, const int32_t *idx,
+                 const float *weights, int64_t topK, const int64_t *gate,
+                 const int64_t *up, const int64_t *down, int64_t experts,
+                 float *y, int64_t ldy, ActQuant act) {
+  // An expert whose gate/up/down index is negative (another rank's, under
+  // expert parallelism), or an index outside [0, experts), contributes
+  // nothing. Weights are resolved (and checked) once per call.
+  std::vector<WeightRef> refs(size_t(3 * std::max<int64_t>(experts, 0)));
+  std::vector<char> here(size_t(std::max<int64_t>(experts, 0)), 0);
+  for (int64_t e = 0; e < experts; ++e) {
+    if (gate[e] < 0 || up[e] < 0 || down[e] < 0)
+      continue;
+    refs[3 * e + Gate] = weightRef(ctx, gate[e], "moeExpertsW", inter, hidden);
+    refs[3 * e + Up] = weightRef(ctx, up[e], "moeExpertsW", inter, hidden);
+    refs[3 * e + Down] = weightRef(ctx, down[e], "moeExpertsW", hidden, inter);
+    here[e] = 1;
+  }
+  auto local = [&](int32_t e) { return e >= 0 && e < experts && here[e]; };
+  auto project = [&](Proj p, int32_t e, int64_t rows, const float *xe,
+                     int64_t in, int64_t out, float *ye, int64_t lde) {
+    linearRef(ctx, xe, in, rows, in, refs[3 * e + p], out, ye, lde, act);
+  };
+  runExperts(ctx, x, ldx, n, hidden, inter, idx, weights, topK, experts, y,
+             ldy, local, project);
 }
 
 } // namespace cpu

@@ -115,15 +115,27 @@ private:
     return out;
   }
 
-  /// Every weight a kernel reads, in module order.
+  /// Every weight a kernel reads, in module order, and which of them the
+  /// runtime keeps in FP8: f8E4M3FN weights that only GEMM kernels read
+  /// (others, e.g. kv_b_proj for absorbed attention, are dequantized on load).
   void collectWeights() {
     llvm::StringSet<> used;
+    llvm::StringMap<bool> onlyGemms;
     module.walk([&](WeightUserInterface op) {
       SmallVector<WeightUse> uses;
       op.getWeightUses(uses);
-      for (const WeightUse &u : uses)
+      bool gemm = dsk::isFP8CapableGemm(op);
+      for (const WeightUse &u : uses) {
         used.insert(u.name);
+        auto [it, inserted] = onlyGemms.insert({u.name, gemm});
+        if (!inserted)
+          it->second &= gemm;
+      }
     });
+    for (auto w : module.getOps<WeightOp>())
+      if (isa<Float8E4M3FNType>(w.getTensorType().getElementType()) &&
+          onlyGemms.lookup(w.getSymName()))
+        keptFp8.insert(w.getSymName());
     for (auto w : module.getOps<WeightOp>())
       if (used.contains(w.getSymName())) {
         weightIndex[w.getSymName()] = weights.size();
@@ -135,14 +147,23 @@ private:
     return llvm::formatv("ctx.weight({0})", weightIndex.lookup(name)).str();
   }
 
-  static const char *dtype(Type t) {
+  int64_t index(StringRef name) { return weightIndex.lookup(name); }
+
+  /// How the runtime keeps a weight: F8E4M3 (codes + block scales) or
+  /// converted to float32 from the checkpoint dtype.
+  const char *storage(WeightOp w) {
+    Type t = w.getTensorType().getElementType();
+    if (keptFp8.contains(w.getSymName()))
+      return "F8E4M3";
     if (t.isF32())
       return "F32";
     if (t.isF16())
       return "F16";
-    if (isa<Float8E4M3FNType>(t))
-      return "F8E4M3";
-    return "BF16";
+    return "BF16"; // bf16, or FP8 dequantized on load
+  }
+
+  static const char *act(bool fp8) {
+    return fp8 ? "dsrt::ActQuant::Fp8" : "dsrt::ActQuant::None";
   }
 
   void emitTables() {
@@ -151,8 +172,7 @@ private:
       ArrayRef<int64_t> shape = w.getTensorType().getShape();
       os << "    {\"" << cString(w.getSymName()) << "\", " << shape.size()
          << ", {" << shape[0] << ", " << (shape.size() > 1 ? shape[1] : 0)
-         << "}, dsrt::DType::" << dtype(w.getTensorType().getElementType())
-         << "},\n";
+         << "}, dsrt::DType::" << storage(w) << "},\n";
     }
     if (weights.empty())
       os << "    {\"\", 0, {0, 0}, dsrt::DType::F32},\n";
@@ -253,11 +273,52 @@ private:
               })
               .Case([&](dsk::LinearOp o) {
                 Buf x = buf(o.getInput()), y = buf(o.getOut());
-                out << llvm::formatv("  dsrt::cpu::linear(ctx, {0}, {1}, n, {2}, "
-                                     "{3}, {4}, {5}, {6});\n",
+                out << llvm::formatv("  dsrt::cpu::linearW(ctx, {0}, {1}, n, {2}, "
+                                     "{3}, {4}, {5}, {6}, {7});\n",
                                      x.ptr, x.ld, width(o.getInput()),
-                                     weight(o.getWeight()), width(o.getOut()),
-                                     y.ptr, y.ld);
+                                     index(o.getWeight()), width(o.getOut()),
+                                     y.ptr, y.ld, act(o.getFp8()));
+                return success();
+              })
+              .Case([&](dsk::GatedUpOp o) {
+                Buf x = buf(o.getInput()), y = buf(o.getOut());
+                out << llvm::formatv("  dsrt::cpu::gatedUp(ctx, {0}, {1}, n, {2}, "
+                                     "{3}, {4}, {5}, {6}, {7}, {8});\n",
+                                     x.ptr, x.ld, width(o.getInput()),
+                                     index(o.getGate()), index(o.getUp()),
+                                     width(o.getOut()), y.ptr, y.ld,
+                                     act(o.getFp8()));
+                return success();
+              })
+              .Case([&](dsk::AddRMSNormOp o) {
+                Buf a = buf(o.getLhs()), c = buf(o.getRhs()), sum = buf(o.getSum()),
+                    y = buf(o.getOut());
+                out << llvm::formatv("  dsrt::cpu::addRmsNorm(ctx, {0}, {1}, {2}, "
+                                     "{3}, n, {4}, {5}, {6}, {7}, {8}, {9}, {10});\n",
+                                     a.ptr, a.ld, c.ptr, c.ld, width(o.getLhs()),
+                                     weight(o.getWeight()),
+                                     fp(o.getEps().convertToDouble()), sum.ptr,
+                                     sum.ld, y.ptr, y.ld);
+                return success();
+              })
+              .Case([&](dsk::RoPEKVCacheWriteOp o) {
+                Buf l = buf(o.getLatent()), k = buf(o.getKrope());
+                out << llvm::formatv("  dsrt::cpu::ropeKvCacheWrite(ctx, {0}, {1}, "
+                                     "{2}, {3}, {4}, {5}, n, {6});\n",
+                                     o.getLayer(), l.ptr, l.ld, k.ptr, k.ld,
+                                     buf(o.getPositions()).ptr,
+                                     ropeIndex(o.getConfig(), width(o.getKrope())));
+                return success();
+              })
+              .Case([&](dsk::MoEGateOp o) {
+                Buf x = buf(o.getInput());
+                std::string r = routing(o.getConfig(), tmp++, out);
+                std::string bias = o.getBias() ? weight(*o.getBias()) : "nullptr";
+                out << llvm::formatv("  dsrt::cpu::moeGate(ctx, {0}, {1}, n, {2}, "
+                                     "{3}, {4}, {5}, {6}, {7});\n",
+                                     x.ptr, x.ld, width(o.getInput()),
+                                     index(o.getWeight()), bias, r,
+                                     buf(o.getIndices()).ptr, buf(o.getWeights()).ptr);
                 return success();
               })
               .Case([&](dsk::AddOp o) {
@@ -316,22 +377,8 @@ private:
                 return success();
               })
               .Case([&](dsk::MoERouteOp o) {
-                MoEConfigAttr c = o.getConfig();
                 Buf l = buf(o.getLogits());
-                std::string r = "route" + std::to_string(tmp++);
-                const char *scoring = c.getScoring() == ScoringFunc::sigmoid
-                                          ? "Sigmoid" : "Softmax";
-                const char *method =
-                    c.getTopkMethod() == TopkMethod::noaux_tc ? "NoauxTC"
-                    : c.getTopkMethod() == TopkMethod::group_limited_greedy
-                        ? "GroupLimitedGreedy" : "Greedy";
-                out << llvm::formatv(
-                    "  static const dsrt::MoERouting {0} = {{{1}, {2}, {3}, {4}, "
-                    "dsrt::MoERouting::{5}, dsrt::MoERouting::{6}, {7}, {8}};\n",
-                    r, c.getExperts(), c.getTopK(), c.getNGroup(),
-                    c.getTopkGroup(), scoring, method,
-                    c.getNormTopk() ? "true" : "false",
-                    fp(c.getScale().convertToDouble()));
+                std::string r = routing(o.getConfig(), tmp++, out);
                 std::string bias = o.getBias() ? weight(*o.getBias()) : "nullptr";
                 out << llvm::formatv("  dsrt::cpu::moeRoute(ctx, {0}, {1}, n, {2}, "
                                      "{3}, {4}, {5});\n",
@@ -344,19 +391,21 @@ private:
                 std::string e = "e" + std::to_string(tmp++);
                 int64_t experts = o.getExperts();
                 for (const char *proj : {"gate", "up", "down"}) {
-                  out << "  const float *" << e << proj << "[" << experts << "] = {";
+                  out << "  static const int64_t " << e << proj << "[" << experts
+                      << "] = {";
                   for (int64_t j = 0; j < experts; ++j)
                     out << (j ? ", " : "")
-                        << weight((o.getPrefix() + ".experts." + Twine(j) + "." +
-                                   proj + "_proj.weight").str());
+                        << index((o.getPrefix() + ".experts." + Twine(j) + "." +
+                                  proj + "_proj.weight").str());
                   out << "};\n";
                 }
                 out << llvm::formatv(
-                    "  dsrt::cpu::moeExperts(ctx, {0}, {1}, n, {2}, {3}, {4}, {5}, "
-                    "{6}, {7}gate, {7}up, {7}down, {8}, {9}, {10});\n",
+                    "  dsrt::cpu::moeExpertsW(ctx, {0}, {1}, n, {2}, {3}, {4}, {5}, "
+                    "{6}, {7}gate, {7}up, {7}down, {8}, {9}, {10}, {11});\n",
                     x.ptr, x.ld, width(o.getInput()), o.getInter(),
                     buf(o.getIndices()).ptr, buf(o.getWeights()).ptr,
-                    width(o.getWeights()), e, experts, y.ptr, y.ld);
+                    width(o.getWeights()), e, experts, y.ptr, y.ld,
+                    act(o.getFp8()));
                 return success();
               })
               .Case([&](func::ReturnOp) { return success(); })
@@ -368,6 +417,24 @@ private:
     }
     out << "}\n\n";
     return success();
+  }
+
+  /// Declares the static MoERouting of `c`; returns its name.
+  std::string routing(MoEConfigAttr c, int id, raw_ostream &out) {
+    std::string r = "route" + std::to_string(id);
+    const char *scoring =
+        c.getScoring() == ScoringFunc::sigmoid ? "Sigmoid" : "Softmax";
+    const char *method = c.getTopkMethod() == TopkMethod::noaux_tc ? "NoauxTC"
+                         : c.getTopkMethod() == TopkMethod::group_limited_greedy
+                             ? "GroupLimitedGreedy"
+                             : "Greedy";
+    out << llvm::formatv(
+        "  static const dsrt::MoERouting {0} = {{{1}, {2}, {3}, {4}, "
+        "dsrt::MoERouting::{5}, dsrt::MoERouting::{6}, {7}, {8}};\n",
+        r, c.getExperts(), c.getTopK(), c.getNGroup(), c.getTopkGroup(), scoring,
+        method, c.getNormTopk() ? "true" : "false",
+        fp(c.getScale().convertToDouble()));
+    return r;
   }
 
   static int64_t width(Value v) {
@@ -382,6 +449,7 @@ private:
   raw_ostream &os;
   SmallVector<WeightOp> weights;
   llvm::StringMap<int64_t> weightIndex;
+  llvm::StringSet<> keptFp8;
   DenseMap<std::pair<Attribute, int64_t>, int64_t> ropes;
   SmallVector<std::pair<RoPEConfigAttr, int64_t>> ropeList;
   DenseMap<Value, Buf> bufs;

@@ -5,6 +5,13 @@
 // RUN: FileCheck %s < %t.cpp
 // The output compiles against the runtime header.
 // RUN: c++ -std=c++17 -fsyntax-only -I %ds_src_root/include %t.cpp
+// Fused kernels and FP8: one call per fused group, FP8 GEMMs quantize their
+// activations, and only weights that GEMMs alone read are kept in FP8
+// (kv_b_proj, read by absorbed attention, is dequantized on load).
+// RUN: ds-opt --ds-lower-to-kernels="max-seq-len=64" --dsk-fuse --dsk-quantize --dsk-plan-memory %ds_src_root/models/tiny.mlir -o %t.fp8.mlir
+// RUN: ds-translate --emit-cpp %t.fp8.mlir | FileCheck %s --check-prefix=FUSED
+// RUN: ds-translate --emit-cpp %t.fp8.mlir -o %t.fp8.cpp
+// RUN: c++ -std=c++17 -fsyntax-only -I %ds_src_root/include %t.fp8.cpp
 // Errors: a module that was not lowered, or not planned.
 // RUN: not ds-translate --emit-cpp %ds_src_root/models/tiny.mlir -o %t.bad.cpp 2>&1 | FileCheck %s --check-prefix=NOTLOWERED
 // RUN: ds-opt --ds-lower-to-kernels %ds_src_root/models/tiny.mlir -o %t.unplanned.mlir
@@ -23,7 +30,7 @@
 // CHECK: dsrt::cpu::embedding(ctx, ctx.weight(0), 1024, 64, ids, n, [[X:b[0-9]+]], 64);
 // CHECK: dsrt::cpu::rmsNorm(ctx, [[X]], 64, ctx.weight({{[0-9]+}}), n, 64, 9.9999999999999995e-07,
 // Column slices of the kv_a output: the latent (columns 0..31) and the rope key (32..39).
-// CHECK: dsrt::cpu::linear(ctx, {{b[0-9]+}}, 64, n, 64, ctx.weight({{[0-9]+}}), 40, [[KVA:b[0-9]+]], 40);
+// CHECK: dsrt::cpu::linearW(ctx, {{b[0-9]+}}, 64, n, 64, {{[0-9]+}}, 40, [[KVA:b[0-9]+]], 40, dsrt::ActQuant::None);
 // CHECK: dsrt::cpu::rmsNorm(ctx, ([[KVA]] + 0), 40, ctx.weight({{[0-9]+}}), n, 32,
 // CHECK: dsrt::cpu::rope(ctx, {{b[0-9]+}}, 96, n, 4, 24, 16, pos, 0);
 // CHECK: dsrt::cpu::rope(ctx, ([[KVA]] + 32), 40, n, 1, 8, 0, pos, 0);
@@ -31,9 +38,9 @@
 // CHECK: dsrt::cpu::mlaAttentionNaive(ctx, {{.+}}, n, 4, 16, 8, 16, 0.26464225796422675,
 // CHECK: static const dsrt::MoERouting route{{[0-9]+}} = {16, 4, 4, 2, dsrt::MoERouting::Sigmoid, dsrt::MoERouting::NoauxTC, true, 2.5};
 // CHECK: dsrt::cpu::moeRoute(
-// CHECK: const float *e{{[0-9]+}}gate[16] = {ctx.weight(
-// CHECK: dsrt::cpu::moeExperts(ctx, {{.+}}, n, 64, 32, {{.+}}, 4, e{{[0-9]+}}gate, e{{[0-9]+}}up, e{{[0-9]+}}down, 16,
-// CHECK: dsrt::cpu::linear(ctx, {{.+}}, ctx.weight({{[0-9]+}}), 1024, logits, 1024);
+// CHECK: static const int64_t e{{[0-9]+}}gate[16] = {{{[0-9]+}}, {{[0-9]+}},
+// CHECK: dsrt::cpu::moeExpertsW(ctx, {{.+}}, n, 64, 32, {{.+}}, 4, e{{[0-9]+}}gate, e{{[0-9]+}}up, e{{[0-9]+}}down, 16, {{.+}}, dsrt::ActQuant::None);
+// CHECK: dsrt::cpu::linearW(ctx, {{.+}}, 1024, logits, 1024, dsrt::ActQuant::None);
 // CHECK: void decode(
 // CHECK-NOT: mlaAttentionNaive
 // CHECK: dsrt::cpu::mlaAttentionAbsorbed(ctx, 0, {{b[0-9]+}}, 96, ctx.weight({{[0-9]+}}), pos, n, 4, 16, 8, 16, 0.26464225796422675,
@@ -46,3 +53,16 @@
 
 // NOTLOWERED: error: emit-cpp: not a kernel-level module (run ds-lower-to-kernels and dsk-plan-memory first)
 // UNPLANNED: error: 'func.func' op emit-cpp: program has no memory plan (run dsk-plan-memory)
+
+// FUSED: {"model.layers.0.self_attn.kv_b_proj.weight", 2, {128, 32}, dsrt::DType::BF16},
+// FUSED: {"model.layers.0.self_attn.q_a_proj.weight", 2, {32, 64}, dsrt::DType::F8E4M3},
+// FUSED: {"model.layers.1.mlp.gate.weight", 2, {16, 64}, dsrt::DType::BF16},
+// FUSED: void prefill(
+// FUSED: dsrt::cpu::linearW(ctx, {{.+}}, 32, {{b[0-9]+}}, 32, dsrt::ActQuant::Fp8);
+// FUSED: dsrt::cpu::ropeKvCacheWrite(ctx, 0, {{.+}}, pos, n, 0);
+// FUSED: dsrt::cpu::linearW(ctx, {{.+}}, 128, {{b[0-9]+}}, 128, dsrt::ActQuant::None);
+// FUSED: dsrt::cpu::mlaAttentionNaive(
+// FUSED: dsrt::cpu::addRmsNorm(ctx, {{.+}}, n, 64, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07,
+// FUSED: dsrt::cpu::gatedUp(ctx, {{.+}}, n, 64, {{[0-9]+}}, {{[0-9]+}}, 128, {{.+}}, dsrt::ActQuant::Fp8);
+// FUSED: dsrt::cpu::moeGate(ctx, {{.+}}, n, 64, {{[0-9]+}}, ctx.weight({{[0-9]+}}), route{{[0-9]+}},
+// FUSED: dsrt::cpu::moeExpertsW({{.+}}, dsrt::ActQuant::Fp8);

@@ -61,6 +61,9 @@ DSK_VERIFY_SYMBOL_USES(LinearOp)
 DSK_VERIFY_SYMBOL_USES(MLAAttentionAbsorbedOp)
 DSK_VERIFY_SYMBOL_USES(MoERouteOp)
 DSK_VERIFY_SYMBOL_USES(MoEExpertsOp)
+DSK_VERIFY_SYMBOL_USES(AddRMSNormOp)
+DSK_VERIFY_SYMBOL_USES(GatedUpOp)
+DSK_VERIFY_SYMBOL_USES(MoEGateOp)
 #undef DSK_VERIFY_SYMBOL_USES
 
 //===----------------------------------------------------------------------===//
@@ -165,4 +168,54 @@ void MoEExpertsOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
     uses.push_back(use(p + ".up_proj.weight", {inter, h}, true));
     uses.push_back(use(p + ".down_proj.weight", {h, inter}, true));
   }
+}
+
+//===----------------------------------------------------------------------===//
+// Fused ops
+//===----------------------------------------------------------------------===//
+
+LogicalResult AddRMSNormOp::verify() {
+  int64_t w = width(getLhs());
+  if (!(getEps().convertToDouble() > 0.0))
+    return emitOpError() << "eps must be positive";
+  if (failed(verifyWidth(*this, getRhs(), w, "rhs")) ||
+      failed(verifyWidth(*this, getSum(), w, "sum")))
+    return failure();
+  return verifyWidth(*this, getOut(), w, "out");
+}
+
+void AddRMSNormOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
+  uses.push_back(use(getWeight(), {width(getLhs())}, false));
+}
+
+LogicalResult RoPEKVCacheWriteOp::verify() {
+  int64_t dim = width(getKrope());
+  if (dim <= 0 || dim % 2 != 0)
+    return emitOpError() << "the rope key must have an even width, got "
+                         << getKrope().getType();
+  return success();
+}
+
+void GatedUpOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
+  int64_t in = width(getInput()), inter = width(getOut());
+  uses.push_back(use(getGate(), {inter, in}, true));
+  uses.push_back(use(getUp(), {inter, in}, true));
+}
+
+LogicalResult MoEGateOp::verify() {
+  ds::MoEConfigAttr c = getConfig();
+  if (failed(verifyWidth(*this, getIndices(), c.getTopK(), "indices")) ||
+      failed(verifyWidth(*this, getWeights(), c.getTopK(), "weights")))
+    return failure();
+  if (static_cast<bool>(getBias()) != (c.getTopkMethod() == ds::TopkMethod::noaux_tc))
+    return emitOpError() << "a correction bias goes with noaux_tc routing, "
+                            "and only with it";
+  return success();
+}
+
+void MoEGateOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
+  uses.push_back(use(getWeight(), {getConfig().getExperts(), width(getInput())},
+                     false));
+  if (auto bias = getBiasAttr())
+    uses.push_back(use(bias.getValue(), {getConfig().getExperts()}, false));
 }

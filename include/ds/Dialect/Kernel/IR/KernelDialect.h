@@ -24,6 +24,11 @@ namespace ds::kernel {
 /// attribute holding the #dsk.model.
 inline constexpr llvm::StringLiteral kProgramAttrName = "dsk.program";
 inline constexpr llvm::StringLiteral kModelAttrName = "dsk.model";
+
+/// GEMM kernels that can read FP8 weights (and quantize their activations).
+inline bool isFP8CapableGemm(mlir::Operation *op) {
+  return llvm::isa<LinearOp, GatedUpOp, MoEExpertsOp>(op);
+}
 } // namespace ds::kernel
 
 #endif // DS_DIALECT_KERNEL_IR_KERNELDIALECT_H

@@ -98,9 +98,13 @@ def DSK_RMSNormOp : DSK_WeightOp<"rms_norm"> {
 
 def DSK_LinearOp : DSK_WeightOp<"linear"> {
   let summary = "out = input * weight^T (GEMM through BLAS / cuBLASLt)";
+  let description = [{
+    With `fp8`, the input is quantized to e4m3 per row per 128 columns
+    before the product (DeepSeek-V3's FP8 GEMM; the weight is FP8).
+  }];
   let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
                        Arg<DSK_Rows, "", [MemWrite]>:$out,
-                       FlatSymbolRefAttr:$weight);
+                       FlatSymbolRefAttr:$weight, UnitAttr:$fp8);
   let assemblyFormat = "$input `,` $out attr-dict `:` type($input) `,` type($out)";
 }
 
@@ -190,11 +194,64 @@ def DSK_MoEExpertsOp : DSK_WeightOp<"moe_experts"> {
                        Arg<DSK_IntRows, "", [MemRead]>:$indices,
                        Arg<DSK_Rows, "", [MemRead]>:$weights,
                        Arg<DSK_Rows, "", [MemWrite]>:$out,
-                       StrAttr:$prefix, I64Attr:$experts, I64Attr:$inter);
+                       StrAttr:$prefix, I64Attr:$experts, I64Attr:$inter,
+                       UnitAttr:$fp8);
   let assemblyFormat = [{
     $input `,` $indices `,` $weights `,` $out attr-dict `:` type($input) `,`
     type($indices) `,` type($weights) `,` type($out)
   }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Fused kernels (dsk-fuse): one kernel where the unfused level has several.
+//===----------------------------------------------------------------------===//
+
+def DSK_AddRMSNormOp : DSK_WeightOp<"add_rms_norm"> {
+  let summary = "residual add + RMSNorm: sum = lhs + rhs, out = rms_norm(sum)";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$lhs,
+                       Arg<DSK_Rows, "", [MemRead]>:$rhs,
+                       Arg<DSK_Rows, "", [MemWrite]>:$sum,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       FlatSymbolRefAttr:$weight, F64Attr:$eps);
+  let assemblyFormat = [{
+    $lhs `,` $rhs `,` $sum `,` $out attr-dict `:` type($lhs) `,` type($rhs)
+    `,` type($sum) `,` type($out)
+  }];
+  let hasVerifier = 1;
+}
+
+def DSK_RoPEKVCacheWriteOp : DSK_Op<"rope_kv_cache_write"> {
+  let summary = "RoPE on the shared rope key + latent-cache write";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$latent,
+                       Arg<DSK_Rows, "", [MemRead, MemWrite]>:$krope,
+                       Arg<DSK_Tokens, "", [MemRead]>:$positions,
+                       DS_RoPEConfigAttr:$config, I64Attr:$layer);
+  let assemblyFormat = "$latent `,` $krope `,` $positions attr-dict `:` type($latent) `,` type($krope) `,` type($positions)";
+  let hasVerifier = 1;
+}
+
+def DSK_GatedUpOp : DSK_WeightOp<"gated_up"> {
+  let summary = "gate and up GEMMs with the SwiGLU epilogue";
+  let description = [{
+    `out = silu(input * gate^T) * (input * up^T)`. With `fp8`, the input is
+    quantized as for `dsk.linear`.
+  }];
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       FlatSymbolRefAttr:$gate, FlatSymbolRefAttr:$up,
+                       UnitAttr:$fp8);
+  let assemblyFormat = "$input `,` $out attr-dict `:` type($input) `,` type($out)";
+}
+
+def DSK_MoEGateOp : DSK_WeightOp<"moe_gate"> {
+  let summary = "router GEMM + scoring + bias + group-limited top-k";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
+                       Arg<DSK_IntRows, "", [MemWrite]>:$indices,
+                       Arg<DSK_Rows, "", [MemWrite]>:$weights,
+                       FlatSymbolRefAttr:$weight, DS_MoEConfigAttr:$config,
+                       OptionalAttr<FlatSymbolRefAttr>:$bias);
+  let assemblyFormat = "$input `,` $indices `,` $weights attr-dict `:` type($input) `,` type($indices) `,` type($weights)";
   let hasVerifier = 1;
 }
 

@@ -1,0 +1,137 @@
+//===- Fuse.cpp - group kernel-level ops into fused kernels ---------------===//
+
+#include "ds/Dialect/Kernel/IR/KernelDialect.h"
+#include "ds/Transforms/Passes.h"
+
+#include "mlir/IR/Builders.h"
+
+namespace ds {
+#define GEN_PASS_DEF_FUSE
+#include "ds/Transforms/Passes.h.inc"
+} // namespace ds
+
+using namespace mlir;
+namespace dsk = ds::kernel;
+
+namespace {
+
+/// `v` is read or written by exactly the ops in `users`.
+static bool onlyUsedBy(Value v, ArrayRef<Operation *> users) {
+  return llvm::all_of(v.getUsers(), [&](Operation *u) {
+    return llvm::is_contained(users, u);
+  });
+}
+
+static void eraseIfDead(Value v) {
+  if (Operation *def = v.getDefiningOp())
+    if (isa<memref::AllocOp>(def) && def->use_empty())
+      def->erase();
+}
+
+struct Fused {
+  Operation *op = nullptr; // the fused kernel, where the last part was
+  int replaced = 0;        // how many kernels it replaced
+  explicit operator bool() const { return op != nullptr; }
+};
+
+/// Tries to fuse the kernels ending with the last one of `kernels` (launch
+/// order).
+static Fused fuseLast(ArrayRef<Operation *> kernels) {
+  size_t i = kernels.size() - 1;
+  Operation *op = kernels[i];
+  Operation *prev = i >= 1 ? kernels[i - 1] : nullptr;
+  Operation *prev2 = i >= 2 ? kernels[i - 2] : nullptr;
+  OpBuilder b(op);
+
+  // Residual add, then the norm of the sum.
+  if (auto norm = dyn_cast<dsk::RMSNormOp>(op))
+    if (auto add = dyn_cast_or_null<dsk::AddOp>(prev))
+      if (norm.getInput() == add.getOut()) {
+        Operation *fused = dsk::AddRMSNormOp::create(
+            b, op->getLoc(), add.getLhs(), add.getRhs(), add.getOut(),
+            norm.getOut(), norm.getWeightAttr(), norm.getEpsAttr());
+        add.erase();
+        norm.erase();
+        return {fused, 2};
+      }
+
+  // RoPE of the shared rope key, then the latent-cache write of it.
+  if (auto write = dyn_cast<dsk::KVCacheWriteOp>(op))
+    if (auto rope = dyn_cast_or_null<dsk::RoPEOp>(prev)) {
+      int64_t width = cast<MemRefType>(rope.getInout().getType()).getDimSize(1);
+      if (rope.getInout() == write.getKrope() &&
+          rope.getPositions() == write.getPositions() && rope.getHeads() == 1 &&
+          rope.getOffset() == 0 && static_cast<int64_t>(rope.getDim()) == width) {
+        Operation *fused = dsk::RoPEKVCacheWriteOp::create(
+            b, op->getLoc(), write.getLatent(), write.getKrope(),
+            write.getPositions(), rope.getConfig(), write.getLayerAttr());
+        rope.erase();
+        write.erase();
+        return {fused, 2};
+      }
+    }
+
+  // Gate and up GEMMs of one input, then SwiGLU of their results.
+  if (auto act = dyn_cast<dsk::SwiGLUOp>(op)) {
+    auto gate = dyn_cast_or_null<dsk::LinearOp>(prev2);
+    auto up = dyn_cast_or_null<dsk::LinearOp>(prev);
+    if (gate && up && gate.getInput() == up.getInput() &&
+        act.getGate() == gate.getOut() && act.getUp() == up.getOut() &&
+        gate.getFp8() == up.getFp8() &&
+        onlyUsedBy(gate.getOut(), {gate, act}) &&
+        onlyUsedBy(up.getOut(), {up, act})) {
+      Value g = gate.getOut(), u = up.getOut();
+      Operation *fused = dsk::GatedUpOp::create(
+          b, op->getLoc(), gate.getInput(), act.getOut(), gate.getWeightAttr(),
+          up.getWeightAttr(), gate.getFp8Attr());
+      act.erase();
+      up.erase();
+      gate.erase();
+      eraseIfDead(g);
+      eraseIfDead(u);
+      return {fused, 3};
+    }
+  }
+
+  // The router GEMM, then routing on its logits.
+  if (auto route = dyn_cast<dsk::MoERouteOp>(op))
+    if (auto router = dyn_cast_or_null<dsk::LinearOp>(prev))
+      if (route.getLogits() == router.getOut() && !router.getFp8() &&
+          onlyUsedBy(router.getOut(), {router, route})) {
+        Value logits = router.getOut();
+        Operation *fused = dsk::MoEGateOp::create(
+            b, op->getLoc(), router.getInput(), route.getIndices(),
+            route.getWeights(), router.getWeightAttr(), route.getConfig(),
+            route.getBiasAttr());
+        route.erase();
+        router.erase();
+        eraseIfDead(logits);
+        return {fused, 2};
+      }
+  return {};
+}
+
+struct FusePass : public ds::impl::FuseBase<FusePass> {
+  void runOnOperation() override {
+    for (auto fn : getOperation().getOps<func::FuncOp>()) {
+      if (!fn->hasAttr(dsk::kProgramAttrName))
+        continue;
+      // Kernels in launch order; allocations, views and constants between
+      // them move no data, so kernels adjacent in this list are neighbours.
+      SmallVector<Operation *> kernels;
+      for (Operation &op : fn.getBody().front())
+        if (isa<dsk::DSKDialect>(op.getDialect()) && !isa<dsk::ArenaOp>(op))
+          kernels.push_back(&op);
+      SmallVector<Operation *> sequence;
+      for (Operation *kernel : kernels) {
+        sequence.push_back(kernel);
+        while (Fused f = fuseLast(sequence)) {
+          sequence.resize(sequence.size() - f.replaced);
+          sequence.push_back(f.op);
+        }
+      }
+    }
+  }
+};
+
+} // namespace

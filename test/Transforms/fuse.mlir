@@ -1,0 +1,143 @@
+// RUN: ds-opt --split-input-file --dsk-fuse %s | FileCheck %s
+
+// Residual add then the norm of the sum -> one kernel; the sum is still
+// written (the residual stream needs it).
+// CHECK-LABEL: func.func @add_norm
+// CHECK: dsk.add_rms_norm %[[A:.+]], %[[B:.+]], %[[S:.+]], %[[Y:.+]] {eps = 1.000000e-05 : f64, weight = @norm}
+// CHECK-NOT: dsk.add %
+// CHECK-NOT: dsk.rms_norm
+// CHECK: dsk.linear %[[S]]
+module {
+  ds.weight @norm : tensor<16xf32>
+  ds.weight @w : tensor<16x16xf32>
+  func.func @add_norm(%ids: memref<?xi32>, %pos: memref<?xi32>, %a: memref<?x16xf32>, %b: memref<?x16xf32>, %o: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = prefill, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %s = memref.alloc(%n) : memref<?x16xf32>
+    dsk.add %a, %b, %s : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    %y = memref.alloc(%n) : memref<?x16xf32>
+    dsk.rms_norm %s, %y {eps = 1.0e-5 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>
+    dsk.linear %s, %o {weight = @w} : memref<?x16xf32>, memref<?x16xf32>
+    return
+  }
+}
+
+// -----
+
+// Not neighbours' data: a norm of something else, or a kernel in between.
+// CHECK-LABEL: func.func @no_add_norm
+// CHECK: dsk.add
+// CHECK: dsk.rms_norm %{{.+}}, %{{.+}} {eps
+// CHECK: dsk.add
+// CHECK: dsk.linear
+// CHECK: dsk.rms_norm
+// CHECK-NOT: dsk.add_rms_norm
+module {
+  ds.weight @norm : tensor<16xf32>
+  ds.weight @w : tensor<16x16xf32>
+  func.func @no_add_norm(%ids: memref<?xi32>, %pos: memref<?xi32>, %a: memref<?x16xf32>, %b: memref<?x16xf32>, %s: memref<?x16xf32>, %y: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = prefill, max_tokens = 4, arena_bytes = 0>} {
+    dsk.add %a, %b, %s : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.rms_norm %a, %y {eps = 1.0e-5 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>
+    dsk.add %a, %b, %s : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.linear %a, %b {weight = @w} : memref<?x16xf32>, memref<?x16xf32>
+    dsk.rms_norm %s, %y {eps = 1.0e-5 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>
+    return
+  }
+}
+
+// -----
+
+// RoPE of the shared rope key then its cache write -> one kernel; RoPE of the
+// multi-head query is not part of it.
+// CHECK-LABEL: func.func @rope_cache
+// CHECK: dsk.rope %[[Q:.+]], %{{.+}} {config = #{{.+}}, dim = 8 : i64, head_stride = 24 : i64, heads = 2 : i64, offset = 16 : i64}
+// CHECK-NEXT: dsk.rope_kv_cache_write %[[LAT:.+]], %[[KR:.+]], %{{.+}} {config = #{{.+}}, layer = 3 : i64}
+// CHECK-NOT: dsk.kv_cache_write
+#rope = #ds.rope<theta = 10000.0>
+module {
+  func.func @rope_cache(%ids: memref<?xi32>, %pos: memref<?xi32>, %q: memref<?x48xf32>, %lat: memref<?x8xf32>, %kr: memref<?x8xf32>) attributes {dsk.program = #dsk.program<kind = prefill, max_tokens = 4, arena_bytes = 0>} {
+    dsk.rope %q, %pos {config = #rope, dim = 8 : i64, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?xi32>
+    dsk.rope %kr, %pos {config = #rope, dim = 8 : i64, heads = 1 : i64, head_stride = 8 : i64, offset = 0 : i64} : memref<?x8xf32>, memref<?xi32>
+    dsk.kv_cache_write %lat, %kr, %pos {layer = 3 : i64} : memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+    return
+  }
+}
+
+// -----
+
+// Gate and up GEMMs of one input, then SwiGLU -> one kernel; their buffers go.
+// CHECK-LABEL: func.func @gated_up
+// CHECK-NOT: memref.alloc(%{{.+}}) : memref<?x8xf32>
+// CHECK: %[[H:.+]] = memref.alloc(%{{.+}}) : memref<?x4xf32>
+// CHECK: dsk.gated_up %{{.+}}, %{{.+}} {gate = @g, up = @u} : memref<?x16xf32>, memref<?x8xf32>
+// CHECK-NOT: dsk.swiglu
+module {
+  ds.weight @g : tensor<8x16xf32>
+  ds.weight @u : tensor<8x16xf32>
+  func.func @gated_up(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x16xf32>, %h: memref<?x8xf32>) attributes {dsk.program = #dsk.program<kind = prefill, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %gate = memref.alloc(%n) : memref<?x8xf32>
+    dsk.linear %x, %gate {weight = @g} : memref<?x16xf32>, memref<?x8xf32>
+    %up = memref.alloc(%n) : memref<?x8xf32>
+    dsk.linear %x, %up {weight = @u} : memref<?x16xf32>, memref<?x8xf32>
+    %unrelated = memref.alloc(%n) : memref<?x4xf32>
+    dsk.swiglu %gate, %up, %h : memref<?x8xf32>, memref<?x8xf32>, memref<?x8xf32>
+    return
+  }
+}
+
+// -----
+
+// The gate output is read again later: not fused.
+// CHECK-LABEL: func.func @gate_reused
+// CHECK: dsk.linear
+// CHECK: dsk.linear
+// CHECK: dsk.swiglu
+// CHECK-NOT: dsk.gated_up
+module {
+  ds.weight @g : tensor<8x16xf32>
+  ds.weight @u : tensor<8x16xf32>
+  func.func @gate_reused(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x16xf32>, %gate: memref<?x8xf32>, %up: memref<?x8xf32>, %h: memref<?x8xf32>, %o: memref<?x8xf32>) attributes {dsk.program = #dsk.program<kind = prefill, max_tokens = 4, arena_bytes = 0>} {
+    dsk.linear %x, %gate {weight = @g} : memref<?x16xf32>, memref<?x8xf32>
+    dsk.linear %x, %up {weight = @u} : memref<?x16xf32>, memref<?x8xf32>
+    dsk.swiglu %gate, %up, %h : memref<?x8xf32>, memref<?x8xf32>, memref<?x8xf32>
+    dsk.add %gate, %h, %o : memref<?x8xf32>, memref<?x8xf32>, memref<?x8xf32>
+    return
+  }
+}
+
+// -----
+
+// The router GEMM then routing -> moe_gate; the logits buffer goes.
+// CHECK-LABEL: func.func @router
+// CHECK-NOT: memref<?x4xf32>
+// CHECK: dsk.moe_gate %{{.+}}, %{{.+}}, %{{.+}} {bias = @b, config = #{{.+}}, weight = @r} : memref<?x16xf32>, memref<?x2xi32>, memref<?x2xf32>
+// CHECK-NOT: dsk.moe_route
+module {
+  ds.weight @r : tensor<4x16xf32>
+  ds.weight @b : tensor<4xf32>
+  func.func @router(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x16xf32>, %i: memref<?x2xi32>, %w: memref<?x2xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 1, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %l = memref.alloc(%n) : memref<?x4xf32>
+    dsk.linear %x, %l {weight = @r} : memref<?x16xf32>, memref<?x4xf32>
+    dsk.moe_route %l, %i, %w {config = #ds.moe<experts = 4, shared = 0, top_k = 2, inter = 8, scoring = sigmoid, topk_method = noaux_tc, n_group = 2, topk_group = 1, norm_topk = true, scale = 1.0>, bias = @b} : memref<?x4xf32>, memref<?x2xi32>, memref<?x2xf32>
+    return
+  }
+}
+
+// -----
+
+// Functions that are not programs are left alone.
+// CHECK-LABEL: func.func @helper
+// CHECK: dsk.add
+// CHECK: dsk.rms_norm
+module {
+  ds.weight @norm : tensor<16xf32>
+  func.func @helper(%a: memref<?x16xf32>, %s: memref<?x16xf32>) {
+    dsk.add %a, %a, %s : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.rms_norm %s, %a {eps = 1.0e-5 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>
+    return
+  }
+}
