@@ -4,6 +4,7 @@
 # shared, MLA with q LoRA; random weights) and the GFLOP/s they achieve
 # against the machine's OpenBLAS SGEMM rate measured in the same run.
 #   bench/cpu/run.sh [PROMPT_TOKENS (512)] [NEW_TOKENS (64)] [THREADS (nproc)]
+#   DS_COMPILE_FLAGS="--no-fuse" / "--quant=fp8" pass extra ds-compile flags.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 prompt=${1:-512}
@@ -20,7 +21,9 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 c++ -O2 -std=c++17 -I/usr/include/x86_64-linux-gnu/openblas-pthread bench/cpu/sgemm.cpp -lopenblas -o "$out/sgemm"
-"$build/bin/ds-compile" bench/cpu/mid.json -o "$out/mid" --max-seq-len=$((prompt + new))
+# shellcheck disable=SC2086
+"$build/bin/ds-compile" bench/cpu/mid.json -o "$out/mid" --max-seq-len=$((prompt + new)) ${DS_COMPILE_FLAGS:-}
+echo "model: bench/cpu/mid.json ${DS_COMPILE_FLAGS:-(default flags)}"
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 echo "machine: $cpu, $(nproc) cores, threads $threads"
