@@ -10,6 +10,8 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 
@@ -109,7 +111,27 @@ void parallelFor(Context &ctx, int64_t n,
 // Context
 //===----------------------------------------------------------------------===//
 
-Context::Context(const ModelSpec &spec, int threads)
+/// DS_KV_BLOCKS: the number of cache blocks, overriding the default of
+/// enough for every slot at maxSeqLen (a smaller pool lets many slots share
+/// memory sized for the typical, not the worst, sequence). 0 when unset. A
+/// malformed value is the user's mistake, reported without a core dump.
+static int64_t kvBlocksFromEnvironment() {
+  const char *text = std::getenv("DS_KV_BLOCKS");
+  if (!text || !*text)
+    return 0;
+  char *end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(text, &end, 10);
+  if (errno != 0 || *end != '\0' || v < 1 || v > INT32_MAX) {
+    std::fprintf(stderr,
+                 "dsrt: DS_KV_BLOCKS must be a positive integer, got '%s'\n",
+                 text);
+    std::exit(2);
+  }
+  return v;
+}
+
+Context::Context(const ModelSpec &spec, int threads, int64_t maxSequences)
     : impl_(std::make_unique<Impl>(spec)) {
   Impl &im = *impl_;
   im.threads = std::max(threads, 1);
@@ -129,9 +151,20 @@ Context::Context(const ModelSpec &spec, int threads)
     std::abort();
   }
 
-  int64_t row = spec.kvLoraRank + spec.qkRopeDim;
-  im.cache.assign(static_cast<size_t>(spec.cacheLayers * spec.maxSeqLen * row),
-                  0.0f);
+  if (maxSequences < 1) {
+    std::fprintf(stderr, "dsrt: Context: maxSequences must be >= 1 (%lld)\n",
+                 static_cast<long long>(maxSequences));
+    std::abort();
+  }
+  if (spec.cacheLayers > 0) {
+    const int64_t kBlock = KVCache::kBlockTokens;
+    int64_t blocks = kvBlocksFromEnvironment();
+    if (blocks == 0)
+      blocks = maxSequences * ((spec.maxSeqLen + kBlock - 1) / kBlock);
+    im.cache = std::make_unique<KVCache>(
+        spec.cacheLayers, spec.kvLoraRank + spec.qkRopeDim, blocks,
+        maxSequences, spec.maxSeqLen);
+  }
 
   im.ropes.reserve(spec.numRopes);
   for (int64_t i = 0; i < spec.numRopes; ++i)
@@ -156,10 +189,25 @@ const Fp8Weight *Context::fp8Weight(int64_t index) const {
 
 char *Context::arena() { return impl_->arena; }
 
-float *Context::cacheRow(int64_t layer, int64_t position) {
-  const ModelSpec &s = impl_->spec;
-  int64_t row = s.kvLoraRank + s.qkRopeDim;
-  return impl_->cache.data() + (layer * s.maxSeqLen + position) * row;
+KVCache &Context::cache() {
+  if (!impl_->cache) {
+    std::fprintf(stderr, "dsrt: the model has no KV cache (cacheLayers 0)\n");
+    std::abort();
+  }
+  return *impl_->cache;
+}
+
+float *Context::cacheRow(int64_t layer, int32_t seq, int64_t position) {
+  return cache().row(layer, seq, position);
+}
+
+void Context::setTokenSequences(const int32_t *seq, int64_t n) {
+  impl_->tokenSequences.assign(seq, seq + std::max<int64_t>(n, 0));
+}
+
+int32_t Context::tokenSequence(int64_t i) const {
+  const std::vector<int32_t> &t = impl_->tokenSequences;
+  return i >= 0 && i < int64_t(t.size()) ? t[size_t(i)] : 0;
 }
 
 } // namespace dsrt

@@ -49,8 +49,13 @@ struct Context::Impl {
   /// The arena of the static memory plan (64-byte aligned).
   char *arena = nullptr;
 
-  /// Latent KV cache: [cacheLayers][maxSeqLen][kvLoraRank + qkRopeDim].
-  std::vector<float> cache;
+  /// The paged latent KV cache (KVCache.cpp); null when the model has no
+  /// cache layers.
+  std::unique_ptr<KVCache> cache;
+
+  /// Sequence slot of each token of the next program call
+  /// (setTokenSequences); tokens past the end are in slot 0.
+  std::vector<int32_t> tokenSequences;
 
   std::vector<RopeTable> ropes; // one per spec.ropes entry
 };

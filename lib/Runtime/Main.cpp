@@ -1,22 +1,37 @@
 //===- Main.cpp - the compiled executable's command line ------------------===//
 //
 //   OUT [--weights PATH] [--prompt-ids 1,2,3] [--max-new-tokens N]
-//       [--dump-logits FILE.npy] [--seed N] [--threads N] [--help]
+//       [--dump-logits FILE.npy] [--speculative=mtp] [--seed N] [--threads N]
+//   OUT --requests FILE.jsonl [--output FILE] [--max-batch N] [--weights PATH]
+//       [--seed N] [--threads N]
 //
-// stdout carries exactly two lines, `tokens: ...` and `timing: ...`, so
-// scripts can parse it; everything else is an `error: ` line on stderr.
-// Usage errors exit 2, load and run errors 1.
+// Single-prompt mode prints exactly two lines on stdout, `tokens: ...` and
+// `timing: ...` (plus `mtp.acceptance: ...` with --speculative=mtp), so
+// scripts can parse it. Batch mode (--requests) prints one JSON line per
+// finished request on stdout (or --output) and a `batch:` summary on stderr.
+// Everything else is an `error: ` line on stderr. Usage errors exit 2, load
+// and run errors (and bad request lines) 1.
 //
 //===----------------------------------------------------------------------===//
 
 #include "ds/Runtime/Npy.h"
 #include "ds/Runtime/Runtime.h"
 
+#include "Json.h"
+
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 using namespace dsrt;
 
@@ -26,6 +41,8 @@ constexpr int kUsageError = 2;
 constexpr int kRunError = 1;
 constexpr uint64_t kMaxThreads = 4096;
 
+using Clock = std::chrono::steady_clock;
+
 struct Options {
   std::string weights; // empty: random weights from `seed`
   std::vector<int32_t> prompt{1, 2, 3, 4, 5, 6, 7, 8};
@@ -33,6 +50,12 @@ struct Options {
   std::string dumpLogits; // empty: none
   uint64_t seed = 0;
   int threads = 1;
+  bool speculative = false; // --speculative=mtp
+  std::string requests;     // --requests: batch mode when set
+  std::string output;       // --output: batch results file (else stdout)
+  int64_t maxBatch = 1;
+  // Which flags were given (single-prompt and batch flags do not mix).
+  bool promptGiven = false, maxNewGiven = false, maxBatchGiven = false;
 };
 
 int fail(int code, const std::string &message) {
@@ -57,13 +80,20 @@ bool parseUnsigned(const std::string &s, uint64_t max, uint64_t *out) {
   return true;
 }
 
+/// Most tokens of one decode call (ModelSpec::decodeMaxTokens, at least 1).
+int64_t decodeBatch(const ModelSpec &spec) {
+  return std::max<int64_t>(spec.decodeMaxTokens, 1);
+}
+
 void printUsage(const char *prog, const ModelSpec &spec, int threads) {
   std::printf(
       "usage: %s [options]\n"
+      "       %s --requests FILE.jsonl [--output FILE] [--max-batch N] "
+      "[options]\n"
       "\n"
       "Greedy generation with the compiled model '%s': vocab size %lld, at\n"
       "most %lld positions (prompt + new tokens), prompts of at most %lld\n"
-      "tokens.\n"
+      "tokens; decode calls of at most %lld tokens; %s.\n"
       "\n"
       "options:\n"
       "  --weights PATH          a .safetensors file, or a directory with\n"
@@ -77,15 +107,55 @@ void printUsage(const char *prog, const ModelSpec &spec, int threads) {
       "  --max-new-tokens N      tokens to generate (default 16)\n"
       "  --dump-logits FILE.npy  write the prefill logits as float32\n"
       "                          [prompt tokens, %lld]\n"
+      "  --speculative=mtp       speculative decoding: the model's MTP module\n"
+      "                          drafts the next token and each decode call\n"
+      "                          verifies it with the current one (2 tokens),\n"
+      "                          keeping it when greedy agrees; the tokens are\n"
+      "                          those of plain greedy decoding. Needs an MTP\n"
+      "                          module and a model compiled with\n"
+      "                          --max-batch=2 or more; adds the line\n"
+      "                          'mtp.acceptance: RATE (ACCEPTED/DRAFTS), "
+      "X tok/s'\n"
+      "  --requests FILE.jsonl   batch mode: one request per line, e.g.\n"
+      "      {\"id\": \"a\", \"prompt_ids\": [1, 2], \"max_new_tokens\": 8}\n"
+      "                          (id a string or an integer, echoed as given;\n"
+      "                          blank lines skipped). A bad line is reported\n"
+      "                          as 'error: FILE:LINE: ...' and skipped; the\n"
+      "                          others run, and the exit status is then 1\n"
+      "  --output FILE           with --requests: write the result lines to\n"
+      "                          FILE (replaced when the run ends) instead of\n"
+      "                          stdout\n"
+      "  --max-batch N           with --requests: most sequences decoded\n"
+      "                          together (default 1, at most %lld)\n"
       "  --seed N                seed of the random weights (default 0)\n"
       "  --threads N             worker threads (default %d, the hardware\n"
       "                          threads)\n"
       "  --help                  print this text\n"
       "\n"
       "Values may also be given as --flag=value. Prints 'tokens: ID ...' (the\n"
-      "generated ids) and a 'timing:' line on stdout.\n",
-      prog, spec.name, (long long)spec.vocabSize, (long long)spec.maxSeqLen,
-      (long long)spec.prefillMaxTokens, (long long)spec.vocabSize, threads);
+      "generated ids) and a 'timing:' line on stdout.\n"
+      "\n"
+      "Batch mode admits requests in file order while a slot is free and the\n"
+      "KV cache can reserve the request's prompt + max_new_tokens positions\n"
+      "(otherwise the queue waits for running requests to finish; a request\n"
+      "that cannot fit even in an empty cache is an error). Each admitted\n"
+      "request is prefilled alone, then every decode call advances all\n"
+      "running requests by one token; the tokens are those of running each\n"
+      "request alone. A finished request prints one line\n"
+      "  {\"id\": ID, \"tokens\": [...], \"prompt_tokens\": N, "
+      "\"ttft_ms\": X, \"total_ms\": Y}\n"
+      "(times from the start of the batch; ttft is when its first token, or\n"
+      "its prefill if it asks for none, was ready), in the order requests\n"
+      "finish; stderr gets 'batch: R requests, T tokens in S s (X tok/s), max\n"
+      "batch B' (B: the most requests live at once). DS_KV_BLOCKS=N sets the\n"
+      "KV cache size in blocks of %lld positions (default: --max-batch\n"
+      "sequences of the maximum length).\n",
+      prog, prog, spec.name, (long long)spec.vocabSize,
+      (long long)spec.maxSeqLen, (long long)spec.prefillMaxTokens,
+      (long long)decodeBatch(spec),
+      spec.mtp ? "an MTP module" : "no MTP module",
+      (long long)spec.vocabSize, (long long)decodeBatch(spec), threads,
+      (long long)KVCache::kBlockTokens);
 }
 
 /// Parses argv into `opts`. Returns -1 to go on running, else the exit code
@@ -112,7 +182,8 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
     }
     if (flag != "--weights" && flag != "--prompt-ids" &&
         flag != "--max-new-tokens" && flag != "--dump-logits" &&
-        flag != "--seed" && flag != "--threads")
+        flag != "--seed" && flag != "--threads" && flag != "--speculative" &&
+        flag != "--requests" && flag != "--output" && flag != "--max-batch")
       return fail(kUsageError, "unknown flag '" + flag + "' (see --help)");
     if (!hasValue) {
       // A following flag is not a value: `--weights --seed 1` is a mistake.
@@ -123,10 +194,39 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
     }
 
     uint64_t n = 0;
-    if (flag == "--weights" || flag == "--dump-logits") {
+    if (flag == "--weights" || flag == "--dump-logits" ||
+        flag == "--requests" || flag == "--output") {
       if (value.empty())
         return fail(kUsageError, flag + ": missing value");
-      (flag == "--weights" ? opts->weights : opts->dumpLogits) = value;
+      (flag == "--weights"       ? opts->weights
+       : flag == "--dump-logits" ? opts->dumpLogits
+       : flag == "--requests"    ? opts->requests
+                                 : opts->output) = value;
+    } else if (flag == "--speculative") {
+      if (value != "mtp")
+        return fail(kUsageError,
+                    "--speculative: expected 'mtp', got '" + value + "'");
+      if (!spec.mtp)
+        return fail(kUsageError,
+                    "--speculative=mtp: this model has no MTP module");
+      if (spec.decodeMaxTokens < 2)
+        return fail(kUsageError,
+                    "--speculative=mtp needs a model compiled for at least 2 "
+                    "decode tokens (rebuild with ds-compile --max-batch=2)");
+      opts->speculative = true;
+    } else if (flag == "--max-batch") {
+      const int64_t limit = decodeBatch(spec);
+      if (!parseUnsigned(value, uint64_t(1) << 40, &n) || n == 0)
+        return fail(kUsageError, "--max-batch: expected a positive integer, "
+                                 "got '" + value + "'");
+      if (int64_t(n) > limit)
+        return fail(kUsageError,
+                    "--max-batch: " + value +
+                        " exceeds the compiled decode batch of " +
+                        std::to_string(limit) +
+                        " (rebuild with ds-compile --max-batch=" + value + ")");
+      opts->maxBatch = int64_t(n);
+      opts->maxBatchGiven = true;
     } else if (flag == "--seed") {
       if (!parseUnsigned(value, UINT64_MAX, &n))
         return fail(kUsageError, "--seed: expected a non-negative integer, "
@@ -145,8 +245,10 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
         return fail(kUsageError, "--max-new-tokens: expected a non-negative "
                                  "integer, got '" + value + "'");
       opts->maxNewTokens = int64_t(n);
+      opts->maxNewGiven = true;
     } else { // --prompt-ids
       opts->prompt.clear();
+      opts->promptGiven = true;
       if (value.empty())
         return fail(kUsageError, "--prompt-ids: the prompt is empty");
       size_t start = 0;
@@ -172,6 +274,27 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
       }
     }
   }
+
+  // Batch mode takes prompts and lengths from the requests file.
+  if (!opts->requests.empty()) {
+    if (opts->promptGiven)
+      return fail(kUsageError, "--prompt-ids cannot be used with --requests "
+                               "(each request has its own prompt_ids)");
+    if (opts->maxNewGiven)
+      return fail(kUsageError, "--max-new-tokens cannot be used with "
+                               "--requests (each request has its own "
+                               "max_new_tokens)");
+    if (!opts->dumpLogits.empty())
+      return fail(kUsageError, "--dump-logits cannot be used with --requests");
+    if (opts->speculative)
+      return fail(kUsageError, "--speculative=mtp cannot be used with "
+                               "--requests (it decodes a single prompt)");
+    return -1;
+  }
+  if (!opts->output.empty())
+    return fail(kUsageError, "--output needs --requests");
+  if (opts->maxBatchGiven)
+    return fail(kUsageError, "--max-batch needs --requests");
 
   // The compiled plan fixes the buffer and cache sizes.
   const int64_t n = int64_t(opts->prompt.size());
@@ -202,14 +325,544 @@ int32_t argmax(const float *row, int64_t n) {
   return int32_t(best);
 }
 
-double msSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(
-             std::chrono::steady_clock::now() - start)
+double msSince(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start)
       .count();
 }
 
 double perSecond(int64_t tokens, double ms) {
   return ms > 0 ? double(tokens) * 1000.0 / ms : 0.0;
+}
+
+/// Sequence slots and their cache positions: the Context's paged KVCache,
+/// or, for a model without cache layers, plain slot bookkeeping.
+class Slots {
+public:
+  Slots(Context &ctx, int64_t maxSequences)
+      : cache_(ctx.spec().cacheLayers > 0 ? &ctx.cache() : nullptr),
+        live_(size_t(maxSequences), false) {}
+
+  int32_t start(std::string *error) {
+    if (cache_)
+      return cache_->startSequence(error);
+    for (size_t s = 0; s < live_.size(); ++s)
+      if (!live_[s]) {
+        live_[s] = true;
+        return int32_t(s);
+      }
+    *error = "all " + std::to_string(live_.size()) + " sequence slots are live";
+    return -1;
+  }
+  bool reserve(int32_t seq, int64_t tokens, std::string *error) {
+    return !cache_ || cache_->reserve(seq, tokens, error);
+  }
+  void end(int32_t seq) {
+    if (cache_)
+      cache_->endSequence(seq);
+    else
+      live_[size_t(seq)] = false;
+  }
+  /// Whether `tokens` positions could never be reserved, even in an empty
+  /// cache; then `error` says why.
+  bool neverFits(int64_t tokens, std::string *error) const {
+    if (!cache_)
+      return false;
+    const int64_t blocks =
+        (tokens + KVCache::kBlockTokens - 1) / KVCache::kBlockTokens;
+    if (blocks <= cache_->totalBlocks())
+      return false;
+    *error = "needs " + std::to_string(tokens) + " cache positions (" +
+             std::to_string(blocks) + " blocks of " +
+             std::to_string(KVCache::kBlockTokens) +
+             "), more than the whole KV cache of " +
+             std::to_string(cache_->totalBlocks()) +
+             " blocks (DS_KV_BLOCKS)";
+    return true;
+  }
+
+private:
+  KVCache *cache_;
+  std::vector<bool> live_;
+};
+
+/// Runs the MTP module over n tokens in calls of at most spec.mtpMaxTokens;
+/// `logits` gets the last call's rows (the last token's row last).
+/// Returns the draft: argmax of the last token's row.
+int32_t runMtp(Context &ctx, const ModelSpec &spec, const float *hiddenIn,
+               const int32_t *ids, const int32_t *pos, int64_t n,
+               const std::vector<int32_t> &seqs, float *logits,
+               float *hiddenOut) {
+  const int64_t chunk = spec.mtpMaxTokens > 0 ? spec.mtpMaxTokens : n;
+  int64_t rows = 0;
+  for (int64_t b = 0; b < n; b += chunk) {
+    rows = std::min(chunk, n - b);
+    ctx.setTokenSequences(seqs.data(), rows);
+    spec.mtp(ctx, hiddenIn + b * spec.hiddenSize, ids + b, pos + b, rows,
+             logits, hiddenOut);
+  }
+  return argmax(logits + (rows - 1) * spec.vocabSize, spec.vocabSize);
+}
+
+//===----------------------------------------------------------------------===//
+// Single-prompt mode
+//===----------------------------------------------------------------------===//
+
+int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
+  const int64_t n = int64_t(opts.prompt.size());
+  const int64_t maxNew = opts.maxNewTokens;
+  const int64_t vocab = spec.vocabSize;
+  const int64_t hiddenSize = spec.hiddenSize;
+
+  Slots slots(ctx, 1);
+  std::string error;
+  const int32_t slot = slots.start(&error);
+  if (slot < 0)
+    return fail(kRunError, error);
+  if (!slots.reserve(slot, n + maxNew, &error))
+    return fail(kRunError, "the KV cache cannot hold " +
+                               std::to_string(n + maxNew) +
+                               " positions: " + error);
+
+  const int64_t rows = std::max<int64_t>(n, 2);
+  std::vector<int32_t> seqs(size_t(rows), slot);
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    pos[size_t(i)] = int32_t(i);
+  std::vector<float> logits(size_t(rows * vocab));
+  std::vector<float> hidden(size_t(rows * hiddenSize));
+
+  auto start = Clock::now();
+  ctx.setTokenSequences(seqs.data(), n);
+  spec.prefill(ctx, opts.prompt.data(), pos.data(), n, logits.data(),
+               hidden.data());
+  const double prefillMs = msSince(start);
+
+  if (!opts.dumpLogits.empty()) {
+    if (!writeNpy(opts.dumpLogits, logits.data(), n, vocab, &error))
+      return fail(kRunError, error);
+  }
+
+  // t: the prompt, then the generated tokens. The prefill's last row gives
+  // the first new token.
+  std::vector<int32_t> t(opts.prompt);
+  if (maxNew > 0)
+    t.push_back(argmax(logits.data() + (n - 1) * vocab, vocab));
+  int64_t drafts = 0, accepted = 0;
+  start = Clock::now();
+  if (!opts.speculative) {
+    // Greedy: each decode step feeds the previous token at the next
+    // position.
+    ctx.setTokenSequences(seqs.data(), 1);
+    for (int64_t step = 1; step < maxNew; ++step) {
+      int32_t tok = t.back();
+      int32_t p = int32_t(n + step - 1);
+      spec.decode(ctx, &tok, &p, 1, logits.data(), hidden.data());
+      t.push_back(argmax(logits.data(), vocab));
+    }
+  } else if (maxNew > 1) {
+    // Warm the MTP module on the prompt: position i gets the main model's
+    // hidden state at i and the token at i + 1; its last row drafts the
+    // token at n + 1.
+    std::vector<float> mtpLogits(size_t(rows * vocab));
+    std::vector<float> mtpHidden(size_t(rows * hiddenSize));
+    int32_t draft =
+        runMtp(ctx, spec, hidden.data(), t.data() + 1, pos.data(), n, seqs,
+               mtpLogits.data(), mtpHidden.data());
+    // m: position of the last accepted token. Each step verifies [t[m],
+    // draft] at [m, m + 1]: row 0 gives t[m + 1]; when that is the draft,
+    // row 1 (computed with the right token at m + 1) gives t[m + 2] too. A
+    // rejected draft's cache rows at m + 1 are overwritten by the next step,
+    // which writes position m + 1 again (the cache is keyed by position).
+    int64_t m = n;
+    while (int64_t(t.size()) - n < maxNew) {
+      int32_t ids[2] = {t[size_t(m)], draft};
+      int32_t p[2] = {int32_t(m), int32_t(m + 1)};
+      ctx.setTokenSequences(seqs.data(), 2);
+      spec.decode(ctx, ids, p, 2, logits.data(), hidden.data());
+      t.push_back(argmax(logits.data(), vocab));
+      ++drafts;
+      const bool ok = t.back() == draft;
+      if (ok) {
+        ++accepted;
+        t.push_back(argmax(logits.data() + vocab, vocab));
+      }
+      if (int64_t(t.size()) - n >= maxNew)
+        break; // the MTP update would only draft past the end
+      // Update the MTP module on the verified positions: [m, m + 1] with
+      // tokens [t[m + 1], t[m + 2]] when accepted, else [m] with t[m + 1].
+      int32_t mtpIds[2] = {t[size_t(m + 1)], ok ? t[size_t(m + 2)] : 0};
+      draft = runMtp(ctx, spec, hidden.data(), mtpIds, p, ok ? 2 : 1, seqs,
+                     mtpLogits.data(), mtpHidden.data());
+      m = int64_t(t.size()) - 1;
+    }
+    t.resize(size_t(n + maxNew)); // a last accepted draft may be one too many
+  }
+  const double decodeMs = msSince(start);
+  const int64_t decoded = maxNew > 0 ? maxNew - 1 : 0;
+  slots.end(slot);
+
+  std::string line = "tokens:";
+  for (size_t i = size_t(n); i < t.size(); ++i)
+    line += " " + std::to_string(t[i]);
+  std::printf("%s\n", line.c_str());
+  std::printf("timing: prefill %lld tokens in %.2f ms (%.1f tok/s), "
+              "decode %lld tokens in %.2f ms (%.1f tok/s)\n",
+              (long long)n, prefillMs, perSecond(n, prefillMs),
+              (long long)decoded, decodeMs, perSecond(decoded, decodeMs));
+  if (opts.speculative)
+    std::printf("mtp.acceptance: %.3f (%lld/%lld), %.1f tok/s\n",
+                drafts ? double(accepted) / double(drafts) : 0.0,
+                (long long)accepted, (long long)drafts,
+                perSecond(decoded, decodeMs));
+  std::fflush(stdout);
+  return 0;
+}
+
+//===----------------------------------------------------------------------===//
+// Batch mode
+//===----------------------------------------------------------------------===//
+
+struct Request {
+  int64_t line;       // 1-based line number in the requests file
+  std::string idJson; // the id as JSON, echoed in the result
+  std::vector<int32_t> prompt;
+  int64_t maxNew;
+};
+
+/// Validates one request line; false with `error` (no prefix) if bad.
+bool parseRequest(const std::string &text, const ModelSpec &spec,
+                  Request *req, std::string *error) {
+  Json root;
+  std::string jsonError;
+  if (!parseJson(text.data(), text.size(), &root, &jsonError)) {
+    *error = "malformed JSON: " + jsonError;
+    return false;
+  }
+  if (root.kind != Json::Object) {
+    *error = "not a JSON object";
+    return false;
+  }
+  const Json *id = root.get("id");
+  const Json *prompt = root.get("prompt_ids");
+  const Json *maxNew = root.get("max_new_tokens");
+  if (!id || !prompt || !maxNew) {
+    *error = std::string("missing \"") +
+             (!id ? "id" : !prompt ? "prompt_ids" : "max_new_tokens") + "\"";
+    return false;
+  }
+  if (id->kind == Json::String)
+    req->idJson = jsonQuote(id->string);
+  else if (id->kind == Json::Int)
+    req->idJson = std::to_string(id->integer);
+  else {
+    *error = "\"id\" must be a string or an integer";
+    return false;
+  }
+  if (prompt->kind != Json::Array) {
+    *error = "\"prompt_ids\" must be an array of token ids";
+    return false;
+  }
+  if (prompt->items.empty()) {
+    *error = "\"prompt_ids\" is empty";
+    return false;
+  }
+  for (const Json &t : prompt->items) {
+    if (t.kind != Json::Int) {
+      *error = "\"prompt_ids\" must be an array of token ids";
+      return false;
+    }
+    if (t.integer < 0 || t.integer >= spec.vocabSize) {
+      *error = "token id " + std::to_string(t.integer) +
+               " is out of range for vocab size " +
+               std::to_string(spec.vocabSize);
+      return false;
+    }
+    req->prompt.push_back(int32_t(t.integer));
+  }
+  if (maxNew->kind != Json::Int || maxNew->integer < 0) {
+    *error = "\"max_new_tokens\" must be a non-negative integer";
+    return false;
+  }
+  req->maxNew = maxNew->integer;
+  const int64_t n = int64_t(req->prompt.size());
+  if (n > spec.prefillMaxTokens) {
+    *error = std::to_string(n) + " prompt tokens exceed the compiled prefill "
+             "limit of " + std::to_string(spec.prefillMaxTokens) + " tokens";
+    return false;
+  }
+  if (req->maxNew > spec.maxSeqLen - n) {
+    *error = std::to_string(n) + " prompt tokens + " +
+             std::to_string(req->maxNew) +
+             " new tokens exceed the compiled maximum sequence length of " +
+             std::to_string(spec.maxSeqLen);
+    return false;
+  }
+  return true;
+}
+
+/// Reads the requests file: the good requests in file order; bad lines are
+/// reported (`error: FILE:LINE: ...`) and counted in `bad`. False (with
+/// `error`) when the file cannot be read.
+bool readRequests(const std::string &path, const ModelSpec &spec,
+                  std::vector<Request> *requests, int64_t *bad,
+                  std::string *error) {
+  FILE *f = std::fopen(path.c_str(), "rb");
+  if (!f) {
+    *error = path + ": cannot open: " + std::strerror(errno);
+    return false;
+  }
+  std::string text;
+  char buf[1 << 16];
+  size_t got;
+  while ((got = std::fread(buf, 1, sizeof buf, f)) > 0)
+    text.append(buf, got);
+  const bool readError = std::ferror(f) != 0;
+  std::fclose(f);
+  if (readError) {
+    *error = path + ": read error";
+    return false;
+  }
+
+  int64_t lineNo = 0;
+  for (size_t begin = 0; begin < text.size();) {
+    size_t nl = text.find('\n', begin);
+    size_t end = nl == std::string::npos ? text.size() : nl;
+    std::string line = text.substr(begin, end - begin);
+    begin = end + 1;
+    ++lineNo;
+    if (line.find_first_not_of(" \t\r") == std::string::npos)
+      continue; // blank
+    Request req;
+    req.line = lineNo;
+    std::string why;
+    if (!parseRequest(line, spec, &req, &why)) {
+      std::fprintf(stderr, "error: %s:%lld: %s\n", path.c_str(),
+                   (long long)lineNo, why.c_str());
+      ++*bad;
+      continue;
+    }
+    requests->push_back(std::move(req));
+  }
+  return true;
+}
+
+/// Where the result lines go: stdout, or a temporary file next to --output
+/// that replaces it at the end (so the output is never half-written).
+class ResultSink {
+public:
+  bool open(const std::string &path, std::string *error) {
+    path_ = path;
+    if (path.empty()) {
+      file_ = stdout;
+      return true;
+    }
+    temp_ = path + ".tmp.XXXXXX";
+    int fd = mkstemp(&temp_[0]);
+    if (fd < 0) {
+      *error = path + ": cannot create: " + std::strerror(errno);
+      temp_.clear();
+      return false;
+    }
+    // mkstemp makes the file 0600; give it the mode a plain create would.
+    mode_t mask = umask(0);
+    umask(mask);
+    fchmod(fd, 0666 & ~mask);
+    file_ = fdopen(fd, "wb");
+    if (!file_) {
+      *error = path + ": cannot create: " + std::strerror(errno);
+      ::close(fd);
+      discard();
+      return false;
+    }
+    return true;
+  }
+  void write(const std::string &line) {
+    std::fputs(line.c_str(), file_);
+    if (file_ == stdout)
+      std::fflush(stdout); // results stream as requests finish
+  }
+  /// Renames the temporary file over --output.
+  bool commit(std::string *error) {
+    if (file_ == stdout) {
+      std::fflush(stdout);
+      return true;
+    }
+    bool ok = std::fflush(file_) == 0 && fsync(fileno(file_)) == 0;
+    ok = std::fclose(file_) == 0 && ok;
+    file_ = nullptr;
+    if (!ok || std::rename(temp_.c_str(), path_.c_str()) != 0) {
+      *error = path_ + ": cannot write: " + std::strerror(errno);
+      discard();
+      return false;
+    }
+    temp_.clear();
+    return true;
+  }
+  ~ResultSink() {
+    if (file_ && file_ != stdout)
+      std::fclose(file_);
+    discard();
+  }
+
+private:
+  void discard() {
+    if (!temp_.empty())
+      std::remove(temp_.c_str());
+    temp_.clear();
+  }
+  std::string path_, temp_;
+  FILE *file_ = nullptr;
+};
+
+std::string resultLine(const Request &req, const std::vector<int32_t> &tokens,
+                       double ttftMs, double totalMs) {
+  std::string s = "{\"id\": " + req.idJson + ", \"tokens\": [";
+  for (size_t i = 0; i < tokens.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(tokens[i]);
+  char tail[128];
+  std::snprintf(tail, sizeof tail,
+                "], \"prompt_tokens\": %lld, \"ttft_ms\": %.2f, "
+                "\"total_ms\": %.2f}\n",
+                (long long)req.prompt.size(), ttftMs, totalMs);
+  return s + tail;
+}
+
+int runBatch(const ModelSpec &spec, const Options &opts) {
+  std::vector<Request> requests;
+  int64_t bad = 0;
+  std::string error;
+  if (!readRequests(opts.requests, spec, &requests, &bad, &error))
+    return fail(kRunError, error);
+  ResultSink sink;
+  if (!sink.open(opts.output, &error))
+    return fail(kRunError, error);
+
+  Context ctx(spec, opts.threads, opts.maxBatch);
+  if (!opts.weights.empty()) {
+    if (!ctx.loadWeights(opts.weights.c_str(), &error))
+      return fail(kRunError, error);
+  } else {
+    ctx.randomWeights(opts.seed);
+  }
+
+  const int64_t vocab = spec.vocabSize;
+  const int64_t rows = std::max(spec.prefillMaxTokens, opts.maxBatch);
+  std::vector<float> logits(size_t(rows * vocab));
+  std::vector<float> hidden(size_t(rows * spec.hiddenSize));
+  std::vector<int32_t> ids, pos, seqs;
+
+  struct Live {
+    size_t req;
+    int32_t slot;
+    std::vector<int32_t> tokens;
+    double ttftMs;
+  };
+  std::deque<size_t> queue;
+  for (size_t i = 0; i < requests.size(); ++i)
+    queue.push_back(i);
+  std::vector<Live> running;
+  Slots slots(ctx, opts.maxBatch);
+  int64_t completed = 0, generated = 0, peak = 0;
+  const auto start = Clock::now();
+
+  auto finish = [&](const Live &l) {
+    const Request &req = requests[l.req];
+    sink.write(resultLine(req, l.tokens, l.ttftMs, msSince(start)));
+    slots.end(l.slot);
+    ++completed;
+    generated += int64_t(l.tokens.size());
+  };
+
+  while (!queue.empty() || !running.empty()) {
+    // Admit from the head of the queue while a slot is free and the cache
+    // can hold the whole request (prompt + max_new_tokens positions).
+    while (!queue.empty() && int64_t(running.size()) < opts.maxBatch) {
+      const Request &req = requests[queue.front()];
+      const int64_t n = int64_t(req.prompt.size());
+      const int64_t need = n + req.maxNew;
+      std::string why;
+      if (slots.neverFits(need, &why)) {
+        std::fprintf(stderr, "error: %s:%lld: %s\n", opts.requests.c_str(),
+                     (long long)req.line, why.c_str());
+        ++bad;
+        queue.pop_front();
+        continue;
+      }
+      const int32_t slot = slots.start(&why);
+      if (slot < 0)
+        break; // cannot happen: running < maxBatch slots
+      if (!slots.reserve(slot, need, &why)) {
+        slots.end(slot);
+        if (!running.empty())
+          break; // back-pressure: wait for running requests to finish
+        std::fprintf(stderr, "error: %s:%lld: the KV cache cannot hold %lld "
+                     "positions: %s\n", opts.requests.c_str(),
+                     (long long)req.line, (long long)need, why.c_str());
+        ++bad;
+        queue.pop_front();
+        continue;
+      }
+      const size_t index = queue.front();
+      queue.pop_front();
+      peak = std::max<int64_t>(peak, int64_t(running.size()) + 1);
+
+      // Prefill alone (the prefill program is single-sequence).
+      pos.resize(size_t(n));
+      for (int64_t i = 0; i < n; ++i)
+        pos[size_t(i)] = int32_t(i);
+      seqs.assign(size_t(n), slot);
+      ctx.setTokenSequences(seqs.data(), n);
+      spec.prefill(ctx, req.prompt.data(), pos.data(), n, logits.data(),
+                   hidden.data());
+      Live l{index, slot, {}, 0.0};
+      if (req.maxNew > 0)
+        l.tokens.push_back(argmax(logits.data() + (n - 1) * vocab, vocab));
+      l.ttftMs = msSince(start);
+      if (int64_t(l.tokens.size()) >= req.maxNew)
+        finish(l);
+      else
+        running.push_back(std::move(l));
+    }
+    if (running.empty())
+      continue;
+
+    // One decode call: every running request's last token at its next
+    // position, in its own slot.
+    const int64_t b = int64_t(running.size());
+    ids.resize(size_t(b));
+    pos.resize(size_t(b));
+    seqs.resize(size_t(b));
+    for (int64_t i = 0; i < b; ++i) {
+      const Live &l = running[size_t(i)];
+      ids[size_t(i)] = l.tokens.back();
+      pos[size_t(i)] = int32_t(requests[l.req].prompt.size() +
+                               l.tokens.size() - 1);
+      seqs[size_t(i)] = l.slot;
+    }
+    ctx.setTokenSequences(seqs.data(), b);
+    spec.decode(ctx, ids.data(), pos.data(), b, logits.data(), hidden.data());
+    std::vector<Live> still;
+    for (int64_t i = 0; i < b; ++i) {
+      Live &l = running[size_t(i)];
+      l.tokens.push_back(argmax(logits.data() + i * vocab, vocab));
+      if (int64_t(l.tokens.size()) >= requests[l.req].maxNew)
+        finish(l);
+      else
+        still.push_back(std::move(l));
+    }
+    running.swap(still);
+  }
+  const double seconds = msSince(start) / 1000.0;
+
+  if (!sink.commit(&error))
+    return fail(kRunError, error);
+  std::fprintf(stderr,
+               "batch: %lld requests, %lld tokens in %.2f s (%.1f tok/s), "
+               "max batch %lld\n",
+               (long long)completed, (long long)generated, seconds,
+               seconds > 0 ? double(generated) / seconds : 0.0,
+               (long long)peak);
+  return bad ? kRunError : 0;
 }
 
 } // namespace
@@ -221,8 +874,10 @@ int dsrt::runMain(int argc, char **argv, const ModelSpec &spec) {
   int code = parseArgs(argc, argv, spec, &opts);
   if (code >= 0)
     return code;
+  if (!opts.requests.empty())
+    return runBatch(spec, opts);
 
-  Context ctx(spec, opts.threads);
+  Context ctx(spec, opts.threads, 1);
   if (!opts.weights.empty()) {
     std::string error;
     if (!ctx.loadWeights(opts.weights.c_str(), &error))
@@ -230,47 +885,5 @@ int dsrt::runMain(int argc, char **argv, const ModelSpec &spec) {
   } else {
     ctx.randomWeights(opts.seed);
   }
-
-  const int64_t n = int64_t(opts.prompt.size());
-  const int64_t vocab = spec.vocabSize;
-  std::vector<int32_t> pos(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i)
-    pos[size_t(i)] = int32_t(i);
-  std::vector<float> logits(static_cast<size_t>(n * vocab));
-
-  auto start = std::chrono::steady_clock::now();
-  spec.prefill(ctx, opts.prompt.data(), pos.data(), n, logits.data());
-  const double prefillMs = msSince(start);
-
-  if (!opts.dumpLogits.empty()) {
-    std::string error;
-    if (!writeNpy(opts.dumpLogits, logits.data(), n, vocab, &error))
-      return fail(kRunError, error);
-  }
-
-  // Greedy: the prefill's last row gives the first new token, then each
-  // decode step feeds the previous token at the next position.
-  std::vector<int32_t> tokens;
-  if (opts.maxNewTokens > 0)
-    tokens.push_back(argmax(logits.data() + (n - 1) * vocab, vocab));
-  start = std::chrono::steady_clock::now();
-  for (int64_t step = 1; step < opts.maxNewTokens; ++step) {
-    int32_t tok = tokens.back();
-    int32_t p = int32_t(n + step - 1);
-    spec.decode(ctx, &tok, &p, 1, logits.data());
-    tokens.push_back(argmax(logits.data(), vocab));
-  }
-  const double decodeMs = msSince(start);
-  const int64_t decoded = opts.maxNewTokens > 0 ? opts.maxNewTokens - 1 : 0;
-
-  std::string line = "tokens:";
-  for (int32_t t : tokens)
-    line += " " + std::to_string(t);
-  std::printf("%s\n", line.c_str());
-  std::printf("timing: prefill %lld tokens in %.2f ms (%.1f tok/s), "
-              "decode %lld tokens in %.2f ms (%.1f tok/s)\n",
-              (long long)n, prefillMs, perSecond(n, prefillMs),
-              (long long)decoded, decodeMs, perSecond(decoded, decodeMs));
-  std::fflush(stdout);
-  return 0;
+  return runSingle(ctx, spec, opts);
 }

@@ -40,85 +40,112 @@ namespace {
 /// them later.
 class ProgramLowering {
 public:
-  ProgramLowering(func::FuncOp forward, dsk::ProgramKind kind,
-                  int64_t maxTokens)
-      : forward(forward), kind(kind), maxTokens(maxTokens),
-        b(forward.getContext()), loc(forward.getLoc()) {}
+  /// `source` is @forward (prefill, decode) or @mtp_1 (mtp); MLA layers are
+  /// numbered from `firstLayer` in the latent cache.
+  ProgramLowering(func::FuncOp source, dsk::ProgramKind kind, int64_t maxTokens,
+                  int64_t firstLayer = 0)
+      : forward(source), kind(kind), maxTokens(maxTokens),
+        firstLayer(firstLayer), b(source.getContext()), loc(source.getLoc()) {}
 
   LogicalResult run() {
     MLIRContext *ctx = forward.getContext();
+    bool mtp = kind == dsk::ProgramKind::mtp;
     auto results = forward.getFunctionType().getResults();
-    auto logitsType = results.empty() ? RankedTensorType()
-                                      : dyn_cast<RankedTensorType>(results[0]);
-    if (!logitsType || logitsType.getRank() != 2 ||
-        forward.getNumArguments() != 2)
+    auto logitsType = results.size() == 2 ? dyn_cast<RankedTensorType>(results[0])
+                                          : RankedTensorType();
+    auto hiddenType = results.size() == 2 ? dyn_cast<RankedTensorType>(results[1])
+                                          : RankedTensorType();
+    if (!logitsType || !hiddenType || logitsType.getRank() != 2 ||
+        hiddenType.getRank() != 2 || forward.getNumArguments() != (mtp ? 3u : 2u))
       return forward.emitOpError()
-             << "must be @forward(ids, positions) -> (logits, ...)";
+             << (mtp ? "must be @mtp_1(hidden, ids, positions) -> (logits, hidden)"
+                     : "must be @forward(ids, positions) -> (logits, hidden)");
     vocab = logitsType.getDimSize(1);
+    hidden = hiddenType.getDimSize(1);
 
     b.setInsertionPointToEnd(forward->getParentOfType<ModuleOp>().getBody());
     Type i32 = b.getI32Type(), f32 = b.getF32Type();
     auto tokens = MemRefType::get({ShapedType::kDynamic}, i32);
-    auto logits = MemRefType::get({ShapedType::kDynamic, vocab}, f32);
-    StringRef name = kind == dsk::ProgramKind::prefill ? "prefill" : "decode";
-    fn = func::FuncOp::create(b, loc, name,
-                              b.getFunctionType({tokens, tokens, logits}, {}));
+    auto rows = [&](int64_t w) { return MemRefType::get({ShapedType::kDynamic, w}, f32); };
+    StringRef name = stringifyProgramKind(kind);
+    SmallVector<Type> args;
+    if (mtp)
+      args.push_back(rows(hidden));
+    args.append({tokens, tokens, rows(vocab), rows(hidden)});
+    fn = func::FuncOp::create(b, loc, name, b.getFunctionType(args, {}));
     fn->setAttr(dsk::kProgramAttrName,
                 dsk::ProgramAttr::get(ctx, kind, maxTokens, 0));
     Block *entry = fn.addEntryBlock();
     b.setInsertionPointToStart(entry);
-    ids = entry->getArgument(0);
-    positions = entry->getArgument(1);
-    logitsOut = entry->getArgument(2);
+    unsigned a = 0;
+    Value hiddenIn = mtp ? entry->getArgument(a++) : Value();
+    ids = entry->getArgument(a++);
+    positions = entry->getArgument(a++);
+    logitsOut = entry->getArgument(a++);
+    hiddenOut = entry->getArgument(a++);
     n = memref::DimOp::create(b, loc, ids, 0);
-    map[forward.getArgument(0)] = ids;
-    map[forward.getArgument(1)] = positions;
+    for (auto [i, arg] : llvm::enumerate(forward.getArguments()))
+      map[arg] = entry->getArgument(i);
+    (void)hiddenIn;
+    // The value @forward/@mtp_1 returns as its hidden state is written
+    // straight into the hidden output.
+    auto ret = cast<func::ReturnOp>(forward.getBody().front().getTerminator());
+    if (!mtp)
+      preassigned[ret.getOperand(1)] = hiddenOut;
+    return lowerBlock(forward.getBody().front());
+  }
 
-    for (Operation &op : forward.getBody().front()) {
+  LogicalResult lowerBlock(Block &block) {
+    for (Operation &op : block) {
       LogicalResult r =
           llvm::TypeSwitch<Operation *, LogicalResult>(&op)
               .Case([&](EmbeddingOp o) {
-                Value out = alloc(hiddenOf(o.getResult()));
+                Value out = outFor(o.getResult(), hiddenOf(o.getResult()));
                 dsk::EmbeddingOp::create(b, loc, lookup(o.getIds()), out,
                                          o.getWeightAttr());
                 return bind(o.getResult(), out);
               })
               .Case([&](RMSNormOp o) {
-                Value out = rmsNorm(lookup(o.getInput()), o.getWeightAttr(),
-                                    o.getEps().convertToDouble());
+                Value in = lookup(o.getInput());
+                Value out = outFor(o.getResult(), width(in));
+                dsk::RMSNormOp::create(b, loc, in, out, o.getWeightAttr(),
+                                       b.getF64FloatAttr(o.getEps().convertToDouble()));
                 return bind(o.getResult(), out);
               })
               .Case([&](LinearOp o) -> LogicalResult {
                 if (tensorRank(o.getInput()) != 2)
                   return o.emitOpError("only [tokens, features] inputs lower "
                                        "to kernels");
-                return bind(o.getResult(), linear(lookup(o.getInput()),
-                                                  o.getWeightAttr(),
-                                                  hiddenOf(o.getResult())));
+                Value out = outFor(o.getResult(), hiddenOf(o.getResult()));
+                dsk::LinearOp::create(b, loc, lookup(o.getInput()), out,
+                                      o.getWeightAttr());
+                return bind(o.getResult(), out);
               })
               .Case([&](arith::AddFOp o) {
                 Value lhs = lookup(o.getLhs());
-                Value out = alloc(width(lhs));
+                Value out = outFor(o.getResult(), width(lhs));
                 dsk::AddOp::create(b, loc, lhs, lookup(o.getRhs()), out);
                 return bind(o.getResult(), out);
               })
               .Case([&](MLAOp o) { return lowerMLA(o); })
               .Case([&](MLPOp o) {
-                return bind(o.getResult(), mlp(lookup(o.getInput()),
-                                               o.getPrefix(), o.getInter()));
+                return bind(o.getResult(),
+                            mlp(lookup(o.getInput()), o.getPrefix(), o.getInter(),
+                                outFor(o.getResult(), hiddenOf(o.getResult()))));
               })
               .Case([&](MoEOp o) { return lowerMoE(o); })
+              .Case([&](MTPOp o) { return lowerMTP(o); })
+              .Case([&](YieldOp o) { return success(); })
               .Case([&](LMHeadOp o) {
                 dsk::LinearOp::create(b, loc, lookup(o.getInput()), logitsOut,
                                       o.getWeightAttr());
                 lmHead = o.getResult();
-                hidden = hiddenOf(o.getInput());
                 return success();
               })
               .Case([&](func::ReturnOp o) -> LogicalResult {
                 if (o.getNumOperands() == 0 || o.getOperand(0) != lmHead)
                   return o.emitOpError(
-                      "@forward must return the ds.lm_head logits first");
+                      "must return the ds.lm_head (or ds.mtp) logits first");
                 func::ReturnOp::create(b, loc);
                 return success();
               })
@@ -148,6 +175,14 @@ private:
   }
 
   Value lookup(Value tensor) { return map.lookup(tensor); }
+
+  /// The buffer a result is written to: a program output where the value is
+  /// one (the hidden state), else a fresh allocation.
+  Value outFor(Value tensor, int64_t w) {
+    if (Value out = preassigned.lookup(tensor))
+      return out;
+    return alloc(w);
+  }
   LogicalResult bind(Value tensor, Value buffer) {
     map[tensor] = buffer;
     return success();
@@ -185,12 +220,15 @@ private:
     return out;
   }
 
-  Value mlp(Value x, StringRef prefix, int64_t inter) {
+  Value mlp(Value x, StringRef prefix, int64_t inter, Value out = {}) {
     Value gate = linear(x, sym(prefix + ".gate_proj.weight"), inter);
     Value up = linear(x, sym(prefix + ".up_proj.weight"), inter);
     Value act = alloc(inter);
     dsk::SwiGLUOp::create(b, loc, gate, up, act);
-    return linear(act, sym(prefix + ".down_proj.weight"), width(x));
+    if (!out)
+      return linear(act, sym(prefix + ".down_proj.weight"), width(x));
+    dsk::LinearOp::create(b, loc, act, out, sym(prefix + ".down_proj.weight"));
+    return out;
   }
 
   LogicalResult lowerMLA(MLAOp o) {
@@ -201,7 +239,7 @@ private:
     int64_t vdim = c.getVHead(), kvl = c.getKvLoraRank();
     int64_t qhd = nope + rope;
     double eps = o.getEps().convertToDouble();
-    int64_t layer = mlaLayers.size();
+    int64_t layer = firstLayer + mlaLayers.size();
     mlaLayers.push_back(o);
 
     Value q;
@@ -229,6 +267,8 @@ private:
 
     double scale = mlaSoftmaxScale(c, o.getRope());
     Value attn = alloc(heads * vdim);
+    // Prefill starts sequences: its tokens attend only to each other, so the
+    // naive form is cheapest. Decode and MTP attend over the cache.
     if (kind == dsk::ProgramKind::prefill) {
       Value kv = linear(latent, sym(p + ".kv_b_proj.weight"),
                         heads * (nope + vdim));
@@ -244,8 +284,38 @@ private:
           b.getI64IntegerAttr(rope), b.getI64IntegerAttr(vdim),
           b.getF64FloatAttr(scale));
     }
-    return bind(o.getResult(),
-                linear(attn, sym(p + ".o_proj.weight"), width(x)));
+    Value out = outFor(o.getResult(), width(x));
+    dsk::LinearOp::create(b, loc, attn, out, sym(p + ".o_proj.weight"));
+    return bind(o.getResult(), out);
+  }
+
+  /// MTP module: x = eh_proj([enorm(embed(ids)), hnorm(hidden)]) (the two
+  /// norms write the halves of one buffer), its decoder block, then
+  /// head(shared_head.norm(y)) into the logits and y into the hidden output.
+  LogicalResult lowerMTP(MTPOp o) {
+    std::string p = o.getPrefix().str();
+    int64_t h = hidden;
+    double eps = o.getEps().convertToDouble();
+    Value emb = alloc(h);
+    dsk::EmbeddingOp::create(b, loc, lookup(o.getIds()), emb, o.getEmbedAttr());
+    Value cat = alloc(2 * h);
+    dsk::RMSNormOp::create(b, loc, emb, columns(cat, 0, h),
+                           sym(p + ".enorm.weight"), b.getF64FloatAttr(eps));
+    dsk::RMSNormOp::create(b, loc, lookup(o.getHidden()), columns(cat, h, h),
+                           sym(p + ".hnorm.weight"), b.getF64FloatAttr(eps));
+    Block &body = o.getBody().front();
+    map[body.getArgument(0)] = linear(cat, sym(p + ".eh_proj.weight"), h);
+    map[body.getArgument(1)] = lookup(o.getPositions());
+    Value yielded = cast<YieldOp>(body.getTerminator()).getValues()[0];
+    preassigned[yielded] = hiddenOut;
+    if (failed(lowerBlock(body)))
+      return failure();
+    Value y = lookup(yielded);
+    Value normed = rmsNorm(y, sym(p + ".shared_head.norm.weight"), eps);
+    dsk::LinearOp::create(b, loc, normed, logitsOut, o.getHeadAttr());
+    lmHead = o.getLogits();
+    map[o.getResult()] = y;
+    return success();
   }
 
   LogicalResult lowerMoE(MoEOp o) {
@@ -259,7 +329,7 @@ private:
     if (c.getTopkMethod() == TopkMethod::noaux_tc)
       bias = sym(p + ".gate.e_score_correction_bias");
     dsk::MoERouteOp::create(b, loc, logits, indices, weights, c, bias);
-    Value out = alloc(width(x));
+    Value out = outFor(o.getResult(), width(x));
     dsk::MoEExpertsOp::create(b, loc, x, indices, weights, out,
                               b.getStringAttr(p),
                               b.getI64IntegerAttr(c.getExperts()),
@@ -275,10 +345,12 @@ private:
   func::FuncOp forward;
   dsk::ProgramKind kind;
   int64_t maxTokens;
+  int64_t firstLayer;
   OpBuilder b;
   Location loc;
   DenseMap<Value, Value> map;
-  Value ids, positions, logitsOut, n, lmHead;
+  DenseMap<Value, Value> preassigned;
+  Value ids, positions, logitsOut, hiddenOut, n, lmHead;
 };
 
 struct LowerToKernelsPass
@@ -298,16 +370,29 @@ struct LowerToKernelsPass
                          << maxSeqLen.getValue() << ")";
       return signalPassFailure();
     }
+    // The MTP module (depth 1) becomes its own program over one more cache
+    // layer; speculative verification decodes two tokens per sequence.
+    auto mtpFn = module.lookupSymbol<func::FuncOp>("mtp_1");
+    int64_t decodeTokens = maxBatch.getValue() * (mtpFn ? 2 : 1);
     ProgramLowering prefill(forward, dsk::ProgramKind::prefill,
                             maxSeqLen.getValue());
-    ProgramLowering decode(forward, dsk::ProgramKind::decode,
-                           maxBatch.getValue());
+    ProgramLowering decode(forward, dsk::ProgramKind::decode, decodeTokens);
     if (failed(prefill.run()) || failed(decode.run()))
       return signalPassFailure();
+    int64_t cacheLayers = prefill.mlaLayers.size();
+    SmallVector<MLAOp> mlaLayers(prefill.mlaLayers);
+    if (mtpFn) {
+      ProgramLowering mtp(mtpFn, dsk::ProgramKind::mtp, maxSeqLen.getValue(),
+                          cacheLayers);
+      if (failed(mtp.run()))
+        return signalPassFailure();
+      cacheLayers += mtp.mlaLayers.size();
+      mlaLayers.append(mtp.mlaLayers);
+    }
 
     // The latent cache: one row per MLA layer and position.
     int64_t kvl = 0, rope = 0;
-    for (MLAOp mla : prefill.mlaLayers) {
+    for (MLAOp mla : mlaLayers) {
       MLAConfigAttr c = mla.getConfig();
       if ((kvl && kvl != c.getKvLoraRank()) || (rope && rope != c.getQkRope())) {
         mla.emitOpError("all MLA layers must share kv_lora_rank and qk_rope "
@@ -319,11 +404,11 @@ struct LowerToKernelsPass
     }
     module->setAttr(dsk::kModelAttrName,
                     dsk::ModelAttr::get(&getContext(), prefill.vocab,
-                                        prefill.hidden,
-                                        prefill.mlaLayers.size(), kvl, rope,
+                                        prefill.hidden, cacheLayers, kvl, rope,
                                         maxSeqLen));
 
-    // The model level is gone; MTP modules are not compiled yet.
+    // The model level is gone (modules beyond the first MTP one are not
+    // compiled: depth-1 speculation uses only it).
     for (auto fn : llvm::make_early_inc_range(module.getOps<func::FuncOp>()))
       if (!fn->hasAttr(dsk::kProgramAttrName))
         fn.erase();

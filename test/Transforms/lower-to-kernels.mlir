@@ -1,4 +1,5 @@
 // RUN: ds-opt --split-input-file --verify-diagnostics --ds-lower-to-kernels="max-seq-len=64 max-batch=2" %s | FileCheck %s
+// RUN: ds-opt --ds-lower-to-kernels="max-seq-len=64 max-batch=2" %ds_src_root/models/tiny.mlir | FileCheck %s --check-prefix=MTP
 
 // One MLA layer with a query LoRA and YaRN, one MoE layer (noaux_tc, shared
 // expert), the head. Prefill takes MLA's naive form (kv_b_proj up-projects
@@ -7,7 +8,7 @@
 
 // CHECK: module attributes {dsk.model = #dsk.model<vocab = 32, hidden = 16, cache_layers = 1, kv_lora_rank = 8, qk_rope = 8, max_seq_len = 64>}
 // CHECK-NOT: func.func @forward
-// CHECK: func.func @prefill(%[[IDS:.+]]: memref<?xi32>, %[[POS:.+]]: memref<?xi32>, %[[LOGITS:.+]]: memref<?x32xf32>)
+// CHECK: func.func @prefill(%[[IDS:.+]]: memref<?xi32>, %[[POS:.+]]: memref<?xi32>, %[[LOGITS:.+]]: memref<?x32xf32>, %[[HIDDEN:.+]]: memref<?x16xf32>)
 // CHECK-SAME: dsk.program = #dsk.program<kind = prefill, max_tokens = 64, arena_bytes = 0>
 // CHECK: %[[N:.+]] = memref.dim %[[IDS]], %{{.+}} : memref<?xi32>
 // CHECK: %[[X:.+]] = memref.alloc(%[[N]]) : memref<?x16xf32>
@@ -35,9 +36,12 @@
 // CHECK: dsk.swiglu
 // CHECK: dsk.linear %{{.+}}, %[[S:.+]] {weight = @m.shared_experts.down_proj.weight}
 // CHECK: dsk.add %[[E]], %[[S]], %[[E]]
-// CHECK: dsk.linear %{{.+}}, %[[LOGITS]] {weight = @head}
+// The final norm writes the hidden-state output (the MTP module's input).
+// CHECK: dsk.rms_norm %{{.+}}, %[[HIDDEN]] {eps = {{.+}}, weight = @nf}
+// CHECK: dsk.linear %[[HIDDEN]], %[[LOGITS]] {weight = @head}
 // CHECK: return
 // CHECK-LABEL: func.func @decode(
+// No MTP module: a decode step takes max-batch tokens.
 // CHECK-SAME: dsk.program = #dsk.program<kind = decode, max_tokens = 2, arena_bytes = 0>
 // CHECK-NOT: dsk.mla_attention_naive
 // CHECK-NOT: @a.kv_b_proj.weight} : memref<?x8xf32>
@@ -92,7 +96,8 @@ module {
 // -----
 
 // Without a query LoRA MLA reads q_proj; V2 greedy routing has no bias; a
-// dense MLP is gate/up GEMMs, SwiGLU, down GEMM. MTP functions are dropped.
+// dense MLP is gate/up GEMMs, SwiGLU, down GEMM. Other model-level functions
+// are dropped.
 // CHECK-LABEL: func.func @prefill
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {weight = @a.q_proj.weight} : memref<?x16xf32>, memref<?x48xf32>
 // CHECK: dsk.mla_attention_naive {{.+}} scale = 0.20412414523193154 : f64
@@ -101,7 +106,7 @@ module {
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {weight = @d.up_proj.weight}
 // CHECK: dsk.swiglu
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {weight = @d.down_proj.weight}
-// CHECK-NOT: @mtp_1
+// CHECK-NOT: @helper
 module {
   ds.weight @emb : tensor<32x16xf32>
   ds.weight @a.q_proj.weight : tensor<48x16xf32>
@@ -127,7 +132,7 @@ module {
     %l = ds.lm_head %d, @emb : (tensor<?x16xf32>) -> tensor<?x32xf32>
     return %l, %d : tensor<?x32xf32>, tensor<?x16xf32>
   }
-  func.func @mtp_1(%h: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  func.func @helper(%h: tensor<?x16xf32>) -> tensor<?x16xf32> {
     return %h : tensor<?x16xf32>
   }
 }
@@ -154,7 +159,7 @@ module {
 
 module {
   ds.weight @emb : tensor<32x16xf32>
-  // expected-error @+1 {{'func.func' op must be @forward(ids, positions) -> (logits, ...)}}
+  // expected-error @+1 {{'func.func' op must be @forward(ids, positions) -> (logits, hidden)}}
   func.func @forward(%ids: tensor<?xi32>) -> (tensor<?x16xf32>) {
     %x = ds.embedding %ids, @emb : (tensor<?xi32>) -> tensor<?x16xf32>
     return %x : tensor<?x16xf32>
@@ -169,7 +174,31 @@ module {
     %x = ds.embedding %ids, @emb : (tensor<?xi32>) -> tensor<?x16xf32>
     %l = ds.lm_head %x, @emb : (tensor<?x16xf32>) -> tensor<?x32xf32>
     %l2 = ds.lm_head %x, @emb : (tensor<?x16xf32>) -> tensor<?x32xf32>
-    // expected-error @+1 {{'func.return' op @forward must return the ds.lm_head logits first}}
+    // expected-error @+1 {{'func.return' op must return the ds.lm_head (or ds.mtp) logits first}}
     return %l, %x : tensor<?x32xf32>, tensor<?x16xf32>
   }
 }
+
+// The MTP module of models/tiny.mlir (checkpoint layer 3) is its own program
+// on cache layer 3, after the main model's 0-2: x = eh_proj([enorm(embed(next
+// token)), hnorm(hidden)]) with both norms writing halves of one buffer, its
+// decoder block with absorbed MLA, shared_head.norm and head. With MTP, a
+// decode step takes 2 tokens per sequence (speculative verification).
+// MTP: dsk.model = #dsk.model<vocab = 1024, hidden = 64, cache_layers = 4, kv_lora_rank = 32, qk_rope = 8, max_seq_len = 64>
+// MTP-LABEL: func.func @decode
+// MTP-SAME: max_tokens = 4
+// MTP: func.func @mtp(%[[HIN:.+]]: memref<?x64xf32>, %[[IDS:.+]]: memref<?xi32>, %[[POS:.+]]: memref<?xi32>, %[[LOGITS:.+]]: memref<?x1024xf32>, %[[HOUT:.+]]: memref<?x64xf32>)
+// MTP-SAME: kind = mtp, max_tokens = 64
+// MTP: dsk.embedding %[[IDS]], %[[EMB:.+]] {weight = @model.layers.3.embed_tokens.weight}
+// MTP: %[[CAT:.+]] = memref.alloc(%{{.+}}) : memref<?x128xf32>
+// MTP: %[[LO:.+]] = memref.subview %[[CAT]][0, 0] [%{{.+}}, 64] [1, 1]
+// MTP: dsk.rms_norm %[[EMB]], %[[LO]] {eps = {{.+}}, weight = @model.layers.3.enorm.weight}
+// MTP: %[[HI:.+]] = memref.subview %[[CAT]][0, 64] [%{{.+}}, 64] [1, 1]
+// MTP: dsk.rms_norm %[[HIN]], %[[HI]] {eps = {{.+}}, weight = @model.layers.3.hnorm.weight}
+// MTP: dsk.linear %[[CAT]], %{{.+}} {weight = @model.layers.3.eh_proj.weight} : memref<?x128xf32>, memref<?x64xf32>
+// MTP: dsk.kv_cache_write {{.+}} {layer = 3 : i64}
+// MTP: dsk.mla_attention_absorbed {{.+}} layer = 3 : i64
+// MTP: dsk.moe_experts {{.+}} prefix = "model.layers.3.mlp"
+// MTP: dsk.add %{{.+}}, %{{.+}}, %[[HOUT]]
+// MTP: dsk.rms_norm %[[HOUT]], %[[N:.+]] {eps = {{.+}}, weight = @model.layers.3.shared_head.norm.weight}
+// MTP: dsk.linear %[[N]], %[[LOGITS]] {weight = @model.layers.3.shared_head.head.weight}

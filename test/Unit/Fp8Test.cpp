@@ -494,19 +494,34 @@ TEST(Fused, RopeKvCacheWriteEqualsRopeThenWrite) {
   const int64_t n = 9, ldl = 15, ldk = 11;
   auto latent = randomVector(n * ldl, 4), krope = randomVector(n * ldk, 5);
   std::vector<int32_t> pos = {0, 3, 4, 5, 17, 18, 40, 63, 1};
+  // Tokens of two sequences: each token's row goes to its own slot.
+  std::vector<int32_t> seqs = {0, 1, 0, 1, 0, 0, 1, 1, 1};
   for (int threads : {1, 2}) {
-    Context c1(spec, threads), c2(spec, threads);
+    Context c1(spec, threads, 2), c2(spec, threads, 2);
+    for (Context *c : {&c1, &c2})
+      for (int32_t s = 0; s < 2; ++s) {
+        std::string error;
+        ASSERT_EQ(c->cache().startSequence(&error), s) << error;
+        ASSERT_TRUE(c->cache().reserve(s, 64, &error)) << error;
+        c->setTokenSequences(seqs.data(), n);
+      }
     std::vector<float> k1 = krope, k2 = krope;
     cpu::rope(c1, k1.data(), ldk, n, 1, 8, 0, pos.data(), 0);
     cpu::kvCacheWrite(c1, 1, latent.data(), ldl, k1.data(), ldk, pos.data(), n);
     cpu::ropeKvCacheWrite(c2, 1, latent.data(), ldl, k2.data(), ldk,
                           pos.data(), n, 0);
     EXPECT_EQ(k1, k2);
-    for (int64_t l = 0; l < 2; ++l)
-      for (int64_t p = 0; p < 64; ++p)
-        ASSERT_EQ(std::memcmp(c1.cacheRow(l, p), c2.cacheRow(l, p), 20 * 4), 0)
-            << l << "," << p;
-    EXPECT_EQ(c2.cacheRow(1, 17)[12], k1[4 * ldk]);
+    for (int32_t s = 0; s < 2; ++s)
+      for (int64_t l = 0; l < 2; ++l)
+        for (int64_t p = 0; p < 64; ++p)
+          ASSERT_EQ(std::memcmp(c1.cacheRow(l, s, p), c2.cacheRow(l, s, p),
+                                20 * 4),
+                    0)
+              << s << "," << l << "," << p;
+    EXPECT_EQ(c2.cacheRow(1, 0, 17)[12], k1[4 * ldk]); // token 4: slot 0
+    EXPECT_EQ(c2.cacheRow(1, 1, 17)[12], 0.0f);        // not slot 1
+    EXPECT_EQ(c2.cacheRow(1, 1, 40)[12], k1[6 * ldk]); // token 6: slot 1
+    EXPECT_EQ(c2.cacheRow(1, 0, 40)[12], 0.0f);
   }
 }
 

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 using namespace dsrt;
@@ -144,12 +145,31 @@ TEST(Context, ArenaCacheAndParallelFor) {
   EXPECT_EQ(&ctx.spec(), &ts.spec);
   ASSERT_NE(ctx.arena(), nullptr);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(ctx.arena()) % 64, 0u);
-  EXPECT_EQ(ctx.cacheRow(0, 1) - ctx.cacheRow(0, 0), 10);
-  EXPECT_EQ(ctx.cacheRow(1, 0) - ctx.cacheRow(0, 0), 100);
+  // One slot by default, one 64-position block for its 10 positions.
+  EXPECT_EQ(ctx.cache().totalBlocks(), 1);
+  std::string error;
+  int32_t seq = ctx.cache().startSequence(&error);
+  ASSERT_EQ(seq, 0) << error;
+  ASSERT_TRUE(ctx.cache().reserve(seq, 10, &error)) << error;
+  EXPECT_EQ(ctx.cache().capacity(seq), 64);
+  // Within a block, a layer's rows are contiguous; layers follow each other.
+  EXPECT_EQ(ctx.cacheRow(0, seq, 1) - ctx.cacheRow(0, seq, 0), 10);
+  EXPECT_EQ(ctx.cacheRow(1, seq, 0) - ctx.cacheRow(0, seq, 0), 64 * 10);
+  EXPECT_EQ(ctx.cacheRow(1, seq, 3), ctx.cache().row(1, seq, 3));
   for (int64_t l = 0; l < 2; ++l)
     for (int64_t p = 0; p < 10; ++p)
       for (int j = 0; j < 10; ++j)
-        EXPECT_EQ(ctx.cacheRow(l, p)[j], 0.0f);
+        EXPECT_EQ(ctx.cacheRow(l, seq, p)[j], 0.0f);
+  // Token sequences: slot 0 until set, and past the set range.
+  EXPECT_EQ(ctx.tokenSequence(0), 0);
+  const int32_t seqs[] = {3, 1};
+  ctx.setTokenSequences(seqs, 2);
+  EXPECT_EQ(ctx.tokenSequence(0), 3);
+  EXPECT_EQ(ctx.tokenSequence(1), 1);
+  EXPECT_EQ(ctx.tokenSequence(2), 0);
+  EXPECT_EQ(ctx.tokenSequence(-1), 0);
+  ctx.setTokenSequences(seqs, 1);
+  EXPECT_EQ(ctx.tokenSequence(1), 0);
   ASSERT_EQ(ctx.impl().ropes.size(), 1u);
   EXPECT_EQ(ctx.impl().ropes[0].positions, 10);
 
@@ -425,14 +445,16 @@ struct MlaInputs {
   int64_t ldq, ldkv, ldk, ldl;
   std::vector<float> q, latent, krope, kvB, kv;
 
-  explicit MlaInputs(const MlaCase &c) : c(c) {
+  /// `seed` varies q, latent and krope (another sequence); kvB, the layer's
+  /// weight, is the same for every seed.
+  explicit MlaInputs(const MlaCase &c, uint32_t seed = 0) : c(c) {
     ldq = c.heads * (c.nope + c.rope) + 3;
     ldkv = c.heads * (c.nope + c.vdim) + 1;
     ldk = c.rope + 2;
     ldl = c.lora + 5;
-    q = randomVector(c.n * ldq, 11);
-    latent = randomVector(c.n * ldl, 12);
-    krope = randomVector(c.n * ldk, 13);
+    q = randomVector(c.n * ldq, 11 + seed);
+    latent = randomVector(c.n * ldl, 12 + seed);
+    krope = randomVector(c.n * ldk, 13 + seed);
     kvB = randomVector(c.heads * (c.nope + c.vdim) * c.lora, 14, -0.3f, 0.3f);
     // The naive form's kv = latent * kvB^T.
     int64_t rows = c.heads * (c.nope + c.vdim);
@@ -505,15 +527,19 @@ MlaOutputs runMla(const MlaInputs &in, int threads) {
                    out.begin() + i * ldo + width);
   }
 
+  std::string error;
+  const int32_t seq = ctx.cache().startSequence(&error);
+  EXPECT_EQ(seq, 0) << error;
+  EXPECT_TRUE(ctx.cache().reserve(seq, c.n, &error)) << error;
   std::vector<int32_t> pos(c.n);
   for (int64_t i = 0; i < c.n; ++i)
     pos[i] = static_cast<int32_t>(i);
   cpu::kvCacheWrite(ctx, 1, in.latent.data(), in.ldl, in.krope.data(), in.ldk,
                     pos.data(), c.n);
   const int64_t p = c.n - 1;
-  EXPECT_EQ(ctx.cacheRow(1, p)[0], in.latent[p * in.ldl]);
-  EXPECT_EQ(ctx.cacheRow(1, p)[c.lora], in.krope[p * in.ldk]);
-  EXPECT_EQ(ctx.cacheRow(0, p)[0], 0.0f); // other layer untouched
+  EXPECT_EQ(ctx.cacheRow(1, seq, p)[0], in.latent[p * in.ldl]);
+  EXPECT_EQ(ctx.cacheRow(1, seq, p)[c.lora], in.krope[p * in.ldk]);
+  EXPECT_EQ(ctx.cacheRow(0, seq, p)[0], 0.0f); // other layer untouched
 
   std::fill(out.begin(), out.end(), kSentinel);
   cpu::mlaAttentionAbsorbed(ctx, 1, in.q.data(), in.ldq, in.kvB.data(),
@@ -537,6 +563,7 @@ MlaOutputs runMla(const MlaInputs &in, int threads) {
 TEST(MLA, NaiveMatchesReferenceAndAbsorbed) {
   for (MlaCase c :
        {MlaCase{20, 4, 16, 8, 12, 32, 0.2}, MlaCase{1, 2, 8, 4, 8, 16, 0.35},
+        MlaCase{64, 2, 8, 4, 8, 16, 0.3}, MlaCase{150, 3, 8, 4, 8, 16, 0.3},
         MlaCase{300, 2, 16, 8, 16, 64, 0.25}}) {
     MlaInputs in(c);
     MlaOutputs r = runMla(in, 2);
@@ -564,6 +591,162 @@ TEST(MLA, ThreadCountDoesNotChangeResults) {
     EXPECT_EQ(one.naive, two.naive);
     EXPECT_EQ(one.absorbed, two.absorbed);
     EXPECT_EQ(one.last, two.last);
+  }
+}
+
+/// A token of a decode call: position `pos` of sequence slot `seq`, whose
+/// query, latent and rope key are row `pos` of `in`.
+struct SeqToken {
+  int32_t seq, pos;
+  const MlaInputs *in;
+};
+
+/// kvCacheWrite of the tokens' latent and rope-key rows to cache layer 1, in
+/// one call (tokens of several sequences allowed).
+void writeTokens(Context &ctx, const std::vector<SeqToken> &tokens) {
+  const MlaInputs &in0 = *tokens[0].in;
+  const int64_t n = int64_t(tokens.size()), ldl = in0.ldl, ldk = in0.ldk;
+  std::vector<float> latent(n * ldl), krope(n * ldk);
+  std::vector<int32_t> seqs(n), pos(n);
+  for (int64_t t = 0; t < n; ++t) {
+    const SeqToken &tok = tokens[t];
+    std::copy_n(tok.in->latent.begin() + tok.pos * ldl, ldl,
+                latent.begin() + t * ldl);
+    std::copy_n(tok.in->krope.begin() + tok.pos * ldk, ldk,
+                krope.begin() + t * ldk);
+    seqs[t] = tok.seq;
+    pos[t] = tok.pos;
+  }
+  ctx.setTokenSequences(seqs.data(), n);
+  cpu::kvCacheWrite(ctx, 1, latent.data(), ldl, krope.data(), ldk, pos.data(),
+                    n);
+}
+
+/// Absorbed attention over cache layer 1 for the tokens in one call;
+/// [n, heads*vdim] packed.
+std::vector<float> absorbedFor(Context &ctx,
+                               const std::vector<SeqToken> &tokens) {
+  const MlaInputs &in0 = *tokens[0].in;
+  const MlaCase &c = in0.c;
+  const int64_t n = int64_t(tokens.size()), ldq = in0.ldq;
+  const int64_t width = c.heads * c.vdim, ldo = width + 2;
+  std::vector<float> q(n * ldq), out(n * ldo, kSentinel);
+  std::vector<int32_t> seqs(n), pos(n);
+  for (int64_t t = 0; t < n; ++t) {
+    std::copy_n(tokens[t].in->q.begin() + tokens[t].pos * ldq, ldq,
+                q.begin() + t * ldq);
+    seqs[t] = tokens[t].seq;
+    pos[t] = tokens[t].pos;
+  }
+  ctx.setTokenSequences(seqs.data(), n);
+  cpu::mlaAttentionAbsorbed(ctx, 1, q.data(), ldq, in0.kvB.data(), pos.data(),
+                            n, c.heads, c.nope, c.rope, c.vdim, c.scale,
+                            out.data(), ldo);
+  std::vector<float> packed;
+  for (int64_t t = 0; t < n; ++t) {
+    EXPECT_EQ(out[t * ldo + width], kSentinel);
+    packed.insert(packed.end(), out.begin() + t * ldo,
+                  out.begin() + t * ldo + width);
+  }
+  return packed;
+}
+
+TEST(MLA, AbsorbedInterleavedSequences) {
+  // Two sequences with different data over several blocks each, their
+  // blocks interleaved in the pool; one decode call mixes their tokens.
+  const MlaCase ca{150, 3, 8, 4, 8, 16, 0.3}, cb{70, 3, 8, 4, 8, 16, 0.3};
+  MlaInputs a(ca, 0), b(cb, 100);
+  const std::vector<double> wantA = mlaReference(a), wantB = mlaReference(b);
+  TestSpec ts({}, 2, ca.lora, ca.rope, 160);
+  const int64_t width = ca.heads * ca.vdim;
+
+  std::vector<SeqToken> query;
+  std::vector<std::vector<float>> results;
+  for (int threads : {1, 3}) {
+    Context ctx(ts.spec, threads, /*maxSequences=*/2);
+    KVCache &cache = ctx.cache();
+    EXPECT_EQ(cache.totalBlocks(), 2 * 3);
+    std::string error;
+    const int32_t sa = cache.startSequence(&error);
+    const int32_t sb = cache.startSequence(&error);
+    ASSERT_EQ(sa, 0);
+    ASSERT_EQ(sb, 1);
+    // Growing alternately interleaves the block tables.
+    ASSERT_TRUE(cache.reserve(sa, 64, &error)) << error;
+    ASSERT_TRUE(cache.reserve(sb, 64, &error)) << error;
+    ASSERT_TRUE(cache.reserve(sa, 150, &error)) << error;
+    ASSERT_TRUE(cache.reserve(sb, 70, &error)) << error;
+    EXPECT_EQ(cache.capacity(sa), 192);
+    EXPECT_EQ(cache.capacity(sb), 128);
+    EXPECT_EQ(cache.freeBlocks(), 1);
+
+    // Positions 0..63 of both in one interleaved call, the rest per sequence.
+    std::vector<SeqToken> mixed, restA, restB;
+    for (int32_t p = 0; p < 64; ++p) {
+      mixed.push_back({sa, p, &a});
+      mixed.push_back({sb, p, &b});
+    }
+    for (int32_t p = 64; p < 150; ++p)
+      restA.push_back({sa, p, &a});
+    for (int32_t p = 64; p < 70; ++p)
+      restB.push_back({sb, p, &b});
+    writeTokens(ctx, mixed);
+    writeTokens(ctx, restA);
+    writeTokens(ctx, restB);
+    for (int32_t p : {0, 63, 64, 69}) {
+      EXPECT_EQ(ctx.cacheRow(1, sa, p)[0], a.latent[p * a.ldl]);
+      EXPECT_EQ(ctx.cacheRow(1, sb, p)[0], b.latent[p * b.ldl]);
+      EXPECT_EQ(ctx.cacheRow(1, sb, p)[ca.lora], b.krope[p * b.ldk]);
+    }
+    EXPECT_EQ(ctx.cacheRow(1, sa, 149)[ca.lora], a.krope[149 * a.ldk]);
+
+    query = {{sa, 149, &a}, {sb, 69, &b}, {sa, 64, &a},
+             {sb, 0, &b},   {sa, 63, &a}, {sb, 65, &b}};
+    std::vector<float> together = absorbedFor(ctx, query);
+    // Each token alone (slot and position as in the mixed call).
+    for (size_t t = 0; t < query.size(); ++t) {
+      std::vector<float> alone = absorbedFor(ctx, {query[t]});
+      std::vector<float> row(together.begin() + t * width,
+                             together.begin() + (t + 1) * width);
+      EXPECT_LT(relError(row, alone), kTol) << "token " << t;
+      const std::vector<double> &want = query[t].in == &a ? wantA : wantB;
+      EXPECT_LT(relError(row.data(), want.data() + query[t].pos * width,
+                         size_t(width)),
+                kTol)
+          << "token " << t;
+    }
+    results.push_back(together);
+  }
+  EXPECT_EQ(results[0], results[1]); // bit-identical for 1 and 3 threads
+}
+
+TEST(MLA, AbsorbedTwoTokensOfOneSequence) {
+  // Speculative verification: positions p and p+1 of one sequence in one
+  // call; both rows are written first, and p+1 must see p's fresh row.
+  const MlaCase c{100, 2, 8, 4, 8, 16, 0.3};
+  MlaInputs in(c);
+  const std::vector<double> want = mlaReference(in);
+  TestSpec ts = in.spec();
+  const int64_t width = c.heads * c.vdim;
+  for (int threads : {1, 2}) {
+    Context ctx(ts.spec, threads);
+    std::string error;
+    const int32_t seq = ctx.cache().startSequence(&error);
+    ASSERT_EQ(seq, 0) << error;
+    ASSERT_TRUE(ctx.cache().reserve(seq, 98, &error)) << error;
+    std::vector<SeqToken> prompt;
+    for (int32_t p = 0; p < 98; ++p)
+      prompt.push_back({seq, p, &in});
+    writeTokens(ctx, prompt);
+    ASSERT_TRUE(ctx.cache().reserve(seq, 100, &error)) << error;
+    std::vector<SeqToken> step = {{seq, 98, &in}, {seq, 99, &in}};
+    writeTokens(ctx, step);
+    std::vector<float> got = absorbedFor(ctx, step);
+    EXPECT_LT(relError(got.data(), want.data() + 98 * width, size_t(width)),
+              kTol);
+    EXPECT_LT(relError(got.data() + width, want.data() + 99 * width,
+                       size_t(width)),
+              kTol);
   }
 }
 

@@ -74,11 +74,23 @@ struct MoERouting {
 };
 
 class Context;
+class KVCache;
 
 /// One emitted program: `n` tokens with ids `ids[0..n)` at positions
-/// `pos[0..n)`; writes logits [n, vocab] to `logits`.
+/// `pos[0..n)`, token i of sequence slot ctx.tokenSequence(i); writes logits
+/// [n, vocab] and the final-normed hidden states [n, hidden] (the input of
+/// the MTP module).
 using ProgramFn = void (*)(Context &ctx, const int32_t *ids, const int32_t *pos,
-                           int64_t n, float *logits);
+                           int64_t n, float *logits, float *hidden);
+
+/// The MTP module (depth 1): for token i, the main model's hidden state
+/// hiddenIn[i] at position pos[i] and the id of the token at pos[i] + 1;
+/// writes the draft logits [n, vocab] (predicting the token at pos[i] + 2)
+/// and its hidden states [n, hidden]. Its attention uses cache layer
+/// spec.cacheLayers - 1.
+using MtpFn = void (*)(Context &ctx, const float *hiddenIn, const int32_t *ids,
+                       const int32_t *pos, int64_t n, float *logits,
+                       float *hiddenOut);
 
 /// Everything the compiler knows that the runtime needs.
 struct ModelSpec {
@@ -88,15 +100,60 @@ struct ModelSpec {
   int64_t numWeights;
   const RopeSpec *ropes;
   int64_t numRopes;
-  /// Latent KV cache: per layer and position, kvLoraRank latent values then
-  /// qkRopeDim rope-key values.
+  /// Latent KV cache: per layer (main layers, then the MTP layer if any),
+  /// sequence and position, kvLoraRank latent values then qkRopeDim rope-key
+  /// values; paged in blocks of KVCache::kBlockTokens positions.
   int64_t cacheLayers, kvLoraRank, qkRopeDim;
-  int64_t maxSeqLen;   ///< positions the cache holds (--max-seq-len)
+  int64_t maxSeqLen;   ///< positions per sequence (--max-seq-len)
   int64_t arenaBytes;  ///< from the static memory plan (max over programs)
-  ProgramFn prefill;   ///< naive MLA; positions 0..n-1 of a fresh sequence
+  ProgramFn prefill;   ///< naive MLA; positions 0..n-1 of one fresh sequence
   int64_t prefillMaxTokens;
-  ProgramFn decode;    ///< absorbed MLA over the latent cache
-  int64_t decodeMaxTokens;
+  ProgramFn decode;    ///< absorbed MLA over the latent cache; tokens of any
+                       ///< live sequences (several per sequence allowed, in
+                       ///< position order: speculative verification)
+  int64_t decodeMaxTokens; ///< --max-batch: most tokens per decode call
+  MtpFn mtp;               ///< null when the model has no MTP module
+  int64_t mtpMaxTokens;    ///< most tokens per mtp call (prefillMaxTokens)
+};
+
+/// The paged latent KV cache: fixed blocks of kBlockTokens positions (all
+/// layers of a position in one block) from a pool with a free list, and a
+/// block table per sequence slot. Memory is taken as sequences grow and
+/// returned when they end; running out is an error the caller handles
+/// (back-pressure), never corruption.
+class KVCache {
+public:
+  static constexpr int64_t kBlockTokens = 64;
+
+  /// `rowFloats` = kvLoraRank + qkRopeDim; `numBlocks` blocks in the pool;
+  /// at most `maxSequences` live sequences of at most `maxSeqLen` positions.
+  KVCache(int64_t layers, int64_t rowFloats, int64_t numBlocks,
+          int64_t maxSequences, int64_t maxSeqLen);
+  ~KVCache();
+  KVCache(const KVCache &) = delete;
+  KVCache &operator=(const KVCache &) = delete;
+
+  /// A free sequence slot (no blocks yet), or -1 with `error` set when all
+  /// slots are live.
+  int32_t startSequence(std::string *error);
+  /// Makes positions [0, tokens) of `seq` addressable, taking blocks from the
+  /// pool as needed. On failure (pool exhausted, tokens > maxSeqLen) nothing
+  /// changes and `error` says why.
+  bool reserve(int32_t seq, int64_t tokens, std::string *error);
+  /// Returns the sequence's blocks to the pool and frees its slot.
+  void endSequence(int32_t seq);
+  /// Row of (layer, seq, position); the position must be reserved.
+  float *row(int64_t layer, int32_t seq, int64_t position);
+  /// Positions reserved for `seq` (a multiple of kBlockTokens).
+  int64_t capacity(int32_t seq) const;
+  int64_t freeBlocks() const;
+  int64_t totalBlocks() const;
+  bool live(int32_t seq) const;
+
+  struct Impl;
+
+private:
+  std::unique_ptr<Impl> impl_;
 };
 
 /// Splits [0, n) over the thread pool; fn(begin, end) runs once per chunk.
@@ -108,7 +165,7 @@ void parallelFor(Context &ctx, int64_t n,
 /// latent KV cache, RoPE tables, the thread pool.
 class Context {
 public:
-  Context(const ModelSpec &spec, int threads);
+  Context(const ModelSpec &spec, int threads, int64_t maxSequences = 1);
   ~Context();
   Context(const Context &) = delete;
   Context &operator=(const Context &) = delete;
@@ -122,8 +179,16 @@ public:
   const Fp8Weight *fp8Weight(int64_t index) const;
   /// Base of the arena; buffers are at plan offsets (bytes, 64-aligned).
   char *arena();
-  /// Latent cache row of (layer, position): kvLoraRank + qkRopeDim floats.
-  float *cacheRow(int64_t layer, int64_t position);
+  /// The paged latent cache. The Context creates it with
+  /// `maxSequences` slots (runMain: --max-batch, at least 1) and enough blocks
+  /// for all of them at maxSeqLen positions, unless DS_KV_BLOCKS says how many.
+  KVCache &cache();
+  /// Latent cache row of (layer, sequence slot, position).
+  float *cacheRow(int64_t layer, int32_t seq, int64_t position);
+  /// Sequence slots of the tokens of the next program call (copied); until
+  /// set, every token is in slot 0.
+  void setTokenSequences(const int32_t *seq, int64_t n);
+  int32_t tokenSequence(int64_t i) const;
 
   /// Loads weights from a .safetensors file or a checkpoint directory
   /// (model.safetensors.index.json or *.safetensors). Returns false and sets

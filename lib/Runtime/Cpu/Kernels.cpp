@@ -167,7 +167,9 @@ void kvCacheWrite(Context &ctx, int64_t layer, const float *latent, int64_t ldl,
   for (int64_t i = 0; i < n; ++i) {
     if (pos[i] < 0 || pos[i] >= s.maxSeqLen)
       fatal("kvCacheWrite", "position outside the cache", pos[i]);
-    float *row = ctx.cacheRow(layer, pos[i]);
+    // Token i belongs to sequence slot tokenSequence(i); the row aborts if
+    // that slot has not reserved pos[i].
+    float *row = ctx.cacheRow(layer, ctx.tokenSequence(i), pos[i]);
     std::memcpy(row, latent + i * ldl, sizeof(float) * s.kvLoraRank);
     std::memcpy(row + s.kvLoraRank, krope + i * ldk,
                 sizeof(float) * s.qkRopeDim);
@@ -232,7 +234,7 @@ void ropeKvCacheWrite(Context &ctx, int64_t layer, const float *latent,
       },
       rowsPerChunk(t.dim));
   for (int64_t i = 0; i < n; ++i) {
-    float *row = ctx.cacheRow(layer, pos[i]);
+    float *row = ctx.cacheRow(layer, ctx.tokenSequence(i), pos[i]);
     std::memcpy(row, latent + i * ldl, sizeof(float) * s.kvLoraRank);
     std::memcpy(row + s.kvLoraRank, krope + i * ldk,
                 sizeof(float) * s.qkRopeDim);

@@ -3,7 +3,8 @@
 // Both forms are per-head GEMMs on strided views of the inputs plus a float32
 // softmax per score row. The naive form is for prefill, where up-projecting
 // the latent once per token is cheaper than attending in the latent space;
-// the absorbed form is for decode, where it reads only the latent cache.
+// the absorbed form is for decode, where it reads only the latent cache,
+// block by block of each token's own sequence (KVCache).
 // Heads (and tokens) are independent: with enough of them they go to the
 // pool whole, else each GEMM is split (forEachItem).
 //
@@ -89,15 +90,24 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
     fatal("mlaAttentionAbsorbed", "rope dim differs from the cache's", rope);
   if (layer < 0 || layer >= spec.cacheLayers)
     fatal("mlaAttentionAbsorbed", "layer outside the cache", layer);
-  for (int64_t i = 0; i < n; ++i)
+  KVCache &cache = ctx.cache();
+  for (int64_t i = 0; i < n; ++i) {
     if (pos[i] < 0 || pos[i] >= spec.maxSeqLen)
       fatal("mlaAttentionAbsorbed", "position outside the cache", pos[i]);
+    // Every key position [0, pos[i]] must be addressable: checked here, once,
+    // instead of per block inside the parallel loop.
+    const int32_t seq = ctx.tokenSequence(i);
+    if (!cache.live(seq))
+      fatal("mlaAttentionAbsorbed", "token of a sequence slot not live", seq);
+    if (pos[i] >= cache.capacity(seq))
+      fatal("mlaAttentionAbsorbed", "position not reserved in its sequence",
+            pos[i]);
+  }
 
   const float alpha = static_cast<float>(scale);
   const int64_t qHead = nope + rope, kvHead = nope + vdim;
   const int64_t ldCache = lora + rope;
-  const float *latent = ctx.cacheRow(layer, 0); // positions are consecutive
-  const float *kr = latent + lora;
+  const int64_t kBlock = KVCache::kBlockTokens;
 
   // Latent queries and outputs, [n][heads][lora].
   std::vector<float> qLat(static_cast<size_t>(n * heads * lora));
@@ -110,15 +120,28 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
          heads * lora);
   });
 
+  // Token i attends to positions [0, pos[i]] of its own sequence. The cache
+  // is paged: positions [64 b, 64 b + 64) of one (layer, sequence) are one
+  // contiguous [64, ldCache] matrix (KVCache.cpp's layout), so each block is
+  // one GEMM. Scores are computed block by block into one [heads, keys] row
+  // set, so the softmax is exact over all keys; the P*Latent product sums
+  // the blocks in position order. The split depends on positions only, never
+  // on the thread count or on the other tokens of the call.
   forEachItem(ctx, n, [&](int64_t i) {
+    const int32_t seq = ctx.tokenSequence(i);
     const int64_t keys = pos[i] + 1;
     std::vector<float> scores(static_cast<size_t>(heads * keys));
     float *s = scores.data();
+    const float *qi = qLat.data() + i * heads * lora;
     // S[heads, keys] = scale * (Qlat Latent^T + Qrope Krope^T).
-    gemm(ctx, true, heads, keys, lora, alpha, qLat.data() + i * heads * lora,
-         lora, latent, ldCache, 0.0f, s, keys);
-    gemm(ctx, true, heads, keys, rope, alpha, q + i * ldq + nope, qHead, kr,
-         ldCache, 1.0f, s, keys);
+    for (int64_t b0 = 0; b0 < keys; b0 += kBlock) {
+      const int64_t rows = std::min(kBlock, keys - b0);
+      const float *latent = ctx.cacheRow(layer, seq, b0);
+      gemm(ctx, true, heads, rows, lora, alpha, qi, lora, latent, ldCache,
+           0.0f, s + b0, keys);
+      gemm(ctx, true, heads, rows, rope, alpha, q + i * ldq + nope, qHead,
+           latent + lora, ldCache, 1.0f, s + b0, keys);
+    }
     pool(ctx).parallelFor(
         heads,
         [&](int64_t begin, int64_t end) {
@@ -126,9 +149,14 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
             softmaxRow(s + h * keys, keys, keys);
         },
         rowsPerChunk(keys * 4));
-    // o_lat[heads, lora] = P Latent.
-    gemm(ctx, false, heads, lora, keys, 1.0f, s, keys, latent, ldCache, 0.0f,
-         oLat.data() + i * heads * lora, lora);
+    // o_lat[heads, lora] = P Latent, accumulated over the blocks.
+    float *oi = oLat.data() + i * heads * lora;
+    for (int64_t b0 = 0; b0 < keys; b0 += kBlock) {
+      const int64_t rows = std::min(kBlock, keys - b0);
+      const float *latent = ctx.cacheRow(layer, seq, b0);
+      gemm(ctx, false, heads, lora, rows, 1.0f, s + b0, keys, latent, ldCache,
+           b0 == 0 ? 0.0f : 1.0f, oi, lora);
+    }
   });
 
   // out[h] = o_lat[h] W_UV[h]^T, W_UV[h] = kvB rows [h*kvHead + nope, +vdim).

@@ -48,7 +48,7 @@ public:
     if (!model)
       return module.emitError("emit-cpp: not a kernel-level module (run "
                               "ds-lower-to-kernels and dsk-plan-memory first)");
-    func::FuncOp prefill, decode;
+    func::FuncOp prefill, decode, mtp;
     for (auto fn : module.getOps<func::FuncOp>()) {
       auto program = fn->getAttrOfType<dsk::ProgramAttr>(dsk::kProgramAttrName);
       if (!program)
@@ -56,7 +56,11 @@ public:
       if (fn.getOps<dsk::ArenaOp>().empty())
         return fn.emitOpError("emit-cpp: program has no memory plan (run "
                               "dsk-plan-memory)");
-      (program.getKind() == dsk::ProgramKind::prefill ? prefill : decode) = fn;
+      switch (program.getKind()) {
+      case dsk::ProgramKind::prefill: prefill = fn; break;
+      case dsk::ProgramKind::decode: decode = fn; break;
+      case dsk::ProgramKind::mtp: mtp = fn; break;
+      }
     }
     if (!prefill || !decode)
       return module.emitError("emit-cpp: need both @prefill and @decode");
@@ -69,14 +73,21 @@ public:
     std::string body;
     {
       llvm::raw_string_ostream fns(body);
-      for (func::FuncOp fn : {prefill, decode})
-        if (failed(emitProgram(fn, fns)))
+      for (func::FuncOp fn : {prefill, decode, mtp})
+        if (fn && failed(emitProgram(fn, fns)))
           return failure();
     }
     emitTables();
     os << body;
     auto pf = prefill->getAttrOfType<dsk::ProgramAttr>(dsk::kProgramAttrName);
     auto dc = decode->getAttrOfType<dsk::ProgramAttr>(dsk::kProgramAttrName);
+    int64_t arena = std::max(pf.getArenaBytes(), dc.getArenaBytes());
+    int64_t mtpTokens = 0;
+    if (mtp) {
+      auto mt = mtp->getAttrOfType<dsk::ProgramAttr>(dsk::kProgramAttrName);
+      arena = std::max(arena, mt.getArenaBytes());
+      mtpTokens = mt.getMaxTokens();
+    }
     os << "} // namespace\n\n"
        << "static const dsrt::ModelSpec kModel = {\n"
        << "    /*name=*/\"" << modelName() << "\",\n"
@@ -88,10 +99,10 @@ public:
        << ", /*kvLoraRank=*/" << model.getKvLoraRank()
        << ", /*qkRopeDim=*/" << model.getQkRope() << ",\n"
        << "    /*maxSeqLen=*/" << model.getMaxSeqLen() << ",\n"
-       << "    /*arenaBytes=*/"
-       << std::max(pf.getArenaBytes(), dc.getArenaBytes()) << ",\n"
+       << "    /*arenaBytes=*/" << arena << ",\n"
        << "    prefill, " << pf.getMaxTokens() << ",\n"
        << "    decode, " << dc.getMaxTokens() << ",\n"
+       << "    " << (mtp ? "mtp" : "nullptr") << ", " << mtpTokens << ",\n"
        << "};\n\n"
        << "int main(int argc, char **argv) { return dsrt::runMain(argc, argv, "
           "kModel); }\n";
@@ -210,13 +221,23 @@ private:
     bufs.clear();
     scalars.clear();
     Block &body = fn.getBody().front();
-    auto logitsType = cast<MemRefType>(fn.getArgument(2).getType());
-    bufs[fn.getArgument(0)] = {"ids", 1};
-    bufs[fn.getArgument(1)] = {"pos", 1};
-    bufs[fn.getArgument(2)] = {"logits", logitsType.getDimSize(1)};
-    out << "void " << fn.getName()
-        << "(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, "
-           "int64_t n, float *logits) {\n"
+    bool mtp = fn->getAttrOfType<dsk::ProgramAttr>(dsk::kProgramAttrName)
+                   .getKind() == dsk::ProgramKind::mtp;
+    unsigned a = 0;
+    if (mtp) {
+      bufs[fn.getArgument(a)] = {"const_cast<float *>(hiddenIn)", width(fn.getArgument(a))};
+      ++a;
+    }
+    Value idsArg = fn.getArgument(a);
+    bufs[fn.getArgument(a++)] = {"ids", 1};
+    bufs[fn.getArgument(a++)] = {"pos", 1};
+    bufs[fn.getArgument(a)] = {"logits", width(fn.getArgument(a))};
+    ++a;
+    bufs[fn.getArgument(a)] = {"hidden", width(fn.getArgument(a))};
+    out << "void " << fn.getName() << "(dsrt::Context &ctx, "
+        << (mtp ? "const float *hiddenIn, " : "")
+        << "const int32_t *ids, const int32_t *pos, int64_t n, float *logits, "
+           "float *hidden) {\n"
         << "  char *arena = ctx.arena();\n";
     int tmp = 0;
     for (Operation &op : body) {
@@ -227,7 +248,7 @@ private:
                 return success();
               })
               .Case([&](memref::DimOp d) -> LogicalResult {
-                if (d.getSource() != fn.getArgument(0))
+                if (d.getSource() != idsArg)
                   return d.emitOpError("emit-cpp: only the token count is a "
                                        "dynamic size");
                 scalars[d] = "n";

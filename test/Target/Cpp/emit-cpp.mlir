@@ -25,7 +25,7 @@
 // CHECK: const dsrt::RopeSpec kRopes[] = {
 // CHECK-NEXT: {8, 10000.0, true, 4.0, 128, 32.0, 1.0, 1.0, 1.0},
 // CHECK-NEXT: };
-// CHECK: void prefill(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, int64_t n, float *logits) {
+// CHECK: void prefill(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, int64_t n, float *logits, float *hidden) {
 // CHECK-NEXT: char *arena = ctx.arena();
 // CHECK: dsrt::cpu::embedding(ctx, ctx.weight(0), 1024, 64, ids, n, [[X:b[0-9]+]], 64);
 // CHECK: dsrt::cpu::rmsNorm(ctx, [[X]], 64, ctx.weight({{[0-9]+}}), n, 64, 9.9999999999999995e-07,
@@ -40,15 +40,20 @@
 // CHECK: dsrt::cpu::moeRoute(
 // CHECK: static const int64_t e{{[0-9]+}}gate[16] = {{{[0-9]+}}, {{[0-9]+}},
 // CHECK: dsrt::cpu::moeExpertsW(ctx, {{.+}}, n, 64, 32, {{.+}}, 4, e{{[0-9]+}}gate, e{{[0-9]+}}up, e{{[0-9]+}}down, 16, {{.+}}, dsrt::ActQuant::None);
-// CHECK: dsrt::cpu::linearW(ctx, {{.+}}, 1024, logits, 1024, dsrt::ActQuant::None);
+// CHECK: dsrt::cpu::rmsNorm(ctx, {{.+}}, hidden, 64);
+// CHECK: dsrt::cpu::linearW(ctx, hidden, 64, n, 64, {{[0-9]+}}, 1024, logits, 1024, dsrt::ActQuant::None);
 // CHECK: void decode(
 // CHECK-NOT: mlaAttentionNaive
 // CHECK: dsrt::cpu::mlaAttentionAbsorbed(ctx, 0, {{b[0-9]+}}, 96, ctx.weight({{[0-9]+}}), pos, n, 4, 16, 8, 16, 0.26464225796422675,
+// CHECK: void mtp(dsrt::Context &ctx, const float *hiddenIn, const int32_t *ids, const int32_t *pos, int64_t n, float *logits, float *hidden) {
+// CHECK: dsrt::cpu::rmsNorm(ctx, const_cast<float *>(hiddenIn), 64, ctx.weight({{[0-9]+}}), n, 64, {{.+}}, ({{b[0-9]+}} + 64), 128);
+// CHECK: dsrt::cpu::mlaAttentionAbsorbed(ctx, 3,
 // CHECK: static const dsrt::ModelSpec kModel = {
-// CHECK: /*cacheLayers=*/3, /*kvLoraRank=*/32, /*qkRopeDim=*/8,
+// CHECK: /*cacheLayers=*/4, /*kvLoraRank=*/32, /*qkRopeDim=*/8,
 // CHECK-NEXT: /*maxSeqLen=*/64,
 // CHECK: prefill, 64,
-// CHECK-NEXT: decode, 1,
+// CHECK-NEXT: decode, 2,
+// CHECK-NEXT: mtp, 64,
 // CHECK: int main(int argc, char **argv) { return dsrt::runMain(argc, argv, kModel); }
 
 // NOTLOWERED: error: emit-cpp: not a kernel-level module (run ds-lower-to-kernels and dsk-plan-memory first)

@@ -7,7 +7,8 @@
 include "mlir/IR/EnumAttr.td"
 
 def DSK_ProgramKind : I32EnumAttr<"ProgramKind", "program kind", [
-    I32EnumAttrCase<"prefill", 0>, I32EnumAttrCase<"decode", 1>]> {
+    I32EnumAttrCase<"prefill", 0>, I32EnumAttrCase<"decode", 1>,
+    I32EnumAttrCase<"mtp", 2>]> {
   let cppNamespace = "::ds::kernel";
   let genSpecializedAttr = 0;
 }

@@ -43,8 +43,9 @@ def DSK_ProgramAttr : AttrDef<DSK_Dialect, "Program"> {
   let summary = "marks a kernel-level program";
   let description = [{
     `prefill` runs the prompt at positions 0..n-1 (naive MLA), `decode` one
-    step per sequence over the latent cache (absorbed MLA). Token counts are
-    at most `max_tokens`; `arena_bytes` is the memory plan's size (0 before
+    step per sequence over the latent cache (absorbed MLA), `mtp` the MTP
+    module (absorbed MLA on its own cache layer). Token counts are at most
+    `max_tokens`; `arena_bytes` is the memory plan's size (0 before
     `dsk-plan-memory`).
   }];
   let parameters = (ins "ProgramKind":$kind, "int64_t":$max_tokens,
