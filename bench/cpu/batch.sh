@@ -31,9 +31,9 @@ for b in 1 2 4 8; do
   echo "  max-batch $b: $(grep '^batch:' "$out/e$b.txt")"
 done
 
-$py - < bench/cpu/mid.json > "$out/mid-mtp.json" <<'PY'
+$py - bench/cpu/mid.json > "$out/mid-mtp.json" <<'PY'
 import json, sys
-c = json.load(sys.stdin)
+c = json.load(open(sys.argv[1]))
 c["num_nextn_predict_layers"] = 1
 print(json.dumps(c, indent=2))
 PY
