@@ -1,7 +1,8 @@
 //===- Main.cpp - the compiled executable's command line ------------------===//
 //
 //   OUT [--weights PATH] [--prompt-ids 1,2,3] [--max-new-tokens N]
-//       [--dump-logits FILE.npy] [--speculative=mtp] [--seed N] [--threads N]
+//       [--dump-logits FILE.npy] [--speculative=mtp]
+//       [--dump-mtp-logits FILE.npy] [--seed N] [--threads N]
 //   OUT --requests FILE.jsonl [--output FILE] [--max-batch N] [--weights PATH]
 //       [--seed N] [--threads N]
 //
@@ -48,6 +49,7 @@ struct Options {
   std::vector<int32_t> prompt{1, 2, 3, 4, 5, 6, 7, 8};
   int64_t maxNewTokens = 16;
   std::string dumpLogits; // empty: none
+  std::string dumpMtpLogits; // --dump-mtp-logits; empty: none
   uint64_t seed = 0;
   int threads = 1;
   bool speculative = false; // --speculative=mtp
@@ -107,6 +109,14 @@ void printUsage(const char *prog, const ModelSpec &spec, int threads) {
       "  --max-new-tokens N      tokens to generate (default 16)\n"
       "  --dump-logits FILE.npy  write the prefill logits as float32\n"
       "                          [prompt tokens, %lld]\n"
+      "  --dump-mtp-logits FILE.npy\n"
+      "                          with --speculative=mtp: write the logits of\n"
+      "                          the MTP module's warm-up on the prompt as\n"
+      "                          float32 [prompt tokens, %lld]; row i comes\n"
+      "                          from the main model's hidden state at i and\n"
+      "                          token i + 1 (the last: the first generated\n"
+      "                          token) and drafts token i + 2. Needs\n"
+      "                          --max-new-tokens 1 or more\n"
       "  --speculative=mtp       speculative decoding: the model's MTP module\n"
       "                          drafts the next token and each decode call\n"
       "                          verifies it with the current one (2 tokens),\n"
@@ -154,7 +164,8 @@ void printUsage(const char *prog, const ModelSpec &spec, int threads) {
       (long long)spec.maxSeqLen, (long long)spec.prefillMaxTokens,
       (long long)decodeBatch(spec),
       spec.mtp ? "an MTP module" : "no MTP module",
-      (long long)spec.vocabSize, (long long)decodeBatch(spec), threads,
+      (long long)spec.vocabSize, (long long)spec.vocabSize,
+      (long long)decodeBatch(spec), threads,
       (long long)KVCache::kBlockTokens);
 }
 
@@ -182,7 +193,8 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
     }
     if (flag != "--weights" && flag != "--prompt-ids" &&
         flag != "--max-new-tokens" && flag != "--dump-logits" &&
-        flag != "--seed" && flag != "--threads" && flag != "--speculative" &&
+        flag != "--dump-mtp-logits" && flag != "--seed" &&
+        flag != "--threads" && flag != "--speculative" &&
         flag != "--requests" && flag != "--output" && flag != "--max-batch")
       return fail(kUsageError, "unknown flag '" + flag + "' (see --help)");
     if (!hasValue) {
@@ -195,13 +207,15 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
 
     uint64_t n = 0;
     if (flag == "--weights" || flag == "--dump-logits" ||
-        flag == "--requests" || flag == "--output") {
+        flag == "--dump-mtp-logits" || flag == "--requests" ||
+        flag == "--output") {
       if (value.empty())
         return fail(kUsageError, flag + ": missing value");
-      (flag == "--weights"       ? opts->weights
-       : flag == "--dump-logits" ? opts->dumpLogits
-       : flag == "--requests"    ? opts->requests
-                                 : opts->output) = value;
+      (flag == "--weights"           ? opts->weights
+       : flag == "--dump-logits"     ? opts->dumpLogits
+       : flag == "--dump-mtp-logits" ? opts->dumpMtpLogits
+       : flag == "--requests"        ? opts->requests
+                                     : opts->output) = value;
     } else if (flag == "--speculative") {
       if (value != "mtp")
         return fail(kUsageError,
@@ -286,6 +300,9 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
                                "max_new_tokens)");
     if (!opts->dumpLogits.empty())
       return fail(kUsageError, "--dump-logits cannot be used with --requests");
+    if (!opts->dumpMtpLogits.empty())
+      return fail(kUsageError,
+                  "--dump-mtp-logits cannot be used with --requests");
     if (opts->speculative)
       return fail(kUsageError, "--speculative=mtp cannot be used with "
                                "--requests (it decodes a single prompt)");
@@ -295,6 +312,13 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
     return fail(kUsageError, "--output needs --requests");
   if (opts->maxBatchGiven)
     return fail(kUsageError, "--max-batch needs --requests");
+  if (!opts->dumpMtpLogits.empty() && !opts->speculative)
+    return fail(kUsageError, "--dump-mtp-logits needs --speculative=mtp");
+  // The warm-up's last row reads the first generated token.
+  if (!opts->dumpMtpLogits.empty() && opts->maxNewTokens < 1)
+    return fail(kUsageError, "--dump-mtp-logits needs --max-new-tokens 1 or "
+                             "more (the MTP warm-up reads the first "
+                             "generated token)");
 
   // The compiled plan fixes the buffer and cache sizes.
   const int64_t n = int64_t(opts->prompt.size());
@@ -386,21 +410,20 @@ private:
 };
 
 /// Runs the MTP module over n tokens in calls of at most spec.mtpMaxTokens;
-/// `logits` gets the last call's rows (the last token's row last).
+/// `logits` [n, vocab] and `hiddenOut` [n, hidden] get every token's row.
 /// Returns the draft: argmax of the last token's row.
 int32_t runMtp(Context &ctx, const ModelSpec &spec, const float *hiddenIn,
                const int32_t *ids, const int32_t *pos, int64_t n,
                const std::vector<int32_t> &seqs, float *logits,
                float *hiddenOut) {
   const int64_t chunk = spec.mtpMaxTokens > 0 ? spec.mtpMaxTokens : n;
-  int64_t rows = 0;
   for (int64_t b = 0; b < n; b += chunk) {
-    rows = std::min(chunk, n - b);
+    const int64_t rows = std::min(chunk, n - b);
     ctx.setTokenSequences(seqs.data(), rows);
     spec.mtp(ctx, hiddenIn + b * spec.hiddenSize, ids + b, pos + b, rows,
-             logits, hiddenOut);
+             logits + b * spec.vocabSize, hiddenOut + b * spec.hiddenSize);
   }
-  return argmax(logits + (rows - 1) * spec.vocabSize, spec.vocabSize);
+  return argmax(logits + (n - 1) * spec.vocabSize, spec.vocabSize);
 }
 
 //===----------------------------------------------------------------------===//
@@ -459,15 +482,22 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
       spec.decode(ctx, &tok, &p, 1, logits.data(), hidden.data());
       t.push_back(argmax(logits.data(), vocab));
     }
-  } else if (maxNew > 1) {
+  } else if (maxNew > 1 || !opts.dumpMtpLogits.empty()) {
     // Warm the MTP module on the prompt: position i gets the main model's
     // hidden state at i and the token at i + 1; its last row drafts the
-    // token at n + 1.
+    // token at n + 1. (With one new token only --dump-mtp-logits wants it.)
     std::vector<float> mtpLogits(size_t(rows * vocab));
     std::vector<float> mtpHidden(size_t(rows * hiddenSize));
     int32_t draft =
         runMtp(ctx, spec, hidden.data(), t.data() + 1, pos.data(), n, seqs,
                mtpLogits.data(), mtpHidden.data());
+    if (!opts.dumpMtpLogits.empty()) {
+      // Written outside the decode timing.
+      const auto writeStart = Clock::now();
+      if (!writeNpy(opts.dumpMtpLogits, mtpLogits.data(), n, vocab, &error))
+        return fail(kRunError, error);
+      start += Clock::now() - writeStart;
+    }
     // m: position of the last accepted token. Each step verifies [t[m],
     // draft] at [m, m + 1]: row 0 gives t[m + 1]; when that is the draft,
     // row 1 (computed with the right token at m + 1) gives t[m + 2] too. A

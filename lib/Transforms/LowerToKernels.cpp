@@ -77,8 +77,9 @@ public:
                 dsk::ProgramAttr::get(ctx, kind, maxTokens, 0));
     Block *entry = fn.addEntryBlock();
     b.setInsertionPointToStart(entry);
-    unsigned a = 0;
-    Value hiddenIn = mtp ? entry->getArgument(a++) : Value();
+    // The source function's arguments (ids, positions; for MTP first the
+    // hidden state) map one-to-one onto the program's leading arguments.
+    unsigned a = mtp ? 1 : 0;
     ids = entry->getArgument(a++);
     positions = entry->getArgument(a++);
     logitsOut = entry->getArgument(a++);
@@ -86,7 +87,6 @@ public:
     n = memref::DimOp::create(b, loc, ids, 0);
     for (auto [i, arg] : llvm::enumerate(forward.getArguments()))
       map[arg] = entry->getArgument(i);
-    (void)hiddenIn;
     // The value @forward/@mtp_1 returns as its hidden state is written
     // straight into the hidden output.
     auto ret = cast<func::ReturnOp>(forward.getBody().front().getTerminator());

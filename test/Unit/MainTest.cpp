@@ -16,6 +16,8 @@
 #include <dirent.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstring>
 #include <map>
 #include <regex>
 #include <sstream>
@@ -317,7 +319,8 @@ TEST(Main, Help) {
   EXPECT_NE(r.out.find("prompts of at most 12"), std::string::npos);
   EXPECT_NE(r.out.find("decode calls of at most 4 tokens; an MTP module"),
             std::string::npos);
-  for (const char *flag : {"--speculative=mtp", "--requests FILE.jsonl",
+  for (const char *flag : {"--speculative=mtp", "--dump-mtp-logits FILE.npy",
+                           "--requests FILE.jsonl",
                            "--output FILE", "--max-batch N",
                            "(default 1, at most 4)", "DS_KV_BLOCKS"})
     EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
@@ -382,6 +385,17 @@ TEST(Main, UsageErrors) {
        "--dump-logits cannot be used with --requests"},
       {{"--requests", "r.jsonl", "--speculative=mtp"},
        "--speculative=mtp cannot be used with --requests"},
+      {{"--dump-mtp-logits="}, "--dump-mtp-logits: missing value"},
+      {{"--dump-mtp-logits", "m.npy"},
+       "--dump-mtp-logits needs --speculative=mtp"},
+      {{"--dump-mtp-logits", "m.npy", "--dump-logits", "l.npy"},
+       "--dump-mtp-logits needs --speculative=mtp"},
+      {{"--speculative=mtp", "--dump-mtp-logits", "m.npy",
+        "--max-new-tokens", "0"},
+       "--dump-mtp-logits needs --max-new-tokens 1 or more (the MTP warm-up "
+       "reads the first generated token)"},
+      {{"--requests", "r.jsonl", "--dump-mtp-logits", "m.npy"},
+       "--dump-mtp-logits cannot be used with --requests"},
   };
   for (const Case &c : cases) {
     Result r = run(c.args);
@@ -570,6 +584,96 @@ TEST(Main, SpeculativeNeedsMtp) {
             0u)
       << r.err;
   EXPECT_EQ(r.out, "");
+}
+
+/// The fake MTP's warm-up logits [n, kVocab]: row i from the main model's
+/// hidden state at i (the prefix sum through i) and token i + 1, where token
+/// n is the first generated one.
+std::vector<float> expectedMtpWarmup(const std::vector<int32_t> &p) {
+  std::vector<int32_t> t(p);
+  t.push_back(greedy(p, 1)[0]);
+  std::vector<float> rows(p.size() * size_t(kVocab));
+  int64_t sum = 0;
+  for (size_t i = 0; i < p.size(); ++i) {
+    sum += t[i];
+    const int32_t id = t[i + 1];
+    int32_t draft = nextToken(id, int32_t(i) + 1, sum + id);
+    if (mtpWrongEvery && (int64_t(i) + sum) % mtpWrongEvery == 0)
+      draft = int32_t((draft + 1) % kVocab);
+    oneHot(draft, rows.data() + i * kVocab);
+  }
+  return rows;
+}
+
+/// Checks an .npy written by --dump-mtp-logits: float32 [rows, kVocab]
+/// equal to `want`.
+void checkNpy(const std::string &path, const std::vector<float> &want) {
+  const size_t rows = want.size() / size_t(kVocab);
+  std::string bytes = readBytes(path);
+  ASSERT_EQ(bytes.size(), 128u + want.size() * 4);
+  EXPECT_NE(bytes.find("'descr': '<f4'"), std::string::npos);
+  EXPECT_NE(bytes.find("'shape': (" + std::to_string(rows) + ", 16)"),
+            std::string::npos)
+      << bytes.substr(0, 128);
+  EXPECT_EQ(std::memcmp(bytes.data() + 128, want.data(), want.size() * 4), 0);
+}
+
+TEST(Main, DumpMtpLogits) {
+  TempDir dir;
+  const std::string path = dir.file("mtp.npy");
+  mtpWrongEvery = 3; // some rows draft wrong: they are dumped as computed
+  const std::vector<int32_t> p = {1, 5, 9, 2, 7};
+  for (int64_t count : {1, 2, 6}) {
+    SCOPED_TRACE(std::to_string(count) + " new tokens");
+    std::remove(path.c_str());
+    Result r = run({"--prompt-ids", joinIds(p, ","), "--max-new-tokens",
+                    std::to_string(count), "--speculative=mtp",
+                    "--dump-mtp-logits", path});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(r.err, "");
+    // The dump changes nothing else: the tokens, and for one new token the
+    // acceptance line, are those of a run without it.
+    EXPECT_EQ(firstLine(r.out), expectedTokens(p, count));
+    auto want = expectedAcceptance(p, count);
+    EXPECT_NE(r.out.find("\nmtp.acceptance: "), std::string::npos);
+    EXPECT_NE(r.out.find(" (" + std::to_string(want.first) + "/" +
+                         std::to_string(want.second) + "), "),
+              std::string::npos)
+        << r.out;
+    ASSERT_FALSE(mtpSizes.empty());
+    EXPECT_EQ(mtpSizes[0], int64_t(p.size())); // the warm-up, one call
+    checkNpy(path, expectedMtpWarmup(p));
+  }
+
+  // A module compiled for fewer tokens than the prompt warms up in several
+  // calls; the dump has every call's rows, and the draft the last one's.
+  ModelSpec narrow = fakeSpec();
+  narrow.mtpMaxTokens = 5;
+  const std::vector<int32_t> longer = {15, 0, 7, 7, 2, 9, 11, 4, 1, 0, 13, 6};
+  for (int64_t wrongEvery : {0, 3}) {
+    mtpWrongEvery = wrongEvery;
+    Result r = runWith(narrow, {"--prompt-ids", joinIds(longer, ","),
+                                "--max-new-tokens", "9", "--speculative=mtp",
+                                "--dump-mtp-logits", path});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_EQ(firstLine(r.out), expectedTokens(longer, 9));
+    ASSERT_GE(mtpSizes.size(), 3u);
+    EXPECT_EQ(std::vector<int64_t>(mtpSizes.begin(), mtpSizes.begin() + 3),
+              (std::vector<int64_t>{5, 5, 2}));
+    auto want = expectedAcceptance(longer, 9);
+    EXPECT_NE(r.out.find(" (" + std::to_string(want.first) + "/" +
+                         std::to_string(want.second) + "), "),
+              std::string::npos)
+        << r.out;
+    checkNpy(path, expectedMtpWarmup(longer));
+  }
+  mtpWrongEvery = 3;
+
+  Result r = run({"--speculative=mtp", "--dump-mtp-logits",
+                  dir.file("none/mtp.npy")});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err.rfind("error: " + dir.file("none/mtp.npy") + ": ", 0), 0u)
+      << r.err;
 }
 
 //===----------------------------------------------------------------------===//

@@ -2,7 +2,8 @@
 """Independent numpy reference forward pass of DeepSeek-V2/V3 (float32).
 
   reference.py --checkpoint PATH --prompt-ids 1,2,3 [--max-new-tokens N (8)]
-               [--dump-logits FILE.npy] [--config CONFIG.json] [--quant fp8]
+               [--dump-logits FILE.npy] [--mtp-logits FILE.npy]
+               [--config CONFIG.json] [--quant fp8]
 
 PATH is a checkpoint directory (config.json + safetensors, single file, sharded
 with model.safetensors.index.json, or a directory of *.safetensors) or a
@@ -11,6 +12,11 @@ Weights are converted to float32 on load (FP8 dequantized with their 128x128
 block scales). Prints `tokens: a b c ...`: N greedy tokens, each step
 recomputing the full forward over prompt + generated tokens (no cache).
 --dump-logits writes the prompt's logits [n, vocab] as float32 .npy.
+
+--mtp-logits (a checkpoint with num_nextn_predict_layers >= 1) writes the
+logits [n, vocab] (float32 .npy) of the first MTP module run over the prompt's
+positions 0..n-1: position i gets the main model's final-normed hidden state
+h[i] and token t[i + 1], where t[n] is the first greedy token (see mtp()).
 
 --quant fp8 emulates DeepSeek-V3's FP8 inference recipe (inference/kernel.py
 act_quant / fp8_gemm, inference/model.py linear) in the linear layers that the
@@ -332,39 +338,100 @@ def moe(c, W, p, x):
     return y.astype(F32)
 
 
-def forward(c, W, ids):
-    """Logits [n, vocab] for token ids [n] at positions 0..n-1."""
+def decoder_layer(c, W, i, h, cos, sin):
+    """Checkpoint layer i (model.layers.i) on h [n, hidden] at positions
+    0..n-1: h + attn(input_layernorm(h)), then + MoE or dense MLP of
+    post_attention_layernorm(.) (MoE per hfconfig.is_moe_layer(c, i))."""
+    eps = c["rms_norm_eps"]
+    p = "model.layers.%d." % i
+    h = h + mla(c, W, p + "self_attn.", rms_norm(h, W[p + "input_layernorm.weight"], eps), cos, sin)
+    hn = rms_norm(h, W[p + "post_attention_layernorm.weight"], eps)
+    if hfconfig.is_moe_layer(c, i):
+        return h + moe(c, W, p + "mlp.", hn)
+    return h + swiglu(hn, W, p + "mlp.")
+
+
+def forward_hidden(c, W, ids):
+    """Final-normed hidden states [n, hidden] (model.norm's output, the input
+    of lm_head) for token ids [n] at positions 0..n-1."""
     ids = np.asarray(ids, dtype=np.int64)
     n = len(ids)
     cos, sin = rope_tables(c, n)
-    eps = c["rms_norm_eps"]
     h = W["model.embed_tokens.weight"][ids].astype(F32)
     for i in range(c["num_hidden_layers"]):
-        p = "model.layers.%d." % i
-        h = h + mla(c, W, p + "self_attn.", rms_norm(h, W[p + "input_layernorm.weight"], eps), cos, sin)
-        hn = rms_norm(h, W[p + "post_attention_layernorm.weight"], eps)
-        if hfconfig.is_moe_layer(c, i):
-            h = h + moe(c, W, p + "mlp.", hn)
-        else:
-            h = h + swiglu(hn, W, p + "mlp.")
-    h = rms_norm(h, W["model.norm.weight"], eps)
+        h = decoder_layer(c, W, i, h, cos, sin)
+    return rms_norm(h, W["model.norm.weight"], c["rms_norm_eps"])
+
+
+def lm_head(c, W, h):
     head = W["model.embed_tokens.weight"] if c["tie_word_embeddings"] else W["lm_head.weight"]
     return linear(h, head)
 
 
+def forward(c, W, ids):
+    """Logits [n, vocab] for token ids [n] at positions 0..n-1."""
+    return lm_head(c, W, forward_hidden(c, W, ids))
+
+
+def mtp(c, W, h, next_ids, k=1):
+    """Logits [n, vocab] of MTP module k (checkpoint layer
+    L = num_hidden_layers + k - 1) at positions 0..n-1, fed the previous
+    depth's hidden states h [n, hidden] (for k = 1 the main model's
+    final-normed ones) and the token ids next_ids [n] (position i: the token
+    at i + k). As vLLM / SGLang's DeepSeek MTP layer (deepseek_mtp.py) and the
+    DeepSeek-V3 paper (section 2.2):
+      e = model.layers.L.embed_tokens.weight[next_ids]
+      x = eh_proj(concat(enorm(e), hnorm(h)))  (enorm first), RMSNorm eps
+          rms_norm_eps
+      y = decoder_layer(L, x): attention causal over these n positions, RoPE
+          at positions 0..n-1, MoE or dense by the main model's rule for L
+      logits = shared_head.head(shared_head.norm(y))
+    (vLLM also zeroes the embedding at position 0; this does not.)"""
+    L = c["num_hidden_layers"] + k - 1
+    p = "model.layers.%d." % L
+    eps = c["rms_norm_eps"]
+    h = np.asarray(h, dtype=F32)
+    next_ids = np.asarray(next_ids, dtype=np.int64)
+    n = len(next_ids)
+    if h.shape[0] != n:
+        raise ReferenceError_("mtp: %d hidden rows for %d tokens" % (h.shape[0], n))
+    cos, sin = rope_tables(c, n)
+    e = W[p + "embed_tokens.weight"][next_ids].astype(F32)
+    cat = np.concatenate([rms_norm(e, W[p + "enorm.weight"], eps),
+                          rms_norm(h, W[p + "hnorm.weight"], eps)], axis=-1)
+    x = linear(cat, W[p + "eh_proj.weight"])
+    y = decoder_layer(c, W, L, x, cos, sin)
+    return linear(rms_norm(y, W[p + "shared_head.norm.weight"], eps),
+                  W[p + "shared_head.head.weight"])
+
+
+def mtp_prompt_logits(c, W, ids):
+    """The first MTP module over the prompt: position i gets the main model's
+    final-normed hidden state h[i] and token t[i + 1], t[n] being the first
+    greedy token (argmax of the last prompt logits). -> [n, vocab]."""
+    h = forward_hidden(c, W, ids)
+    first = int(np.argmax(lm_head(c, W, h)[-1]))
+    return mtp(c, W, h, list(ids[1:]) + [first], k=1)
+
+
 # ---------------------------------------------------------------- driver
 
-def load(checkpoint, config=None, quant=None):
+def load(checkpoint, config=None, quant=None, with_mtp=False):
     """-> (normalized config, weights name -> float32 array). With quant="fp8"
     the FP8_LINEAR weights are FP8Weight: the checkpoint's own codes and
-    weight_scale_inv when it stores them as F8_E4M3, else quant_weight()."""
+    weight_scale_inv when it stores them as F8_E4M3, else quant_weight().
+    with_mtp: also check (and quantize) the MTP layers' tensors; the config
+    must have num_nextn_predict_layers >= 1."""
     if config is None:
         d = checkpoint if os.path.isdir(checkpoint) else os.path.dirname(os.path.abspath(checkpoint))
         config = os.path.join(d, "config.json")
     c = hfconfig.load(config)
+    if with_mtp and c["num_nextn_predict_layers"] < 1:
+        raise ReferenceError_("--mtp-logits: the checkpoint has no MTP module "
+                              "(num_nextn_predict_layers = %d)" % c["num_nextn_predict_layers"])
     raw = st.read_checkpoint_raw(checkpoint)
     W = st.read_checkpoint(checkpoint, raw)
-    tensors = hfconfig.checkpoint_tensors(c, with_mtp=False)
+    tensors = hfconfig.checkpoint_tensors(c, with_mtp=with_mtp)
     for name, shape in tensors:
         if name not in W:
             raise ReferenceError_("missing tensor '%s'" % name)
@@ -414,6 +481,9 @@ def main(argv=None):
     ap.add_argument("--prompt-ids", required=True)
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--dump-logits")
+    ap.add_argument("--mtp-logits", metavar="FILE.npy",
+                    help="write the first MTP module's logits over the prompt "
+                         "(needs num_nextn_predict_layers >= 1)")
     ap.add_argument("--quant", choices=["fp8"],
                     help="emulate DeepSeek-V3's FP8 GEMMs in the linear layers")
     args = ap.parse_args(argv)
@@ -423,7 +493,7 @@ def main(argv=None):
             raise ReferenceError_("--prompt-ids: empty prompt")
         if args.max_new_tokens < 0:
             raise ReferenceError_("--max-new-tokens must be >= 0")
-        c, W = load(args.checkpoint, args.config, args.quant)
+        c, W = load(args.checkpoint, args.config, args.quant, with_mtp=bool(args.mtp_logits))
         V = c["vocab_size"]
         for t in ids:
             if not 0 <= t < V:
@@ -433,6 +503,10 @@ def main(argv=None):
             tmp = args.dump_logits + ".tmp.npy"
             np.save(tmp, logits.astype(F32))
             os.replace(tmp, args.dump_logits)
+        if args.mtp_logits:
+            tmp = args.mtp_logits + ".tmp.npy"
+            np.save(tmp, mtp_prompt_logits(c, W, ids).astype(F32))
+            os.replace(tmp, args.mtp_logits)
     except (OSError, ValueError, KeyError, st.SafetensorsError, hfconfig.ConfigError,
             ReferenceError_) as e:
         print("reference.py: error: %s" % e, file=sys.stderr)
