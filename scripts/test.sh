@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 
+# Sanitizer builds: Debian's libMLIR is not instrumented, but LLVM's inline
+# BumpPtrAllocator code compiled into our instrumented objects poisons slabs
+# that libMLIR then allocates from, which ASan reports as use-after-poison.
+# Ignore manual poisoning (heap overflow/use-after-free checks stay on).
+export ASAN_OPTIONS="allow_user_poisoning=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+
 build=${BUILD_DIR:-build}
 jobs=${JOBS:-$(nproc)}
 mkdir -p "$build"
