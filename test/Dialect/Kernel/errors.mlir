@@ -231,3 +231,83 @@ func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>) {
   dsk.moe_experts %x, %i, %w, %x {prefix = "m", experts = 1 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
   return
 }
+
+// -----
+
+// add_rms_norm: eps must be positive.
+ds.weight @n : tensor<16xf32>
+func.func @f(%x: memref<?x16xf32>) {
+  // expected-error @+1 {{eps must be positive}}
+  dsk.add_rms_norm %x, %x, %x, %x {eps = 0.0 : f64, weight = @n} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// add_rms_norm: one width throughout.
+ds.weight @n : tensor<16xf32>
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>) {
+  // expected-error @+1 {{sum must have 16 columns}}
+  dsk.add_rms_norm %x, %x, %y, %x {eps = 1.0e-6 : f64, weight = @n} : memref<?x16xf32>, memref<?x16xf32>, memref<?x8xf32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// add_rms_norm: the norm weight matches the width.
+ds.weight @n : tensor<8xf32>
+func.func @f(%x: memref<?x16xf32>) {
+  // expected-error @+1 {{weight 'n' has shape [8] but the op implies [16]}}
+  dsk.add_rms_norm %x, %x, %x, %x {eps = 1.0e-6 : f64, weight = @n} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// rope_kv_cache_write: the rope key has an even width.
+func.func @f(%l: memref<?x8xf32>, %k: memref<?x7xf32>, %p: memref<?xi32>) {
+  // expected-error @+1 {{the rope key must have an even width, got 'memref<?x7xf32>'}}
+  dsk.rope_kv_cache_write %l, %k, %p {config = #ds.rope<theta = 1.0>, layer = 0 : i64} : memref<?x8xf32>, memref<?x7xf32>, memref<?xi32>
+  return
+}
+
+// -----
+
+// gated_up: gate and up are [inter, in].
+ds.weight @g : tensor<8x16xf32>
+ds.weight @u : tensor<8x8xf32>
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>) {
+  // expected-error @+1 {{weight 'u' has shape [8, 8] but the op implies [8, 16]}}
+  dsk.gated_up %x, %y {gate = @g, up = @u} : memref<?x16xf32>, memref<?x8xf32>
+  return
+}
+
+// -----
+
+// moe_gate: top_k indices per token.
+ds.weight @r : tensor<4x16xf32>
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x3xi32>, %w: memref<?x2xf32>) {
+  // expected-error @+1 {{indices must have 2 columns}}
+  dsk.moe_gate %x, %i, %w {weight = @r, config = #ds.moe<experts = 4, shared = 0, top_k = 2, inter = 4, scoring = softmax, topk_method = greedy, n_group = 1, topk_group = 1, norm_topk = false, scale = 1.0>} : memref<?x16xf32>, memref<?x3xi32>, memref<?x2xf32>
+  return
+}
+
+// -----
+
+// moe_gate: noaux_tc needs its bias.
+ds.weight @r : tensor<4x16xf32>
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x2xi32>, %w: memref<?x2xf32>) {
+  // expected-error @+1 {{a correction bias goes with noaux_tc routing, and only with it}}
+  dsk.moe_gate %x, %i, %w {weight = @r, config = #ds.moe<experts = 4, shared = 0, top_k = 2, inter = 4, scoring = sigmoid, topk_method = noaux_tc, n_group = 2, topk_group = 1, norm_topk = true, scale = 1.0>} : memref<?x16xf32>, memref<?x2xi32>, memref<?x2xf32>
+  return
+}
+
+// -----
+
+// moe_gate: the router is [experts, hidden].
+ds.weight @r : tensor<8x16xf32>
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x2xi32>, %w: memref<?x2xf32>) {
+  // expected-error @+1 {{weight 'r' has shape [8, 16] but the op implies [4, 16]}}
+  dsk.moe_gate %x, %i, %w {weight = @r, config = #ds.moe<experts = 4, shared = 0, top_k = 2, inter = 4, scoring = softmax, topk_method = greedy, n_group = 1, topk_group = 1, norm_topk = false, scale = 1.0>} : memref<?x16xf32>, memref<?x2xi32>, memref<?x2xf32>
+  return
+}

@@ -16,12 +16,19 @@
 // CHECK: dsk.mla_attention_absorbed %{{.+}}, %{{.+}}, %{{.+}} {heads = 2 : i64, kv_b = @kvb, kv_lora_rank = 8 : i64, layer = 0 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, scale = 2.000000e-01 : f64, v_head = 16 : i64}
 // CHECK: dsk.moe_route %{{.+}}, %{{.+}}, %{{.+}} {bias = @bias, config = #{{.+}}} : memref<?x2xf32>, memref<?x1xi32>, memref<?x1xf32>
 // CHECK: dsk.moe_experts %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {experts = 2 : i64, inter = 4 : i64, prefix = "m"} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+// CHECK: dsk.linear %{{.+}}, %{{.+}} {fp8, weight = @q}
+// CHECK: dsk.moe_experts %{{.+}} {experts = 2 : i64, fp8, inter = 4 : i64, prefix = "m"}
+// CHECK: dsk.add_rms_norm %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {eps = 1.000000e-05 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+// CHECK: dsk.rope_kv_cache_write %{{.+}}, %{{.+}}, %{{.+}} {config = #{{.+}}, layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+// CHECK: dsk.gated_up %{{.+}}, %{{.+}} {fp8, gate = @m.experts.0.gate_proj.weight, up = @m.experts.0.up_proj.weight} : memref<?x16xf32>, memref<?x4xf32>
+// CHECK: dsk.moe_gate %{{.+}}, %{{.+}}, %{{.+}} {bias = @bias, config = #{{.+}}, weight = @router} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>
 module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers = 1, kv_lora_rank = 8, qk_rope = 8, max_seq_len = 32>} {
   ds.weight @emb : tensor<8x16xf32>
   ds.weight @norm : tensor<16xf32>
   ds.weight @q : tensor<48x16xf32>
   ds.weight @kvb : tensor<64x8xf32>
   ds.weight @bias : tensor<2xf32>
+  ds.weight @router : tensor<2x16xf32>
   ds.weight @m.experts.0.gate_proj.weight : tensor<4x16xf32>
   ds.weight @m.experts.0.up_proj.weight : tensor<4x16xf32>
   ds.weight @m.experts.0.down_proj.weight : tensor<16x4xf32>
@@ -47,6 +54,13 @@ module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers =
     dsk.mla_attention_absorbed %q, %pos, %o {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32>
     dsk.moe_route %rl, %idx, %w {config = #ds.moe<experts = 2, shared = 0, top_k = 1, inter = 4, scoring = sigmoid, topk_method = noaux_tc, n_group = 1, topk_group = 1, norm_topk = true, scale = 1.0>, bias = @bias} : memref<?x2xf32>, memref<?x1xi32>, memref<?x1xf32>
     dsk.moe_experts %x, %idx, %w, %x {prefix = "m", experts = 2 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+    dsk.linear %x, %q {weight = @q, fp8} : memref<?x16xf32>, memref<?x48xf32>
+    dsk.moe_experts %x, %idx, %w, %x {prefix = "m", experts = 2 : i64, inter = 4 : i64, fp8} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+    dsk.add_rms_norm %x, %x, %x, %x {eps = 1.0e-5 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.rope_kv_cache_write %lat, %kr, %pos {config = #ds.rope<theta = 10000.0>, layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+    %h = memref.alloc(%n) : memref<?x4xf32>
+    dsk.gated_up %x, %h {gate = @m.experts.0.gate_proj.weight, up = @m.experts.0.up_proj.weight, fp8} : memref<?x16xf32>, memref<?x4xf32>
+    dsk.moe_gate %x, %idx, %w {weight = @router, config = #ds.moe<experts = 2, shared = 0, top_k = 1, inter = 4, scoring = sigmoid, topk_method = noaux_tc, n_group = 1, topk_group = 1, norm_topk = true, scale = 1.0>, bias = @bias} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>
     return
   }
 }

@@ -137,16 +137,24 @@ void MLAAttentionAbsorbedOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
   uses.push_back(use(getKvB(), {rows, cols}, true));
 }
 
-LogicalResult MoERouteOp::verify() {
-  ds::MoEConfigAttr c = getConfig();
-  if (failed(verifyWidth(*this, getLogits(), c.getExperts(), "logits")) ||
-      failed(verifyWidth(*this, getIndices(), c.getTopK(), "indices")) ||
-      failed(verifyWidth(*this, getWeights(), c.getTopK(), "weights")))
+/// What moe_route and moe_gate share: top_k indices and weights per token,
+/// and a correction bias exactly for noaux_tc.
+static LogicalResult verifyRouting(Operation *op, ds::MoEConfigAttr c,
+                                   Value indices, Value weights, bool bias) {
+  if (failed(verifyWidth(op, indices, c.getTopK(), "indices")) ||
+      failed(verifyWidth(op, weights, c.getTopK(), "weights")))
     return failure();
-  if (static_cast<bool>(getBias()) != (c.getTopkMethod() == ds::TopkMethod::noaux_tc))
-    return emitOpError() << "a correction bias goes with noaux_tc routing, "
-                            "and only with it";
+  if (bias != (c.getTopkMethod() == ds::TopkMethod::noaux_tc))
+    return op->emitOpError() << "a correction bias goes with noaux_tc "
+                                "routing, and only with it";
   return success();
+}
+
+LogicalResult MoERouteOp::verify() {
+  if (failed(verifyWidth(*this, getLogits(), getConfig().getExperts(), "logits")))
+    return failure();
+  return verifyRouting(*this, getConfig(), getIndices(), getWeights(),
+                       static_cast<bool>(getBias()));
 }
 
 void MoERouteOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
@@ -203,14 +211,8 @@ void GatedUpOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
 }
 
 LogicalResult MoEGateOp::verify() {
-  ds::MoEConfigAttr c = getConfig();
-  if (failed(verifyWidth(*this, getIndices(), c.getTopK(), "indices")) ||
-      failed(verifyWidth(*this, getWeights(), c.getTopK(), "weights")))
-    return failure();
-  if (static_cast<bool>(getBias()) != (c.getTopkMethod() == ds::TopkMethod::noaux_tc))
-    return emitOpError() << "a correction bias goes with noaux_tc routing, "
-                            "and only with it";
-  return success();
+  return verifyRouting(*this, getConfig(), getIndices(), getWeights(),
+                       static_cast<bool>(getBias()));
 }
 
 void MoEGateOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
