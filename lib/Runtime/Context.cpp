@@ -187,6 +187,23 @@ const Fp8Weight *Context::fp8Weight(int64_t index) const {
              : nullptr;
 }
 
+const uint16_t *Context::bf16Weight(int64_t index) const {
+  return index >= 0 && size_t(index) < impl_->bf16Weights.size()
+             ? impl_->bf16Weights[size_t(index)]
+             : nullptr;
+}
+
+int64_t Context::weightBytes() const {
+  int64_t bytes = 0;
+  for (const std::vector<float> &v : impl_->storage)
+    bytes += int64_t(v.size() * sizeof(float));
+  for (const std::vector<uint16_t> &v : impl_->bf16)
+    bytes += int64_t(v.size() * sizeof(uint16_t));
+  for (const Impl::Fp8Storage &q : impl_->fp8)
+    bytes += int64_t(q.codes.size() + q.scales.size() * sizeof(float));
+  return bytes;
+}
+
 char *Context::arena() { return impl_->arena; }
 
 KVCache &Context::cache() {

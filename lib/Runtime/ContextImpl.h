@@ -32,9 +32,15 @@ struct Context::Impl {
   std::unique_ptr<ThreadPool> pool;
 
   /// float32 copy of every weight kept in float; weights[i] points into
-  /// storage[i] (null for a weight kept in FP8).
+  /// storage[i] (null for a weight kept in FP8 or bf16).
   std::vector<std::vector<float>> storage;
   std::vector<const float *> weights;
+
+  /// bf16 bits of every weight kept in bf16 (a 2-D kGemmOnly weight from a
+  /// BF16 checkpoint tensor, or random for a BF16-declared one);
+  /// bf16Weights[i] points into bf16[i], or is null.
+  std::vector<std::vector<uint16_t>> bf16;
+  std::vector<const uint16_t *> bf16Weights;
 
   /// A weight kept in FP8 (2-D WeightSpec with dtype F8E4M3): e4m3 codes
   /// [rows, cols] and block scales [ceil(rows/128), ceil(cols/128)].

@@ -3,7 +3,8 @@
 // Header-only so the unit tests can check them without a Context. All
 // conversions to float32 are exact: every BF16, F16 and F8_E4M3 value is a
 // float32. floatToE4M3 / quantizeE4M3BlockRow go the other way (FP8 weights
-// quantized on load, FP8 activations).
+// quantized on load, FP8 activations), as does floatToBf16 (random weights
+// of BF16 models kept in bf16).
 //
 //===----------------------------------------------------------------------===//
 
@@ -26,6 +27,17 @@ inline float bitsToFloat(uint32_t bits) {
 
 /// bfloat16 is the upper half of a float32.
 inline float bf16ToFloat(uint16_t h) { return bitsToFloat(uint32_t(h) << 16); }
+
+/// float32 to bfloat16, round to nearest, ties to even (overflow gives
+/// +-inf, as IEEE rounding does); NaN stays a (quiet) NaN of the same sign.
+inline uint16_t floatToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u)
+    return uint16_t((bits >> 16) | 0x0040u);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return uint16_t(bits >> 16);
+}
 
 /// IEEE binary16: 1 sign, 5 exponent (bias 15), 10 mantissa bits.
 inline float f16ToFloat(uint16_t h) {

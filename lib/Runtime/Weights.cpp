@@ -14,6 +14,14 @@
 // saturating), never holding more than 128 float rows per thread. A 1-D
 // F8E4M3 weight is kept in float32 like any other.
 //
+// Exception: a 2-D kGemmOnly weight (only GEMM kernels read it) is kept in
+// bf16 (impl().bf16[i]; weights[i] stays null) when its checkpoint tensor is
+// BF16 (copied as it is: converting it would be exact, so the GEMMs, which
+// decode panels on the fly, give the float copy's results bit for bit), or,
+// for random weights, when it is declared BF16 (the float random values
+// rounded to nearest even bf16: a BF16 model's random weights are then bf16
+// values).
+//
 //===----------------------------------------------------------------------===//
 
 #include "Convert.h"
@@ -21,6 +29,7 @@
 #include "ds/Runtime/Safetensors.h"
 
 #include <algorithm>
+#include <cstring>
 
 using namespace dsrt;
 
@@ -51,6 +60,13 @@ std::string quote(const std::string &s) { return "'" + s + "'"; }
 
 bool keptInFp8(const WeightSpec &w) {
   return w.dtype == DType::F8E4M3 && w.rank == 2;
+}
+
+/// Whether weight `w` is kept in bf16 when its source (checkpoint tensor,
+/// or the declared dtype for random weights) is `source`.
+bool keptInBf16(const WeightSpec &w, DType source) {
+  return !keptInFp8(w) && w.rank == 2 && (w.flags & WeightSpec::kGemmOnly) &&
+         source == DType::BF16;
 }
 
 /// Finds, checks and converts the "<name>_scale_inv" block scales of the
@@ -162,6 +178,16 @@ void setFp8View(Context::Impl::Fp8Storage &q, const WeightSpec &w) {
   q.view = Fp8Weight{q.codes.data(), q.scales.data(), w.shape[0], w.shape[1]};
 }
 
+/// Drops every weight (before loading, and on failure).
+void clearWeights(Context::Impl &impl, int64_t numWeights) {
+  impl.storage.assign(size_t(numWeights), {});
+  impl.weights.assign(size_t(numWeights), nullptr);
+  impl.bf16.assign(size_t(numWeights), {});
+  impl.bf16Weights.assign(size_t(numWeights), nullptr);
+  impl.fp8.assign(size_t(numWeights), {});
+  impl.fp8Weights.assign(size_t(numWeights), nullptr);
+}
+
 } // namespace
 
 bool Context::loadWeights(const char *path, std::string *error) {
@@ -169,10 +195,7 @@ bool Context::loadWeights(const char *path, std::string *error) {
   Impl &impl = this->impl();
   // Drop any previous weights first: a checkpoint can be most of memory. On
   // failure no weight is set.
-  impl.storage.assign(size_t(spec.numWeights), {});
-  impl.weights.assign(size_t(spec.numWeights), nullptr);
-  impl.fp8.assign(size_t(spec.numWeights), {});
-  impl.fp8Weights.assign(size_t(spec.numWeights), nullptr);
+  clearWeights(impl, spec.numWeights);
 
   std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(path, error);
   if (!ckpt)
@@ -190,14 +213,23 @@ bool Context::loadWeights(const char *path, std::string *error) {
     }
     if (ok && keptInFp8(w)) {
       ok = loadFp8(*this, *ckpt, w, *t, impl.fp8[size_t(i)], error);
+    } else if (ok && keptInBf16(w, t->dtype)) {
+      // The bits as they are (the data may be unaligned: memcpy).
+      std::vector<uint16_t> &dst = impl.bf16[size_t(i)];
+      dst.resize(size_t(t->numel()));
+      uint16_t *out = dst.data();
+      auto body = [&](int64_t begin, int64_t end) {
+        std::memcpy(out + begin, t->data + 2 * begin,
+                    size_t(end - begin) * 2);
+      };
+      forRange(*this, t->numel(), t->numel(), body);
     } else if (ok) {
       impl.storage[size_t(i)].resize(size_t(t->numel()));
       ok = convertTensor(*this, *ckpt, w, *t, impl.storage[size_t(i)].data(),
                          error);
     }
     if (!ok) {
-      impl.storage.assign(size_t(spec.numWeights), {});
-      impl.fp8.assign(size_t(spec.numWeights), {});
+      clearWeights(impl, spec.numWeights);
       return false;
     }
   }
@@ -205,6 +237,8 @@ bool Context::loadWeights(const char *path, std::string *error) {
     if (keptInFp8(spec.weights[i])) {
       setFp8View(impl.fp8[size_t(i)], spec.weights[i]);
       impl.fp8Weights[size_t(i)] = &impl.fp8[size_t(i)].view;
+    } else if (!impl.bf16[size_t(i)].empty()) {
+      impl.bf16Weights[size_t(i)] = impl.bf16[size_t(i)].data();
     } else {
       impl.weights[size_t(i)] = impl.storage[size_t(i)].data();
     }
@@ -215,10 +249,7 @@ bool Context::loadWeights(const char *path, std::string *error) {
 void Context::randomWeights(uint64_t seed) {
   const ModelSpec &spec = this->spec();
   Impl &impl = this->impl();
-  impl.storage.assign(size_t(spec.numWeights), {});
-  impl.weights.assign(size_t(spec.numWeights), nullptr);
-  impl.fp8.assign(size_t(spec.numWeights), {});
-  impl.fp8Weights.assign(size_t(spec.numWeights), nullptr);
+  clearWeights(impl, spec.numWeights);
   for (int64_t i = 0; i < spec.numWeights; ++i) {
     const WeightSpec &w = spec.weights[i];
     if (keptInFp8(w)) {
@@ -234,6 +265,25 @@ void Context::randomWeights(uint64_t seed) {
       continue;
     }
     int64_t numel = w.rank == 2 ? w.shape[0] * w.shape[1] : w.shape[0];
+    if (keptInBf16(w, w.dtype)) {
+      // The float values rounded to bf16, a slice at a time.
+      std::vector<uint16_t> &dst = impl.bf16[size_t(i)];
+      dst.resize(size_t(numel));
+      uint16_t *out = dst.data();
+      auto body = [&](int64_t begin, int64_t end) {
+        constexpr int64_t kSlice = 4096;
+        float buf[kSlice];
+        for (int64_t b = begin; b < end; b += kSlice) {
+          const int64_t e = std::min(end, b + kSlice);
+          randomWeightRangeTo(w, seed, b, e, buf);
+          for (int64_t j = b; j < e; ++j)
+            out[j] = floatToBf16(buf[j - b]);
+        }
+      };
+      forRange(*this, numel, numel, body);
+      impl.bf16Weights[size_t(i)] = out;
+      continue;
+    }
     std::vector<float> &dst = impl.storage[size_t(i)];
     dst.resize(size_t(numel));
     float *out = dst.data();

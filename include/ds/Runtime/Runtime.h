@@ -34,8 +34,23 @@ struct WeightSpec {
   /// per 128x128 block (Fp8Weight), never as a float copy: an F8_E4M3
   /// checkpoint tensor (with its "<name>_scale_inv") is kept as it is, a
   /// float one is quantized on load (scale = block amax / 448, round to
-  /// nearest even). Anything else: converted to float32 on load.
+  /// nearest even). Anything else: converted to float32 on load, except
+  /// that a BF16 checkpoint tensor of a 2-D kGemmOnly weight is kept in bf16
+  /// (Context::bf16Weight; weight(i) is then null): bf16 -> float32 is
+  /// exact, so the GEMMs convert weight panels on the fly and give bit for
+  /// bit the float32 copy's results at half the memory and bandwidth. F32
+  /// and F16 checkpoint tensors of such a weight still load as float32.
+  ///
+  /// randomWeights: a 2-D kGemmOnly weight declared BF16 gets the float
+  /// random values rounded to bf16 (nearest even) and kept in bf16, so a
+  /// BF16 model's random-weight outputs differ slightly from those of the
+  /// float32 values (as a BF16 checkpoint of them would); every other
+  /// non-FP8 weight gets the float values as float32.
   DType dtype;
+  /// kGemmOnly: only GEMM kernels (linearW, gatedUp, moeExpertsW, moeGate)
+  /// read this weight, never through weight(i).
+  uint32_t flags = 0;
+  static constexpr uint32_t kGemmOnly = 1;
 };
 
 /// A weight kept in FP8 (WeightSpec::dtype == F8E4M3).
@@ -161,8 +176,8 @@ void parallelFor(Context &ctx, int64_t n,
                  void (*fn)(void *state, int64_t begin, int64_t end),
                  void *state);
 
-/// Per-run state: weights (converted to float32 on load), the arena, the
-/// latent KV cache, RoPE tables, the thread pool.
+/// Per-run state: weights (float32, or bf16 / FP8 where WeightSpec says),
+/// the arena, the latent KV cache, RoPE tables, the thread pool.
 class Context {
 public:
   Context(const ModelSpec &spec, int threads, int64_t maxSequences = 1);
@@ -173,10 +188,16 @@ public:
   const ModelSpec &spec() const;
   int threads() const;
   /// float32 data of weight `index` (into spec().weights); null for a
-  /// weight kept in FP8.
+  /// weight kept in FP8 or bf16.
   const float *weight(int64_t index) const;
   /// The FP8 form of weight `index`; null unless it is kept in FP8.
   const Fp8Weight *fp8Weight(int64_t index) const;
+  /// The bf16 bits [rows, cols] (row-major) of weight `index`; null unless
+  /// it is kept in bf16 (see WeightSpec::dtype).
+  const uint16_t *bf16Weight(int64_t index) const;
+  /// Bytes of weight data held: float32 copies, bf16 copies, FP8 codes and
+  /// block scales.
+  int64_t weightBytes() const;
   /// Base of the arena; buffers are at plan offsets (bytes, 64-aligned).
   char *arena();
   /// The paged latent cache. The Context creates it with

@@ -79,10 +79,11 @@ inline int64_t gemmMinChunk(int64_t tileWork) {
   return tileWork >= 32768 ? 1 : (32768 + tileWork - 1) / tileWork;
 }
 
-/// A linear weight [out, in] in either storage: exactly one of f (float32)
-/// and q (FP8) is set.
+/// A linear weight [out, in] in any storage: exactly one of f (float32),
+/// h (bf16 bits, [out, in]) and q (FP8) is set.
 struct WeightRef {
   const float *f = nullptr;
+  const uint16_t *h = nullptr;
   const Fp8Weight *q = nullptr;
 };
 
@@ -91,7 +92,9 @@ struct WeightRef {
 WeightRef weightRef(Context &ctx, int64_t index, const char *kernel,
                     int64_t out, int64_t in);
 
-/// linearW on a WeightRef: float -> gemm (as linear); FP8 -> see Fp8.cpp.
+/// linearW on a WeightRef: float -> gemm (as linear); bf16 -> gemm's tiles
+/// and calls on converted panels (bit for bit the float result); FP8 -> see
+/// Fp8.cpp.
 void linearRef(Context &ctx, const float *x, int64_t ldx, int64_t n,
                int64_t in, const WeightRef &w, int64_t out, float *y,
                int64_t ldy, ActQuant act);

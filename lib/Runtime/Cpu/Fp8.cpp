@@ -1,4 +1,13 @@
-//===- Fp8.cpp - GEMMs on weights by index (float32 or FP8), fused GEMMs --===//
+//===- Fp8.cpp - GEMMs on weights by index (f32, bf16, FP8), fused GEMMs --===//
+//
+// bf16 weights (kept in bf16 where WeightSpec says) use cpu::gemm's tiles
+// exactly: for each tile (row tile of x) x (column tile of C, i.e. rows
+// [c0, c0 + cols) of W) the tile's rows of W are converted to thread-local
+// float scratch (exact) and multiplied by the very cblas_sgemm call gemm
+// makes for that tile on the float32 copy (same shape, same strides), so the
+// results are bit for bit those of a float32 weight of the same values, for
+// any thread count. Tiles go panel-major so that a thread's consecutive
+// tiles of the same columns share the converted panel.
 //
 // FP8 weights (Fp8Weight: e4m3 codes, one float scale per 128x128 block) are
 // never expanded to a whole float matrix. C = x W^T is computed in tiles of
@@ -22,6 +31,9 @@
 // Tiles depend on the shape only and each is one thread's work with fixed
 // BLAS calls, so results do not depend on --threads. Float weights go
 // through cpu::gemm (today's linear), FP8 tiles are rowTile(n) x 128.
+// Converted panels (bf16 and FP8 alike) live in per-thread scratch that
+// keeps its largest size: up to a column tile (<= 256) or 128 rows of the
+// widest weight, twice (gatedUp).
 //
 //===----------------------------------------------------------------------===//
 
@@ -145,6 +157,54 @@ const float *decodePanel(Panel &panel, uint64_t call, const Fp8Weight &w,
 thread_local Panel tlsPanel[2];
 thread_local std::vector<float> tlsPartial;
 
+/// One thread's float copy of rows [c0, c0 + cols) of a bf16 weight
+/// [.., in], reused (like Panel) by the next tile of the same call.
+struct Bf16Panel {
+  std::vector<float> data;
+  uint64_t call = 0;
+  const uint16_t *w = nullptr;
+  int64_t c0 = -1;
+};
+
+thread_local Bf16Panel tlsBf16Panel[2];
+
+/// Rows [c0, c0 + cols) of the bf16 matrix w [.., in] as float32 [cols, in].
+const float *decodeBf16Panel(Bf16Panel &panel, uint64_t call,
+                             const uint16_t *w, int64_t in, int64_t c0,
+                             int64_t cols) {
+  if (panel.call == call && panel.w == w && panel.c0 == c0)
+    return panel.data.data();
+  const int64_t count = cols * in;
+  panel.data.resize(size_t(count));
+  const uint16_t *src = w + c0 * in;
+  float *dst = panel.data.data();
+  for (int64_t i = 0; i < count; ++i)
+    dst[i] = bf16ToFloat(src[i]);
+  panel.call = call;
+  panel.w = w;
+  panel.c0 = c0;
+  return dst;
+}
+
+/// The float32 rows [c0, c0 + cols) of a non-FP8 weight [.., in]: the
+/// float32 copy itself, or the bf16 rows converted into `panel`.
+const float *floatRows(const WeightRef &w, int64_t in, int64_t c0,
+                       int64_t cols, Bf16Panel &panel, uint64_t call) {
+  return w.f ? w.f + c0 * in : decodeBf16Panel(panel, call, w.h, in, c0, cols);
+}
+
+/// C tile [rows, cols] (ldc) = rows [r0, r0 + rows) of x times rows
+/// [c0, c0 + cols) of W^T for a float32 or bf16 weight W [.., in]: the
+/// cblas_sgemm call cpu::gemm makes for this tile.
+void floatTile(const WeightRef &w, int64_t in, const float *x, int64_t ldx,
+               int64_t r0, int64_t rows, int64_t c0, int64_t cols,
+               Bf16Panel &panel, uint64_t call, float *c, int64_t ldc) {
+  const float *b = floatRows(w, in, c0, cols, panel, call);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(cols),
+              int(in), 1.0f, x + r0 * ldx, int(ldx), b, int(in), 0.0f, c,
+              int(ldc));
+}
+
 /// C tile [rows, 128-row panel p of w] (ldc) = rows [r0, r0 + rows) of x
 /// times the panel^T, as the file comment says.
 void fp8Tile(const Fp8Weight &w, const float *x, int64_t ldx,
@@ -182,17 +242,19 @@ void fp8Tile(const Fp8Weight &w, const float *x, int64_t ldx,
   }
 }
 
-/// The tiles of C [m, n] for a weight kind: float -> gemm's tiles,
-/// FP8 -> rowTile(m) x 128. FP8 tiles go panel-major so that a thread's
-/// consecutive tiles share a decoded panel.
+/// The tiles of C [m, n] for a weight kind: float32 and bf16 -> gemm's
+/// tiles, FP8 -> rowTile(m) x 128. Tiles of converted weights (bf16, FP8) go
+/// panel-major so that a thread's consecutive tiles share a decoded panel
+/// (the order tiles run in does not change any result).
 struct TilePlan {
   int64_t m, n, tm, tn, rowTiles, colTiles, minChunk;
   bool panelMajor;
 
-  TilePlan(bool fp8, int64_t m, int64_t n, int64_t k)
+  TilePlan(bool fp8, bool convert, int64_t m, int64_t n, int64_t k)
       : m(m), n(n), tm(gemmRowTile(m)), tn(fp8 ? kFp8Block : gemmColTile(m, n)),
         rowTiles(ceilDiv(m, tm)), colTiles(ceilDiv(n, tn)),
-        minChunk(gemmMinChunk(tm * std::min(tn, n) * k)), panelMajor(fp8) {}
+        minChunk(gemmMinChunk(tm * std::min(tn, n) * k)),
+        panelMajor(fp8 || convert) {}
 
   int64_t count() const { return rowTiles * colTiles; }
 
@@ -215,11 +277,23 @@ struct TilePlan {
 void linearFp8(Context &ctx, const float *x, int64_t ldx, int64_t n,
                int64_t in, const Fp8Weight &w, int64_t out, float *y,
                int64_t ldy, const QuantAct *qa) {
-  TilePlan plan(true, n, out, in);
+  TilePlan plan(true, true, n, out, in);
   const uint64_t call = newCall();
   plan.run(ctx, [&](int64_t r0, int64_t rows, int64_t c0, int64_t) {
     fp8Tile(w, x, ldx, qa, r0, rows, c0 / kFp8Block, tlsPanel[0], call,
             y + r0 * ldy + c0, ldy);
+  });
+}
+
+/// linear on a bf16 weight: gemm's tiles and calls on converted panels.
+void linearBf16(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                int64_t in, const WeightRef &w, int64_t out, float *y,
+                int64_t ldy) {
+  TilePlan plan(false, true, n, out, in);
+  const uint64_t call = newCall();
+  plan.run(ctx, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
+    floatTile(w, in, x, ldx, r0, rows, c0, cols, tlsBf16Panel[0], call,
+              y + r0 * ldy + c0, ldy);
   });
 }
 
@@ -246,8 +320,9 @@ WeightRef weightRef(Context &ctx, int64_t index, const char *kernel,
     fatal(kernel, "weight shape is not [out, in]; weight", index);
   WeightRef r;
   r.f = ctx.weight(index);
-  r.q = r.f ? nullptr : ctx.fp8Weight(index);
-  if (!r.f && !r.q)
+  r.h = r.f ? nullptr : ctx.bf16Weight(index);
+  r.q = r.f || r.h ? nullptr : ctx.fp8Weight(index);
+  if (!r.f && !r.h && !r.q)
     fatal(kernel, "weight not loaded", index);
   return r;
 }
@@ -261,6 +336,10 @@ void linearRef(Context &ctx, const float *x, int64_t ldx, int64_t n,
   }
   if (zeroSized(n, in, out, y, ldy))
     return;
+  if (w.h) { // as gemm (ActQuant is for FP8 weights only)
+    linearBf16(ctx, x, ldx, n, in, w, out, y, ldy);
+    return;
+  }
   if (act == ActQuant::Fp8) {
     QuantAct qa;
     quantizeAct(ctx, x, ldx, n, in, qa);
@@ -298,8 +377,9 @@ void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
     return;
   }
 
-  // Both float or both FP8: one tile plan, so each tile of the gate and up
-  // GEMMs is computed exactly as linearW computes it; SwiGLU per tile.
+  // Both FP8, or both float32/bf16 (in any mix: both use gemm's tiles):
+  // one tile plan, so each tile of the gate and up GEMMs is computed exactly
+  // as linearW computes it; SwiGLU per tile.
   const bool fp8 = g.q != nullptr;
   QuantAct qa;
   const QuantAct *qap = nullptr;
@@ -307,7 +387,7 @@ void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
     quantizeAct(ctx, x, ldx, n, in, qa); // shared by both GEMMs
     qap = &qa;
   }
-  TilePlan plan(fp8, n, inter, in);
+  TilePlan plan(fp8, fp8 || g.h || u.h, n, inter, in);
   const uint64_t call = newCall();
   plan.run(ctx, [&](int64_t r0, int64_t rows, int64_t c0, int64_t cols) {
     thread_local std::vector<float> gt, ut;
@@ -319,12 +399,10 @@ void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
       fp8Tile(*u.q, x, ldx, qap, r0, rows, c0 / kFp8Block, tlsPanel[1], call,
               ut.data(), cols);
     } else { // gemm's call for this tile
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows),
-                  int(cols), int(in), 1.0f, x + r0 * ldx, int(ldx),
-                  g.f + c0 * in, int(in), 0.0f, gt.data(), int(cols));
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows),
-                  int(cols), int(in), 1.0f, x + r0 * ldx, int(ldx),
-                  u.f + c0 * in, int(in), 0.0f, ut.data(), int(cols));
+      floatTile(g, in, x, ldx, r0, rows, c0, cols, tlsBf16Panel[0], call,
+                gt.data(), cols);
+      floatTile(u, in, x, ldx, r0, rows, c0, cols, tlsBf16Panel[1], call,
+                ut.data(), cols);
     }
     for (int64_t i = 0; i < rows; ++i)
       swigluRow(gt.data() + i * cols, ut.data() + i * cols, cols,

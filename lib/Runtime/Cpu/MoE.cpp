@@ -7,8 +7,8 @@
 // over its rows, and the weighted outputs are summed per token in top-k
 // order (no per-thread partial sums), so the result does not depend on the
 // thread count. moeExpertsW is the same with weights by index, each expert
-// GEMM through linearW's logic (float32 or FP8, ActQuant on the expert's
-// input: x for gate/up, the SwiGLU output for down).
+// GEMM through linearW's logic (float32, bf16 or FP8, ActQuant on the
+// expert's input: x for gate/up, the SwiGLU output for down).
 //
 //===----------------------------------------------------------------------===//
 

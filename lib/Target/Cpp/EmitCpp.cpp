@@ -143,10 +143,13 @@ private:
           it->second &= gemm;
       }
     });
-    for (auto w : module.getOps<WeightOp>())
-      if (isa<Float8E4M3FNType>(w.getTensorType().getElementType()) &&
-          onlyGemms.lookup(w.getSymName()))
+    for (auto w : module.getOps<WeightOp>()) {
+      if (!onlyGemms.lookup(w.getSymName()))
+        continue;
+      gemmOnly.insert(w.getSymName());
+      if (isa<Float8E4M3FNType>(w.getTensorType().getElementType()))
         keptFp8.insert(w.getSymName());
+    }
     for (auto w : module.getOps<WeightOp>())
       if (used.contains(w.getSymName())) {
         weightIndex[w.getSymName()] = weights.size();
@@ -183,7 +186,9 @@ private:
       ArrayRef<int64_t> shape = w.getTensorType().getShape();
       os << "    {\"" << cString(w.getSymName()) << "\", " << shape.size()
          << ", {" << shape[0] << ", " << (shape.size() > 1 ? shape[1] : 0)
-         << "}, dsrt::DType::" << storage(w) << "},\n";
+         << "}, dsrt::DType::" << storage(w)
+         << (gemmOnly.contains(w.getSymName()) ? ", dsrt::WeightSpec::kGemmOnly" : "")
+         << "},\n";
     }
     if (weights.empty())
       os << "    {\"\", 0, {0, 0}, dsrt::DType::F32},\n";
@@ -470,7 +475,7 @@ private:
   raw_ostream &os;
   SmallVector<WeightOp> weights;
   llvm::StringMap<int64_t> weightIndex;
-  llvm::StringSet<> keptFp8;
+  llvm::StringSet<> keptFp8, gemmOnly;
   DenseMap<std::pair<Attribute, int64_t>, int64_t> ropes;
   SmallVector<std::pair<RoPEConfigAttr, int64_t>> ropeList;
   DenseMap<Value, Buf> bufs;

@@ -18,9 +18,14 @@
 // RUN: not ds-translate --emit-cpp %t.unplanned.mlir -o %t.bad.cpp 2>&1 | FileCheck %s --check-prefix=UNPLANNED
 // RUN: not test -e %t.bad.cpp
 
+// Weights only GEMMs read are marked kGemmOnly (the runtime may keep them in
+// bf16); the embedding, norms and kv_b_proj (absorbed attention) are not.
 // CHECK: #include "ds/Runtime/Runtime.h"
 // CHECK: const dsrt::WeightSpec kWeights[] = {
 // CHECK-NEXT: {"model.embed_tokens.weight", 2, {1024, 64}, dsrt::DType::BF16},
+// CHECK-NEXT: {"model.layers.0.input_layernorm.weight", 1, {64, 0}, dsrt::DType::BF16},
+// CHECK-NEXT: {"model.layers.0.mlp.down_proj.weight", 2, {64, 128}, dsrt::DType::BF16, dsrt::WeightSpec::kGemmOnly},
+// CHECK: {"model.layers.0.self_attn.kv_b_proj.weight", 2, {128, 32}, dsrt::DType::BF16},
 // CHECK: {"model.layers.1.mlp.gate.e_score_correction_bias", 1, {16, 0}, dsrt::DType::F32},
 // CHECK: const dsrt::RopeSpec kRopes[] = {
 // CHECK-NEXT: {8, 10000.0, true, 4.0, 128, 32.0, 1.0, 1.0, 1.0},
@@ -60,7 +65,7 @@
 // UNPLANNED: error: 'func.func' op emit-cpp: program has no memory plan (run dsk-plan-memory)
 
 // FUSED: {"model.layers.0.self_attn.kv_b_proj.weight", 2, {128, 32}, dsrt::DType::BF16},
-// FUSED: {"model.layers.0.self_attn.q_a_proj.weight", 2, {32, 64}, dsrt::DType::F8E4M3},
+// FUSED: {"model.layers.0.self_attn.q_a_proj.weight", 2, {32, 64}, dsrt::DType::F8E4M3, dsrt::WeightSpec::kGemmOnly},
 // FUSED: {"model.layers.1.mlp.gate.weight", 2, {16, 64}, dsrt::DType::BF16},
 // FUSED: void prefill(
 // FUSED: dsrt::cpu::linearW(ctx, {{.+}}, 32, {{b[0-9]+}}, 32, dsrt::ActQuant::Fp8);
