@@ -26,3 +26,27 @@ llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 tool_dirs = [config.ds_tools_dir, config.llvm_tools_dir]
 tools = ["ds-opt", "ds-translate", "ds-compile"]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
+
+# Multi-rank tests (REQUIRES: mpi): MPI found at configure time, its launcher
+# present, and the test program built. Open MPI refuses root and more ranks
+# than cores without these (other MPIs ignore them).
+comm_mpi_test = os.path.join(config.ds_tools_dir, "dsrt-comm-mpi-test")
+ds_mpiexec = getattr(config, "ds_mpiexec", "")
+if (getattr(config, "ds_have_mpi", 0) and ds_mpiexec and os.path.exists(ds_mpiexec)
+        and os.path.exists(comm_mpi_test)):
+    config.available_features.add("mpi")
+    config.environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+    config.environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    config.environment["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
+    # Under DS_SANITIZE=address, Open MPI's own never-freed allocations would
+    # fail LeakSanitizer: suppress them (symbolizable only with its
+    # components kept loaded and the slow unwinder), keep checking ours.
+    asan_options = config.environment.get("ASAN_OPTIONS", "")
+    mpi_env = ("env OMPI_MCA_mca_base_component_disable_dlclose=1"
+               " LSAN_OPTIONS=suppressions=%s:print_suppressions=0"
+               " ASAN_OPTIONS=%sfast_unwind_on_malloc=0" % (
+                   os.path.join(config.test_source_root, "Runtime", "Inputs",
+                                "lsan-openmpi.supp"),
+                   asan_options + ":" if asan_options else ""))
+    config.substitutions.append(("%mpirun", mpi_env + " " + ds_mpiexec))
+    config.substitutions.append(("%comm_mpi_test", comm_mpi_test))
