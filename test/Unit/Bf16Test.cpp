@@ -28,6 +28,10 @@ using namespace dsrt_test;
 
 namespace {
 
+using dsrt_test::plainRope;
+using dsrt_test::randomVector;
+using Model = dsrt_test::SpecBuilder;
+
 constexpr uint32_t kGemm = WeightSpec::kGemmOnly;
 
 uint32_t floatBits(float f) {
@@ -105,59 +109,8 @@ TEST(Bf16Convert, MatchesBruteForceOnRandomFloats) {
 // Storage
 //===----------------------------------------------------------------------===//
 
-RopeSpec plainRope(int64_t dim) {
-  RopeSpec r{};
-  r.dim = dim;
-  r.theta = 10000.0;
-  r.factor = 1.0;
-  r.originalMaxPositionEmbeddings = 4096;
-  r.betaFast = 32;
-  r.betaSlow = 1;
-  r.mscale = 1;
-  r.mscaleAllDim = 1;
-  return r;
-}
 
-/// A ModelSpec over the given weights (names kept alive here).
-struct Model {
-  std::deque<std::string> names;
-  std::vector<WeightSpec> ws;
-  std::vector<RopeSpec> ropes{plainRope(8)};
-  ModelSpec spec{};
 
-  int64_t add(const std::string &name, int64_t rows, int64_t cols,
-              DType dtype, uint32_t flags = 0) {
-    names.push_back(name);
-    ws.push_back(
-        {names.back().c_str(), cols ? 2 : 1, {rows, cols}, dtype, flags});
-    return int64_t(ws.size()) - 1;
-  }
-  const ModelSpec &finish() {
-    spec.name = "bf16test";
-    spec.vocabSize = 16;
-    spec.hiddenSize = 8;
-    spec.weights = ws.data();
-    spec.numWeights = int64_t(ws.size());
-    spec.ropes = ropes.data();
-    spec.numRopes = int64_t(ropes.size());
-    spec.cacheLayers = 2;
-    spec.kvLoraRank = 12;
-    spec.qkRopeDim = 8;
-    spec.maxSeqLen = 64;
-    spec.arenaBytes = 64;
-    return spec;
-  }
-};
-
-std::vector<float> randomVector(size_t n, uint32_t seed, float lo = -1.0f,
-                                float hi = 1.0f) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float &x : v)
-    x = dist(gen);
-  return v;
-}
 
 std::vector<uint16_t> toBf16(const std::vector<float> &v) {
   std::vector<uint16_t> out(v.size());

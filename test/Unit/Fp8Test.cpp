@@ -29,6 +29,10 @@ using namespace dsrt_test;
 
 namespace {
 
+using dsrt_test::plainRope;
+using dsrt_test::randomVector;
+using Model = dsrt_test::SpecBuilder;
+
 //===----------------------------------------------------------------------===//
 // floatToE4M3
 //===----------------------------------------------------------------------===//
@@ -138,59 +142,8 @@ uint32_t floatBits(float f) {
   return b;
 }
 
-RopeSpec plainRope(int64_t dim) {
-  RopeSpec r{};
-  r.dim = dim;
-  r.theta = 10000.0;
-  r.yarn = false;
-  r.factor = 1.0;
-  r.originalMaxPositionEmbeddings = 4096;
-  r.betaFast = 32;
-  r.betaSlow = 1;
-  r.mscale = 1;
-  r.mscaleAllDim = 1;
-  return r;
-}
 
-/// A ModelSpec over the given weights (names kept alive here).
-struct Model {
-  std::deque<std::string> names;
-  std::vector<WeightSpec> ws;
-  std::vector<RopeSpec> ropes{plainRope(8)};
-  ModelSpec spec{};
 
-  int64_t add(const std::string &name, int64_t rows, int64_t cols,
-              DType dtype) {
-    names.push_back(name);
-    ws.push_back({names.back().c_str(), cols ? 2 : 1, {rows, cols}, dtype});
-    return int64_t(ws.size()) - 1;
-  }
-  const ModelSpec &finish() {
-    spec.name = "fp8test";
-    spec.vocabSize = 16;
-    spec.hiddenSize = 8;
-    spec.weights = ws.data();
-    spec.numWeights = int64_t(ws.size());
-    spec.ropes = ropes.data();
-    spec.numRopes = int64_t(ropes.size());
-    spec.cacheLayers = 2;
-    spec.kvLoraRank = 12;
-    spec.qkRopeDim = 8;
-    spec.maxSeqLen = 64;
-    spec.arenaBytes = 64;
-    return spec;
-  }
-};
-
-std::vector<float> randomVector(size_t n, uint32_t seed, float lo = -1.0f,
-                                float hi = 1.0f) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float &x : v)
-    x = dist(gen);
-  return v;
-}
 
 /// Half the e4m3 spacing at |q| (<= 448 + rounding): the most a
 /// round-to-nearest can be off.

@@ -10,6 +10,8 @@
 #include "ThreadPool.h"
 #include "ds/Runtime/Runtime.h"
 
+#include "RuntimeTestUtil.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -23,6 +25,9 @@
 using namespace dsrt;
 
 namespace {
+
+using dsrt_test::plainRope;
+using dsrt_test::randomVector;
 
 /// A ModelSpec with no weights and the given cache geometry and RoPE specs.
 struct TestSpec {
@@ -48,29 +53,7 @@ struct TestSpec {
   }
 };
 
-RopeSpec plainRope(int64_t dim, double theta = 10000.0) {
-  RopeSpec r{};
-  r.dim = dim;
-  r.theta = theta;
-  r.yarn = false;
-  r.factor = 1.0;
-  r.originalMaxPositionEmbeddings = 4096;
-  r.betaFast = 32;
-  r.betaSlow = 1;
-  r.mscale = 1;
-  r.mscaleAllDim = 1;
-  return r;
-}
 
-std::vector<float> randomVector(size_t n, uint32_t seed, float lo = -1.0f,
-                                float hi = 1.0f) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float &x : v)
-    x = dist(gen);
-  return v;
-}
 
 /// max |got - want| over max |want|: a norm-wise relative error.
 double relError(const float *got, const double *want, size_t n) {

@@ -7,12 +7,16 @@
 #ifndef DS_TEST_UNIT_RUNTIMETESTUTIL_H
 #define DS_TEST_UNIT_RUNTIMETESTUTIL_H
 
+#include "ds/Runtime/Runtime.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -20,6 +24,65 @@
 #include <unistd.h>
 
 namespace dsrt_test {
+
+/// A RoPE table spec without YaRN.
+inline dsrt::RopeSpec plainRope(int64_t dim, double theta = 10000.0) {
+  dsrt::RopeSpec r{};
+  r.dim = dim;
+  r.theta = theta;
+  r.yarn = false;
+  r.factor = 1.0;
+  r.originalMaxPositionEmbeddings = 4096;
+  r.betaFast = 32;
+  r.betaSlow = 1;
+  r.mscale = 1;
+  r.mscaleAllDim = 1;
+  return r;
+}
+
+/// n uniform floats in [lo, hi), deterministic per seed.
+inline std::vector<float> randomVector(size_t n, uint32_t seed, float lo = -1.0f,
+                                       float hi = 1.0f) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float &x : v)
+    x = dist(gen);
+  return v;
+}
+
+/// A small ModelSpec over weights added one by one (names kept alive here):
+/// vocab 16, hidden 8, two cache layers of 12 + 8, 64 positions.
+struct SpecBuilder {
+  std::deque<std::string> names;
+  std::vector<dsrt::WeightSpec> ws;
+  std::vector<dsrt::RopeSpec> ropes{plainRope(8)};
+  dsrt::ModelSpec spec{};
+
+  int64_t add(const std::string &name, int64_t rows, int64_t cols,
+              dsrt::DType dtype, uint32_t flags = 0) {
+    names.push_back(name);
+    ws.push_back(
+        {names.back().c_str(), cols ? 2 : 1, {rows, cols}, dtype, flags});
+    return int64_t(ws.size()) - 1;
+  }
+  const dsrt::ModelSpec &finish() {
+    spec.name = "test";
+    spec.vocabSize = 16;
+    spec.hiddenSize = 8;
+    spec.weights = ws.data();
+    spec.numWeights = int64_t(ws.size());
+    spec.ropes = ropes.data();
+    spec.numRopes = int64_t(ropes.size());
+    spec.cacheLayers = 2;
+    spec.kvLoraRank = 12;
+    spec.qkRopeDim = 8;
+    spec.maxSeqLen = 64;
+    spec.arenaBytes = 64;
+    return spec;
+  }
+};
+
 
 /// A fresh directory, removed with its contents at the end of the test.
 class TempDir {
