@@ -30,6 +30,7 @@ namespace {
 
 using dsrt_test::plainRope;
 using dsrt_test::randomVector;
+using dsrt_test::v3Routing;
 using Model = dsrt_test::SpecBuilder;
 
 constexpr uint32_t kGemm = WeightSpec::kGemmOnly;
@@ -369,18 +370,6 @@ TEST(Bf16Kernels, GatedUpEqualsFloat32AndUnfusedBitForBit) {
   EXPECT_EQ(perThreads[0], perThreads[1]);
 }
 
-MoERouting v3Routing(int64_t experts) {
-  MoERouting r;
-  r.experts = experts;
-  r.topK = 4;
-  r.nGroup = 4;
-  r.topkGroup = 2;
-  r.scoring = MoERouting::Sigmoid;
-  r.method = MoERouting::NoauxTC;
-  r.normTopk = true;
-  r.scale = 2.5;
-  return r;
-}
 
 TEST(Bf16Kernels, MoeGateEqualsFloat32BitForBit) {
   const int64_t experts = 16, hidden = 200;

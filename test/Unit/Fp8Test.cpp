@@ -31,6 +31,7 @@ namespace {
 
 using dsrt_test::plainRope;
 using dsrt_test::randomVector;
+using dsrt_test::v3Routing;
 using Model = dsrt_test::SpecBuilder;
 
 //===----------------------------------------------------------------------===//
@@ -535,18 +536,6 @@ TEST(Fused, GatedUpEqualsLinearLinearSwiglu) {
   EXPECT_EQ(perThreads[0], perThreads[1]);
 }
 
-MoERouting v3Routing(int64_t experts) {
-  MoERouting r;
-  r.experts = experts;
-  r.topK = 4;
-  r.nGroup = 4;
-  r.topkGroup = 2;
-  r.scoring = MoERouting::Sigmoid;
-  r.method = MoERouting::NoauxTC;
-  r.normTopk = true;
-  r.scale = 2.5;
-  return r;
-}
 
 TEST(Fused, MoeGateEqualsLinearThenRoute) {
   const int64_t experts = 16, hidden = 200, n = 40;

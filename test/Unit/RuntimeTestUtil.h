@@ -51,6 +51,20 @@ inline std::vector<float> randomVector(size_t n, uint32_t seed, float lo = -1.0f
   return v;
 }
 
+/// DeepSeek-V3-style routing: sigmoid, noaux_tc, 4 groups (2 kept), top-4.
+inline dsrt::MoERouting v3Routing(int64_t experts) {
+  dsrt::MoERouting r;
+  r.experts = experts;
+  r.topK = 4;
+  r.nGroup = 4;
+  r.topkGroup = 2;
+  r.scoring = dsrt::MoERouting::Sigmoid;
+  r.method = dsrt::MoERouting::NoauxTC;
+  r.normTopk = true;
+  r.scale = 2.5;
+  return r;
+}
+
 /// A small ModelSpec over weights added one by one (names kept alive here):
 /// vocab 16, hidden 8, two cache layers of 12 + 8, 64 positions.
 struct SpecBuilder {

@@ -173,6 +173,16 @@ private:
                            "failure: " +
                            firstError_);
   }
+  /// send/recv arguments: another rank, a tag MPI allows, a count >= 0.
+  bool validP2P(const std::string &op, int peer, int tag, int64_t count,
+                std::string *error) const {
+    if (peer >= 0 && peer < size_ && peer != rank_ && tag >= 0 &&
+        tag <= tagUb_ && count >= 0)
+      return true;
+    return fail(error, where(op) + ": invalid peer, tag (0.." +
+                           std::to_string(tagUb_) + ") or count " +
+                           std::to_string(count));
+  }
   bool checkMpi(int rc, const std::string &op, std::string *error) {
     if (rc == MPI_SUCCESS)
       return true;
@@ -474,13 +484,8 @@ bool MpiComm::send(const float *data, int64_t count, int peer, int tag,
                    std::string *error) {
   std::string op = "send to rank " + std::to_string(peer) + " (tag " +
                    std::to_string(tag) + ")";
-  if (!usable(op, error))
+  if (!usable(op, error) || !validP2P(op, peer, tag, count, error))
     return false;
-  if (peer < 0 || peer >= size_ || peer == rank_ || tag < 0 || tag > tagUb_ ||
-      count < 0)
-    return fail(error, where(op) + ": invalid peer, tag (0.." +
-                           std::to_string(tagUb_) + ") or count " +
-                           std::to_string(count));
   requests_.clear();
   for (int64_t c = 0, n = numChunks(count, maxChunk_); c < n; ++c) {
     int64_t offset = c * maxChunk_;
@@ -499,13 +504,8 @@ bool MpiComm::recv(float *data, int64_t count, int peer, int tag,
                    std::string *error) {
   std::string op = "recv from rank " + std::to_string(peer) + " (tag " +
                    std::to_string(tag) + ")";
-  if (!usable(op, error))
+  if (!usable(op, error) || !validP2P(op, peer, tag, count, error))
     return false;
-  if (peer < 0 || peer >= size_ || peer == rank_ || tag < 0 || tag > tagUb_ ||
-      count < 0)
-    return fail(error, where(op) + ": invalid peer, tag (0.." +
-                           std::to_string(tagUb_) + ") or count " +
-                           std::to_string(count));
   requests_.clear();
   std::vector<int> expected;
   for (int64_t c = 0, n = numChunks(count, maxChunk_); c < n; ++c) {
