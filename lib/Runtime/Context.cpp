@@ -227,4 +227,75 @@ int32_t Context::tokenSequence(int64_t i) const {
   return i >= 0 && i < int64_t(t.size()) ? t[size_t(i)] : 0;
 }
 
+//===----------------------------------------------------------------------===//
+// The device mesh
+//===----------------------------------------------------------------------===//
+
+namespace {
+int meshRanks(const ModelSpec &spec) {
+  return spec.mesh[0] * spec.mesh[1] * spec.mesh[2] * spec.mesh[3];
+}
+} // namespace
+
+bool Context::setComm(Comm *world, std::string *error) {
+  Impl &impl = *impl_;
+  const ModelSpec &spec = impl.spec;
+  const int ranks = meshRanks(spec);
+  if (!world || world->size() != ranks) {
+    *error = "the model was compiled for " + std::to_string(ranks) +
+             " ranks (tp " + std::to_string(spec.mesh[0]) + " x ep " +
+             std::to_string(spec.mesh[1]) + " x pp " +
+             std::to_string(spec.mesh[2]) + " x dp " +
+             std::to_string(spec.mesh[3]) + ") but runs on " +
+             std::to_string(world ? world->size() : 1) +
+             " (mpirun -np " + std::to_string(ranks) + ")";
+    return false;
+  }
+  impl.world = world;
+  // Coordinates: tp fastest, then ep, dp, pp (Runtime.h MeshAxis).
+  static constexpr int kOrder[4] = {int(MeshAxis::TP), int(MeshAxis::EP),
+                                    int(MeshAxis::DP), int(MeshAxis::PP)};
+  int rest = world->rank();
+  for (int a : kOrder) {
+    impl.coord[a] = rest % spec.mesh[a];
+    rest /= spec.mesh[a];
+  }
+  // One communicator per axis: the ranks equal in every other coordinate
+  // (color), ordered by their coordinate on the axis (key). Every rank
+  // makes the same four calls in the same order.
+  for (int a = 0; a < 4; ++a) {
+    int color = 0;
+    for (int b : kOrder)
+      if (b != a)
+        color = color * spec.mesh[b] + impl.coord[b];
+    impl.axisComms[a] = world->split(color, impl.coord[a], error);
+    if (!impl.axisComms[a])
+      return false;
+  }
+  return true;
+}
+
+int Context::meshCoord(MeshAxis axis) const {
+  return impl_->coord[int(axis)];
+}
+
+int Context::meshSize(MeshAxis axis) const {
+  return impl_->spec.mesh[int(axis)];
+}
+
+int Context::rank() const {
+  return impl_->world ? impl_->world->rank() : 0;
+}
+
+Comm *Context::comm(MeshAxis axis) { return impl_->axisComms[int(axis)].get(); }
+
+bool Context::holdsWeight(int64_t index) const {
+  const WeightSpec &w = impl_->spec.weights[index];
+  for (int32_t s = 0; s < w.numShards; ++s)
+    if (w.shards[s].owner >= 0 &&
+        w.shards[s].owner != impl_->coord[int(w.shards[s].axis)])
+      return false;
+  return true;
+}
+
 } // namespace dsrt

@@ -3,6 +3,7 @@
 #ifndef DS_LIB_RUNTIME_CONTEXTIMPL_H
 #define DS_LIB_RUNTIME_CONTEXTIMPL_H
 
+#include "ds/Runtime/Comm.h"
 #include "ds/Runtime/Runtime.h"
 // Complete type needed: Impl's inline constructor destroys `pool` on unwind.
 #include "ThreadPool.h"
@@ -64,6 +65,13 @@ struct Context::Impl {
   std::vector<int32_t> tokenSequences;
 
   std::vector<RopeTable> ropes; // one per spec.ropes entry
+
+  /// The device mesh (setComm): world communicator (not owned), one
+  /// communicator per MeshAxis over the ranks that share the other
+  /// coordinates, and this rank's coordinates.
+  Comm *world = nullptr;
+  std::unique_ptr<Comm> axisComms[4];
+  int coord[4] = {0, 0, 0, 0};
 };
 
 } // namespace dsrt

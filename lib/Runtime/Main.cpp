@@ -15,6 +15,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "ds/Runtime/Comm.h"
 #include "ds/Runtime/Npy.h"
 #include "ds/Runtime/Runtime.h"
 
@@ -56,13 +57,64 @@ struct Options {
   std::string requests;     // --requests: batch mode when set
   std::string output;       // --output: batch results file (else stdout)
   int64_t maxBatch = 1;
+  bool writes = true;    // whether this rank writes files (rank 0 only)
+  Comm *world = nullptr; // multi-rank: every rank runs the same loop
   // Which flags were given (single-prompt and batch flags do not mix).
   bool promptGiven = false, maxNewGiven = false, maxBatchGiven = false;
 };
 
+/// World rank: only rank 0 prints (stdout of the others goes to /dev/null,
+/// and messages every rank would repeat are printed by rank 0 alone).
+int gRank = 0;
+
+template <class... Args> void note(const char *format, Args... args) {
+  if (gRank == 0)
+    std::fprintf(stderr, format, args...);
+}
+
 int fail(int code, const std::string &message) {
-  std::fprintf(stderr, "error: %s\n", message.c_str());
+  note("error: %s\n", message.c_str());
   return code;
+}
+
+/// Whether every rank got here with ok == true (a collective: every rank
+/// calls it at the same point). A rank that failed has printed its own
+/// error, prefixed with its rank, because that error may be its alone.
+bool agree(Comm *world, bool ok, const std::string &error) {
+  if (!ok && gRank != 0 && !error.empty())
+    std::fprintf(stderr, "error: rank %d: %s\n", gRank, error.c_str());
+  if (!world || world->size() == 1)
+    return ok;
+  float failed = ok ? 0.0f : 1.0f;
+  std::string commError;
+  if (!world->allReduceSum(&failed, 1, &commError)) {
+    std::fprintf(stderr, "error: rank %d: %s\n", gRank, commError.c_str());
+    return false;
+  }
+  return failed == 0.0f;
+}
+
+/// Places the Context on the mesh and loads (or draws) its weights; false
+/// after printing why (on every rank that knows).
+bool prepare(Context &ctx, const Options &opts, Comm *world) {
+  std::string error;
+  bool ok = true;
+  if (world && !ctx.setComm(world, &error)) {
+    fail(kRunError, error); // the same on every rank
+    return false;
+  }
+  if (!opts.weights.empty())
+    ok = ctx.loadWeights(opts.weights.c_str(), &error);
+  else
+    ctx.randomWeights(opts.seed);
+  if (!ok && gRank == 0)
+    fail(kRunError, error);
+  if (!agree(world, ok, error)) {
+    if (ok)
+      note("error: another rank failed to load its weights (see above)\n");
+    return false;
+  }
+  return true;
 }
 
 /// Decimal digits only (no sign, no spaces), at most `max`.
@@ -461,8 +513,12 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
   const double prefillMs = msSince(start);
 
   if (!opts.dumpLogits.empty()) {
-    if (!writeNpy(opts.dumpLogits, logits.data(), n, vocab, &error))
-      return fail(kRunError, error);
+    bool ok = !opts.writes ||
+              writeNpy(opts.dumpLogits, logits.data(), n, vocab, &error);
+    if (!ok)
+      fail(kRunError, error);
+    if (!agree(opts.world, ok, error))
+      return kRunError;
   }
 
   // t: the prompt, then the generated tokens. The prefill's last row gives
@@ -494,8 +550,12 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
     if (!opts.dumpMtpLogits.empty()) {
       // Written outside the decode timing.
       const auto writeStart = Clock::now();
-      if (!writeNpy(opts.dumpMtpLogits, mtpLogits.data(), n, vocab, &error))
-        return fail(kRunError, error);
+      bool ok = !opts.writes || writeNpy(opts.dumpMtpLogits, mtpLogits.data(),
+                                         n, vocab, &error);
+      if (!ok)
+        fail(kRunError, error);
+      if (!agree(opts.world, ok, error))
+        return kRunError;
       start += Clock::now() - writeStart;
     }
     // m: position of the last accepted token. Each step verifies [t[m],
@@ -666,7 +726,7 @@ bool readRequests(const std::string &path, const ModelSpec &spec,
     req.line = lineNo;
     std::string why;
     if (!parseRequest(line, spec, &req, &why)) {
-      std::fprintf(stderr, "error: %s:%lld: %s\n", path.c_str(),
+      note("error: %s:%lld: %s\n", path.c_str(),
                    (long long)lineNo, why.c_str());
       ++*bad;
       continue;
@@ -757,23 +817,22 @@ std::string resultLine(const Request &req, const std::vector<int32_t> &tokens,
   return s + tail;
 }
 
-int runBatch(const ModelSpec &spec, const Options &opts) {
+int runBatch(const ModelSpec &spec, const Options &opts, Comm *world) {
   std::vector<Request> requests;
   int64_t bad = 0;
   std::string error;
   if (!readRequests(opts.requests, spec, &requests, &bad, &error))
     return fail(kRunError, error);
   ResultSink sink;
-  if (!sink.open(opts.output, &error))
-    return fail(kRunError, error);
+  bool opened = sink.open(opts.writes ? opts.output : std::string(), &error);
+  if (!opened)
+    fail(kRunError, error);
+  if (!agree(world, opened, error))
+    return kRunError;
 
   Context ctx(spec, opts.threads, opts.maxBatch);
-  if (!opts.weights.empty()) {
-    if (!ctx.loadWeights(opts.weights.c_str(), &error))
-      return fail(kRunError, error);
-  } else {
-    ctx.randomWeights(opts.seed);
-  }
+  if (!prepare(ctx, opts, world))
+    return kRunError; // the sink's destructor removes its temporary file
 
   const int64_t vocab = spec.vocabSize;
   const int64_t rows = std::max(spec.prefillMaxTokens, opts.maxBatch);
@@ -812,7 +871,7 @@ int runBatch(const ModelSpec &spec, const Options &opts) {
       const int64_t need = n + req.maxNew;
       std::string why;
       if (slots.neverFits(need, &why)) {
-        std::fprintf(stderr, "error: %s:%lld: %s\n", opts.requests.c_str(),
+        note("error: %s:%lld: %s\n", opts.requests.c_str(),
                      (long long)req.line, why.c_str());
         ++bad;
         queue.pop_front();
@@ -825,7 +884,7 @@ int runBatch(const ModelSpec &spec, const Options &opts) {
         slots.end(slot);
         if (!running.empty())
           break; // back-pressure: wait for running requests to finish
-        std::fprintf(stderr, "error: %s:%lld: the KV cache cannot hold %lld "
+        note("error: %s:%lld: the KV cache cannot hold %lld "
                      "positions: %s\n", opts.requests.c_str(),
                      (long long)req.line, (long long)need, why.c_str());
         ++bad;
@@ -886,8 +945,7 @@ int runBatch(const ModelSpec &spec, const Options &opts) {
 
   if (!sink.commit(&error))
     return fail(kRunError, error);
-  std::fprintf(stderr,
-               "batch: %lld requests, %lld tokens in %.2f s (%.1f tok/s), "
+  note("batch: %lld requests, %lld tokens in %.2f s (%.1f tok/s), "
                "max batch %lld\n",
                (long long)completed, (long long)generated, seconds,
                seconds > 0 ? double(generated) / seconds : 0.0,
@@ -897,23 +955,35 @@ int runBatch(const ModelSpec &spec, const Options &opts) {
 
 } // namespace
 
-int dsrt::runMain(int argc, char **argv, const ModelSpec &spec) {
+int dsrt::runMain(int argc, char **argv, const ModelSpec &spec, Comm *world) {
+  const int64_t ranks = int64_t(spec.mesh[0]) * spec.mesh[1] * spec.mesh[2] *
+                        spec.mesh[3];
+  gRank = world ? world->rank() : 0;
+  if (gRank != 0 && !std::freopen("/dev/null", "w", stdout))
+    return kRunError;
+  if ((world ? world->size() : 1) != ranks)
+    return fail(kRunError,
+                "this model was compiled for " + std::to_string(ranks) +
+                    " ranks (tp x ep x pp x dp = " +
+                    std::to_string(spec.mesh[0]) + " x " +
+                    std::to_string(spec.mesh[1]) + " x " +
+                    std::to_string(spec.mesh[2]) + " x " +
+                    std::to_string(spec.mesh[3]) + ") but runs on " +
+                    std::to_string(world ? world->size() : 1) +
+                    ": start it with mpirun -np " + std::to_string(ranks));
   Options opts;
   unsigned hw = std::thread::hardware_concurrency();
   opts.threads = hw ? int(hw) : 1;
   int code = parseArgs(argc, argv, spec, &opts);
   if (code >= 0)
     return code;
+  opts.writes = gRank == 0;
+  opts.world = world;
   if (!opts.requests.empty())
-    return runBatch(spec, opts);
+    return runBatch(spec, opts, world);
 
   Context ctx(spec, opts.threads, 1);
-  if (!opts.weights.empty()) {
-    std::string error;
-    if (!ctx.loadWeights(opts.weights.c_str(), &error))
-      return fail(kRunError, error);
-  } else {
-    ctx.randomWeights(opts.seed);
-  }
+  if (!prepare(ctx, opts, world))
+    return kRunError;
   return runSingle(ctx, spec, opts);
 }

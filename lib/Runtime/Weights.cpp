@@ -178,6 +178,88 @@ void setFp8View(Context::Impl::Fp8Storage &q, const WeightSpec &w) {
   q.view = Fp8Weight{q.codes.data(), q.scales.data(), w.shape[0], w.shape[1]};
 }
 
+/// This rank's part of weight `w` (WeightSpec::shards): rows [r0, r0 + rows)
+/// and columns [c0, c0 + cols) of the checkpoint tensor, whose shape is
+/// `global` (a 1-D tensor is one row).
+struct Part {
+  WeightSpec global; ///< w with the checkpoint tensor's shape
+  int64_t r0 = 0, c0 = 0, globalCols = 0;
+  bool sliced = false;
+};
+
+Part partOf(const Context &ctx, const WeightSpec &w) {
+  Part p;
+  p.global = w;
+  for (int32_t s = 0; s < w.numShards; ++s) {
+    const WeightShard &shard = w.shards[s];
+    if (shard.dim < 0 || shard.dim >= w.rank)
+      continue;
+    const int64_t size = ctx.meshSize(shard.axis);
+    const int64_t at = ctx.meshCoord(shard.axis) * w.shape[shard.dim];
+    p.global.shape[shard.dim] *= size;
+    p.sliced |= size > 1;
+    // Rank 2: dim 0 rows, dim 1 columns; rank 1: the one row's columns.
+    if (w.rank == 2 && shard.dim == 0)
+      p.r0 = at;
+    else
+      p.c0 = at;
+  }
+  p.globalCols = w.rank == 2 ? p.global.shape[1] : p.global.shape[0];
+  return p;
+}
+
+/// randomWeightRangeTo for elements [begin, end) of this rank's part: the
+/// values of the same elements of the whole (global) tensor, so that a
+/// partitioned model's random weights are the one-rank model's.
+void randomPart(const WeightSpec &w, const Part &p, uint64_t seed,
+                int64_t begin, int64_t end, float *dst) {
+  if (!p.sliced) {
+    randomWeightRangeTo(w, seed, begin, end, dst);
+    return;
+  }
+  const int64_t cols = w.rank == 2 ? w.shape[1] : w.shape[0];
+  for (int64_t i = begin; i < end;) {
+    const int64_t r = i / cols, c = i % cols;
+    const int64_t len = std::min(end - i, cols - c);
+    const int64_t g = (p.r0 + r) * p.globalCols + p.c0 + c;
+    randomWeightRangeTo(p.global, seed, g, g + len, dst + (i - begin));
+    i += len;
+  }
+}
+
+/// The part of checkpoint tensor `t` (shape `p.global`, checked) this rank
+/// holds, as a tensor of w's shape: a view for whole rows, else a copy of
+/// just its bytes into `scratch`.
+bool sliceTensor(const Tensor &t, const WeightSpec &w, const Part &p,
+                 std::vector<uint8_t> *scratch, Tensor *out,
+                 std::string *error) {
+  *out = t;
+  if (!p.sliced)
+    return true;
+  if (t.dtype == DType::F8E4M3) {
+    *error = t.file->path() + ": tensor '" + t.name +
+             "' is FP8: slicing FP8 checkpoint tensors (and their block "
+             "scales) across ranks is not supported yet";
+    return false;
+  }
+  const int64_t esize = t.dtype == DType::F32 ? 4 : 2;
+  const int64_t rows = w.rank == 2 ? w.shape[0] : 1;
+  const int64_t cols = w.rank == 2 ? w.shape[1] : w.shape[0];
+  out->shape.assign(w.shape, w.shape + w.rank);
+  out->bytes = uint64_t(rows * cols * esize);
+  if (cols == p.globalCols) {
+    out->data = t.data + p.r0 * p.globalCols * esize;
+    return true;
+  }
+  scratch->resize(size_t(rows * cols * esize));
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(scratch->data() + r * cols * esize,
+                t.data + ((p.r0 + r) * p.globalCols + p.c0) * esize,
+                size_t(cols * esize));
+  out->data = scratch->data();
+  return true;
+}
+
 /// Drops every weight (before loading, and on failure).
 void clearWeights(Context::Impl &impl, int64_t numWeights) {
   impl.storage.assign(size_t(numWeights), {});
@@ -200,17 +282,25 @@ bool Context::loadWeights(const char *path, std::string *error) {
   std::unique_ptr<Checkpoint> ckpt = Checkpoint::open(path, error);
   if (!ckpt)
     return false;
+  std::vector<uint8_t> scratch;
   for (int64_t i = 0; i < spec.numWeights; ++i) {
     const WeightSpec &w = spec.weights[i];
-    const Tensor *t = ckpt->get(w.name, error);
-    bool ok = t != nullptr;
-    if (ok && (t->shape.size() != size_t(w.rank) ||
-               !std::equal(t->shape.begin(), t->shape.end(), w.shape))) {
-      *error = t->file->path() + ": tensor " + quote(w.name) + " has shape " +
-               t->shapeString() + "; the model expects " +
-               shapeString(w.shape, w.rank);
+    if (!holdsWeight(i))
+      continue; // another rank's (expert or pipeline stage)
+    const Part part = partOf(*this, w);
+    const Tensor *whole = ckpt->get(w.name, error);
+    bool ok = whole != nullptr;
+    if (ok && (whole->shape.size() != size_t(w.rank) ||
+               !std::equal(whole->shape.begin(), whole->shape.end(),
+                           part.global.shape))) {
+      *error = whole->file->path() + ": tensor " + quote(w.name) +
+               " has shape " + whole->shapeString() + "; the model expects " +
+               shapeString(part.global.shape, w.rank);
       ok = false;
     }
+    Tensor local;
+    ok = ok && sliceTensor(*whole, w, part, &scratch, &local, error);
+    const Tensor *t = &local;
     if (ok && keptInFp8(w)) {
       ok = loadFp8(*this, *ckpt, w, *t, impl.fp8[size_t(i)], error);
     } else if (ok && keptInBf16(w, t->dtype)) {
@@ -234,6 +324,8 @@ bool Context::loadWeights(const char *path, std::string *error) {
     }
   }
   for (int64_t i = 0; i < spec.numWeights; ++i) {
+    if (!holdsWeight(i))
+      continue;
     if (keptInFp8(spec.weights[i])) {
       setFp8View(impl.fp8[size_t(i)], spec.weights[i]);
       impl.fp8Weights[size_t(i)] = &impl.fp8[size_t(i)].view;
@@ -252,11 +344,14 @@ void Context::randomWeights(uint64_t seed) {
   clearWeights(impl, spec.numWeights);
   for (int64_t i = 0; i < spec.numWeights; ++i) {
     const WeightSpec &w = spec.weights[i];
+    if (!holdsWeight(i))
+      continue;
+    const Part part = partOf(*this, w);
     if (keptInFp8(w)) {
       // The same float values as a float32 weight of this name, quantized.
       const int64_t cols = w.shape[1];
       auto fill = [&](int64_t r0, int64_t r1, float *buf) {
-        randomWeightRangeTo(w, seed, r0 * cols, r1 * cols, buf);
+        randomPart(w, part, seed, r0 * cols, r1 * cols, buf);
       };
       Impl::Fp8Storage &q = impl.fp8[size_t(i)];
       quantizeOnLoad(*this, w.shape[0], cols, fill, q);
@@ -275,7 +370,7 @@ void Context::randomWeights(uint64_t seed) {
         float buf[kSlice];
         for (int64_t b = begin; b < end; b += kSlice) {
           const int64_t e = std::min(end, b + kSlice);
-          randomWeightRangeTo(w, seed, b, e, buf);
+          randomPart(w, part, seed, b, e, buf);
           for (int64_t j = b; j < e; ++j)
             out[j] = floatToBf16(buf[j - b]);
         }
@@ -288,7 +383,7 @@ void Context::randomWeights(uint64_t seed) {
     dst.resize(size_t(numel));
     float *out = dst.data();
     auto body = [&](int64_t begin, int64_t end) {
-      randomWeightRange(w, seed, begin, end, out);
+      randomPart(w, part, seed, begin, end, out + begin);
     };
     forRange(*this, numel, numel, body);
     impl.weights[size_t(i)] = out;

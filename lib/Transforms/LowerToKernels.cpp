@@ -90,6 +90,7 @@ public:
     // The value @forward/@mtp_1 returns as its hidden state is written
     // straight into the hidden output.
     auto ret = cast<func::ReturnOp>(forward.getBody().front().getTerminator());
+    preassigned[ret.getOperand(0)] = logitsOut;
     if (!mtp)
       preassigned[ret.getOperand(1)] = hiddenOut;
     return lowerBlock(forward.getBody().front());
@@ -137,13 +138,31 @@ public:
               .Case([&](MTPOp o) { return lowerMTP(o); })
               .Case([&](YieldOp o) { return success(); })
               .Case([&](LMHeadOp o) {
-                dsk::LinearOp::create(b, loc, lookup(o.getInput()), logitsOut,
+                Value out = outFor(o.getResult(), hiddenOf(o.getResult()));
+                dsk::LinearOp::create(b, loc, lookup(o.getInput()), out,
                                       o.getWeightAttr());
-                lmHead = o.getResult();
-                return success();
+                return bind(o.getResult(), out);
+              })
+              .Case([&](AllReduceOp o) -> LogicalResult {
+                // In place: the partial sum has no other reader.
+                if (!o.getInput().hasOneUse())
+                  return o.emitOpError("must be the only reader of its input");
+                Value buf = lookup(o.getInput());
+                dsk::AllReduceOp::create(b, loc, buf, o.getAxisAttr());
+                return bind(o.getResult(), buf);
+              })
+              .Case([&](AllGatherOp o) -> LogicalResult {
+                if (o.getDim() != 1)
+                  return o.emitOpError("only gathers along dim 1 lower to "
+                                       "kernels");
+                Value out = outFor(o.getResult(), hiddenOf(o.getResult()));
+                dsk::AllGatherOp::create(b, loc, lookup(o.getInput()), out,
+                                         o.getAxisAttr());
+                return bind(o.getResult(), out);
               })
               .Case([&](func::ReturnOp o) -> LogicalResult {
-                if (o.getNumOperands() == 0 || o.getOperand(0) != lmHead)
+                if (o.getNumOperands() == 0 ||
+                    lookup(o.getOperand(0)) != logitsOut)
                   return o.emitOpError(
                       "must return the ds.lm_head (or ds.mtp) logits first");
                 func::ReturnOp::create(b, loc);
@@ -312,8 +331,9 @@ private:
       return failure();
     Value y = lookup(yielded);
     Value normed = rmsNorm(y, sym(p + ".shared_head.norm.weight"), eps);
-    dsk::LinearOp::create(b, loc, normed, logitsOut, o.getHeadAttr());
-    lmHead = o.getLogits();
+    Value logits = outFor(o.getLogits(), vocab);
+    dsk::LinearOp::create(b, loc, normed, logits, o.getHeadAttr());
+    map[o.getLogits()] = logits;
     map[o.getResult()] = y;
     return success();
   }
@@ -333,7 +353,8 @@ private:
     dsk::MoEExpertsOp::create(b, loc, x, indices, weights, out,
                               b.getStringAttr(p),
                               b.getI64IntegerAttr(c.getExperts()),
-                              b.getI64IntegerAttr(c.getInter()));
+                              b.getI64IntegerAttr(c.getInter()),
+                              /*fp8=*/UnitAttr(), b.getI64IntegerAttr(o.getEp()));
     if (c.getShared() > 0) {
       Value shared =
           mlp(x, p + ".shared_experts", c.getShared() * c.getInter());
@@ -350,7 +371,7 @@ private:
   Location loc;
   DenseMap<Value, Value> map;
   DenseMap<Value, Value> preassigned;
-  Value ids, positions, logitsOut, hiddenOut, n, lmHead;
+  Value ids, positions, logitsOut, hiddenOut, n;
 };
 
 struct LowerToKernelsPass

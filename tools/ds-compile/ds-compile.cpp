@@ -1,12 +1,13 @@
 //===- ds-compile.cpp - model -> executable -------------------------------===//
 //
 //   ds-compile INPUT -o OUT [--target=cpu] [--max-seq-len=N] [--max-batch=N]
-//              [--emit=mlir|source|exe]
+//              [--tp=N] [--ep=N] [--emit=mlir|source|exe] [--explain-plan]
 //
 // INPUT is a ds-dialect .mlir model, or a Hugging Face config.json (or a
 // checkpoint directory holding one). A thin driver over the same passes
-// ds-opt runs: ds-lower-to-kernels, dsk-plan-memory, then C++ emission and
-// the host C++ compiler against libdsrt.
+// ds-opt runs: ds-partition-tp, ds-partition-ep, ds-lower-to-kernels,
+// dsk-fuse, dsk-quantize, dsk-plan-memory, then C++ emission and the host
+// C++ compiler against libdsrt (and dsrt-mpi for more than one rank).
 //
 //===----------------------------------------------------------------------===//
 
@@ -63,8 +64,10 @@ static cl::opt<int64_t> maxSeqLen("max-seq-len",
 static cl::opt<int64_t> maxBatch("max-batch",
                                  cl::desc("Tokens per decode step (default 1)"),
                                  cl::init(1), cl::cat(category));
-static cl::opt<int> tp("tp", cl::desc("Tensor-parallel ranks (only 1 so far)"), cl::init(1), cl::cat(category));
-static cl::opt<int> ep("ep", cl::desc("Expert-parallel ranks (only 1 so far)"), cl::init(1), cl::cat(category));
+static cl::opt<int> tp("tp", cl::desc("Tensor-parallel ranks: heads, intermediates, vocabulary (default 1)"),
+                       cl::init(1), cl::cat(category));
+static cl::opt<int> ep("ep", cl::desc("Expert-parallel ranks: routed experts (default 1)"), cl::init(1),
+                       cl::cat(category));
 static cl::opt<int> pp("pp", cl::desc("Pipeline-parallel stages (only 1 so far)"), cl::init(1), cl::cat(category));
 static cl::opt<int> dp("dp", cl::desc("Data-parallel replicas (only 1 so far)"), cl::init(1), cl::cat(category));
 enum class Quant { None, Fp8 };
@@ -102,7 +105,7 @@ static OwningOpRef<ModuleOp> load(MLIRContext &ctx, llvm::SourceMgr &sourceMgr,
 
 /// Runs the host compiler on `source`, writing the executable to OUT
 /// atomically (temp file + rename).
-static int buildExecutable(llvm::StringRef source) {
+static int buildExecutable(llvm::StringRef source, bool multiRank) {
   llvm::SmallString<128> dir;
   if (std::error_code ec = llvm::sys::fs::createUniqueDirectory("ds-compile", dir))
     return fail("cannot create a temporary directory: " + ec.message());
@@ -133,8 +136,14 @@ static int buildExecutable(llvm::StringRef source) {
 
   SmallVector<std::string> args = {*program, "-std=c++17", "-O2", "-w",
                                    "-I", DS_RUNTIME_INCLUDE_DIR,
-                                   src.str().str(), DS_RUNTIME_LIBRARY};
+                                   src.str().str()};
+  // Multi-rank executables: main comes from dsrt-mpi, which needs MPI.
+  if (multiRank)
+    args.push_back(DS_RUNTIME_MPI_LIBRARY);
+  args.push_back(DS_RUNTIME_LIBRARY);
   SmallVector<StringRef> linkLibs;
+  if (multiRank)
+    StringRef(DS_RUNTIME_MPI_LINK_LIBS).split(linkLibs, ' ', -1, false);
   StringRef(DS_RUNTIME_LINK_LIBS).split(linkLibs, ' ', -1, false);
   for (StringRef lib : linkLibs)
     args.push_back(lib.str());
@@ -171,8 +180,47 @@ static int64_t storageBytes(ds::WeightOp w) {
   return t.getNumElements() * std::max<int64_t>(1, t.getElementTypeBitWidth() / 8);
 }
 
-/// --explain-plan: what one rank holds and does (single rank so far).
+/// Whether the rank at `coord` (per MeshAxis) holds weight `w`.
+static bool holds(ds::WeightOp w, const int64_t coord[4]) {
+  if (std::optional<ArrayAttr> shards = w.getShards())
+    for (auto s : shards->getAsRange<ds::ShardAttr>())
+      if (s.getOwner() >= 0 && s.getOwner() != coord[int(s.getAxis())])
+        return false;
+  return true;
+}
+
+/// Bytes one rank sends per token of a decode step (float32 activations, as
+/// the CPU runtime sends them): ring all-reduce 2 (P-1)/P * row, all-gather
+/// (P-1) * row; expert-parallel MoE at most min(top_k, P-1) dispatched rows
+/// (hidden + 2 top_k floats) and as many combined rows (hidden), plus the
+/// all-gather of the finished row to P-1 ranks, for the 1/P of the tokens
+/// a rank routes.
+static int64_t decodeCommBytes(func::FuncOp decode, ds::PlanAttr plan) {
+  double bytes = 0;
+  auto width = [](Value v) { return double(cast<MemRefType>(v.getType()).getDimSize(1)); };
+  decode.walk([&](Operation *op) {
+    if (auto r = dyn_cast<ds::kernel::AllReduceOp>(op)) {
+      double p = double(plan.getSize(r.getAxis()));
+      bytes += 2 * (p - 1) / p * width(r.getInout()) * 4;
+    } else if (auto g = dyn_cast<ds::kernel::AllGatherOp>(op)) {
+      double p = double(plan.getSize(g.getAxis()));
+      bytes += (p - 1) * width(g.getInput()) * 4;
+    } else if (auto m = dyn_cast<ds::kernel::MoEExpertsOp>(op)) {
+      if (m.getEp() <= 1)
+        return;
+      double p = double(m.getEp()), k = width(m.getIndices()), h = width(m.getInput());
+      double rows = std::min(k, p - 1);
+      bytes += (rows * (h + 2 * k) * 4 + rows * h * 4 + (p - 1) * h * 4) / p;
+    }
+  });
+  return std::llround(bytes);
+}
+
+/// --explain-plan: per rank, what it holds and does.
 static void explain(ModuleOp module, llvm::raw_ostream &os) {
+  auto plan = module->getAttrOfType<ds::PlanAttr>(ds::DSDialect::kPlanAttrName);
+  if (!plan)
+    plan = ds::PlanAttr::get(module.getContext(), 1, 1, 1, 1);
   llvm::StringSet<> read;
   module.walk([&](ds::WeightUserInterface op) {
     SmallVector<ds::WeightUse> uses;
@@ -180,26 +228,47 @@ static void explain(ModuleOp module, llvm::raw_ostream &os) {
     for (const ds::WeightUse &u : uses)
       read.insert(u.name);
   });
-  int64_t weightBytes = 0;
+  SmallVector<ds::WeightOp> held;
   for (auto w : module.getOps<ds::WeightOp>()) {
     StringRef name = w.getSymName();
     // FP8 scales travel with the weight they scale.
     if (read.contains(name) ||
         (name.consume_back(ds::kScaleSuffix) && read.contains(name)))
-      weightBytes += storageBytes(w);
+      held.push_back(w);
   }
   auto model = module->getAttrOfType<ds::kernel::ModelAttr>(ds::kernel::kModelAttrName);
   int64_t kvBytes = model.getCacheLayers() * (model.getKvLoraRank() + model.getQkRope()) * 2;
-  os << "rank: 0\n";
-  os << "weights.bytes: " << weightBytes << "\n";
-  os << "kv_cache.bytes_per_token: " << kvBytes << "\n";
-  os << "comm.bytes_per_token.decode: 0\n";
+  int64_t comm = 0;
+  SmallVector<std::pair<StringRef, int64_t>> kernels;
   for (auto fn : module.getOps<func::FuncOp>()) {
-    int64_t kernels = 0;
+    int64_t count = 0;
     for (Operation &op : fn.getBody().front())
-      kernels += isa<ds::kernel::DSKDialect>(op.getDialect()) &&
-                 !isa<ds::kernel::ArenaOp>(op);
-    os << "kernels." << fn.getName() << ": " << kernels << "\n";
+      count += isa<ds::kernel::DSKDialect>(op.getDialect()) && !isa<ds::kernel::ArenaOp>(op);
+    kernels.push_back({fn.getName(), count});
+    if (fn.getName() == "decode")
+      comm = decodeCommBytes(fn, plan);
+  }
+  os << "ranks: " << plan.getRanks() << " (tp " << plan.getTp() << " x ep " << plan.getEp()
+     << " x pp " << plan.getPp() << " x dp " << plan.getDp() << ")\n";
+  for (int64_t rank = 0; rank < plan.getRanks(); ++rank) {
+    // Rank layout of #ds.plan: tp fastest, then ep, dp, pp.
+    int64_t coord[4], rest = rank;
+    for (ds::MeshAxis a : {ds::MeshAxis::tp, ds::MeshAxis::ep, ds::MeshAxis::dp, ds::MeshAxis::pp}) {
+      coord[int(a)] = rest % plan.getSize(a);
+      rest /= plan.getSize(a);
+    }
+    int64_t weightBytes = 0;
+    for (ds::WeightOp w : held)
+      if (holds(w, coord))
+        weightBytes += storageBytes(w);
+    os << "\nrank: " << rank << "\n";
+    os << "mesh: tp " << coord[0] << ", ep " << coord[1] << ", pp " << coord[2] << ", dp " << coord[3]
+       << "\n";
+    os << "weights.bytes: " << weightBytes << "\n";
+    os << "kv_cache.bytes_per_token: " << kvBytes << "\n";
+    os << "comm.bytes_per_token.decode: " << comm << "\n";
+    for (auto [name, count] : kernels)
+      os << "kernels." << name << ": " << count << "\n";
   }
 }
 
@@ -216,8 +285,11 @@ int main(int argc, char **argv) {
 
   if (target == Target::Cuda)
     return fail("--target=cuda: the CUDA backend is not built yet; use --target=cpu");
-  if (tp != 1 || ep != 1 || pp != 1 || dp != 1)
-    return fail("--tp/--ep/--pp/--dp: only single-rank compilation is implemented yet");
+  for (auto [name, v] : {std::pair<const char *, int>{"tp", tp}, {"ep", ep}, {"pp", pp}, {"dp", dp}})
+    if (v < 1)
+      return fail(llvm::Twine("--") + name + "=" + llvm::Twine(v) + ": must be at least 1");
+  if (pp != 1 || dp != 1)
+    return fail("--pp/--dp: pipeline and data parallelism are not implemented yet (--tp and --ep are)");
   if (!explainPlan && output.empty())
     return fail("no output file: give -o OUT (or --explain-plan)");
 
@@ -232,9 +304,24 @@ int main(int argc, char **argv) {
   if (failed(verify(*module)))
     return 1;
 
+  // The plan: the attribute the partition passes read. Flags win over a plan
+  // the input module already carries (e.g. from ds-opt).
+  if (int64_t(tp) * ep * pp * dp > 1)
+    (*module)->setAttr(ds::DSDialect::kPlanAttrName, ds::PlanAttr::get(&ctx, tp, ep, pp, dp));
+  auto plan = (*module)->getAttrOfType<ds::PlanAttr>(ds::DSDialect::kPlanAttrName);
+  const int64_t ranks = plan ? plan.getRanks() : 1;
+  if (plan && (plan.getPp() != 1 || plan.getDp() != 1))
+    return fail("the module's #ds.plan asks for pp/dp > 1: pipeline and data parallelism are not "
+                "implemented yet");
+  if (ranks > 1 && emit == Emit::Exe && !explainPlan && !*DS_RUNTIME_MPI_LIBRARY)
+    return fail("multi-rank executables need MPI, and this ds-compile was built without it "
+                "(install libopenmpi-dev and reconfigure)");
+
   PassManager pm(&ctx);
   if (failed(applyPassManagerCLOptions(pm)))
     return 1;
+  pm.addPass(ds::createPartitionTP());
+  pm.addPass(ds::createPartitionEP());
   ds::LowerToKernelsOptions lowering;
   lowering.maxSeqLen = maxSeqLen;
   lowering.maxBatch = maxBatch;
@@ -265,5 +352,5 @@ int main(int argc, char **argv) {
     out->keep();
     return 0;
   }
-  return buildExecutable(text);
+  return buildExecutable(text, ranks > 1);
 }

@@ -68,6 +68,12 @@ public:
                     std::string *error) = 0;
 
   virtual bool barrier(std::string *error) = 0;
+
+  /// Collective: the ranks that pass the same `color` form a new
+  /// communicator, ordered by `key` (then by rank). Null (with *error) on
+  /// failure. The new communicator fails and aborts like this one.
+  virtual std::unique_ptr<Comm> split(int color, int key,
+                                      std::string *error) = 0;
 };
 
 /// One rank, no MPI.

@@ -25,6 +25,21 @@ namespace dsrt {
 /// Storage dtype of a checkpoint tensor.
 enum class DType : uint8_t { F32, BF16, F16, F8E4M3 };
 
+/// Axes of the device mesh (#ds.plan); world rank
+/// ((pp_i * dp + dp_i) * ep + ep_i) * tp + tp_i.
+enum class MeshAxis : int32_t { TP = 0, EP = 1, PP = 2, DP = 3 };
+
+/// How a weight is partitioned over one mesh axis (#ds.shard).
+struct WeightShard {
+  MeshAxis axis;
+  /// >= 0: the checkpoint tensor is split evenly along this dimension over
+  /// the axis' ranks; WeightSpec::shape is one part, and the rank at
+  /// coordinate i reads part i.
+  int32_t dim;
+  /// >= 0: only the ranks at this coordinate of the axis hold the weight.
+  int32_t owner;
+};
+
 /// A checkpoint tensor the compiled model reads.
 struct WeightSpec {
   const char *name; ///< Hugging Face name, e.g. "model.layers.0.mlp.up_proj.weight".
@@ -51,6 +66,9 @@ struct WeightSpec {
   /// read this weight, never through weight(i).
   uint32_t flags = 0;
   static constexpr uint32_t kGemmOnly = 1;
+  /// Partitioning (multi-rank models); shape is then this rank's part.
+  int32_t numShards = 0;
+  WeightShard shards[3] = {};
 };
 
 /// A weight kept in FP8 (WeightSpec::dtype == F8E4M3).
@@ -88,6 +106,7 @@ struct MoERouting {
   double scale; ///< routed_scaling_factor
 };
 
+class Comm;
 class Context;
 class KVCache;
 
@@ -129,6 +148,9 @@ struct ModelSpec {
   int64_t decodeMaxTokens; ///< --max-batch: most tokens per decode call
   MtpFn mtp;               ///< null when the model has no MTP module
   int64_t mtpMaxTokens;    ///< most tokens per mtp call (prefillMaxTokens)
+  /// Ranks along each MeshAxis (tp, ep, pp, dp); their product is the
+  /// number of ranks the model was compiled for.
+  int32_t mesh[4] = {1, 1, 1, 1};
 };
 
 /// The paged latent KV cache: fixed blocks of kBlockTokens positions (all
@@ -211,6 +233,24 @@ public:
   void setTokenSequences(const int32_t *seq, int64_t n);
   int32_t tokenSequence(int64_t i) const;
 
+  /// Places this Context on the device mesh: `world` (not owned; it must
+  /// outlive the Context) has exactly as many ranks as spec().mesh
+  /// multiplies to, and is split into one communicator per axis. Call it
+  /// before loading weights: which weights a rank holds, and which part of
+  /// them, follows from its coordinates. Without it the Context is rank 0
+  /// of a one-rank mesh (and a multi-rank spec cannot load weights).
+  bool setComm(Comm *world, std::string *error);
+  /// This rank's coordinate on `axis`, and the axis' size.
+  int meshCoord(MeshAxis axis) const;
+  int meshSize(MeshAxis axis) const;
+  /// Rank in the world communicator (0 without one).
+  int rank() const;
+  /// The ranks of `axis` that share this rank's other coordinates; null
+  /// before setComm.
+  Comm *comm(MeshAxis axis);
+  /// Whether this rank holds weight `index` (placement shards).
+  bool holdsWeight(int64_t index) const;
+
   /// Loads weights from a .safetensors file or a checkpoint directory
   /// (model.safetensors.index.json or *.safetensors). Returns false and sets
   /// `error` (naming the file and tensor) on failure.
@@ -225,8 +265,14 @@ private:
   std::unique_ptr<Impl> impl_;
 };
 
-/// The executable's main (CLI in DESIGN.md).
-int runMain(int argc, char **argv, const ModelSpec &spec);
+/// The executable's main (CLI in DESIGN.md). A model compiled for more
+/// than one rank needs `world` (runMainMpi, in dsrt-mpi, creates it); only
+/// its rank 0 prints and writes files.
+int runMain(int argc, char **argv, const ModelSpec &spec, Comm *world = nullptr);
+
+/// main of a multi-rank executable: creates the MPI communicator and calls
+/// runMain. Defined in dsrt-mpi.
+int runMainMpi(int argc, char **argv, const ModelSpec &spec);
 
 namespace cpu {
 
@@ -313,6 +359,26 @@ void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                  const float *weights, int64_t topK, const int64_t *gate,
                  const int64_t *up, const int64_t *down, int64_t experts,
                  float *y, int64_t ldy, ActQuant act);
+
+/// moeExpertsW over the ranks of MeshAxis::EP, each holding the weights of
+/// experts / ep consecutive experts and all the same n tokens: this rank
+/// computes tokens [r * n / ep, (r + 1) * n / ep) by sending each to the
+/// ranks that hold its chosen experts (all-to-all of only those rows,
+/// hidden floats each), summing the weighted results sent back, and
+/// all-gathering the finished rows, so that y is complete on every rank.
+void moeExpertsEP(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                  int64_t hidden, int64_t inter, const int32_t *idx,
+                  const float *weights, int64_t topK, const int64_t *gate,
+                  const int64_t *up, const int64_t *down, int64_t experts,
+                  float *y, int64_t ldy, ActQuant act);
+
+/// In place: x [n, d] becomes its sum over the ranks of `axis`.
+void allReduce(Context &ctx, MeshAxis axis, float *x, int64_t ldx, int64_t n,
+               int64_t d);
+
+/// y [n, d * ranks] = the ranks' x [n, d] side by side, in rank order.
+void allGatherColumns(Context &ctx, MeshAxis axis, const float *x, int64_t ldx,
+                      int64_t n, int64_t d, float *y, int64_t ldy);
 
 /// Fused residual add + RMSNorm: sum = a + b, y = rmsNorm(sum, w, eps).
 void addRmsNorm(Context &ctx, const float *a, int64_t lda, const float *b,

@@ -31,6 +31,46 @@ def ModelStats : Pass<"ds-model-stats", "::mlir::ModuleOp"> {
   }];
 }
 
+def PartitionTP : Pass<"ds-partition-tp", "::mlir::ModuleOp"> {
+  let summary = "Split attention heads, MLP/expert intermediates and the vocabulary over tp ranks";
+  let description = [{
+    Reads `tp` from the module's `ds.plan` (nothing to do when it is 1 or
+    absent) and rewrites the model into what one tensor-parallel rank
+    computes:
+
+    - `ds.mla`: `heads / tp` heads per rank. `q_b_proj` (or `q_proj`) and
+      `kv_b_proj` are split along their rows (heads), `o_proj` along its
+      columns; `q_a_proj`, `kv_a_proj_with_mqa` and the norms (the latent
+      path) are replicated, so every rank caches the whole latent.
+    - `ds.mlp`, and the routed and shared experts of `ds.moe`: the
+      intermediate size is split (`gate_proj`/`up_proj` rows, `down_proj`
+      columns); the router is replicated.
+    - `ds.lm_head`: the vocabulary is split (rows of the head) and the
+      logits are gathered (`ds.all_gather` along dim 1), unless the head is
+      shared with the embedding or an MTP module.
+
+    Each of `ds.mla`, `ds.mlp` and `ds.moe` then produces a partial sum:
+    a `ds.all_reduce` over `tp` follows it. Split weights get
+    `#ds.shard<axis = tp, dim = d>` and their type becomes one rank's slice.
+    A plan the model cannot take (heads, intermediate or vocabulary not
+    divisible by tp, FP8 checkpoints) is an error naming the op and sizes.
+  }];
+}
+
+def PartitionEP : Pass<"ds-partition-ep", "::mlir::ModuleOp"> {
+  let summary = "Split the routed experts over ep ranks";
+  let description = [{
+    Reads `ep` from the module's `ds.plan`. Every `ds.moe` gets `ep = N`:
+    its routed experts are split into N consecutive ranges, and expert e's
+    three weights get `#ds.shard<axis = ep, owner = e / (experts / N)>`, so
+    each rank loads only its experts. Attention, dense layers, the router
+    and the shared experts are replicated over `ep`. At run time every rank
+    routes only its share of the tokens and exchanges only the rows each
+    rank needs (see `dsk.moe_experts`). Errors: experts not divisible by ep,
+    a model without MoE layers.
+  }];
+}
+
 def LowerToKernels : Pass<"ds-lower-to-kernels", "::mlir::ModuleOp"> {
   let summary = "Lower the model to prefill and decode kernel-level programs";
   let description = [{

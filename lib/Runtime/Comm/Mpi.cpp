@@ -128,8 +128,9 @@ public:
       : ownsMpi_(ownsMpi), timeoutS_(timeoutS), maxChunk_(maxChunk) {}
   ~MpiComm() override;
 
-  /// Everything after MPI_Init: error handlers, duplicates, attributes.
-  bool init(std::string *error);
+  /// Everything after MPI_Init: error handlers, duplicates of `base`,
+  /// attributes.
+  bool init(MPI_Comm base, std::string *error);
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -146,6 +147,7 @@ public:
   bool recv(float *data, int64_t count, int peer, int tag,
             std::string *error) override;
   bool barrier(std::string *error) override;
+  std::unique_ptr<Comm> split(int color, int key, std::string *error) override;
 
   bool failed() const { return failed_; }
   const std::string &firstError() const { return firstError_; }
@@ -213,13 +215,13 @@ private:
   int wideLocal_ = 0, wideGlobal_ = 0;
 };
 
-bool MpiComm::init(std::string *error) {
+bool MpiComm::init(MPI_Comm base, std::string *error) {
   // A dead peer must be an error returned to us, not an abort.
-  if (!checkMpi(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN),
+  if (!checkMpi(MPI_Comm_set_errhandler(base, MPI_ERRORS_RETURN),
                 "MPI_Comm_set_errhandler", error))
     return false;
-  if (!checkMpi(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank", error) ||
-      !checkMpi(MPI_Comm_size(MPI_COMM_WORLD, &size_), "MPI_Comm_size", error))
+  if (!checkMpi(MPI_Comm_rank(base, &rank_), "MPI_Comm_rank", error) ||
+      !checkMpi(MPI_Comm_size(base, &size_), "MPI_Comm_size", error))
     return false;
   void *attr = nullptr;
   int flag = 0;
@@ -231,9 +233,9 @@ bool MpiComm::init(std::string *error) {
   // messages never match the program's; MPI_Comm_idup, so that a rank that
   // never starts is a timeout here too.
   requests_.assign(2, MPI_REQUEST_NULL);
-  if (!checkMpi(MPI_Comm_idup(MPI_COMM_WORLD, &coll_, &requests_[0]),
+  if (!checkMpi(MPI_Comm_idup(base, &coll_, &requests_[0]),
                 "MPI_Comm_idup", error) ||
-      !checkMpi(MPI_Comm_idup(MPI_COMM_WORLD, &p2p_, &requests_[1]),
+      !checkMpi(MPI_Comm_idup(base, &p2p_, &requests_[1]),
                 "MPI_Comm_idup", error))
     return false;
   return waitAll(requests_, "createMpiComm (MPI_Comm_idup)",
@@ -545,6 +547,27 @@ bool MpiComm::barrier(std::string *error) {
          waitAll(requests_, op, "a peer died or never arrived", error);
 }
 
+std::unique_ptr<Comm> MpiComm::split(int color, int key, std::string *error) {
+  const char *op = "split";
+  // MPI_Comm_split cannot be polled: a timed barrier first makes sure every
+  // rank is there to take part.
+  if (!usable(op, error) || !barrier(error))
+    return nullptr;
+  MPI_Comm part = MPI_COMM_NULL;
+  if (!checkMpi(MPI_Comm_split(coll_, color, key, &part), op, error))
+    return nullptr;
+  auto child = std::make_unique<MpiComm>(false, timeoutS_, maxChunk_);
+  std::string initError;
+  bool ok = child->init(part, &initError);
+  MPI_Comm_free(&part);
+  if (!ok) {
+    failWith(where(op) + ": " + initError, error);
+    child.reset(); // aborts the job: its collective failed
+    return nullptr;
+  }
+  return child;
+}
+
 } // namespace
 
 std::unique_ptr<Comm> createMpiComm(int *argc, char ***argv,
@@ -592,7 +615,7 @@ std::unique_ptr<Comm> createMpiComm(int *argc, char ***argv,
 
   auto comm = std::make_unique<MpiComm>(owns, timeoutS, maxChunk);
   std::string initError;
-  if (!comm->init(&initError)) {
+  if (!comm->init(MPI_COMM_WORLD, &initError)) {
     // MPI is initialized but unusable (a peer missing, an MPI error): no
     // caller can finalize it safely, so the destructor prints the error and
     // aborts the job (see the failure policy above).

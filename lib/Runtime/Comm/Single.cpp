@@ -71,6 +71,9 @@ public:
                            " on a single-rank communicator");
   }
   bool barrier(std::string *) override { return true; }
+  std::unique_ptr<Comm> split(int, int, std::string *) override {
+    return std::make_unique<SingleComm>();
+  }
 };
 
 } // namespace

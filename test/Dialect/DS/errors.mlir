@@ -757,3 +757,45 @@ func.func @f(%x: tensor<?x16xf32>) {
   // expected-error @+1 {{expects parent op 'ds.mtp'}}
   ds.yield %x : tensor<?x16xf32>
 }
+
+// -----
+
+// expected-error @+1 {{#ds.plan: ep must be >= 1, got 0}}
+module attributes {ds.plan = #ds.plan<tp = 1, ep = 0, pp = 1, dp = 1>} {}
+
+// -----
+
+// expected-error @+1 {{#ds.shard: give exactly one of dim (a split) and owner (a placement), both >= 0}}
+ds.weight @w {shards = [#ds.shard<axis = tp, dim = 0, owner = 1>]} : tensor<4x8xf32>
+
+// -----
+
+// expected-error @+1 {{'ds.weight' op weight 'w' has shards but the module has no 'ds.plan'}}
+ds.weight @w {shards = [#ds.shard<axis = tp, dim = 0>]} : tensor<4x8xf32>
+
+// -----
+
+module attributes {ds.plan = #ds.plan<tp = 2, ep = 1, pp = 1, dp = 1>} {
+  // expected-error @+1 {{'ds.weight' op weight 'w' is split along dim 2 but has rank 2}}
+  ds.weight @w {shards = [#ds.shard<axis = tp, dim = 2>]} : tensor<4x8xf32>
+}
+
+// -----
+
+module attributes {ds.plan = #ds.plan<tp = 1, ep = 2, pp = 1, dp = 1>} {
+  // expected-error @+1 {{'ds.weight' op weight 'w' is owned by ep rank 2 of 2}}
+  ds.weight @w {shards = [#ds.shard<axis = ep, owner = 2>]} : tensor<4x8xf32>
+}
+
+// -----
+
+// expected-error @+1 {{'ds.plan' must be a #ds.plan attribute}}
+module attributes {ds.plan = 2} {}
+
+// -----
+
+func.func @f(%x: tensor<?x8xf32>) -> tensor<?x12xf32> {
+  // expected-error @+1 {{'ds.all_gather' op result dim 1 (12) must be a static multiple of the input's (8)}}
+  %g = ds.all_gather %x {axis = #ds.axis<tp>, dim = 1} : (tensor<?x8xf32>) -> tensor<?x12xf32>
+  return %g : tensor<?x12xf32>
+}

@@ -149,3 +149,19 @@ module attributes {ds.quantization = #ds.fp8<block = [128, 128]>} {
     return %logits, %y : tensor<?x32xf32>, tensor<?x16xf32>
   }
 }
+
+// -----
+
+// A partitioned weight and the collectives.
+// CHECK-LABEL: module attributes {ds.plan = #ds.plan<tp = 2, ep = 2, pp = 1, dp = 1>}
+// CHECK: ds.weight @w {shards = [#ds.shard<axis = tp, dim = 1>, #ds.shard<axis = ep, owner = 1>]} : tensor<4x8xf32>
+// CHECK: ds.all_reduce %{{.+}} {axis = #ds.axis<tp>} : tensor<?x8xf32>
+// CHECK: ds.all_gather %{{.+}} {axis = #ds.axis<ep>, dim = 1 : i64} : (tensor<?x8xf32>) -> tensor<?x16xf32>
+module attributes {ds.plan = #ds.plan<tp = 2, ep = 2, pp = 1, dp = 1>} {
+  ds.weight @w {shards = [#ds.shard<axis = tp, dim = 1>, #ds.shard<axis = ep, owner = 1>]} : tensor<4x8xf32>
+  func.func @f(%x: tensor<?x8xf32>) -> tensor<?x16xf32> {
+    %s = ds.all_reduce %x {axis = #ds.axis<tp>} : tensor<?x8xf32>
+    %g = ds.all_gather %s {axis = #ds.axis<ep>, dim = 1} : (tensor<?x8xf32>) -> tensor<?x16xf32>
+    return %g : tensor<?x16xf32>
+  }
+}

@@ -311,3 +311,11 @@ func.func @f(%x: memref<?x16xf32>, %i: memref<?x2xi32>, %w: memref<?x2xf32>) {
   dsk.moe_gate %x, %i, %w {weight = @r, config = #ds.moe<experts = 4, shared = 0, top_k = 2, inter = 4, scoring = softmax, topk_method = greedy, n_group = 1, topk_group = 1, norm_topk = false, scale = 1.0>} : memref<?x16xf32>, memref<?x2xi32>, memref<?x2xf32>
   return
 }
+
+// -----
+
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x24xf32>) {
+  // expected-error @+1 {{'dsk.all_gather' op out width (24) must be a multiple of the input's (16)}}
+  dsk.all_gather %x, %y {axis = #ds.axis<tp>} : memref<?x16xf32>, memref<?x24xf32>
+  return
+}

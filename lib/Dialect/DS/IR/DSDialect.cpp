@@ -181,6 +181,33 @@ LogicalResult FP8QuantAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   return success();
 }
 
+LogicalResult PlanAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                               int64_t tp, int64_t ep, int64_t pp, int64_t dp) {
+  for (auto [name, v] : {std::pair<const char *, int64_t>{"tp", tp},
+                         {"ep", ep}, {"pp", pp}, {"dp", dp}})
+    if (v < 1)
+      return emitError() << "#ds.plan: " << name << " must be >= 1, got " << v;
+  return success();
+}
+
+int64_t PlanAttr::getSize(MeshAxis axis) const {
+  switch (axis) {
+  case MeshAxis::tp: return getTp();
+  case MeshAxis::ep: return getEp();
+  case MeshAxis::pp: return getPp();
+  case MeshAxis::dp: return getDp();
+  }
+  return 1;
+}
+
+LogicalResult ShardAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                                MeshAxis axis, int64_t dim, int64_t owner) {
+  if ((dim >= 0) == (owner >= 0))
+    return emitError() << "#ds.shard: give exactly one of dim (a split) and "
+                          "owner (a placement), both >= 0";
+  return success();
+}
+
 //===----------------------------------------------------------------------===//
 // Module attributes
 //===----------------------------------------------------------------------===//
@@ -231,6 +258,15 @@ LogicalResult DSDialect::verifyOperationAttribute(Operation *op,
       return op->emitError() << "'" << kQuantizationAttrName
                              << "' must be a #ds.fp8 attribute";
     return verifyQuantizedWeights(module, quant);
+  }
+  if (attr.getName() == kPlanAttrName) {
+    if (!isa<ModuleOp>(op))
+      return op->emitError() << "'" << kPlanAttrName
+                             << "' is a module attribute";
+    if (!isa<PlanAttr>(attr.getValue()))
+      return op->emitError() << "'" << kPlanAttrName
+                             << "' must be a #ds.plan attribute";
+    return success();
   }
   return op->emitError() << "unknown ds dialect attribute '"
                          << attr.getName().getValue() << "'";

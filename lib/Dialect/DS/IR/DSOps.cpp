@@ -150,12 +150,52 @@ LogicalResult WeightOp::verify() {
                            << DSDialect::kQuantizationAttrName
                            << "' attribute giving its block size";
   }
+  if (std::optional<ArrayAttr> shards = getShards()) {
+    auto module = (*this)->getParentOfType<ModuleOp>();
+    auto plan = module ? module->getAttrOfType<PlanAttr>(DSDialect::kPlanAttrName)
+                       : PlanAttr();
+    if (!plan)
+      return emitOpError() << "weight '" << getSymName()
+                           << "' has shards but the module has no '"
+                           << DSDialect::kPlanAttrName << "'";
+    for (auto shard : shards->getAsRange<ShardAttr>()) {
+      int64_t size = plan.getSize(shard.getAxis());
+      if (shard.getDim() >= type.getRank())
+        return emitOpError() << "weight '" << getSymName() << "' is split along dim "
+                             << shard.getDim() << " but has rank "
+                             << type.getRank();
+      if (shard.getOwner() >= size)
+        return emitOpError() << "weight '" << getSymName() << "' is owned by "
+                             << stringifyMeshAxis(shard.getAxis()) << " rank "
+                             << shard.getOwner() << " of " << size;
+    }
+  }
   return success();
 }
 
 //===----------------------------------------------------------------------===//
 // Primitives
 //===----------------------------------------------------------------------===//
+
+LogicalResult AllGatherOp::verify() {
+  RankedTensorType in = tensorType(getInput()), out = tensorType(getResult());
+  int64_t dim = getDim();
+  if (in.getRank() != out.getRank() || dim < 0 || dim >= in.getRank())
+    return emitOpError() << "dim " << dim << " must be a dimension of both "
+                         << in << " and " << out;
+  for (int64_t d = 0; d < in.getRank(); ++d) {
+    int64_t a = in.getDimSize(d), b = out.getDimSize(d);
+    if (d != dim && a != b)
+      return emitOpError() << "input " << in << " and result " << out
+                           << " differ outside dim " << dim;
+    if (d == dim && (ShapedType::isDynamic(a) || ShapedType::isDynamic(b) ||
+                     b % a != 0))
+      return emitOpError() << "result dim " << dim << " (" << b
+                           << ") must be a static multiple of the input's ("
+                           << a << ")";
+  }
+  return success();
+}
 
 LogicalResult EmbeddingOp::verify() {
   if (failed(verifyTokensByHidden(*this, getResult(), "result")))

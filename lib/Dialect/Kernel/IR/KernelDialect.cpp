@@ -165,6 +165,9 @@ void MoERouteOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
 LogicalResult MoEExpertsOp::verify() {
   if (width(getIndices()) != width(getWeights()))
     return emitOpError() << "indices and weights differ in top_k";
+  if (getEp() < 1 || getExperts() % getEp() != 0)
+    return emitOpError() << "ep (" << getEp() << ") must divide experts ("
+                         << getExperts() << ")";
   return verifyWidth(*this, getOut(), width(getInput()), "out");
 }
 
@@ -176,6 +179,14 @@ void MoEExpertsOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
     uses.push_back(use(p + ".up_proj.weight", {inter, h}, true));
     uses.push_back(use(p + ".down_proj.weight", {h, inter}, true));
   }
+}
+
+LogicalResult AllGatherOp::verify() {
+  int64_t in = width(getInput()), out = width(getOut());
+  if (out % in != 0)
+    return emitOpError() << "out width (" << out
+                         << ") must be a multiple of the input's (" << in << ")";
+  return success();
 }
 
 //===----------------------------------------------------------------------===//

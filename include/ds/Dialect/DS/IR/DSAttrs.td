@@ -34,6 +34,18 @@ def DS_TopkMethod : I32EnumAttr<"TopkMethod", "MoE expert selection method", [
 }
 def DS_TopkMethodAttr : EnumAttr<DS_Dialect, DS_TopkMethod, "topk_method">;
 
+def DS_MeshAxis : I32EnumAttr<"MeshAxis", "an axis of the device mesh", [
+    I32EnumAttrCase<"tp", 0>,
+    I32EnumAttrCase<"ep", 1>,
+    I32EnumAttrCase<"pp", 2>,
+    I32EnumAttrCase<"dp", 3>]> {
+  let cppNamespace = "::ds";
+  let genSpecializedAttr = 0;
+}
+def DS_MeshAxisAttr : EnumAttr<DS_Dialect, DS_MeshAxis, "axis"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
 // A float printed in shortest round-trip form (`2.5`, `1.0e-06`).
 class DS_FloatParameter<string desc> : APFloatParameter<desc> {
   let parser = [{ [&]() -> ::mlir::FailureOr<::llvm::APFloat> {
@@ -182,6 +194,46 @@ def DS_FP8QuantAttr : DS_Attr<"FP8Quant", "fp8"> {
   }];
   let parameters = (ins ArrayRefParameter<"int64_t">:$block);
   let assemblyFormat = "`<` `block` `=` `[` $block `]` `>`";
+}
+
+//===----------------------------------------------------------------------===//
+// Parallelism
+//===----------------------------------------------------------------------===//
+
+def DS_PlanAttr : DS_Attr<"Plan", "plan"> {
+  let summary = "the device mesh a model is partitioned over";
+  let description = [{
+    Module attribute `ds.plan`: `tp * ep * pp * dp` ranks, rank
+    `((pp_i * dp + dp_i) * ep + ep_i) * tp + tp_i` (tensor-parallel ranks
+    adjacent). `tp` splits attention heads, MLP and expert intermediates and
+    the vocabulary; `ep` splits the routed experts (attention is replicated
+    over it); `pp` splits the layers into stages; `dp` makes independent
+    replicas. See docs/parallelism.md.
+
+    Example: `#ds.plan<tp = 2, ep = 2, pp = 1, dp = 1>`.
+  }];
+  let parameters = (ins "int64_t":$tp, "int64_t":$ep, "int64_t":$pp,
+                        "int64_t":$dp);
+  let extraClassDeclaration = [{
+    int64_t getRanks() const { return getTp() * getEp() * getPp() * getDp(); }
+    int64_t getSize(::ds::MeshAxis axis) const;
+  }];
+}
+
+def DS_ShardAttr : DS_Attr<"Shard", "shard"> {
+  let summary = "how a weight is split over one mesh axis";
+  let description = [{
+    On `ds.weight` (`shards = [...]`), set by the partition passes. With
+    `dim = d` the tensor is split evenly along dimension d over the `axis`
+    ranks: the weight's type is one rank's slice, and rank `i` of the axis
+    reads rows (d = 0) or columns (d = 1) `[i * s, (i + 1) * s)` of the
+    checkpoint tensor, `s` the slice's size. With `owner = k` only the ranks
+    at coordinate k of `axis` hold the tensor (routed experts under EP,
+    layers under PP).
+  }];
+  let parameters = (ins "::ds::MeshAxis":$axis,
+                        DefaultValuedParameter<"int64_t", "-1">:$dim,
+                        DefaultValuedParameter<"int64_t", "-1">:$owner);
 }
 
 #endif // DS_DIALECT_DS_IR_DSATTRS_TD

@@ -45,6 +45,8 @@ def DS_Dialect : Dialect {
   let extraClassDeclaration = [{
     /// Name of the module attribute that records FP8 block quantization.
     static constexpr llvm::StringLiteral kQuantizationAttrName = "ds.quantization";
+    /// Name of the module attribute that records the device mesh (#ds.plan).
+    static constexpr llvm::StringLiteral kPlanAttrName = "ds.plan";
   }];
 }
 

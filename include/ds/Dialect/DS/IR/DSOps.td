@@ -39,10 +39,21 @@ def DS_WeightOp : DS_Op<"weight", [Symbol, HasParent<"::mlir::ModuleOp">]> {
     ```mlir
     ds.weight @"model.layers.0.self_attn.kv_b_proj.weight" : tensor<4096x512xbf16>
     ```
+
+    After partitioning, `shards` (`#ds.shard`) says which part of the
+    checkpoint tensor each rank holds, and the type is one rank's part.
   }];
   let arguments = (ins SymbolNameAttr:$sym_name,
-                       TypeAttrOf<AnyStaticShapeTensor>:$type);
+                       TypeAttrOf<AnyStaticShapeTensor>:$type,
+                       OptionalAttr<TypedArrayAttrBase<DS_ShardAttr,
+                           "weight shards">>:$shards);
   let assemblyFormat = "$sym_name attr-dict `:` $type";
+  let builders = [
+    OpBuilder<(ins "::llvm::StringRef":$symName, "::mlir::RankedTensorType":$type), [{
+      build($_builder, $_state, $_builder.getStringAttr(symName),
+            ::mlir::TypeAttr::get(type), ::mlir::ArrayAttr());
+    }]>
+  ];
   let hasVerifier = 1;
   let extraClassDeclaration = [{
     ::mlir::RankedTensorType getTensorType() {
@@ -211,6 +222,10 @@ def DS_MoEOp : DS_WeightUserOp<"moe", [SameOperandsAndResultType]> {
     `gate.weight` (router), `gate.e_score_correction_bias` (only for
     `noaux_tc`), `experts.J.{gate,up,down}_proj.weight`, and
     `shared_experts.{gate,up,down}_proj.weight` when `shared > 0`.
+    With `ep = N > 1` (ds-partition-ep) the routed experts are split over N
+    expert-parallel ranks, `experts / N` consecutive ones each: every rank
+    routes its share of the tokens and sends each token only to the ranks
+    holding its experts (all-to-all), which send the results back.
 
     ```mlir
     %y = ds.moe %x {prefix = "model.layers.1.mlp",
@@ -220,7 +235,8 @@ def DS_MoEOp : DS_WeightUserOp<"moe", [SameOperandsAndResultType]> {
     ```
   }];
   let arguments = (ins DS_Activation:$input, StrAttr:$prefix,
-                       DS_MoEConfigAttr:$config);
+                       DS_MoEConfigAttr:$config,
+                       DefaultValuedAttr<I64Attr, "1">:$ep);
   let results = (outs DS_Activation:$result);
   let assemblyFormat = "$input attr-dict `:` type($input)";
 }
@@ -275,6 +291,38 @@ def DS_YieldOp : DS_Op<"yield", [Pure, ReturnLike, Terminator,
   let summary = "yields the hidden state of an MTP module's block";
   let arguments = (ins Variadic<DS_Activation>:$values);
   let assemblyFormat = "attr-dict ($values^ `:` type($values))?";
+}
+
+//===----------------------------------------------------------------------===//
+// Collectives (inserted by the partition passes)
+//===----------------------------------------------------------------------===//
+
+def DS_AllReduceOp : DS_Op<"all_reduce", [Pure, SameOperandsAndResultType]> {
+  let summary = "sum over the ranks of one mesh axis";
+  let description = [{
+    ```mlir
+    %y = ds.all_reduce %x {axis = #ds.axis<tp>} : tensor<?x64xf32>
+    ```
+  }];
+  let arguments = (ins DS_Activation:$input, DS_MeshAxisAttr:$axis);
+  let results = (outs DS_Activation:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def DS_AllGatherOp : DS_Op<"all_gather", [Pure]> {
+  let summary = "concatenation over the ranks of one mesh axis";
+  let description = [{
+    Concatenates every rank's `input` along `dim`, in rank order.
+
+    ```mlir
+    %y = ds.all_gather %x {axis = #ds.axis<tp>, dim = 1 : i64} : (tensor<?x128xf32>) -> tensor<?x256xf32>
+    ```
+  }];
+  let arguments = (ins DS_Activation:$input, DS_MeshAxisAttr:$axis,
+                       I64Attr:$dim);
+  let results = (outs DS_Activation:$result);
+  let assemblyFormat = "$input attr-dict `:` functional-type($input, $result)";
+  let hasVerifier = 1;
 }
 
 #endif // DS_DIALECT_DS_IR_DSOPS_TD

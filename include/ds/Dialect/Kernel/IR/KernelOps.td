@@ -191,16 +191,44 @@ def DSK_MoERouteOp : DSK_WeightOp<"moe_route"> {
 
 def DSK_MoEExpertsOp : DSK_WeightOp<"moe_experts"> {
   let summary = "weighted sum of each token's routed SwiGLU experts";
+  let description = [{
+    With `ep = N > 1` each of the N expert-parallel ranks holds `experts / N`
+    consecutive experts and all ranks hold the same tokens: rank r takes
+    tokens [r * n / N, (r + 1) * n / N), sends each of them to the ranks
+    that hold its chosen experts (all-to-all of only those rows), computes
+    what it receives, returns the weighted sums (all-to-all) and all-gathers
+    the finished rows.
+  }];
   let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
                        Arg<DSK_IntRows, "", [MemRead]>:$indices,
                        Arg<DSK_Rows, "", [MemRead]>:$weights,
                        Arg<DSK_Rows, "", [MemWrite]>:$out,
                        StrAttr:$prefix, I64Attr:$experts, I64Attr:$inter,
-                       UnitAttr:$fp8);
+                       UnitAttr:$fp8, DefaultValuedAttr<I64Attr, "1">:$ep);
   let assemblyFormat = [{
     $input `,` $indices `,` $weights `,` $out attr-dict `:` type($input) `,`
     type($indices) `,` type($weights) `,` type($out)
   }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Collectives over one axis of the device mesh (#ds.plan)
+//===----------------------------------------------------------------------===//
+
+def DSK_AllReduceOp : DSK_Op<"all_reduce"> {
+  let summary = "in place: rows become their sum over the axis' ranks";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead, MemWrite]>:$inout,
+                       DS_MeshAxisAttr:$axis);
+  let assemblyFormat = "$inout attr-dict `:` type($inout)";
+}
+
+def DSK_AllGatherOp : DSK_Op<"all_gather"> {
+  let summary = "out's columns are the axis' ranks' inputs, in rank order";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       DS_MeshAxisAttr:$axis);
+  let assemblyFormat = "$input `,` $out attr-dict `:` type($input) `,` type($out)";
   let hasVerifier = 1;
 }
 

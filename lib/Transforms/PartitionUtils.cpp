@@ -1,0 +1,79 @@
+//===- PartitionUtils.cpp - shared by the partition passes ----------------===//
+
+#include "PartitionUtils.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+
+using namespace mlir;
+using namespace ds;
+
+PlanAttr ds::getPlan(ModuleOp module) {
+  return module->getAttrOfType<PlanAttr>(DSDialect::kPlanAttrName);
+}
+
+WeightSharder::WeightSharder(ModuleOp module) {
+  for (auto w : module.getOps<WeightOp>())
+    weights[w.getSymName()] = w;
+}
+
+LogicalResult WeightSharder::add(Operation *user, StringRef name,
+                                 ShardAttr shard, WeightOp *weight) {
+  auto it = weights.find(name);
+  if (it == weights.end())
+    return user->emitOpError() << "reads weight '" << name
+                               << "', which the module does not declare";
+  *weight = it->second;
+  SmallVector<Attribute> shards;
+  if (std::optional<ArrayAttr> old = weight->getShards()) {
+    for (auto s : old->getAsRange<ShardAttr>()) {
+      if (s == shard)
+        return success(); // Another reader asked for the same split.
+      if (s.getAxis() == shard.getAxis())
+        return user->emitOpError()
+               << "needs weight '" << name << "' sharded as " << shard
+               << ", but another op already sharded it as " << s;
+    }
+    shards.append(old->begin(), old->end());
+  }
+  shards.push_back(shard);
+  weight->setShardsAttr(ArrayAttr::get(user->getContext(), shards));
+  return success();
+}
+
+LogicalResult WeightSharder::split(Operation *user, StringRef name,
+                                   MeshAxis axis, int64_t dim, int64_t parts) {
+  MLIRContext *ctx = user->getContext();
+  auto shard = ShardAttr::get(ctx, axis, dim, -1);
+  auto it = weights.find(name);
+  if (it != weights.end()) {
+    if (std::optional<ArrayAttr> old = it->second.getShards())
+      if (llvm::is_contained(old->getValue(), Attribute(shard)))
+        return success();
+    RankedTensorType type = it->second.getTensorType();
+    if (dim >= type.getRank() || type.getDimSize(dim) % parts != 0)
+      return user->emitOpError()
+             << "cannot split weight '" << name << "' " << type << " along dim "
+             << dim << " over " << stringifyMeshAxis(axis) << " = " << parts;
+  }
+  WeightOp weight;
+  if (failed(add(user, name, shard, &weight)))
+    return failure();
+  RankedTensorType type = weight.getTensorType();
+  SmallVector<int64_t> shape(type.getShape());
+  shape[dim] /= parts;
+  weight.setType(RankedTensorType::get(shape, type.getElementType()));
+  return success();
+}
+
+LogicalResult WeightSharder::place(Operation *user, StringRef name,
+                                   MeshAxis axis, int64_t owner) {
+  WeightOp weight;
+  return add(user, name, ShardAttr::get(user->getContext(), axis, -1, owner),
+             &weight);
+}
+
+void ds::forEachModelOp(ModuleOp module, function_ref<void(Operation *)> fn) {
+  for (auto f : module.getOps<func::FuncOp>())
+    if (f.getName() == "forward" || f.getName().starts_with("mtp_"))
+      f.walk([&](Operation *op) { fn(op); });
+}

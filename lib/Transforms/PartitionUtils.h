@@ -1,0 +1,43 @@
+//===- PartitionUtils.h - shared by the partition passes --------*- C++ -*-===//
+
+#ifndef DS_LIB_TRANSFORMS_PARTITIONUTILS_H
+#define DS_LIB_TRANSFORMS_PARTITIONUTILS_H
+
+#include "ds/Dialect/DS/IR/DSOps.h"
+
+#include "mlir/IR/BuiltinOps.h"
+#include "llvm/ADT/StringMap.h"
+
+namespace ds {
+
+/// The module's #ds.plan, or null.
+PlanAttr getPlan(mlir::ModuleOp module);
+
+/// Records per-rank slices and placements on ds.weight ops. A weight read by
+/// several ops is sharded once; a second, different request is an error.
+class WeightSharder {
+public:
+  explicit WeightSharder(mlir::ModuleOp module);
+
+  /// Splits weight `name` (read by `user`) along `dim` into `parts` equal
+  /// slices over `axis`: its type becomes one slice.
+  mlir::LogicalResult split(mlir::Operation *user, llvm::StringRef name,
+                            MeshAxis axis, int64_t dim, int64_t parts);
+  /// Only the ranks at coordinate `owner` of `axis` hold weight `name`.
+  mlir::LogicalResult place(mlir::Operation *user, llvm::StringRef name,
+                            MeshAxis axis, int64_t owner);
+
+private:
+  mlir::LogicalResult add(mlir::Operation *user, llvm::StringRef name,
+                          ShardAttr shard, WeightOp *weight);
+  llvm::StringMap<WeightOp> weights;
+};
+
+/// Functions whose ops the partition passes rewrite: @forward and the MTP
+/// functions (@mtp_K), with the regions of their ops.
+void forEachModelOp(mlir::ModuleOp module,
+                    llvm::function_ref<void(mlir::Operation *)> fn);
+
+} // namespace ds
+
+#endif // DS_LIB_TRANSFORMS_PARTITIONUTILS_H
