@@ -294,6 +294,9 @@ int main(int argc, char **argv) {
     return fail("no output file: give -o OUT (or --explain-plan)");
 
   MLIRContext ctx;
+  // A diagnostic on the module must not print the module (a 671B model's
+  // has some 50 000 weights).
+  ctx.printOpOnDiagnostic(false);
   ctx.loadDialect<ds::DSDialect, ds::kernel::DSKDialect>();
   llvm::SourceMgr sourceMgr;
   SourceMgrDiagnosticHandler handler(sourceMgr, &ctx);
