@@ -17,7 +17,9 @@ WeightSharder::WeightSharder(ModuleOp module) {
 }
 
 LogicalResult WeightSharder::add(Operation *user, StringRef name,
-                                 ShardAttr shard, WeightOp *weight) {
+                                 ShardAttr shard, WeightOp *weight,
+                                 bool *added) {
+  *added = false;
   auto it = weights.find(name);
   if (it == weights.end())
     return user->emitOpError() << "reads weight '" << name
@@ -27,7 +29,7 @@ LogicalResult WeightSharder::add(Operation *user, StringRef name,
   if (std::optional<ArrayAttr> old = weight->getShards()) {
     for (auto s : old->getAsRange<ShardAttr>()) {
       if (s == shard)
-        return success(); // Another reader asked for the same split.
+        return success();
       if (s.getAxis() == shard.getAxis())
         return user->emitOpError()
                << "needs weight '" << name << "' sharded as " << shard
@@ -37,28 +39,24 @@ LogicalResult WeightSharder::add(Operation *user, StringRef name,
   }
   shards.push_back(shard);
   weight->setShardsAttr(ArrayAttr::get(user->getContext(), shards));
+  *added = true;
   return success();
 }
 
 LogicalResult WeightSharder::split(Operation *user, StringRef name,
                                    MeshAxis axis, int64_t dim, int64_t parts) {
-  MLIRContext *ctx = user->getContext();
-  auto shard = ShardAttr::get(ctx, axis, dim, -1);
-  auto it = weights.find(name);
-  if (it != weights.end()) {
-    if (std::optional<ArrayAttr> old = it->second.getShards())
-      if (llvm::is_contained(old->getValue(), Attribute(shard)))
-        return success();
-    RankedTensorType type = it->second.getTensorType();
-    if (dim >= type.getRank() || type.getDimSize(dim) % parts != 0)
-      return user->emitOpError()
-             << "cannot split weight '" << name << "' " << type << " along dim "
-             << dim << " over " << stringifyMeshAxis(axis) << " = " << parts;
-  }
+  auto shard = ShardAttr::get(user->getContext(), axis, dim, -1);
   WeightOp weight;
-  if (failed(add(user, name, shard, &weight)))
+  bool added = false;
+  if (failed(add(user, name, shard, &weight, &added)))
     return failure();
+  if (!added)
+    return success(); // another reader already split it this way
   RankedTensorType type = weight.getTensorType();
+  if (dim >= type.getRank() || type.getDimSize(dim) % parts != 0)
+    return user->emitOpError()
+           << "cannot split weight '" << name << "' " << type << " along dim "
+           << dim << " over " << stringifyMeshAxis(axis) << " = " << parts;
   SmallVector<int64_t> shape(type.getShape());
   shape[dim] /= parts;
   weight.setType(RankedTensorType::get(shape, type.getElementType()));
@@ -68,8 +66,9 @@ LogicalResult WeightSharder::split(Operation *user, StringRef name,
 LogicalResult WeightSharder::place(Operation *user, StringRef name,
                                    MeshAxis axis, int64_t owner) {
   WeightOp weight;
+  bool added = false;
   return add(user, name, ShardAttr::get(user->getContext(), axis, -1, owner),
-             &weight);
+             &weight, &added);
 }
 
 void ds::forEachModelOp(ModuleOp module, function_ref<void(Operation *)> fn) {

@@ -28,8 +28,10 @@ public:
                             MeshAxis axis, int64_t owner);
 
 private:
+  /// Records `shard` on weight `name`; *added is false when the weight
+  /// already had it (another reader asked for the same).
   mlir::LogicalResult add(mlir::Operation *user, llvm::StringRef name,
-                          ShardAttr shard, WeightOp *weight);
+                          ShardAttr shard, WeightOp *weight, bool *added);
   llvm::StringMap<WeightOp> weights;
 };
 

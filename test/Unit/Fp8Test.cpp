@@ -29,9 +29,6 @@ using namespace dsrt_test;
 
 namespace {
 
-using dsrt_test::plainRope;
-using dsrt_test::randomVector;
-using dsrt_test::v3Routing;
 using Model = dsrt_test::SpecBuilder;
 
 //===----------------------------------------------------------------------===//

@@ -13,7 +13,6 @@
 
 #include "RuntimeTestUtil.h"
 
-#include <dirent.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -691,6 +690,15 @@ std::string requestLine(const BatchRequest &q) {
          "], \"max_new_tokens\": " + std::to_string(q.maxNew) + "}\n";
 }
 
+/// Writes `reqs` as a --requests file, one line each.
+void writeRequests(const std::string &path,
+                   const std::vector<BatchRequest> &reqs) {
+  std::string text;
+  for (const BatchRequest &q : reqs)
+    text += requestLine(q);
+  writeBytes(path, text);
+}
+
 const std::regex kResult("\\{\"id\": (.*), \"tokens\": \\[([0-9, ]*)\\], "
                          "\"prompt_tokens\": ([0-9]+), \"ttft_ms\": "
                          "([0-9]+\\.[0-9]{2}), \"total_ms\": "
@@ -763,10 +771,7 @@ std::vector<BatchRequest> mixedRequests() {
 TEST(Main, BatchEqualsSingleRuns) {
   TempDir dir;
   std::vector<BatchRequest> reqs = mixedRequests();
-  std::string text;
-  for (const BatchRequest &q : reqs)
-    text += requestLine(q);
-  writeBytes(dir.file("r.jsonl"), text);
+  writeRequests(dir.file("r.jsonl"), reqs);
   int64_t wantTokens = 0;
   for (const BatchRequest &q : reqs)
     wantTokens += q.maxNew;
@@ -878,25 +883,10 @@ TEST(Main, BatchBadLines) {
                        ": cannot open: No such file or directory\n");
 }
 
-std::vector<std::string> listDir(const std::string &path) {
-  std::vector<std::string> names;
-  if (DIR *d = opendir(path.c_str())) {
-    while (struct dirent *e = readdir(d))
-      if (std::string(e->d_name) != "." && std::string(e->d_name) != "..")
-        names.push_back(e->d_name);
-    closedir(d);
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 TEST(Main, BatchOutputFile) {
   TempDir dir;
   std::vector<BatchRequest> reqs = mixedRequests();
-  std::string text;
-  for (const BatchRequest &q : reqs)
-    text += requestLine(q);
-  writeBytes(dir.file("r.jsonl"), text);
+  writeRequests(dir.file("r.jsonl"), reqs);
   writeBytes(dir.file("out.jsonl"), "old contents\n");
   Result r = run({"--requests", dir.file("r.jsonl"), "--output",
                   dir.file("out.jsonl"), "--max-batch=3"});
@@ -935,10 +925,7 @@ TEST(Main, BatchBackPressure) {
     reqs.push_back({std::to_string(i),
                     {int32_t(i), int32_t(i + 1), int32_t(2 * i % 16)},
                     int64_t(5 + 7 * i)});
-  std::string text;
-  for (const BatchRequest &q : reqs)
-    text += requestLine(q);
-  writeBytes(dir.file("r.jsonl"), text);
+  writeRequests(dir.file("r.jsonl"), reqs);
   Result r = run({"--requests", dir.file("r.jsonl"), "--max-batch", "4"});
   ASSERT_EQ(r.code, 0) << r.err;
   checkResults(r.out, reqs);

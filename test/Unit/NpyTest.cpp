@@ -4,26 +4,12 @@
 
 #include "RuntimeTestUtil.h"
 
-#include <dirent.h>
 #include <sys/stat.h>
 
 using namespace dsrt;
 using namespace dsrt_test;
 
 namespace {
-
-std::vector<std::string> listDir(const std::string &path) {
-  std::vector<std::string> names;
-  DIR *d = opendir(path.c_str());
-  if (!d)
-    return names;
-  while (struct dirent *e = readdir(d))
-    if (std::string(e->d_name) != "." && std::string(e->d_name) != "..")
-      names.push_back(e->d_name);
-  closedir(d);
-  std::sort(names.begin(), names.end());
-  return names;
-}
 
 TEST(Npy, WritesFormat10) {
   TempDir dir;

@@ -15,11 +15,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
 #include <deque>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <dirent.h>
 #include <ftw.h>
 #include <unistd.h>
 
@@ -190,6 +192,19 @@ inline void writeSafetensors(const std::string &path,
   while (header.size() % 8)
     header += ' ';
   writeBytes(path, safetensorsBytes(header, data));
+}
+
+/// The entries of directory `path` (without "." and ".."), sorted.
+inline std::vector<std::string> listDir(const std::string &path) {
+  std::vector<std::string> names;
+  if (DIR *d = opendir(path.c_str())) {
+    while (struct dirent *e = readdir(d))
+      if (std::string(e->d_name) != "." && std::string(e->d_name) != "..")
+        names.push_back(e->d_name);
+    closedir(d);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 } // namespace dsrt_test
