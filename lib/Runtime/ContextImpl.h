@@ -72,6 +72,10 @@ struct Context::Impl {
   Comm *world = nullptr;
   std::unique_ptr<Comm> axisComms[4];
   int coord[4] = {0, 0, 0, 0};
+
+  /// State of a device backend (lib/Runtime/Cuda: weights, arena and cache
+  /// on the GPU), created by ModelSpec::prepare; libdsrt never looks inside.
+  std::shared_ptr<void> device;
 };
 
 } // namespace dsrt

@@ -189,9 +189,17 @@ int64_t KVCache::capacity(int32_t seq) const {
                    : 0;
 }
 
+int32_t KVCache::blockId(int32_t seq, int64_t b) const {
+  if (!live(seq) || b < 0 || b >= int64_t(impl_->tables[size_t(seq)].size()))
+    return -1;
+  return impl_->tables[size_t(seq)][size_t(b)];
+}
+
 int64_t KVCache::freeBlocks() const { return int64_t(impl_->freeList.size()); }
 
 int64_t KVCache::totalBlocks() const { return impl_->numBlocks; }
+
+int64_t KVCache::maxSequences() const { return impl_->maxSequences; }
 
 bool KVCache::live(int32_t seq) const {
   return impl_->validSlot(seq) && impl_->isLive[size_t(seq)];

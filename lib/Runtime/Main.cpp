@@ -107,6 +107,8 @@ bool prepare(Context &ctx, const Options &opts, Comm *world) {
     ok = ctx.loadWeights(opts.weights.c_str(), &error);
   else
     ctx.randomWeights(opts.seed);
+  if (ok && ctx.spec().prepare)
+    ok = ctx.spec().prepare(ctx, &error);
   if (!ok && gRank == 0)
     fail(kRunError, error);
   if (!agree(world, ok, error)) {
@@ -209,7 +211,8 @@ void printUsage(const char *prog, const ModelSpec &spec, int threads) {
       "(times from the start of the batch; ttft is when its first token, or\n"
       "its prefill if it asks for none, was ready), in the order requests\n"
       "finish; stderr gets 'batch: R requests, T tokens in S s (X tok/s), max\n"
-      "batch B' (B: the most requests live at once). DS_KV_BLOCKS=N sets the\n"
+      "batch B, D decode steps (mean batch M, T ms each)' (B: the most requests\n"
+      "live at once; D, M, T: the decode calls). DS_KV_BLOCKS=N sets the\n"
       "KV cache size in blocks of %lld positions (default: --max-batch\n"
       "sequences of the maximum length).\n",
       prog, prog, spec.name, (long long)spec.vocabSize,
@@ -853,6 +856,9 @@ int runBatch(const ModelSpec &spec, const Options &opts, Comm *world) {
   Slots slots(ctx, opts.maxBatch);
   int64_t completed = 0, generated = 0, peak = 0;
   const auto start = Clock::now();
+  // Decode steps alone (the benchmark's ms per step at a batch size).
+  double decodeMs = 0.0;
+  int64_t decodeCalls = 0, decodeRows = 0;
 
   auto finish = [&](const Live &l) {
     const Request &req = requests[l.req];
@@ -929,7 +935,11 @@ int runBatch(const ModelSpec &spec, const Options &opts, Comm *world) {
       seqs[size_t(i)] = l.slot;
     }
     ctx.setTokenSequences(seqs.data(), b);
+    const auto step = Clock::now();
     spec.decode(ctx, ids.data(), pos.data(), b, logits.data(), hidden.data());
+    decodeMs += msSince(step);
+    ++decodeCalls;
+    decodeRows += b;
     std::vector<Live> still;
     for (int64_t i = 0; i < b; ++i) {
       Live &l = running[size_t(i)];
@@ -946,10 +956,13 @@ int runBatch(const ModelSpec &spec, const Options &opts, Comm *world) {
   if (!sink.commit(&error))
     return fail(kRunError, error);
   note("batch: %lld requests, %lld tokens in %.2f s (%.1f tok/s), "
-               "max batch %lld\n",
+               "max batch %lld, %lld decode steps (mean batch %.1f, %.3f ms "
+               "each)\n",
                (long long)completed, (long long)generated, seconds,
                seconds > 0 ? double(generated) / seconds : 0.0,
-               (long long)peak);
+               (long long)peak, (long long)decodeCalls,
+               decodeCalls ? double(decodeRows) / double(decodeCalls) : 0.0,
+               decodeCalls ? decodeMs / double(decodeCalls) : 0.0);
   return bad ? kRunError : 0;
 }
 

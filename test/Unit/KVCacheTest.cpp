@@ -296,6 +296,32 @@ TEST(KVCache, RandomOperationsKeepInvariants) {
 
 using KVCacheDeathTest = ::testing::Test;
 
+// blockId is what a device mirror of the pool (the CUDA backend's block
+// table) addresses rows by: it must name the block row() uses.
+TEST(KVCache, BlockIdsMatchRows) {
+  const int64_t layers = 2, rowFloats = 3;
+  KVCache c(layers, rowFloats, 8, 3, 4 * kB);
+  EXPECT_EQ(c.maxSequences(), 3);
+  std::string why;
+  const int32_t a = c.startSequence(&why), b = c.startSequence(&why);
+  ASSERT_TRUE(c.reserve(a, 2 * kB + 1, &why)) << why;
+  ASSERT_TRUE(c.reserve(b, kB, &why)) << why;
+  const float *base = c.row(0, a, 0) - c.blockId(a, 0) * layers * kB * rowFloats;
+  for (int32_t seq : {a, b})
+    for (int64_t blk = 0; blk * kB < c.capacity(seq); ++blk) {
+      const int32_t id = c.blockId(seq, blk);
+      ASSERT_GE(id, 0);
+      for (int64_t l = 0; l < layers; ++l)
+        EXPECT_EQ(c.row(l, seq, blk * kB + 5),
+                  base + ((id * layers + l) * kB + 5) * rowFloats);
+    }
+  EXPECT_EQ(c.blockId(a, 3), -1); // not reserved
+  EXPECT_EQ(c.blockId(b, -1), -1);
+  EXPECT_EQ(c.blockId(2, 0), -1); // slot not live
+  c.endSequence(b);
+  EXPECT_EQ(c.blockId(b, 0), -1);
+}
+
 TEST(KVCacheDeathTest, RowOutsideTheReservationAborts) {
   ::testing::FLAGS_gtest_death_test_style = "threadsafe";
   KVCache c(2, 3, 4, 2, 200);

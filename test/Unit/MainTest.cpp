@@ -705,7 +705,8 @@ const std::regex kResult("\\{\"id\": (.*), \"tokens\": \\[([0-9, ]*)\\], "
                          "([0-9]+\\.[0-9]{2})\\}");
 const std::regex kSummary("batch: ([0-9]+) requests, ([0-9]+) tokens in "
                           "[0-9]+\\.[0-9]{2} s \\([0-9]+\\.[0-9] tok/s\\), "
-                          "max batch ([0-9]+)\n");
+                          "max batch ([0-9]+), [0-9]+ decode steps \\(mean "
+                          "batch [0-9]+\\.[0-9], [0-9]+\\.[0-9]{3} ms each\\)\n");
 
 /// Checks the result lines (any order) against greedy runs of `want`, one
 /// line per request; returns the ids in output order.

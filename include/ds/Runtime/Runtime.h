@@ -151,6 +151,10 @@ struct ModelSpec {
   /// Ranks along each MeshAxis (tp, ep, pp, dp); their product is the
   /// number of ranks the model was compiled for.
   int32_t mesh[4] = {1, 1, 1, 1};
+  /// Called by runMain once the weights are loaded, before any program
+  /// runs (the CUDA backend uploads them to the device here); false with
+  /// `error` set stops the run. Null: nothing to do.
+  bool (*prepare)(Context &ctx, std::string *error) = nullptr;
 };
 
 /// The paged latent KV cache: fixed blocks of kBlockTokens positions (all
@@ -183,8 +187,13 @@ public:
   float *row(int64_t layer, int32_t seq, int64_t position);
   /// Positions reserved for `seq` (a multiple of kBlockTokens).
   int64_t capacity(int32_t seq) const;
+  /// Pool index of the block holding positions [64 b, 64 b + 64) of `seq`,
+  /// or -1 if that block is not reserved (a device mirror of the pool uses
+  /// the same block ids).
+  int32_t blockId(int32_t seq, int64_t b) const;
   int64_t freeBlocks() const;
   int64_t totalBlocks() const;
+  int64_t maxSequences() const;
   bool live(int32_t seq) const;
 
   struct Impl;
