@@ -1,0 +1,152 @@
+//===- CudaCommon.h - libdsrt-cuda's private state and helpers --*- C++ -*-===//
+
+#ifndef DS_LIB_RUNTIME_CUDA_CUDACOMMON_H
+#define DS_LIB_RUNTIME_CUDA_CUDACOMMON_H
+
+#include "ds/Runtime/Cuda.h"
+
+#include "../ContextImpl.h"
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace dsrt {
+namespace cuda {
+
+/// A CUDA error inside a kernel call is a broken device (or a bug), not bad
+/// input: report where and stop, like the CPU backend's fatal().
+[[noreturn]] void fatal(const char *where, const char *what);
+
+inline void check(cudaError_t e, const char *where) {
+  if (e != cudaSuccess)
+    fatal(where, cudaGetErrorString(e));
+}
+void check(cublasStatus_t s, const char *where);
+
+/// After a launch: a bad configuration shows here, a fault at the next sync.
+inline void checkLaunch(const char *where) { check(cudaGetLastError(), where); }
+
+/// One weight on the device.
+struct DeviceWeight {
+  void *ptr = nullptr;
+  bool bf16 = false; ///< else float32
+  int64_t rows = 0, cols = 0;
+};
+
+struct DeviceState {
+  ~DeviceState();
+
+  ComputeDtype dtype = ComputeDtype::BF16;
+  int multiprocessors = 1;
+  cudaStream_t stream = nullptr;
+  cublasLtHandle_t lt = nullptr;
+  cublasHandle_t blas = nullptr;
+  void *ltWorkspace = nullptr;
+  size_t ltWorkspaceBytes = 0;
+
+  std::vector<DeviceWeight> weights;
+  std::vector<void *> allocations; // everything cudaMalloc'd, freed at exit
+
+  char *arena = nullptr;
+  int64_t maxTokens = 0;
+  int32_t *ids = nullptr, *pos = nullptr, *tokenSeq = nullptr;
+  float *logits = nullptr, *hidden = nullptr, *hiddenIn = nullptr;
+  /// Pinned staging of the inputs: ids, pos, tokenSeq, block table.
+  int32_t *hostIn = nullptr;
+
+  /// The latent cache: pool[block][layer][64][rowFloats] like KVCache's, and
+  /// the block table [maxSequences][maxBlocks] (-1: none).
+  float *cache = nullptr;
+  int32_t *blockTable = nullptr;
+  int64_t maxSequences = 0, maxBlocks = 0, rowFloats = 0, layers = 0;
+
+  struct Rope {
+    float *cos = nullptr, *sin = nullptr;
+    int64_t dim = 0, positions = 0;
+  };
+  std::vector<Rope> ropes;
+
+  /// Scratch for kernels (GEMM inputs in bf16, MoE row buffers, split
+  /// attention partials): a bump allocator reset at every program call. It
+  /// only grows outside graph capture (an eager run always precedes a
+  /// capture with the same token count); growing drops every graph.
+  char *scratch = nullptr;
+  size_t scratchBytes = 0, scratchUsed = 0, scratchPeak = 0;
+  bool capturing = false;
+
+  /// Device tables of expert weight pointers, keyed by the emitted static
+  /// index arrays (stable addresses): [gate[E], up[E], down[E]].
+  std::map<const int64_t *, const void **> expertTables;
+
+  /// DS_CUDA_PROFILE=1: each top-level kernel call is timed alone (stream
+  /// synchronized around it, graphs off); a table goes to stderr at exit.
+  bool profile = false;
+  int profileDepth = 0;
+  std::map<std::string, std::pair<double, int64_t>> profileMs;
+
+  /// Decode graphs by token count, and the counts seen once (eager run).
+  std::map<int64_t, cudaGraphExec_t> graphs;
+  std::map<int64_t, int> seen;
+  bool useGraphs = true;
+
+  /// cuBLASLt plans by shape.
+  struct Plan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo;
+    bool hasAlgo = false;
+  };
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int>,
+           Plan>
+      plans;
+};
+
+DeviceState &state(Context &ctx);
+
+/// Times one kernel call under DS_CUDA_PROFILE (nested calls count once,
+/// in the outermost).
+class ProfileScope {
+public:
+  ProfileScope(Context &ctx, const char *name);
+  ~ProfileScope();
+
+private:
+  DeviceState &st;
+  const char *name;
+  double start = 0;
+};
+
+/// `bytes` of scratch (256-aligned) valid until the program call ends.
+void *scratch(DeviceState &st, size_t bytes, const char *where);
+
+__host__ __device__ inline int64_t imin(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+
+inline int blocksFor(int64_t n, int threads) {
+  return int((n + threads - 1) / threads);
+}
+
+/// y [n, out] = x [n, in] W^T for a device weight (float32 x; W f32 or
+/// bf16: in bf16 x is converted first); float32 accumulation.
+void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                int64_t in, const DeviceWeight &w, float *y, int64_t ldy,
+                const char *where);
+
+/// DeepSeek-V3's FP8 activation quantization, kept in float: a scratch
+/// copy [n, cols] (ld cols) of x with each row's 128-wide tiles as
+/// e4m3(x / s) * s, s = amax / 448.
+float *fakeQuantE4M3(DeviceState &st, const float *x, int64_t ldx, int64_t n,
+                     int64_t cols);
+
+} // namespace cuda
+} // namespace dsrt
+
+#endif // DS_LIB_RUNTIME_CUDA_CUDACOMMON_H

@@ -1,0 +1,196 @@
+//===- Gemm.cu - dense GEMMs through cuBLASLt ----------------------------===//
+//
+// Row-major y [n, out] = x [n, in] W^T with W [out, in] is, column-major,
+// Y^T [out, n] = W^T(op T of W stored [in, out]) * X^T, so cuBLASLt gets
+// A = W (k x m, transposed), B = X (k x n), D = Y (m x n), no copies.
+// bf16 weights take bf16 inputs (x converted into scratch first) with a
+// float32 result and float32 accumulation (CUBLAS_COMPUTE_32F); float32
+// weights multiply in true float32 (no TF32), the mode that is checked
+// against the CPU backend. Plans (layouts + the heuristic's algorithm) are
+// cached per shape, stride, dtype and pointer alignment.
+//
+//===----------------------------------------------------------------------===//
+
+#include "CudaCommon.h"
+
+#include <cuda_fp8.h>
+
+namespace dsrt {
+namespace cuda {
+
+namespace {
+
+__global__ void toBf16Kernel(const float *x, int64_t ldx, int64_t cols,
+                             __nv_bfloat16 *y) {
+  const int64_t i = blockIdx.y;
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < cols;
+       j += int64_t(gridDim.x) * blockDim.x)
+    y[i * cols + j] = __float2bfloat16_rn(x[i * ldx + j]);
+}
+
+/// DeepSeek-V3's activation quantization, kept in float: each row's 128-wide
+/// tiles become e4m3(x / s) * s with s = amax / 448 (1 for a zero tile),
+/// which is what the FP8 GEMM multiplies. One warp per (row, tile).
+__global__ void fakeQuantE4M3Kernel(const float *x, int64_t ldx, int64_t cols,
+                                    float *y) {
+  const int64_t i = blockIdx.y;
+  const int64_t c0 = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * 128;
+  if (c0 >= cols)
+    return;
+  const int lane = threadIdx.x % 32;
+  const int64_t c1 = c0 + 128 < cols ? c0 + 128 : cols;
+  float amax = 0.0f;
+  for (int64_t c = c0 + lane; c < c1; c += 32)
+    amax = fmaxf(amax, fabsf(x[i * ldx + c]));
+  for (int o = 16; o > 0; o >>= 1)
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  float s = amax / 448.0f;
+  if (!(s > 0.0f) || isinf(s))
+    s = 1.0f;
+  for (int64_t c = c0 + lane; c < c1; c += 32) {
+    __nv_fp8_e4m3 q(x[i * ldx + c] / s);
+    y[i * cols + c] = float(q) * s;
+  }
+}
+
+int alignmentOf(const void *p, int64_t ld, size_t elt) {
+  uintptr_t v = reinterpret_cast<uintptr_t>(p) | uintptr_t(ld * int64_t(elt));
+  int a = 16;
+  while (a > int(elt) && (v % uintptr_t(a)))
+    a /= 2;
+  return a;
+}
+
+DeviceState::Plan &planFor(DeviceState &st, int64_t m, int64_t n, int64_t k,
+                           int64_t ldb, int64_t ldc, bool bf16, int alignA,
+                           int alignB, int alignC, const char *where) {
+  auto key = std::make_tuple(m, n, k, ldb, ldc,
+                             int64_t(alignA * 100 + alignB * 10 + alignC / 4),
+                             int(bf16));
+  auto it = st.plans.find(key);
+  if (it != st.plans.end())
+    return it->second;
+  if (st.capturing)
+    fatal(where, "a GEMM plan was created during graph capture");
+  DeviceState::Plan p;
+  const cudaDataType_t in = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), where);
+  cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta,
+                                       sizeof(ta)), where);
+  check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb,
+                                       sizeof(tb)), where);
+  check(cublasLtMatrixLayoutCreate(&p.a, in, uint64_t(k), uint64_t(m), k), where);
+  check(cublasLtMatrixLayoutCreate(&p.b, in, uint64_t(k), uint64_t(n), ldb), where);
+  check(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, uint64_t(m), uint64_t(n), ldc),
+        where);
+  cublasLtMatmulPreference_t pref;
+  check(cublasLtMatmulPreferenceCreate(&pref), where);
+  uint64_t ws = st.ltWorkspaceBytes;
+  uint32_t aa = uint32_t(alignA), ab = uint32_t(alignB), ac = uint32_t(alignC);
+  check(cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)), where);
+  check(cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aa, sizeof(aa)), where);
+  check(cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof(ab)), where);
+  check(cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof(ac)), where);
+  check(cublasLtMatmulPreferenceSetAttribute(
+            pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac)), where);
+  cublasLtMatmulHeuristicResult_t result;
+  int found = 0;
+  cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(st.lt, p.op, p.a, p.b, p.c,
+                                                    p.c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (s != CUBLAS_STATUS_SUCCESS || found == 0)
+    fatal(where, "cuBLASLt has no algorithm for this GEMM");
+  p.algo = result.algo;
+  p.hasAlgo = true;
+  return st.plans.emplace(key, p).first->second;
+}
+
+} // namespace
+
+void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                int64_t in, const DeviceWeight &w, float *y, int64_t ldy,
+                const char *where) {
+  if (n <= 0 || w.rows <= 0)
+    return;
+  if (w.cols != in)
+    fatal(where, "weight width differs from the input's");
+  DeviceState &st = state(ctx);
+  const void *b = x;
+  int64_t ldb = ldx;
+  if (w.bf16) {
+    auto *xb = static_cast<__nv_bfloat16 *>(
+        scratch(st, size_t(n * in) * sizeof(__nv_bfloat16), where));
+    dim3 grid(unsigned(std::min<int64_t>(blocksFor(in, 256), 64)), unsigned(n));
+    toBf16Kernel<<<grid, 256, 0, st.stream>>>(x, ldx, in, xb);
+    checkLaunch(where);
+    b = xb;
+    ldb = in;
+  }
+  const size_t elt = w.bf16 ? 2 : 4;
+  DeviceState::Plan &p =
+      planFor(st, w.rows, n, in, ldb, ldy, w.bf16, alignmentOf(w.ptr, in, elt),
+              alignmentOf(b, ldb, elt), alignmentOf(y, ldy, 4), where);
+  const float alpha = 1.0f, beta = 0.0f;
+  check(cublasLtMatmul(st.lt, p.op, &alpha, w.ptr, p.a, b, p.b, &beta, y, p.c,
+                       y, p.c, &p.algo, st.ltWorkspace, st.ltWorkspaceBytes,
+                       st.stream),
+        where);
+}
+
+float *fakeQuantE4M3(DeviceState &st, const float *x, int64_t ldx, int64_t n,
+                     int64_t cols) {
+  float *q = static_cast<float *>(
+      scratch(st, size_t(n * cols) * sizeof(float), "fp8 activations"));
+  const int64_t tiles = (cols + 127) / 128;
+  dim3 grid(unsigned((tiles + 7) / 8), unsigned(n));
+  fakeQuantE4M3Kernel<<<grid, 256, 0, st.stream>>>(x, ldx, cols, q);
+  checkLaunch("fp8 activations");
+  return q;
+}
+
+/// The GEMM input for `act`: x itself, or its FP8 activation quantization
+/// when the weight is an FP8 one (ActQuant applies to FP8 weights only).
+static const float *actInput(Context &ctx, const float *x, int64_t *ldx,
+                             int64_t n, int64_t in, int64_t weight,
+                             ActQuant act) {
+  if (act != ActQuant::Fp8 ||
+      ctx.spec().weights[weight].dtype != DType::F8E4M3 || n <= 0)
+    return x;
+  const float *q = fakeQuantE4M3(state(ctx), x, *ldx, n, in);
+  *ldx = in;
+  return q;
+}
+
+void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+             int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act) {
+  ProfileScope profile(ctx, "linearW");
+  DeviceState &st = state(ctx);
+  const DeviceWeight &w = st.weights[size_t(weight)];
+  if (w.rows != out)
+    fatal("linearW", "weight height differs from the output's");
+  x = actInput(ctx, x, &ldx, n, in, weight, act);
+  gemmWeight(ctx, x, ldx, n, in, w, y, ldy, "linearW");
+}
+
+void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+             int64_t gate, int64_t up, int64_t inter, float *y, int64_t ldy,
+             ActQuant act) {
+  ProfileScope profile(ctx, "gatedUp");
+  if (n <= 0)
+    return;
+  DeviceState &st = state(ctx);
+  float *g = static_cast<float *>(
+      scratch(st, size_t(2 * n * inter) * sizeof(float), "gatedUp"));
+  float *u = g + n * inter;
+  linearW(ctx, x, ldx, n, in, gate, inter, g, inter, act);
+  linearW(ctx, x, ldx, n, in, up, inter, u, inter, act);
+  swiglu(ctx, g, inter, u, inter, n, inter, y, ldy);
+}
+
+} // namespace cuda
+} // namespace dsrt
