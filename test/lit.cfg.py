@@ -27,6 +27,27 @@ tool_dirs = [config.ds_tools_dir, config.llvm_tools_dir]
 tools = ["ds-opt", "ds-translate", "ds-compile"]
 llvm_config.add_tool_substitutions(tools, tool_dirs)
 
+# Tests compare with CPU references: ds-compile's default target stays cpu
+# even on a machine with a GPU (the CUDA tests name --target=cuda).
+config.environment["DS_COMPILE_TARGET"] = "cpu"
+
+# CUDA backend tests: REQUIRES: cuda (ds built with the CUDA backend: emit,
+# nvcc-build, run without a device) and cuda-gpu (an NVIDIA GPU is usable:
+# run for real and compare with the CPU backend).
+import shutil
+import subprocess
+if getattr(config, "ds_have_cuda", 0):
+    config.available_features.add("cuda")
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            listed = subprocess.run([smi, "-L"], capture_output=True, text=True,
+                                    timeout=30)
+            if listed.returncode == 0 and "GPU" in listed.stdout:
+                config.available_features.add("cuda-gpu")
+        except (OSError, subprocess.SubprocessError):
+            pass
+
 # Multi-rank tests (REQUIRES: mpi): MPI found at configure time, its launcher
 # present, and the test program built. Open MPI refuses root and more ranks
 # than cores without these (other MPIs ignore them).

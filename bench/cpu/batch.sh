@@ -17,7 +17,7 @@ py=/usr/bin/python3
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-"$build/bin/ds-compile" bench/cpu/mid.json -o "$out/mid" --max-seq-len=$((prompt + new)) --max-batch=8
+"$build/bin/ds-compile" bench/cpu/mid.json -o "$out/mid" --target=cpu --max-seq-len=$((prompt + new)) --max-batch=8
 $py - "$reqs" "$prompt" "$new" > "$out/requests.jsonl" <<'PY'
 import json, sys
 r, p, n = map(int, sys.argv[1:])
@@ -37,7 +37,7 @@ c = json.load(open(sys.argv[1]))
 c["num_nextn_predict_layers"] = 1
 print(json.dumps(c, indent=2))
 PY
-"$build/bin/ds-compile" "$out/mid-mtp.json" -o "$out/midmtp" --max-seq-len=$((prompt + 128))
+"$build/bin/ds-compile" "$out/mid-mtp.json" -o "$out/midmtp" --target=cpu --max-seq-len=$((prompt + 128))
 ids=$($py -c "print(','.join(str((j * 7919) % 32000) for j in range($prompt)))")
 echo "mtp: one prompt of $prompt tokens, 128 new tokens, bench/cpu/mid.json + 1 MTP module"
 "$out/midmtp" --prompt-ids "$ids" --max-new-tokens 128 --seed 1 > "$out/plain.txt"

@@ -22,7 +22,7 @@ trap 'rm -rf "$out"' EXIT
 
 c++ -O2 -std=c++17 -I/usr/include/x86_64-linux-gnu/openblas-pthread bench/cpu/sgemm.cpp -lopenblas -o "$out/sgemm"
 # shellcheck disable=SC2086
-"$build/bin/ds-compile" bench/cpu/mid.json -o "$out/mid" --max-seq-len=$((prompt + new)) ${DS_COMPILE_FLAGS:-}
+"$build/bin/ds-compile" bench/cpu/mid.json -o "$out/mid" --target=cpu --max-seq-len=$((prompt + new)) ${DS_COMPILE_FLAGS:-}
 echo "model: bench/cpu/mid.json ${DS_COMPILE_FLAGS:-(default flags)}"
 
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)

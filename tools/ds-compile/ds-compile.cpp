@@ -1,19 +1,22 @@
 //===- ds-compile.cpp - model -> executable -------------------------------===//
 //
-//   ds-compile INPUT -o OUT [--target=cpu] [--max-seq-len=N] [--max-batch=N]
-//              [--tp=N] [--ep=N] [--emit=mlir|source|exe] [--explain-plan]
+//   ds-compile INPUT -o OUT [--target=cpu|cuda] [--compute-dtype=f32|bf16]
+//              [--max-seq-len=N] [--max-batch=N] [--tp=N] [--ep=N]
+//              [--emit=mlir|source|exe] [--explain-plan]
 //
 // INPUT is a ds-dialect .mlir model, or a Hugging Face config.json (or a
 // checkpoint directory holding one). A thin driver over the same passes
 // ds-opt runs: ds-partition-tp, ds-partition-ep, ds-lower-to-kernels,
 // dsk-fuse, dsk-quantize, dsk-plan-memory, then C++ emission and the host
-// C++ compiler against libdsrt (and dsrt-mpi for more than one rank).
+// C++ compiler against libdsrt (and dsrt-mpi for more than one rank), or
+// CUDA C++ emission and nvcc against dsrt-cuda (--target=cuda).
 //
 //===----------------------------------------------------------------------===//
 
 #include "ds/Dialect/DS/IR/DSOps.h"
 #include "ds/Dialect/Kernel/IR/KernelDialect.h"
 #include "ds/Target/Cpp.h"
+#include "ds/Target/Cuda.h"
 #include "ds/Target/HFConfig.h"
 #include "ds/Transforms/Passes.h"
 
@@ -43,12 +46,22 @@ static cl::opt<std::string> input(cl::Positional, cl::Required,
 static cl::opt<std::string> output("o", cl::desc("Output file (required unless --explain-plan)"),
                                    cl::value_desc("file"), cl::cat(category));
 
-enum class Target { Cpu, Cuda };
+enum class Target { Default, Cpu, Cuda };
 static cl::opt<Target> target(
-    "target", cl::desc("Backend (default: cpu; the CUDA backend is not built yet)"),
+    "target",
+    cl::desc("Backend (default: $DS_COMPILE_TARGET if set, else cuda when this ds-compile "
+             "has the CUDA backend and the machine has an NVIDIA GPU, else cpu)"),
     cl::values(clEnumValN(Target::Cpu, "cpu", "multithreaded C++ on libdsrt's CPU backend"),
-               clEnumValN(Target::Cuda, "cuda", "CUDA C++ (not available yet)")),
-    cl::init(Target::Cpu), cl::cat(category));
+               clEnumValN(Target::Cuda, "cuda", "CUDA C++ on dsrt-cuda, built with nvcc (one rank)")),
+    cl::init(Target::Default), cl::cat(category));
+
+static cl::opt<ds::CudaComputeDtype> computeDtype(
+    "compute-dtype", cl::desc("GEMM precision of --target=cuda (default bf16)"),
+    cl::values(clEnumValN(ds::CudaComputeDtype::BF16, "bf16",
+                          "bf16 GEMM weights and inputs, float32 accumulation"),
+               clEnumValN(ds::CudaComputeDtype::F32, "f32",
+                          "float32 everywhere (to check against the CPU backend)")),
+    cl::init(ds::CudaComputeDtype::BF16), cl::cat(category));
 
 enum class Emit { Mlir, Source, Exe };
 static cl::opt<Emit> emit(
@@ -84,6 +97,10 @@ static cl::opt<bool> explainPlan("explain-plan",
                                  cl::cat(category));
 static cl::opt<std::string> cxx("cxx", cl::desc("Host C++ compiler (default: $CXX, else c++)"),
                                 cl::cat(category));
+static cl::opt<std::string> nvccPath("nvcc",
+                                     cl::desc("CUDA compiler for --target=cuda (default: the "
+                                              "one ds was built with)"),
+                                     cl::cat(category));
 static cl::opt<bool> verbose("v", cl::desc("Print the compiler command"), cl::cat(category));
 
 static int fail(const llvm::Twine &msg) {
@@ -105,12 +122,12 @@ static OwningOpRef<ModuleOp> load(MLIRContext &ctx, llvm::SourceMgr &sourceMgr,
 
 /// Runs the host compiler on `source`, writing the executable to OUT
 /// atomically (temp file + rename).
-static int buildExecutable(llvm::StringRef source, bool multiRank) {
+static int buildExecutable(llvm::StringRef source, bool multiRank, bool cuda) {
   llvm::SmallString<128> dir;
   if (std::error_code ec = llvm::sys::fs::createUniqueDirectory("ds-compile", dir))
     return fail("cannot create a temporary directory: " + ec.message());
   llvm::SmallString<128> src(dir), exe(dir);
-  llvm::sys::path::append(src, "model.cpp");
+  llvm::sys::path::append(src, cuda ? "model.cu" : "model.cpp");
   llvm::sys::path::append(exe, "model");
   auto cleanup = [&]() {
     llvm::sys::fs::remove(src);
@@ -124,19 +141,29 @@ static int buildExecutable(llvm::StringRef source, bool multiRank) {
       return cleanup(), fail(src + ": " + ec.message());
     os << source;
   }
-  std::string compiler = cxx;
-  if (compiler.empty())
+  std::string compiler = cuda ? nvccPath : cxx;
+  if (compiler.empty() && !cuda)
     if (const char *env = std::getenv("CXX"))
       compiler = env;
   if (compiler.empty())
-    compiler = "c++";
+    compiler = cuda ? DS_NVCC : "c++";
   auto program = llvm::sys::findProgramByName(compiler);
   if (!program)
-    return cleanup(), fail("host C++ compiler '" + compiler + "' not found");
+    return cleanup(), fail(llvm::Twine(cuda ? "CUDA compiler" : "host C++ compiler") + " '" +
+                           compiler + "' not found");
 
   SmallVector<std::string> args = {*program, "-std=c++17", "-O2", "-w",
-                                   "-I", DS_RUNTIME_INCLUDE_DIR,
-                                   src.str().str()};
+                                   "-I", DS_RUNTIME_INCLUDE_DIR};
+  if (cuda) {
+    // Device code lives in dsrt-cuda; the model's own file is host code, but
+    // it is compiled for the same targets so that it may grow kernels.
+    for (const char *a : {"-gencode=arch=compute_90a,code=sm_90a",
+                          "-gencode=arch=compute_80,code=sm_80"})
+      args.push_back(a);
+  }
+  args.push_back(src.str().str());
+  if (cuda)
+    args.push_back(DS_RUNTIME_CUDA_LIBRARY);
   // Multi-rank executables: main comes from dsrt-mpi, which needs MPI.
   if (multiRank)
     args.push_back(DS_RUNTIME_MPI_LIBRARY);
@@ -145,8 +172,15 @@ static int buildExecutable(llvm::StringRef source, bool multiRank) {
   if (multiRank)
     StringRef(DS_RUNTIME_MPI_LINK_LIBS).split(linkLibs, ' ', -1, false);
   StringRef(DS_RUNTIME_LINK_LIBS).split(linkLibs, ' ', -1, false);
-  for (StringRef lib : linkLibs)
-    args.push_back(lib.str());
+  if (cuda)
+    StringRef(DS_RUNTIME_CUDA_LINK_LIBS).split(linkLibs, ' ', -1, false);
+  for (StringRef lib : linkLibs) {
+    // nvcc takes host-linker flags it does not know through -Xlinker.
+    if (cuda && lib.starts_with("-") && !lib.starts_with("-l") && !lib.starts_with("-L"))
+      args.push_back("-Xcompiler=" + lib.str());
+    else
+      args.push_back(lib.str());
+  }
   args.push_back("-o");
   args.push_back(exe.str().str());
   SmallVector<StringRef> argRefs(args.begin(), args.end());
@@ -159,7 +193,7 @@ static int buildExecutable(llvm::StringRef source, bool multiRank) {
   int rc = llvm::sys::ExecuteAndWait(*program, argRefs, std::nullopt, {}, 0, 0,
                                      &message);
   if (rc != 0)
-    return cleanup(), fail("the host C++ compiler failed" +
+    return cleanup(), fail(llvm::Twine(cuda ? "nvcc" : "the host C++ compiler") + " failed" +
                            (message.empty() ? "" : ": " + message));
   if (std::error_code ec = llvm::sys::fs::copy_file(exe, output + ".tmp"))
     return cleanup(), fail(output + ": " + ec.message());
@@ -280,11 +314,24 @@ int main(int argc, char **argv) {
   cl::ParseCommandLineOptions(
       argc, argv,
       "ds-compile: compile a DeepSeek-architecture model to an executable\n\n"
-      "  ds-compile INPUT -o OUT [--target=cpu] [--max-seq-len=N] [--emit=exe]\n"
+      "  ds-compile INPUT -o OUT [--target=cpu|cuda] [--max-seq-len=N] [--emit=exe]\n"
       "  OUT [--weights PATH] [--prompt-ids 1,2,3] [--max-new-tokens N] ...\n");
 
-  if (target == Target::Cuda)
-    return fail("--target=cuda: the CUDA backend is not built yet; use --target=cpu");
+  Target chosen = target;
+  if (chosen == Target::Default)
+    if (const char *env = std::getenv("DS_COMPILE_TARGET")) {
+      if (StringRef(env) != "cpu" && StringRef(env) != "cuda")
+        return fail(llvm::Twine("DS_COMPILE_TARGET=") + env + ": expected cpu or cuda");
+      chosen = StringRef(env) == "cpu" ? Target::Cpu : Target::Cuda;
+    }
+  bool cuda = chosen == Target::Cuda;
+  if (cuda && !*DS_RUNTIME_CUDA_LIBRARY)
+    return fail("--target=cuda: this ds-compile was built without the CUDA backend (no CUDA "
+                "toolkit was found when ds was configured)");
+  if (chosen == Target::Default)
+    cuda = *DS_RUNTIME_CUDA_LIBRARY && llvm::sys::fs::exists("/dev/nvidiactl");
+  if (computeDtype.getNumOccurrences() && !cuda)
+    return fail("--compute-dtype applies to --target=cuda only");
   for (auto [name, v] : {std::pair<const char *, int>{"tp", tp}, {"ep", ep}, {"pp", pp}, {"dp", dp}})
     if (v < 1)
       return fail(llvm::Twine("--") + name + "=" + llvm::Twine(v) + ": must be at least 1");
@@ -316,6 +363,9 @@ int main(int argc, char **argv) {
   if (plan && (plan.getPp() != 1 || plan.getDp() != 1))
     return fail("the module's #ds.plan asks for pp/dp > 1: pipeline and data parallelism are not "
                 "implemented yet");
+  if (cuda && ranks > 1 && !explainPlan)
+    return fail("--target=cuda runs one rank: multi-GPU plans need the NCCL backend, which is "
+                "not built yet (use --target=cpu for --tp/--ep)");
   if (ranks > 1 && emit == Emit::Exe && !explainPlan && !*DS_RUNTIME_MPI_LIBRARY)
     return fail("multi-rank executables need MPI, and this ds-compile was built without it "
                 "(install libopenmpi-dev and reconfigure)");
@@ -345,7 +395,7 @@ int main(int argc, char **argv) {
   llvm::raw_string_ostream os(text);
   if (emit == Emit::Mlir)
     module->print(os);
-  else if (failed(ds::emitCpp(*module, os)))
+  else if (failed(cuda ? ds::emitCuda(*module, os, computeDtype) : ds::emitCpp(*module, os)))
     return 1;
   if (emit != Emit::Exe) {
     auto out = openOutputFile(output, &error);
@@ -355,5 +405,5 @@ int main(int argc, char **argv) {
     out->keep();
     return 0;
   }
-  return buildExecutable(text, ranks > 1);
+  return buildExecutable(text, ranks > 1, cuda);
 }

@@ -2,6 +2,7 @@
 //
 //   ds-translate --import-hf-config PATH -o model.mlir
 //   ds-translate --emit-cpp kernels.mlir -o model.cpp
+//   ds-translate --emit-cuda [--compute-dtype=f32|bf16] kernels.mlir -o model.cu
 //
 // PATH is a config.json or a directory holding one; kernels.mlir is a
 // planned kernel-level module (ds-opt --ds-lower-to-kernels
@@ -12,6 +13,7 @@
 #include "ds/Dialect/DS/IR/DSOps.h"
 #include "ds/Dialect/Kernel/IR/KernelDialect.h"
 #include "ds/Target/Cpp.h"
+#include "ds/Target/Cuda.h"
 #include "ds/Target/HFConfig.h"
 
 #include "mlir/Parser/Parser.h"
@@ -41,6 +43,17 @@ static cl::opt<bool> emitCpp(
              "backend"),
     cl::cat(category));
 
+static cl::opt<bool> emitCuda(
+    "emit-cuda",
+    cl::desc("Emit a planned kernel-level module as CUDA C++ for libdsrt-cuda"),
+    cl::cat(category));
+
+static cl::opt<ds::CudaComputeDtype> computeDtype(
+    "compute-dtype", cl::desc("GEMM precision of --emit-cuda (default bf16)"),
+    cl::values(clEnumValN(ds::CudaComputeDtype::BF16, "bf16", "bf16 GEMM weights"),
+               clEnumValN(ds::CudaComputeDtype::F32, "f32", "float32 GEMM weights")),
+    cl::init(ds::CudaComputeDtype::BF16), cl::cat(category));
+
 static cl::opt<std::string> inputFilename(cl::Positional,
                                           cl::desc("[input.mlir]"),
                                           cl::init("-"), cl::cat(category));
@@ -61,16 +74,19 @@ int main(int argc, char **argv) {
       argc, argv,
       "ds-translate: import models into the ds dialect, emit C++\n\n"
       "  ds-translate --import-hf-config PATH -o model.mlir\n"
-      "  ds-translate --emit-cpp kernels.mlir -o model.cpp\n");
-  if (importHFConfig.empty() == !emitCpp)
-    return fail("give exactly one of --import-hf-config PATH or --emit-cpp "
-                "(see --help)");
+      "  ds-translate --emit-cpp kernels.mlir -o model.cpp\n"
+      "  ds-translate --emit-cuda kernels.mlir -o model.cu\n");
+  if (int(!importHFConfig.empty()) + int(emitCpp) + int(emitCuda) != 1)
+    return fail("give exactly one of --import-hf-config PATH, --emit-cpp or "
+                "--emit-cuda (see --help)");
+  if (computeDtype.getNumOccurrences() && !emitCuda)
+    return fail("--compute-dtype applies to --emit-cuda only");
 
   mlir::MLIRContext context;
   context.loadDialect<ds::DSDialect, ds::kernel::DSKDialect>();
   std::string error;
   mlir::OwningOpRef<mlir::ModuleOp> module;
-  if (emitCpp) {
+  if (emitCpp || emitCuda) {
     llvm::SourceMgr sourceMgr;
     mlir::SourceMgrDiagnosticHandler handler(sourceMgr, &context);
     auto input = mlir::openInputFile(inputFilename, &error);
@@ -82,7 +98,8 @@ int main(int argc, char **argv) {
       return 1;
     std::string source;
     llvm::raw_string_ostream os(source);
-    if (mlir::failed(ds::emitCpp(*module, os)))
+    if (mlir::failed(emitCuda ? ds::emitCuda(*module, os, computeDtype)
+                              : ds::emitCpp(*module, os)))
       return 1;
     std::unique_ptr<llvm::ToolOutputFile> out =
         mlir::openOutputFile(outputFilename, &error);

@@ -14,6 +14,19 @@ namespace ds {
 /// kernel calls in launch order, the ModelSpec and `main`.
 mlir::LogicalResult emitCpp(mlir::ModuleOp module, llvm::raw_ostream &os);
 
+/// Which runtime backend the emitted program calls.
+struct KernelTarget {
+  enum Kind { Cpu, Cuda } kind = Cpu;
+  /// Cuda: GEMM weights in bf16 (else float32).
+  bool computeBf16 = true;
+};
+
+/// The emitter behind emitCpp and emitCuda (lib/Target/CUDA): the same
+/// kernel calls for either backend of libdsrt.
+mlir::LogicalResult emitKernelModule(mlir::ModuleOp module,
+                                     llvm::raw_ostream &os,
+                                     const KernelTarget &target);
+
 } // namespace ds
 
 #endif // DS_TARGET_CPP_H
