@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# GPU check and benchmark of the CUDA backend, in two halves, because the
+# machine with the GPU has no MLIR (ds-compile runs here) and the machine
+# with MLIR has no GPU:
+#
+#   bench/gpu/run.sh prepare DIR   # here: compile every end-to-end model for
+#                                  # the CPU and for CUDA (f32, bf16), run the
+#                                  # CPU backend for the references, compile
+#                                  # the benchmark model; pack DIR.tar.gz
+#   bench/gpu/run.sh device DIR    # on the GPU machine, after unpacking:
+#                                  # correctness vs the CPU backend, the
+#                                  # sanitizer, the benchmark, PyTorch
+#
+# device checks: every model in f32 (rel < 1e-4 to the CPU logits, same
+# greedy tokens, batch mode and MTP speculation too), bf16 on the tiny models
+# (rel < 2e-2), compute-sanitizer memcheck on tiny. Benchmark
+# (bench/gpu/model.json = ../shared/bench/torch_baseline.py's model, random
+# bf16 weights): decode ms/step at batch 1 and 32 with a 1024-token context,
+# prefill of 2048 tokens; then torch_baseline.py (phases main, grouped) in
+# the same call. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
+set -euo pipefail
+mode=${1:?usage: bench/gpu/run.sh prepare|device DIR}
+dir=${2:?usage: bench/gpu/run.sh prepare|device DIR}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+
+# name | model source | checkpoint config | seed | dtype | prompt | new tokens | ds-compile flags
+cases() {
+  cat <<'EOF'
+tiny|models/tiny.mlir|tiny.json|5|bf16|17,300,5,900,42,7|8|
+v3|ckpt|v3.json|1|f32|3,1,4,1,5,9,2,6,5,3|8|
+v3-nofuse|ckpt|v3.json|1|f32|3,1,4,1,5,9,2,6,5,3|8|--no-fuse
+v3-quant|ckpt|v3.json|1|f32|3,1,4,1,5,9,2,6,5,3|8|--quant=fp8
+v2|ckpt|v2.json|2|f32|3,1,4,1,5,9,2,6,5,3|8|
+v2-group|ckpt|v2-group.json|3|f32|3,1,4,1,5,9,2,6,5,3|8|
+v3-nolora|ckpt|v3-nolora.json|4|f32|3,1,4,1,5,9,2,6,5,3|8|
+v3-mtp|ckpt|v3-mtp.json|11|f32|3,1,4,1,5,9,2,6|24|
+v3-fp8|ckpt|v3-fp8.json|6|fp8|3,1,4,1,5,9,2,6,5,3|8|
+EOF
+}
+
+prepare() {
+  local build=${BUILD_DIR:-$root/build} py=/usr/bin/python3
+  local dsc="$build/bin/ds-compile"
+  [ -x "$dsc" ] || { echo "run.sh: build ds first (scripts/test.sh)" >&2; exit 1; }
+  rm -rf "$dir" && mkdir -p "$dir/lib" "$dir/e2e" "$dir/bench"
+  cp "$root/test/e2e/compare.py" "$root/test/e2e/batch_check.py" "$dir/"
+  cp "$0" "$dir/run.sh"
+  if [ -f "$root/../shared/bench/torch_baseline.py" ]; then
+    cp "$root/../shared/bench/torch_baseline.py" "$dir/bench/"
+  fi
+  # The executables' host libraries that a CUDA image may lack.
+  for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do
+    cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" "$dir/lib/$lib"
+  done
+  local requests='{"id": "a", "prompt_ids": [3,1,4,1,5,9,2,6], "max_new_tokens": 8}
+{"id": "b", "prompt_ids": [7], "max_new_tokens": 12}
+{"id": "c", "prompt_ids": [10,20,30,40,50,60,70,80,90,100,110,120], "max_new_tokens": 5}
+{"id": "d", "prompt_ids": [5,5,5], "max_new_tokens": 16}'
+  while IFS='|' read -r name src cfg seed dtype prompt new flags; do
+    local d="$dir/e2e/$name"
+    mkdir -p "$d"
+    echo "prepare: $name"
+    $py "$root/test/e2e/make_checkpoint.py" --config "$root/test/e2e/Inputs/$cfg" \
+      --out "$d/ckpt" --seed "$seed" --dtype "$dtype" > /dev/null
+    local model="$d/ckpt" weights="ckpt"
+    if [ "$src" != ckpt ]; then model="$root/$src"; weights="ckpt/model.safetensors"; fi
+    # shellcheck disable=SC2086
+    "$dsc" "$model" -o "$d/cpu" --max-seq-len=64 --max-batch=4 $flags
+    # shellcheck disable=SC2086
+    "$dsc" "$model" -o "$d/f32" --target=cuda --compute-dtype=f32 --max-seq-len=64 --max-batch=4 $flags
+    if [ "$name" = tiny ] || [ "$name" = v3 ]; then
+      # shellcheck disable=SC2086
+      "$dsc" "$model" -o "$d/bf16" --target=cuda --compute-dtype=bf16 --max-seq-len=64 --max-batch=4 $flags
+    fi
+    echo "$weights|$prompt|$new" > "$d/args"
+    (cd "$d" && ./cpu --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
+      --dump-logits cpu.npy > cpu.txt)
+    printf '%s\n' "$requests" > "$d/requests.jsonl"
+    (cd "$d" && ./cpu --weights "$weights" --requests requests.jsonl --max-batch 4 \
+      --output cpu-batch.jsonl 2> /dev/null)
+    if [ "$name" = v3-mtp ]; then
+      (cd "$d" && ./cpu --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
+        --speculative=mtp > cpu-spec.txt)
+    fi
+    rm -f "$d/cpu"
+  done < <(cases)
+  echo "prepare: benchmark model"
+  "$dsc" "$root/bench/gpu/model.json" -o "$dir/bench/decode" --target=cuda --max-seq-len=1280 --max-batch=32
+  "$dsc" "$root/bench/gpu/model.json" -o "$dir/bench/prefill" --target=cuda --max-seq-len=2112
+  tar -C "$(dirname "$dir")" -czf "$dir.tar.gz" "$(basename "$dir")"
+  du -sh "$dir.tar.gz"
+}
+
+device() {
+  local out=${OUT:-$dir/out} py=python3
+  mkdir -p "$out"
+  export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  local report="$out/gpu.txt" failed=0
+  : > "$report"
+  say() { echo "$*" | tee -a "$report"; }
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$report"
+  say "== correctness: CUDA f32 vs the CPU backend (rel < 1e-4), bf16 (rel < 2e-2)"
+  while IFS='|' read -r name src cfg seed dtype prompt new flags; do
+    local d="$dir/e2e/$name" weights
+    IFS='|' read -r weights prompt new < "$d/args"
+    for prec in f32 bf16; do
+      [ -x "$d/$prec" ] || continue
+      local tol=1e-4
+      [ "$prec" = bf16 ] && tol=2e-2
+      if (cd "$d" && ./$prec --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
+            --dump-logits $prec.npy > $prec.txt 2> $prec.err); then
+        local tokflag=(--tokens "$d/$prec.txt" "$d/cpu.txt")
+        [ "$prec" = bf16 ] && tokflag=()
+        if r=$($py "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --rtol $tol "${tokflag[@]}" 2>&1); then
+          say "PASS $name $prec: $r ($($py "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --report))"
+        else
+          say "FAIL $name $prec: $r ($($py "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --report 2>&1))"
+          failed=1
+        fi
+      else
+        say "FAIL $name $prec: exit $? $(tail -3 "$d/$prec.err")"
+        failed=1
+      fi
+    done
+    # Batch mode (continuous batching, decode graphs at several batch sizes).
+    if (cd "$d" && ./f32 --weights "$weights" --requests requests.jsonl --max-batch 4 \
+          --output f32-batch.jsonl 2> f32-batch.err) &&
+       cmp -s <(sort "$d/f32-batch.jsonl" | sed 's/"ttft_ms.*//') \
+              <(sort "$d/cpu-batch.jsonl" | sed 's/"ttft_ms.*//'); then
+      say "PASS $name f32 batch: tokens equal the CPU backend's"
+    else
+      say "FAIL $name f32 batch: $(tail -2 "$d/f32-batch.err")"
+      failed=1
+    fi
+    if [ -f "$d/cpu-spec.txt" ]; then
+      if (cd "$d" && ./f32 --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
+            --speculative=mtp > f32-spec.txt 2>&1) &&
+         [ "$(grep '^tokens:' "$d/f32-spec.txt")" = "$(grep '^tokens:' "$d/cpu-spec.txt")" ]; then
+        say "PASS $name f32 speculative=mtp: $(grep '^mtp' "$d/f32-spec.txt" || true)"
+      else
+        say "FAIL $name f32 speculative=mtp"
+        failed=1
+      fi
+    fi
+  done < <(cases)
+  if command -v compute-sanitizer > /dev/null; then
+    local d="$dir/e2e/tiny"
+    if (cd "$d" && compute-sanitizer --tool memcheck --error-exitcode 3 ./bf16 --weights ckpt/model.safetensors \
+          --prompt-ids 17,300,5,900,42,7 --max-new-tokens 8 > "$out/sanitizer.txt" 2>&1); then
+      say "PASS compute-sanitizer memcheck tiny: $(grep 'ERROR SUMMARY' "$out/sanitizer.txt")"
+    else
+      say "FAIL compute-sanitizer memcheck tiny: $(grep -m3 -E 'ERROR|Invalid' "$out/sanitizer.txt")"
+      failed=1
+    fi
+  fi
+
+  say "== benchmark: bench/gpu/model.json (16B-A3B, random bf16 weights)"
+  local ctx=1024 new=129
+  local ids
+  ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
+  (cd "$dir/bench" && ./decode --prompt-ids "$ids" --max-new-tokens $new --seed 1 > decode1.txt 2> decode1.err) || failed=1
+  say "decode B=1: $(grep '^timing:' "$dir/bench/decode1.txt" || tail -3 "$dir/bench/decode1.err")"
+  $py - "$ids" > "$dir/bench/requests32.jsonl" <<'PY'
+import json, sys
+ids = [int(t) for t in sys.argv[1].split(",")]
+for r in range(32):
+    print(json.dumps({"id": r, "prompt_ids": [(t + 31 * r) % 102400 for t in ids], "max_new_tokens": 65}))
+PY
+  (cd "$dir/bench" && ./decode --requests requests32.jsonl --max-batch 32 --seed 1 --output b32.jsonl 2> decode32.err) || failed=1
+  say "decode B=32: $(grep '^batch:' "$dir/bench/decode32.err" || tail -3 "$dir/bench/decode32.err")"
+  ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range(2048)))")
+  (cd "$dir/bench" && ./prefill --prompt-ids "$ids" --max-new-tokens 1 --seed 1 > prefill.txt 2> prefill.err) || failed=1
+  say "prefill 2048: $(grep '^timing:' "$dir/bench/prefill.txt" || tail -3 "$dir/bench/prefill.err")"
+  grep -h '^cuda:' "$dir/bench/decode1.err" | head -1 | tee -a "$report" || true
+  # Where the time goes: every kernel call timed alone (DS_CUDA_PROFILE).
+  say "== profile (DS_CUDA_PROFILE=1: synchronized per call, no graphs)"
+  ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
+  (cd "$dir/bench" && DS_CUDA_PROFILE=1 ./decode --prompt-ids "$ids" --max-new-tokens 17 --seed 1 > /dev/null 2> prof1.err) || true
+  say "decode B=1 (prefill $ctx + 16 steps):"; grep -A16 '^cuda profile' "$dir/bench/prof1.err" | tee -a "$report" || true
+  sed 's/"max_new_tokens": 65/"max_new_tokens": 9/' "$dir/bench/requests32.jsonl" > "$dir/bench/requests32s.jsonl"
+  (cd "$dir/bench" && DS_CUDA_PROFILE=1 ./decode --requests requests32s.jsonl --max-batch 32 --seed 1 --output /dev/null 2> prof32.err) || true
+  say "decode B=32 (32 prefills of $ctx + 8 steps):"; grep -A16 '^cuda profile' "$dir/bench/prof32.err" | tee -a "$report" || true
+  if [ -f "$dir/bench/torch_baseline.py" ] && [ "${DS_SKIP_TORCH:-0}" != 1 ]; then
+    say "== PyTorch baseline (phases main, grouped)"
+    OUT="$out" timeout 400 $py "$dir/bench/torch_baseline.py" --only main,grouped > "$out/torch.txt" 2>&1 || true
+    sed -n '/^=====/,/^=====/p' "$out/torch.txt" | tee -a "$report"
+  fi
+  return $failed
+}
+
+case "$mode" in
+  prepare) prepare ;;
+  device) device ;;
+  *) echo "usage: bench/gpu/run.sh prepare|device DIR" >&2; exit 2 ;;
+esac
