@@ -18,6 +18,7 @@
 # bf16 weights): decode ms/step at batch 1 and 32 with a 1024-token context,
 # prefill of 2048 tokens; then torch_baseline.py (phases main, grouped) in
 # the same call. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
+# DS_GPU_CHECK_ONLY=1: correctness only; DS_SKIP_TORCH=1: no PyTorch run.
 set -euo pipefail
 mode=${1:?usage: bench/gpu/run.sh prepare|device DIR}
 dir=${2:?usage: bench/gpu/run.sh prepare|device DIR}
@@ -154,6 +155,9 @@ device() {
     fi
   fi
 
+  if [ "${DS_GPU_CHECK_ONLY:-0}" = 1 ]; then # correctness only
+    return $failed
+  fi
   say "== benchmark: bench/gpu/model.json (16B-A3B, random bf16 weights)"
   local ctx=1024 new=129
   local ids

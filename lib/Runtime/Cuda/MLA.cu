@@ -22,6 +22,27 @@ namespace cuda {
 
 namespace {
 
+/// One online-softmax step of a score row: `count` new scores (-inf for
+/// masked ones) become probabilities relative to the updated running max
+/// `m`, `l` (the running sum) is rescaled and extended; returns the factor
+/// by which the row's earlier accumulations must be scaled.
+__device__ inline float onlineSoftmaxStep(float *s, int count, float &m,
+                                          float &l) {
+  float mx = m;
+  for (int c = 0; c < count; ++c)
+    mx = fmaxf(mx, s[c]);
+  const float corr = mx == -INFINITY ? 1.0f : expf(m - mx);
+  float sum = 0.0f;
+  for (int c = 0; c < count; ++c) {
+    const float p = mx == -INFINITY ? 0.0f : expf(s[c] - mx);
+    s[c] = p;
+    sum += p;
+  }
+  l = l * corr + sum;
+  m = mx;
+  return corr;
+}
+
 constexpr int kQT = 16, kKT = 16; // prefill: queries, keys per tile
 constexpr int kVMax = 16;         // prefill: v dims per thread (vdim <= 256)
 
@@ -83,21 +104,8 @@ __global__ void mlaPrefillKernel(const float *q, int64_t ldq, const float *kv,
       sc[r * kKT + c] = (r < rows && j <= i) ? s * scale : -INFINITY;
     }
     __syncthreads();
-    if (tid < kQT) {
-      float mx = mmax[tid];
-      for (int c = 0; c < kKT; ++c)
-        mx = fmaxf(mx, sc[tid * kKT + c]);
-      const float cr = mx == -INFINITY ? 1.0f : __expf(mmax[tid] - mx);
-      float l = 0.0f;
-      for (int c = 0; c < kKT; ++c) {
-        const float p = mx == -INFINITY ? 0.0f : expf(sc[tid * kKT + c] - mx);
-        sc[tid * kKT + c] = p;
-        l += p;
-      }
-      lsum[tid] = lsum[tid] * cr + l;
-      mmax[tid] = mx;
-      corr[tid] = cr;
-    }
+    if (tid < kQT)
+      corr[tid] = onlineSoftmaxStep(sc + tid * kKT, kKT, mmax[tid], lsum[tid]);
     __syncthreads();
     const float cr = corr[qi];
 #pragma unroll
@@ -195,21 +203,8 @@ __global__ void mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq,
         sc[hh * kTP + r] = (hh < hb && p0 + r < k1) ? sum * scale : -INFINITY;
     }
     __syncthreads();
-    if (tid < kHB) {
-      float mx = mS[tid];
-      for (int r = 0; r < kTP; ++r)
-        mx = fmaxf(mx, sc[tid * kTP + r]);
-      const float cr = mx == -INFINITY ? 1.0f : expf(mS[tid] - mx);
-      float l = 0.0f;
-      for (int r = 0; r < kTP; ++r) {
-        const float p = mx == -INFINITY ? 0.0f : expf(sc[tid * kTP + r] - mx);
-        sc[tid * kTP + r] = p;
-        l += p;
-      }
-      lS[tid] = lS[tid] * cr + l;
-      mS[tid] = mx;
-      corr[tid] = cr;
-    }
+    if (tid < kHB)
+      corr[tid] = onlineSoftmaxStep(sc + tid * kTP, kTP, mS[tid], lS[tid]);
     __syncthreads();
 #pragma unroll
     for (int hh = 0; hh < kHB; ++hh) {
