@@ -111,15 +111,13 @@ void *scratch(DeviceState &st, size_t bytes, const char *where) {
   if (st.scratchUsed + bytes > st.scratchBytes) {
     if (st.capturing)
       fatal(where, "scratch grew during graph capture");
-    // Keep what earlier kernels of this call hold: grow only at the start of
-    // a call, else keep the old buffer alive until the call ends.
     size_t want = std::max(st.scratchBytes * 2, st.scratchUsed + bytes);
     if (st.scratchUsed > 0) {
-      // Kernels of this call already point into the old buffer: sync, and
-      // give it to the allocation list so it lives until exit.
-      check(cudaStreamSynchronize(st.stream), where);
+      // Kernels of this call already point into the old buffer: it lives
+      // until exit (growth doubles, so this happens a few times at most).
       st.allocations.push_back(st.scratch);
     } else {
+      // Nothing of this call uses it; earlier calls' kernels may still run.
       check(cudaStreamSynchronize(st.stream), where);
       cudaFree(st.scratch);
     }

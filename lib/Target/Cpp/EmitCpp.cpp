@@ -312,7 +312,7 @@ private:
         if (at == StringRef::npos)
           break;
         cudaText += at == cpu ? "dsrt::cuda::" : "dsrt::cuda::weight(ctx, ";
-        rest = rest.drop_front(at + (at == cpu ? 11 : 11));
+        rest = rest.drop_front(at + 11); // both patterns are 11 characters
       }
       text = cudaText;
     }
