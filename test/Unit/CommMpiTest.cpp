@@ -133,6 +133,27 @@ void testAllToAllv(Comm &comm) {
   }
 }
 
+// Every rank in turn is the root; the float past the end stays untouched.
+void testBroadcast(Comm &comm) {
+  const int n = comm.size(), r = comm.rank();
+  std::string error;
+  const int64_t count = 300;
+  for (int root = 0; root < n; ++root) {
+    std::vector<float> data(size_t(count) + 1, -1.f);
+    if (r == root)
+      for (int64_t i = 0; i < count; ++i)
+        data[size_t(i)] = float(1000 * root + i);
+    if (!step(comm.broadcast(data.data(), count, root, &error), comm,
+              "broadcast", error))
+      return;
+    for (int64_t i = 0; i < count; ++i)
+      check(data[size_t(i)] == 1000 * root + i, comm, "broadcast", long(i),
+            data[size_t(i)], 1000 * root + i);
+    check(data[size_t(count)] == -1.f, comm, "broadcast past end", long(count),
+          data[size_t(count)], -1);
+  }
+}
+
 // Ring: rank r sends 100 floats to r + 1 and receives from r - 1.
 void testSendRecv(Comm &comm) {
   const int n = comm.size(), r = comm.rank();
@@ -169,6 +190,7 @@ int runAll(Comm &comm) {
   testAllReduce(comm);
   testAllGather(comm);
   testAllToAllv(comm);
+  testBroadcast(comm);
   testSendRecv(comm);
   step(comm.barrier(&error), comm, "barrier", error);
   // Rank 0 learns whether every rank passed.

@@ -17,7 +17,7 @@
 // All counts and offsets are in floats (elements), int64: counts beyond
 // INT_MAX are split into chunks MPI accepts. Collectives must be called by
 // every rank in the same order with the same `count` (allReduceSum,
-// allGather); for allToAllv, sendCounts[j] on rank i must equal
+// allGather, broadcast); for allToAllv, sendCounts[j] on rank i must equal
 // recvCounts[i] on rank j. Calls come from one thread at a time (the MPI
 // implementation asks for MPI_THREAD_FUNNELED: the thread that created it).
 //
@@ -49,6 +49,10 @@ public:
   /// recv[r * count, (r + 1) * count) = rank r's send[0, count). recv holds
   /// size() * count floats and must not overlap send.
   virtual bool allGather(const float *send, int64_t count, float *recv,
+                         std::string *error) = 0;
+
+  /// data[0, count) of rank `root` to every rank (in place).
+  virtual bool broadcast(float *data, int64_t count, int root,
                          std::string *error) = 0;
 
   /// To every rank j: send[sendOffsets[j], + sendCounts[j]); from every

@@ -4,7 +4,7 @@
 // executables never need MPI.
 //
 // Every operation is non-blocking MPI (MPI_Iallreduce, MPI_Iallgather,
-// MPI_Ialltoallv, MPI_Isend/MPI_Irecv, MPI_Ibarrier) polled with MPI_Testall
+// MPI_Ialltoallv, MPI_Ibcast, MPI_Isend/MPI_Irecv, MPI_Ibarrier) polled with MPI_Testall
 // against a deadline of DS_COMM_TIMEOUT seconds (default 300), so a peer that
 // died or never calls the matching operation is an error after the timeout,
 // never a hang. MPI_COMM_WORLD (and our duplicates of it) use
@@ -137,6 +137,8 @@ public:
 
   bool allReduceSum(float *data, int64_t count, std::string *error) override;
   bool allGather(const float *send, int64_t count, float *recv,
+                 std::string *error) override;
+  bool broadcast(float *data, int64_t count, int root,
                  std::string *error) override;
   bool allToAllv(const float *send, const int64_t *sendCounts,
                  const int64_t *sendOffsets, float *recv,
@@ -379,6 +381,27 @@ bool MpiComm::allGather(const float *send, int64_t count, float *recv,
     MPI_Type_free(&type);
   types_.clear();
   return true;
+}
+
+bool MpiComm::broadcast(float *data, int64_t count, int root,
+                        std::string *error) {
+  std::string op = "broadcast from rank " + std::to_string(root);
+  if (!usable(op, error))
+    return false;
+  if (count < 0 || root < 0 || root >= size_)
+    return fail(error, where(op) + ": bad count " + std::to_string(count) +
+                           " or root (size " + std::to_string(size_) + ")");
+  requests_.clear();
+  for (int64_t c = 0, n = numChunks(count, maxChunk_); c < n; ++c) {
+    int64_t offset = c * maxChunk_;
+    int length = int(std::min(maxChunk_, count - offset));
+    requests_.push_back(MPI_REQUEST_NULL);
+    if (!checkMpi(MPI_Ibcast(data + offset, length, MPI_FLOAT, root, coll_,
+                             &requests_.back()),
+                  op, error))
+      return false;
+  }
+  return waitAll(requests_, op, "a peer died or never arrived", error);
 }
 
 bool MpiComm::allToAllv(const float *send, const int64_t *sendCounts,

@@ -45,6 +45,13 @@ public:
     return true;
   }
 
+  bool broadcast(float *, int64_t count, int root, std::string *error) override {
+    if (root != 0)
+      return fail(error, "broadcast from rank " + std::to_string(root) +
+                             " on a single-rank communicator");
+    return !badCount(count, "broadcast", error);
+  }
+
   bool allToAllv(const float *send, const int64_t *sendCounts,
                  const int64_t *sendOffsets, float *recv,
                  const int64_t *recvCounts, const int64_t *recvOffsets,
