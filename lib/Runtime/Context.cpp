@@ -272,7 +272,22 @@ bool Context::setComm(Comm *world, std::string *error) {
     if (!impl.axisComms[a])
       return false;
   }
+  // The expert group: ranks equal in tp and pp.
+  const int dp = spec.mesh[int(MeshAxis::DP)];
+  if (dp > 1) {
+    int color = impl.coord[int(MeshAxis::PP)] * spec.mesh[int(MeshAxis::TP)] +
+                impl.coord[int(MeshAxis::TP)];
+    int key = impl.coord[int(MeshAxis::EP)] * dp + impl.coord[int(MeshAxis::DP)];
+    impl.expertGroup = world->split(color, key, error);
+    if (!impl.expertGroup)
+      return false;
+  }
   return true;
+}
+
+Comm *Context::expertComm() {
+  return impl_->expertGroup ? impl_->expertGroup.get()
+                            : impl_->axisComms[int(MeshAxis::EP)].get();
 }
 
 int Context::meshCoord(MeshAxis axis) const {

@@ -71,6 +71,7 @@ struct Context::Impl {
   /// coordinates, and this rank's coordinates.
   Comm *world = nullptr;
   std::unique_ptr<Comm> axisComms[4];
+  std::unique_ptr<Comm> expertGroup; // ep x dp (only when dp > 1)
   int coord[4] = {0, 0, 0, 0};
 
   /// State of a device backend (lib/Runtime/Cuda: weights, arena and cache

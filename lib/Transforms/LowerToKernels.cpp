@@ -5,6 +5,7 @@
 #include "ds/Transforms/Passes.h"
 
 #include "mlir/IR/Builders.h"
+#include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/TypeSwitch.h"
 
 #include <cmath>
@@ -41,11 +42,15 @@ namespace {
 class ProgramLowering {
 public:
   /// `source` is @forward (prefill, decode) or @mtp_1 (mtp); MLA layers are
-  /// numbered from `firstLayer` in the latent cache.
+  /// numbered from `firstLayer` in the latent cache. With `stage` >= 0 the
+  /// source is pipelined (ds.stage ops) and the program is that stage's:
+  /// the other stages' ops are skipped, values crossing stages become
+  /// dsk.recv / dsk.send.
   ProgramLowering(func::FuncOp source, dsk::ProgramKind kind, int64_t maxTokens,
-                  int64_t firstLayer = 0)
+                  int64_t firstLayer = 0, int64_t stage = -1)
       : forward(source), kind(kind), maxTokens(maxTokens),
-        firstLayer(firstLayer), b(source.getContext()), loc(source.getLoc()) {}
+        firstLayer(firstLayer), stage(stage), b(source.getContext()),
+        loc(source.getLoc()) {}
 
   LogicalResult run() {
     MLIRContext *ctx = forward.getContext();
@@ -67,14 +72,17 @@ public:
     Type i32 = b.getI32Type(), f32 = b.getF32Type();
     auto tokens = MemRefType::get({ShapedType::kDynamic}, i32);
     auto rows = [&](int64_t w) { return MemRefType::get({ShapedType::kDynamic, w}, f32); };
-    StringRef name = stringifyProgramKind(kind);
+    std::string name = stringifyProgramKind(kind).str();
+    if (stage >= 0)
+      name += "_stage" + std::to_string(stage);
     SmallVector<Type> args;
     if (mtp)
       args.push_back(rows(hidden));
     args.append({tokens, tokens, rows(vocab), rows(hidden)});
     fn = func::FuncOp::create(b, loc, name, b.getFunctionType(args, {}));
     fn->setAttr(dsk::kProgramAttrName,
-                dsk::ProgramAttr::get(ctx, kind, maxTokens, 0));
+                dsk::ProgramAttr::get(ctx, kind, maxTokens, 0,
+                                      std::max<int64_t>(stage, 0)));
     Block *entry = fn.addEntryBlock();
     b.setInsertionPointToStart(entry);
     // The source function's arguments (ids, positions; for MTP first the
@@ -90,10 +98,57 @@ public:
     // The value @forward/@mtp_1 returns as its hidden state is written
     // straight into the hidden output.
     auto ret = cast<func::ReturnOp>(forward.getBody().front().getTerminator());
-    preassigned[ret.getOperand(0)] = logitsOut;
+    preassigned[yielded(ret.getOperand(0))] = logitsOut;
     if (!mtp)
-      preassigned[ret.getOperand(1)] = hiddenOut;
+      preassigned[yielded(ret.getOperand(1))] = hiddenOut;
     return lowerBlock(forward.getBody().front());
+  }
+
+  /// What a function result is inside its stage: the yielded value for a
+  /// result of ds.stage, else the value itself.
+  static Value yielded(Value v) {
+    if (auto s = v.getDefiningOp<StageOp>())
+      return cast<YieldOp>(s.getBody().front().getTerminator())
+          .getValues()[cast<OpResult>(v).getResultNumber()];
+    return v;
+  }
+
+  /// This program's stage: its inputs from other stages arrive by dsk.recv,
+  /// its results that later stages read leave by dsk.send. Other stages'
+  /// ops are not this program's.
+  LogicalResult lowerStage(StageOp o) {
+    if (stage < 0)
+      return o.emitOpError("in an unpipelined lowering (no stage given)");
+    if (o.getStage() != stage)
+      return success();
+    Block &body = o.getBody().front();
+    for (auto [input, arg] : llvm::zip(o.getInputs(), body.getArguments())) {
+      if (auto from = input.getDefiningOp<StageOp>()) {
+        auto type = dyn_cast<RankedTensorType>(input.getType());
+        if (!type || type.getRank() != 2 || !type.getElementType().isF32())
+          return o.emitOpError("can only receive [tokens, features] f32 "
+                               "activations from another stage");
+        Value buf = alloc(type.getDimSize(1));
+        dsk::RecvOp::create(b, loc, buf, b.getI64IntegerAttr(from.getStage()));
+        map[arg] = buf;
+      } else {
+        map[arg] = lookup(input);
+      }
+    }
+    if (failed(lowerBlock(body)))
+      return failure();
+    auto yield = cast<YieldOp>(body.getTerminator());
+    for (auto [result, value] : llvm::zip(o.getResults(), yield.getValues())) {
+      Value buf = lookup(value);
+      map[result] = buf;
+      llvm::SmallSetVector<int64_t, 4> to;
+      for (Operation *user : result.getUsers())
+        if (auto s = dyn_cast<StageOp>(user))
+          to.insert(s.getStage());
+      for (int64_t s : to)
+        dsk::SendOp::create(b, loc, buf, b.getI64IntegerAttr(s));
+    }
+    return success();
   }
 
   LogicalResult lowerBlock(Block &block) {
@@ -137,6 +192,7 @@ public:
               .Case([&](MoEOp o) { return lowerMoE(o); })
               .Case([&](MTPOp o) { return lowerMTP(o); })
               .Case([&](YieldOp o) { return success(); })
+              .Case([&](StageOp o) { return lowerStage(o); })
               .Case([&](LMHeadOp o) {
                 Value out = outFor(o.getResult(), hiddenOf(o.getResult()));
                 dsk::LinearOp::create(b, loc, lookup(o.getInput()), out,
@@ -161,6 +217,14 @@ public:
                 return bind(o.getResult(), out);
               })
               .Case([&](func::ReturnOp o) -> LogicalResult {
+                // Stages before the last one compute no outputs.
+                auto last = o.getNumOperands()
+                                ? o.getOperand(0).getDefiningOp<StageOp>()
+                                : StageOp();
+                if (last && last.getStage() != stage) {
+                  func::ReturnOp::create(b, loc);
+                  return success();
+                }
                 if (o.getNumOperands() == 0 ||
                     lookup(o.getOperand(0)) != logitsOut)
                   return o.emitOpError(
@@ -367,6 +431,7 @@ private:
   dsk::ProgramKind kind;
   int64_t maxTokens;
   int64_t firstLayer;
+  int64_t stage;
   OpBuilder b;
   Location loc;
   DenseMap<Value, Value> map;
@@ -395,19 +460,36 @@ struct LowerToKernelsPass
     // layer; speculative verification decodes two tokens per sequence.
     auto mtpFn = module.lookupSymbol<func::FuncOp>("mtp_1");
     int64_t decodeTokens = maxBatch.getValue() * (mtpFn ? 2 : 1);
-    ProgramLowering prefill(forward, dsk::ProgramKind::prefill,
-                            maxSeqLen.getValue());
-    ProgramLowering decode(forward, dsk::ProgramKind::decode, decodeTokens);
-    if (failed(prefill.run()) || failed(decode.run()))
-      return signalPassFailure();
-    int64_t cacheLayers = prefill.mlaLayers.size();
-    SmallVector<MLAOp> mlaLayers(prefill.mlaLayers);
+    // A pipelined model (ds-partition-pp) gets one program per kind and
+    // stage; each stage numbers its own MLA layers in its cache from 0, and
+    // the MTP module runs on the last stage.
+    int64_t stages = 0;
+    forward.walk([&](StageOp s) {
+      stages = std::max<int64_t>(stages, s.getStage() + 1);
+    });
+    int64_t cacheLayers = 0, lastStageLayers = 0, vocab = 0, hidden = 0;
+    SmallVector<MLAOp> mlaLayers;
+    for (int64_t s = 0; s < std::max<int64_t>(stages, 1); ++s) {
+      int64_t stage = stages ? s : -1;
+      ProgramLowering prefill(forward, dsk::ProgramKind::prefill,
+                              maxSeqLen.getValue(), 0, stage);
+      ProgramLowering decode(forward, dsk::ProgramKind::decode, decodeTokens,
+                             0, stage);
+      if (failed(prefill.run()) || failed(decode.run()))
+        return signalPassFailure();
+      lastStageLayers = prefill.mlaLayers.size();
+      cacheLayers = std::max(cacheLayers, lastStageLayers);
+      mlaLayers.append(prefill.mlaLayers);
+      vocab = prefill.vocab;
+      hidden = prefill.hidden;
+    }
     if (mtpFn) {
       ProgramLowering mtp(mtpFn, dsk::ProgramKind::mtp, maxSeqLen.getValue(),
-                          cacheLayers);
+                          lastStageLayers, stages ? stages - 1 : -1);
       if (failed(mtp.run()))
         return signalPassFailure();
-      cacheLayers += mtp.mlaLayers.size();
+      cacheLayers =
+          std::max<int64_t>(cacheLayers, lastStageLayers + mtp.mlaLayers.size());
       mlaLayers.append(mtp.mlaLayers);
     }
 
@@ -424,8 +506,8 @@ struct LowerToKernelsPass
       rope = c.getQkRope();
     }
     module->setAttr(dsk::kModelAttrName,
-                    dsk::ModelAttr::get(&getContext(), prefill.vocab,
-                                        prefill.hidden, cacheLayers, kvl, rope,
+                    dsk::ModelAttr::get(&getContext(), vocab, hidden,
+                                        cacheLayers, kvl, rope,
                                         maxSeqLen));
 
     // The model level is gone (modules beyond the first MTP one are not

@@ -103,7 +103,8 @@ static LogicalResult planProgram(func::FuncOp fn, dsk::ProgramAttr program) {
     dealloc.erase();
   fn->setAttr(dsk::kProgramAttrName,
               dsk::ProgramAttr::get(fn.getContext(), program.getKind(),
-                                    program.getMaxTokens(), arenaType.getDimSize(0)));
+                                    program.getMaxTokens(), arenaType.getDimSize(0),
+                                    program.getStage()));
   return success();
 }
 

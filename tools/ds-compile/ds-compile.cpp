@@ -1,12 +1,12 @@
 //===- ds-compile.cpp - model -> executable -------------------------------===//
 //
 //   ds-compile INPUT -o OUT [--target=cpu|cuda] [--compute-dtype=f32|bf16]
-//              [--max-seq-len=N] [--max-batch=N] [--tp=N] [--ep=N]
+//              [--max-seq-len=N] [--max-batch=N] [--tp=N] [--ep=N] [--pp=N] [--dp=N]
 //              [--emit=mlir|source|exe] [--explain-plan]
 //
 // INPUT is a ds-dialect .mlir model, or a Hugging Face config.json (or a
 // checkpoint directory holding one). A thin driver over the same passes
-// ds-opt runs: ds-partition-tp, ds-partition-ep, ds-lower-to-kernels,
+// ds-opt runs: ds-partition-tp, -ep, -dp, -pp, ds-lower-to-kernels,
 // dsk-fuse, dsk-quantize, dsk-plan-memory, then C++ emission and the host
 // C++ compiler against libdsrt (and dsrt-mpi for more than one rank), or
 // CUDA C++ emission and nvcc against dsrt-cuda (--target=cuda).
@@ -81,8 +81,12 @@ static cl::opt<int> tp("tp", cl::desc("Tensor-parallel ranks: heads, intermediat
                        cl::init(1), cl::cat(category));
 static cl::opt<int> ep("ep", cl::desc("Expert-parallel ranks: routed experts (default 1)"), cl::init(1),
                        cl::cat(category));
-static cl::opt<int> pp("pp", cl::desc("Pipeline-parallel stages (only 1 so far)"), cl::init(1), cl::cat(category));
-static cl::opt<int> dp("dp", cl::desc("Data-parallel replicas (only 1 so far)"), cl::init(1), cl::cat(category));
+static cl::opt<int> pp("pp", cl::desc("Pipeline-parallel stages: contiguous layer ranges (default 1)"),
+                       cl::init(1), cl::cat(category));
+static cl::opt<int> dp("dp",
+                       cl::desc("Data-parallel replicas: sequences split over them, routed experts "
+                                "shared over ep x dp (default 1)"),
+                       cl::init(1), cl::cat(category));
 enum class Quant { None, Fp8 };
 static cl::opt<Quant> quant(
     "quant", cl::desc("Quantization (default none)"),
@@ -223,13 +227,17 @@ static bool holds(ds::WeightOp w, const int64_t coord[4]) {
   return true;
 }
 
-/// Bytes one rank sends per token of a decode step (float32 activations, as
-/// the CPU runtime sends them): ring all-reduce 2 (P-1)/P * row, all-gather
-/// (P-1) * row; expert-parallel MoE at most min(top_k, P-1) dispatched rows
-/// (hidden + 2 top_k floats) and as many combined rows (hidden), plus the
-/// all-gather of the finished row to P-1 ranks, for the 1/P of the tokens
-/// a rank routes.
-static int64_t decodeCommBytes(func::FuncOp decode, ds::PlanAttr plan) {
+/// Bytes one rank sends per token its replica processes in a decode step
+/// (float32 activations, as the CPU runtime sends them): ring all-reduce
+/// 2 (P-1)/P * row, all-gather (P-1) * row; expert-parallel MoE, for the 1/ep
+/// of the tokens a rank routes, at most min(top_k, G-1) dispatched rows
+/// (hidden + 2 top_k floats) and as many combined rows (hidden) over the
+/// expert group of G = ep x dp ranks, plus the all-gather of the finished row
+/// to the ep-1 other ranks; a pipeline stage's send of its rows to the next;
+/// on the last stage the broadcast of logits and hidden rows to the pp-1
+/// others; with dp > 1 those rows to the dp-1 other replicas.
+static int64_t decodeCommBytes(func::FuncOp decode, ds::PlanAttr plan,
+                               int64_t stage, int64_t vocab, int64_t hidden) {
   double bytes = 0;
   auto width = [](Value v) { return double(cast<MemRefType>(v.getType()).getDimSize(1)); };
   decode.walk([&](Operation *op) {
@@ -242,11 +250,19 @@ static int64_t decodeCommBytes(func::FuncOp decode, ds::PlanAttr plan) {
     } else if (auto m = dyn_cast<ds::kernel::MoEExpertsOp>(op)) {
       if (m.getEp() <= 1)
         return;
-      double p = double(m.getEp()), k = width(m.getIndices()), h = width(m.getInput());
-      double rows = std::min(k, p - 1);
-      bytes += (rows * (h + 2 * k) * 4 + rows * h * 4 + (p - 1) * h * 4) / p;
+      double group = double(m.getEp()), ep = double(plan.getEp());
+      double k = width(m.getIndices()), h = width(m.getInput());
+      double rows = std::min(k, group - 1);
+      bytes += (rows * (h + 2 * k) * 4 + rows * h * 4 + (ep - 1) * h * 4) / ep;
+    } else if (auto send = dyn_cast<ds::kernel::SendOp>(op)) {
+      bytes += width(send.getInput()) * 4;
     }
   });
+  double outputs = double(vocab + hidden) * 4;
+  if (plan.getPp() > 1 && stage == plan.getPp() - 1)
+    bytes += double(plan.getPp() - 1) * outputs;
+  if (plan.getDp() > 1)
+    bytes += double(plan.getDp() - 1) * outputs;
   return std::llround(bytes);
 }
 
@@ -271,16 +287,28 @@ static void explain(ModuleOp module, llvm::raw_ostream &os) {
       held.push_back(w);
   }
   auto model = module->getAttrOfType<ds::kernel::ModelAttr>(ds::kernel::kModelAttrName);
-  int64_t kvBytes = model.getCacheLayers() * (model.getKvLoraRank() + model.getQkRope()) * 2;
-  int64_t comm = 0;
-  SmallVector<std::pair<StringRef, int64_t>> kernels;
+  const int64_t rowBytes = (model.getKvLoraRank() + model.getQkRope()) * 2;
+  // Per pipeline stage: kernels per program kind, the cache layers its
+  // programs write, decode communication.
+  struct Stage {
+    SmallVector<std::pair<StringRef, int64_t>> kernels;
+    int64_t cacheLayers = 0, comm = 0;
+  };
+  SmallVector<Stage> stages(plan.getPp());
   for (auto fn : module.getOps<func::FuncOp>()) {
+    auto program = fn->getAttrOfType<ds::kernel::ProgramAttr>(ds::kernel::kProgramAttrName);
+    Stage &stage = stages[program.getStage()];
     int64_t count = 0;
-    for (Operation &op : fn.getBody().front())
+    for (Operation &op : fn.getBody().front()) {
       count += isa<ds::kernel::DSKDialect>(op.getDialect()) && !isa<ds::kernel::ArenaOp>(op);
-    kernels.push_back({fn.getName(), count});
-    if (fn.getName() == "decode")
-      comm = decodeCommBytes(fn, plan);
+      if (program.getKind() != ds::kernel::ProgramKind::decode)
+        stage.cacheLayers +=
+            isa<ds::kernel::KVCacheWriteOp, ds::kernel::RoPEKVCacheWriteOp>(op);
+    }
+    stage.kernels.push_back({ds::kernel::stringifyProgramKind(program.getKind()), count});
+    if (program.getKind() == ds::kernel::ProgramKind::decode)
+      stage.comm = decodeCommBytes(fn, plan, program.getStage(), model.getVocab(),
+                                   model.getHidden());
   }
   os << "ranks: " << plan.getRanks() << " (tp " << plan.getTp() << " x ep " << plan.getEp()
      << " x pp " << plan.getPp() << " x dp " << plan.getDp() << ")\n";
@@ -295,13 +323,14 @@ static void explain(ModuleOp module, llvm::raw_ostream &os) {
     for (ds::WeightOp w : held)
       if (holds(w, coord))
         weightBytes += storageBytes(w);
+    const Stage &stage = stages[coord[int(ds::MeshAxis::pp)]];
     os << "\nrank: " << rank << "\n";
     os << "mesh: tp " << coord[0] << ", ep " << coord[1] << ", pp " << coord[2] << ", dp " << coord[3]
        << "\n";
     os << "weights.bytes: " << weightBytes << "\n";
-    os << "kv_cache.bytes_per_token: " << kvBytes << "\n";
-    os << "comm.bytes_per_token.decode: " << comm << "\n";
-    for (auto [name, count] : kernels)
+    os << "kv_cache.bytes_per_token: " << stage.cacheLayers * rowBytes << "\n";
+    os << "comm.bytes_per_token.decode: " << stage.comm << "\n";
+    for (auto [name, count] : stage.kernels)
       os << "kernels." << name << ": " << count << "\n";
   }
 }
@@ -335,8 +364,6 @@ int main(int argc, char **argv) {
   for (auto [name, v] : {std::pair<const char *, int>{"tp", tp}, {"ep", ep}, {"pp", pp}, {"dp", dp}})
     if (v < 1)
       return fail(llvm::Twine("--") + name + "=" + llvm::Twine(v) + ": must be at least 1");
-  if (pp != 1 || dp != 1)
-    return fail("--pp/--dp: pipeline and data parallelism are not implemented yet (--tp and --ep are)");
   if (!explainPlan && output.empty())
     return fail("no output file: give -o OUT (or --explain-plan)");
 
@@ -360,12 +387,9 @@ int main(int argc, char **argv) {
     (*module)->setAttr(ds::DSDialect::kPlanAttrName, ds::PlanAttr::get(&ctx, tp, ep, pp, dp));
   auto plan = (*module)->getAttrOfType<ds::PlanAttr>(ds::DSDialect::kPlanAttrName);
   const int64_t ranks = plan ? plan.getRanks() : 1;
-  if (plan && (plan.getPp() != 1 || plan.getDp() != 1))
-    return fail("the module's #ds.plan asks for pp/dp > 1: pipeline and data parallelism are not "
-                "implemented yet");
   if (cuda && ranks > 1 && !explainPlan)
     return fail("--target=cuda runs one rank: multi-GPU plans need the NCCL backend, which is "
-                "not built yet (use --target=cpu for --tp/--ep)");
+                "not built yet (use --target=cpu for --tp/--ep/--pp/--dp)");
   if (ranks > 1 && emit == Emit::Exe && !explainPlan && !*DS_RUNTIME_MPI_LIBRARY)
     return fail("multi-rank executables need MPI, and this ds-compile was built without it "
                 "(install libopenmpi-dev and reconfigure)");
@@ -375,6 +399,8 @@ int main(int argc, char **argv) {
     return 1;
   pm.addPass(ds::createPartitionTP());
   pm.addPass(ds::createPartitionEP());
+  pm.addPass(ds::createPartitionDP());
+  pm.addPass(ds::createPartitionPP());
   ds::LowerToKernelsOptions lowering;
   lowering.maxSeqLen = maxSeqLen;
   lowering.maxBatch = maxBatch;

@@ -257,6 +257,10 @@ public:
   /// The ranks of `axis` that share this rank's other coordinates; null
   /// before setComm.
   Comm *comm(MeshAxis axis);
+  /// The ranks that share this rank's tp and pp coordinates (ep x dp of
+  /// them, ordered by ep_i * dp + dp_i): the routed experts of a MoE layer
+  /// are split over them. The ep communicator when dp is 1.
+  Comm *expertComm();
   /// Whether this rank holds weight `index` (placement shards).
   bool holdsWeight(int64_t index) const;
 
@@ -282,6 +286,26 @@ int runMain(int argc, char **argv, const ModelSpec &spec, Comm *world = nullptr)
 /// main of a multi-rank executable: creates the MPI communicator and calls
 /// runMain. Defined in dsrt-mpi.
 int runMainMpi(int argc, char **argv, const ModelSpec &spec);
+
+/// A program of a model compiled with pp > 1 or dp > 1 (the emitted
+/// prefill/decode wrap their stage programs in this). This rank's
+/// data-parallel replica takes the tokens of the sequence slots s with
+/// s % dp == its dp coordinate; its pipeline stage runs `stages[pp coord]`
+/// on them in pp micro-batches of whole sequences (possibly empty; every
+/// rank runs the same number), receiving each micro-batch's rows from the
+/// previous stage and sending them on as soon as it is done, so that stages
+/// overlap. Afterwards the last stage broadcasts logits and hidden states
+/// over pp and the replicas gather them over dp: every rank returns all n
+/// rows, as a one-rank program would.
+void runPartitioned(Context &ctx, const ProgramFn *stages, const int32_t *ids,
+                    const int32_t *pos, int64_t n, float *logits,
+                    float *hidden);
+
+/// The MTP program of such a model: `lastStage` runs on the last pipeline
+/// stage (the others wait for its outputs), on this replica's tokens.
+void runPartitionedMtp(Context &ctx, MtpFn lastStage, const float *hiddenIn,
+                       const int32_t *ids, const int32_t *pos, int64_t n,
+                       float *logits, float *hiddenOut);
 
 namespace cpu {
 
@@ -369,17 +393,26 @@ void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                  const int64_t *up, const int64_t *down, int64_t experts,
                  float *y, int64_t ldy, ActQuant act);
 
-/// moeExpertsW over the ranks of MeshAxis::EP, each holding the weights of
-/// experts / ep consecutive experts and all the same n tokens: this rank
-/// computes tokens [r * n / ep, (r + 1) * n / ep) by sending each to the
-/// ranks that hold its chosen experts (all-to-all of only those rows,
-/// hidden floats each), summing the weighted results sent back, and
-/// all-gathering the finished rows, so that y is complete on every rank.
+/// moeExpertsW over the ranks of Context::expertComm (ep x dp), rank g
+/// holding the weights of experts [g * E / G, (g + 1) * E / G). The ep ranks
+/// of a replica have the same n tokens (replicas differ): this rank computes
+/// tokens [r * n / ep, (r + 1) * n / ep) by sending each to the ranks that
+/// hold its chosen experts (all-to-all of only those rows, hidden floats
+/// each), summing the weighted results sent back, and all-gathering the
+/// finished rows over ep, so that y is complete on every rank.
 void moeExpertsEP(Context &ctx, const float *x, int64_t ldx, int64_t n,
                   int64_t hidden, int64_t inter, const int32_t *idx,
                   const float *weights, int64_t topK, const int64_t *gate,
                   const int64_t *up, const int64_t *down, int64_t experts,
                   float *y, int64_t ldy, ActQuant act);
+
+/// Point to point over `axis` (the pipeline: MeshAxis::PP) with the rank at
+/// coordinate `peer` that shares this rank's other coordinates: x [n, d] is
+/// sent, y [n, d] received (the peer sends exactly n rows).
+void sendRows(Context &ctx, MeshAxis axis, const float *x, int64_t ldx,
+              int64_t n, int64_t d, int64_t peer);
+void recvRows(Context &ctx, MeshAxis axis, float *y, int64_t ldy, int64_t n,
+              int64_t d, int64_t peer);
 
 /// In place: x [n, d] becomes its sum over the ranks of `axis`.
 void allReduce(Context &ctx, MeshAxis axis, float *x, int64_t ldx, int64_t n,

@@ -71,6 +71,43 @@ def PartitionEP : Pass<"ds-partition-ep", "::mlir::ModuleOp"> {
   }];
 }
 
+def PartitionDP : Pass<"ds-partition-dp", "::mlir::ModuleOp"> {
+  let summary = "Share the routed experts between data-parallel replicas";
+  let description = [{
+    Reads `dp` from the module's `ds.plan` (after ds-partition-ep). The dp
+    replicas run different sequences (the runtime gives sequence slot s to
+    replica s mod dp) through attention, dense layers and shared experts,
+    each holding those weights whole (or tp-split). The routed experts are
+    split over the ep x dp ranks of an expert group, as DeepSeek deploys
+    attention data parallelism with expert parallelism: expert e of a layer
+    keeps its `#ds.shard<axis = ep, owner = ...>` and gets
+    `#ds.shard<axis = dp, owner = (e mod (experts / ep)) / (experts / (ep * dp))>`,
+    and every `ds.moe` gets `ep = ep * dp` (the ranks its experts are split
+    over; tokens travel between them by all-to-all). A model without MoE
+    layers becomes dp independent replicas. Errors: experts not divisible by
+    ep x dp.
+  }];
+}
+
+def PartitionPP : Pass<"ds-partition-pp", "::mlir::ModuleOp"> {
+  let summary = "Cut the model into pp pipeline stages of contiguous layers";
+  let description = [{
+    Reads `pp` from the module's `ds.plan`. `@forward`'s ops become `pp`
+    `ds.stage` regions: stage s holds decoder layers
+    `[s * L / pp, (s + 1) * L / pp)` of the L layers (`ds.mla` ops), cut
+    where only the residual stream is live, so that one `[tokens, hidden]`
+    activation passes from each stage to the next. Stage 0 also holds the
+    embedding; the last stage the final norm, `ds.lm_head` and the MTP
+    functions (`@mtp_K`, wrapped whole). A weight read by one stage only
+    gets `#ds.shard<axis = pp, owner = s>` (with its FP8 scale); one read by
+    several stages (an embedding tied to the head) stays on each of them.
+    At run time each stage processes micro-batches of whole sequences and
+    sends each one on as soon as it is done (see docs/parallelism.md).
+    Errors: fewer decoder layers than stages, no single-activation cut
+    before a stage's first layer.
+  }];
+}
+
 def LowerToKernels : Pass<"ds-lower-to-kernels", "::mlir::ModuleOp"> {
   let summary = "Lower the model to prefill and decode kernel-level programs";
   let description = [{

@@ -18,15 +18,14 @@
 namespace dsrt {
 namespace cpu {
 
-namespace {
-
-[[noreturn]] void commFailed(Context &ctx, const char *kernel,
-                             const std::string &error) {
+void commFailed(Context &ctx, const char *kernel, const std::string &error) {
   std::fprintf(stderr, "error: rank %d: %s: %s\n", ctx.rank(), kernel,
                error.c_str());
   std::fflush(stderr);
   std::_Exit(1);
 }
+
+namespace {
 
 Comm &axisComm(Context &ctx, MeshAxis axis, const char *kernel) {
   Comm *c = ctx.comm(axis);
@@ -64,6 +63,37 @@ void allReduce(Context &ctx, MeshAxis axis, float *x, int64_t ldx, int64_t n,
   unpack(packed.data(), n, d, x, ldx);
 }
 
+void sendRows(Context &ctx, MeshAxis axis, const float *x, int64_t ldx,
+              int64_t n, int64_t d, int64_t peer) {
+  Comm &c = axisComm(ctx, axis, "sendRows");
+  std::string error;
+  bool ok;
+  if (ldx == d || n <= 1) {
+    ok = c.send(x, n * d, int(peer), 0, &error);
+  } else {
+    std::vector<float> packed(size_t(n * d));
+    pack(x, ldx, n, d, packed.data());
+    ok = c.send(packed.data(), n * d, int(peer), 0, &error);
+  }
+  if (!ok)
+    commFailed(ctx, "sendRows", error);
+}
+
+void recvRows(Context &ctx, MeshAxis axis, float *y, int64_t ldy, int64_t n,
+              int64_t d, int64_t peer) {
+  Comm &c = axisComm(ctx, axis, "recvRows");
+  std::string error;
+  if (ldy == d || n <= 1) {
+    if (!c.recv(y, n * d, int(peer), 0, &error))
+      commFailed(ctx, "recvRows", error);
+    return;
+  }
+  std::vector<float> packed(size_t(n * d));
+  if (!c.recv(packed.data(), n * d, int(peer), 0, &error))
+    commFailed(ctx, "recvRows", error);
+  unpack(packed.data(), n, d, y, ldy);
+}
+
 void allGatherColumns(Context &ctx, MeshAxis axis, const float *x, int64_t ldx,
                       int64_t n, int64_t d, float *y, int64_t ldy) {
   Comm &c = axisComm(ctx, axis, "allGatherColumns");
@@ -83,14 +113,19 @@ void moeExpertsEP(Context &ctx, const float *x, int64_t ldx, int64_t n,
                   const int64_t *up, const int64_t *down, int64_t experts,
                   float *y, int64_t ldy, ActQuant act) {
   const char *kernel = "moeExpertsEP";
-  Comm &c = axisComm(ctx, MeshAxis::EP, kernel);
+  Comm *group = ctx.expertComm();
+  if (!group)
+    fatal(kernel, "no expert communicator (setComm not called)", 0);
+  Comm &c = *group, &sharers = axisComm(ctx, MeshAxis::EP, kernel);
   const int ranks = c.size(), me = c.rank();
   if (ranks < 1 || experts % ranks != 0)
     fatal(kernel, "experts not divisible by the expert-parallel ranks",
           static_cast<long long>(experts));
   const int64_t perRank = experts / ranks;
-  auto share = [&](int r) { return n * r / ranks; };
-  const int64_t t0 = share(me), t1 = share(me + 1);
+  // The ep ranks of this replica hold the same tokens and share them out.
+  const int shareRanks = sharers.size();
+  auto share = [&](int r) { return n * r / shareRanks; };
+  const int64_t t0 = share(sharers.rank()), t1 = share(sharers.rank() + 1);
 
   // Dispatch: each of my tokens goes once to every rank that holds one of
   // its experts, as [x | expert ids | weights] with the other ranks'
@@ -193,16 +228,20 @@ void moeExpertsEP(Context &ctx, const float *x, int64_t ldx, int64_t n,
         out[j] += part[j];
     }
 
-  // Every rank gets every finished row (an all-gather of uneven shares).
-  for (int r = 0; r < ranks; ++r) {
-    sendCounts[size_t(r)] = myRows * hidden;
-    sendOffsets[size_t(r)] = 0;
+  // Every ep rank of the replica gets every finished row (an all-gather of
+  // uneven shares).
+  sendCounts.assign(size_t(shareRanks), myRows * hidden);
+  sendOffsets.assign(size_t(shareRanks), 0);
+  recvCounts.resize(size_t(shareRanks));
+  recvOffsets.resize(size_t(shareRanks));
+  for (int r = 0; r < shareRanks; ++r) {
     recvCounts[size_t(r)] = (share(r + 1) - share(r)) * hidden;
     recvOffsets[size_t(r)] = share(r) * hidden;
   }
   std::vector<float> all(size_t(std::max<int64_t>(n * hidden, 1)));
-  if (!c.allToAllv(done.data(), sendCounts.data(), sendOffsets.data(),
-                   all.data(), recvCounts.data(), recvOffsets.data(), &error))
+  if (!sharers.allToAllv(done.data(), sendCounts.data(), sendOffsets.data(),
+                         all.data(), recvCounts.data(), recvOffsets.data(),
+                         &error))
     commFailed(ctx, kernel, error);
   unpack(all.data(), n, hidden, y, ldy);
 }

@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
 namespace dsrt {
 namespace cpu {
@@ -21,6 +22,12 @@ inline ThreadPool &pool(Context &ctx) { return *ctx.impl().pool; }
   std::fprintf(stderr, "dsrt: %s: %s (%lld)\n", kernel, what, value);
   std::abort();
 }
+
+/// A collective failed (a peer died, timed out): report it with this
+/// rank and the kernel, and exit non-zero so that mpirun ends the job
+/// instead of computing on garbage.
+[[noreturn]] void commFailed(Context &ctx, const char *kernel,
+                             const std::string &error);
 
 /// Rows per parallel chunk so that a chunk has about `grain` elements of
 /// work: small kernels stay on one thread instead of paying a wake-up.

@@ -54,7 +54,15 @@ public:
     if (!model)
       return module.emitError("emit-cpp: not a kernel-level module (run "
                               "ds-lower-to-kernels and dsk-plan-memory first)");
-    func::FuncOp prefill, decode, mtp;
+    plan = module->getAttrOfType<PlanAttr>(DSDialect::kPlanAttrName);
+    if (!plan)
+      plan = PlanAttr::get(module.getContext(), 1, 1, 1, 1);
+    // Programs by kind and pipeline stage (one stage unless pp > 1; the
+    // MTP program only on the last).
+    const int64_t stages = plan.getPp();
+    SmallVector<func::FuncOp> prefills(stages), decodes(stages);
+    func::FuncOp mtp;
+    int64_t arena = 0;
     for (auto fn : module.getOps<func::FuncOp>()) {
       auto program = fn->getAttrOfType<dsk::ProgramAttr>(dsk::kProgramAttrName);
       if (!program)
@@ -62,17 +70,31 @@ public:
       if (fn.getOps<dsk::ArenaOp>().empty())
         return fn.emitOpError("emit-cpp: program has no memory plan (run "
                               "dsk-plan-memory)");
+      int64_t stage = program.getStage();
+      if (stage >= stages)
+        return fn.emitOpError() << "emit-cpp: program of pipeline stage "
+                                << stage << " in a plan of pp = " << stages;
+      arena = std::max(arena, program.getArenaBytes());
       switch (program.getKind()) {
-      case dsk::ProgramKind::prefill: prefill = fn; break;
-      case dsk::ProgramKind::decode: decode = fn; break;
-      case dsk::ProgramKind::mtp: mtp = fn; break;
+      case dsk::ProgramKind::prefill: prefills[stage] = fn; break;
+      case dsk::ProgramKind::decode: decodes[stage] = fn; break;
+      case dsk::ProgramKind::mtp:
+        if (stage != stages - 1)
+          return fn.emitOpError("emit-cpp: the MTP program must be the last "
+                                "pipeline stage's");
+        mtp = fn;
+        break;
       }
     }
-    if (!prefill || !decode)
-      return module.emitError("emit-cpp: need both @prefill and @decode");
-    plan = module->getAttrOfType<PlanAttr>(DSDialect::kPlanAttrName);
-    if (!plan)
-      plan = PlanAttr::get(module.getContext(), 1, 1, 1, 1);
+    for (int64_t s = 0; s < stages; ++s)
+      if (!prefills[s] || !decodes[s])
+        return module.emitError() << "emit-cpp: need both @prefill and @decode"
+                                  << (stages > 1 ? " for every pipeline stage"
+                                                 : "");
+    func::FuncOp prefill = prefills.front(), decode = decodes.front();
+    // Pipeline stages and data-parallel replicas: the ModelSpec's programs
+    // are wrappers that run this rank's part (dsrt::runPartitioned).
+    partitioned = plan.getPp() > 1 || plan.getDp() > 1;
 
     if (cuda() && plan.getRanks() > 1)
       return module.emitError("emit-cuda: multi-rank models need the NCCL "
@@ -88,21 +110,24 @@ public:
     std::string body;
     {
       llvm::raw_string_ostream fns(body);
-      for (func::FuncOp fn : {prefill, decode, mtp})
-        if (fn && failed(emitProgram(fn, fns)))
+      SmallVector<func::FuncOp> all(prefills);
+      all.append(decodes);
+      if (mtp)
+        all.push_back(mtp);
+      for (func::FuncOp fn : all)
+        if (failed(emitProgram(fn, fns)))
           return failure();
+      if (partitioned)
+        emitWrappers(prefills, decodes, mtp, fns);
     }
     emitTables();
     os << body;
     auto pf = prefill->getAttrOfType<dsk::ProgramAttr>(dsk::kProgramAttrName);
     auto dc = decode->getAttrOfType<dsk::ProgramAttr>(dsk::kProgramAttrName);
-    int64_t arena = std::max(pf.getArenaBytes(), dc.getArenaBytes());
     int64_t mtpTokens = 0;
-    if (mtp) {
-      auto mt = mtp->getAttrOfType<dsk::ProgramAttr>(dsk::kProgramAttrName);
-      arena = std::max(arena, mt.getArenaBytes());
-      mtpTokens = mt.getMaxTokens();
-    }
+    if (mtp)
+      mtpTokens = mtp->getAttrOfType<dsk::ProgramAttr>(dsk::kProgramAttrName)
+                      .getMaxTokens();
     if (cuda())
       os << "bool prepareDevice(dsrt::Context &ctx, std::string *error) {\n"
          << "  return dsrt::cuda::prepare(ctx, dsrt::cuda::ComputeDtype::"
@@ -136,6 +161,38 @@ public:
 
 private:
   bool cuda() const { return target.kind == KernelTarget::Cuda; }
+
+  /// The C++ name of a program: its own, or with "_body" when a wrapper of
+  /// that kind's name runs it (partitioned models).
+  std::string programName(func::FuncOp fn) const {
+    return (fn.getName() + (partitioned ? "_body" : "")).str();
+  }
+
+  /// prefill/decode/mtp of a pipelined or data-parallel model: the stage
+  /// programs in stage order, handed to the runtime.
+  void emitWrappers(ArrayRef<func::FuncOp> prefills,
+                    ArrayRef<func::FuncOp> decodes, func::FuncOp mtp,
+                    raw_ostream &out) {
+    const char *args = "(dsrt::Context &ctx, const int32_t *ids, const "
+                       "int32_t *pos, int64_t n, float *logits, float *hidden)";
+    for (auto [kind, fns] : {std::pair<const char *, ArrayRef<func::FuncOp>>{
+                                 "prefill", prefills},
+                             {"decode", decodes}}) {
+      out << "void " << kind << args << " {\n"
+          << "  static const dsrt::ProgramFn kStages[] = {";
+      llvm::interleaveComma(fns, out,
+                            [&](func::FuncOp fn) { out << programName(fn); });
+      out << "};\n"
+          << "  dsrt::runPartitioned(ctx, kStages, ids, pos, n, logits, "
+             "hidden);\n}\n\n";
+    }
+    if (mtp)
+      out << "void mtp(dsrt::Context &ctx, const float *hiddenIn, const "
+             "int32_t *ids, const int32_t *pos, int64_t n, float *logits, "
+             "float *hidden) {\n"
+          << "  dsrt::runPartitionedMtp(ctx, " << programName(mtp)
+          << ", hiddenIn, ids, pos, n, logits, hidden);\n}\n\n";
+  }
 
   std::string modelName() {
     if (auto name = module.getSymName())
@@ -296,7 +353,7 @@ private:
           << "  float *logits = io.logits, *hidden = io.hidden;\n"
           << (mtp ? "  const float *hiddenIn = io.hiddenIn;\n" : "");
     else
-      out << "void " << fn.getName() << signature << " {\n"
+      out << "void " << programName(fn) << signature << " {\n"
           << "  char *arena = ctx.arena();\n";
     if (failed(emitBody(body, idsArg, bodyOs)))
       return failure();
@@ -535,6 +592,22 @@ private:
                     width(o.getInout()));
                 return success();
               })
+              .Case([&](dsk::SendOp o) -> LogicalResult {
+                Buf x = buf(o.getInput());
+                out << llvm::formatv(
+                    "  dsrt::cpu::sendRows(ctx, dsrt::MeshAxis::PP, {0}, {1}, "
+                    "n, {2}, {3});\n",
+                    x.ptr, x.ld, width(o.getInput()), o.getStage());
+                return success();
+              })
+              .Case([&](dsk::RecvOp o) -> LogicalResult {
+                Buf y = buf(o.getOut());
+                out << llvm::formatv(
+                    "  dsrt::cpu::recvRows(ctx, dsrt::MeshAxis::PP, {0}, {1}, "
+                    "n, {2}, {3});\n",
+                    y.ptr, y.ld, width(o.getOut()), o.getStage());
+                return success();
+              })
               .Case([&](dsk::AllGatherOp o) -> LogicalResult {
                 if (cuda())
                   return o.emitOpError("emit-cuda: collectives need the NCCL "
@@ -587,6 +660,7 @@ private:
   raw_ostream &os;
   KernelTarget target;
   PlanAttr plan;
+  bool partitioned = false;
   SmallVector<WeightOp> weights;
   llvm::StringMap<int64_t> weightIndex;
   llvm::StringSet<> keptFp8, gemmOnly;

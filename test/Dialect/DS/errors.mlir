@@ -752,9 +752,9 @@ func.func @f(%h: tensor<?x16xf32>, %ids: tensor<?xi32>, %pos: tensor<?xi32>, %ot
 
 // -----
 
-// yield: only inside ds.mtp.
+// yield: only inside ds.mtp or ds.stage.
 func.func @f(%x: tensor<?x16xf32>) {
-  // expected-error @+1 {{expects parent op 'ds.mtp'}}
+  // expected-error @+1 {{expects parent op to be one of 'ds.mtp, ds.stage'}}
   ds.yield %x : tensor<?x16xf32>
 }
 
@@ -798,4 +798,37 @@ func.func @f(%x: tensor<?x8xf32>) -> tensor<?x12xf32> {
   // expected-error @+1 {{'ds.all_gather' op result dim 1 (12) must be a static multiple of the input's (8)}}
   %g = ds.all_gather %x {axis = #ds.axis<tp>, dim = 1} : (tensor<?x8xf32>) -> tensor<?x12xf32>
   return %g : tensor<?x12xf32>
+}
+
+// -----
+
+func.func @f(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{'ds.stage' op body arguments must have the types of the inputs}}
+  %a = ds.stage 0 ins(%x) : (tensor<?x8xf32>) -> tensor<?x8xf32> {
+  ^bb0(%in: tensor<?x4xf32>):
+    ds.yield
+  }
+  return %a : tensor<?x8xf32>
+}
+
+// -----
+
+func.func @f(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{'ds.stage' op body must end in ds.yield of the results' types}}
+  %a = ds.stage 0 ins(%x) : (tensor<?x8xf32>) -> tensor<?x8xf32> {
+  ^bb0(%in: tensor<?x8xf32>):
+    ds.yield
+  }
+  return %a : tensor<?x8xf32>
+}
+
+// -----
+
+func.func @f(%x: tensor<?x8xf32>) {
+  // expected-error @+1 {{'ds.stage' op attribute 'stage' failed to satisfy constraint: 64-bit signless integer attribute whose value is non-negative}}
+  ds.stage -1 ins(%x) : (tensor<?x8xf32>) -> () {
+  ^bb0(%in: tensor<?x8xf32>):
+    ds.yield
+  }
+  return
 }

@@ -165,3 +165,28 @@ module attributes {ds.plan = #ds.plan<tp = 2, ep = 2, pp = 1, dp = 1>} {
     return %g : tensor<?x16xf32>
   }
 }
+
+// -----
+
+// Pipeline stages: the second stage reads the first one's result and a
+// function argument.
+// CHECK-LABEL: func.func @stages
+// CHECK: %[[A:.+]] = ds.stage 0 ins(%{{.+}}) : (tensor<?x8xf32>) -> tensor<?x8xf32> {
+// CHECK: ds.all_reduce
+// CHECK: ds.yield %{{.+}} : tensor<?x8xf32>
+// CHECK: %[[B:.+]]:2 = ds.stage 1 ins(%[[A]], %{{.+}}) : (tensor<?x8xf32>, tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
+// CHECK: return %[[B]]#1
+module attributes {ds.plan = #ds.plan<tp = 2, ep = 1, pp = 2, dp = 1>} {
+  func.func @stages(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+    %a = ds.stage 0 ins(%x) : (tensor<?x8xf32>) -> tensor<?x8xf32> {
+    ^bb0(%in: tensor<?x8xf32>):
+      %s = ds.all_reduce %in {axis = #ds.axis<tp>} : tensor<?x8xf32>
+      ds.yield %s : tensor<?x8xf32>
+    }
+    %b:2 = ds.stage 1 ins(%a, %x) : (tensor<?x8xf32>, tensor<?x8xf32>) -> (tensor<?x8xf32>, tensor<?x8xf32>) {
+    ^bb0(%in: tensor<?x8xf32>, %orig: tensor<?x8xf32>):
+      ds.yield %orig, %in : tensor<?x8xf32>, tensor<?x8xf32>
+    }
+    return %b#1 : tensor<?x8xf32>
+  }
+}

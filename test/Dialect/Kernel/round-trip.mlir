@@ -66,6 +66,10 @@ module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers =
     %wide = memref.alloc(%n) : memref<?x32xf32>
     dsk.all_reduce %x {axis = #ds.axis<tp>} : memref<?x16xf32>
     dsk.all_gather %x, %wide {axis = #ds.axis<tp>} : memref<?x16xf32>, memref<?x32xf32>
+    // CHECK: dsk.send %{{.+}} {stage = 1 : i64} : memref<?x16xf32>
+    // CHECK: dsk.recv %{{.+}} {stage = 0 : i64} : memref<?x16xf32>
+    dsk.send %x {stage = 1} : memref<?x16xf32>
+    dsk.recv %x {stage = 0} : memref<?x16xf32>
     return
   }
 }

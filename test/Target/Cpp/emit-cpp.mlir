@@ -12,6 +12,14 @@
 // RUN: ds-translate --emit-cpp %t.fp8.mlir | FileCheck %s --check-prefix=FUSED
 // RUN: ds-translate --emit-cpp %t.fp8.mlir -o %t.fp8.cpp
 // RUN: c++ -std=c++17 -fsyntax-only -I %ds_src_root/include %t.fp8.cpp
+// Pipeline stages and data-parallel replicas (pp 2 x dp 2): one body per
+// stage program, sends and receives of the residual rows between them, and
+// prefill/decode/mtp as wrappers over this rank's part.
+// RUN: sed 's/^module {/module attributes {ds.plan = #ds.plan<tp = 1, ep = 1, pp = 2, dp = 2>} {/' %ds_src_root/models/tiny.mlir > %t.pp.in.mlir
+// RUN: ds-opt --ds-partition-dp --ds-partition-pp --ds-lower-to-kernels="max-seq-len=64" --dsk-plan-memory %t.pp.in.mlir -o %t.pp.mlir
+// RUN: ds-translate --emit-cpp %t.pp.mlir -o %t.pp.cpp
+// RUN: FileCheck %s --check-prefix=PART < %t.pp.cpp
+// RUN: c++ -std=c++17 -fsyntax-only -I %ds_src_root/include %t.pp.cpp
 // Errors: a module that was not lowered, or not planned.
 // RUN: not ds-translate --emit-cpp %ds_src_root/models/tiny.mlir -o %t.bad.cpp 2>&1 | FileCheck %s --check-prefix=NOTLOWERED
 // RUN: ds-opt --ds-lower-to-kernels %ds_src_root/models/tiny.mlir -o %t.unplanned.mlir
@@ -76,3 +84,22 @@
 // FUSED: dsrt::cpu::gatedUp(ctx, {{.+}}, n, 64, {{[0-9]+}}, {{[0-9]+}}, 128, {{.+}}, dsrt::ActQuant::Fp8);
 // FUSED: dsrt::cpu::moeGate(ctx, {{.+}}, n, 64, {{[0-9]+}}, ctx.weight({{[0-9]+}}), route{{[0-9]+}},
 // FUSED: dsrt::cpu::moeExpertsW({{.+}}, dsrt::ActQuant::Fp8);
+
+// PART: void prefill_stage0_body(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, int64_t n, float *logits, float *hidden) {
+// PART: dsrt::cpu::embedding(
+// PART: dsrt::cpu::sendRows(ctx, dsrt::MeshAxis::PP, {{b[0-9]+}}, 64, n, 64, 1);
+// PART-NEXT: }
+// PART: void prefill_stage1_body(
+// PART-NEXT: char *arena = ctx.arena();
+// PART-NEXT: float *[[IN:b[0-9]+]] =
+// PART-NEXT: dsrt::cpu::recvRows(ctx, dsrt::MeshAxis::PP, [[IN]], 64, n, 64, 0);
+// PART: void mtp_stage1_body(dsrt::Context &ctx, const float *hiddenIn,
+// PART: void prefill(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, int64_t n, float *logits, float *hidden) {
+// PART-NEXT: static const dsrt::ProgramFn kStages[] = {prefill_stage0_body, prefill_stage1_body};
+// PART-NEXT: dsrt::runPartitioned(ctx, kStages, ids, pos, n, logits, hidden);
+// PART: void decode(
+// PART-NEXT: static const dsrt::ProgramFn kStages[] = {decode_stage0_body, decode_stage1_body};
+// PART: void mtp(dsrt::Context &ctx, const float *hiddenIn, const int32_t *ids, const int32_t *pos, int64_t n, float *logits, float *hidden) {
+// PART-NEXT: dsrt::runPartitionedMtp(ctx, mtp_stage1_body, hiddenIn, ids, pos, n, logits, hidden);
+// PART: /*mesh=*/{1, 1, 2, 2},
+// PART: int main(int argc, char **argv) { return dsrt::runMainMpi(argc, argv, kModel); }

@@ -417,6 +417,16 @@ LogicalResult MTPOp::verifyRegions() {
   return success();
 }
 
+LogicalResult StageOp::verifyRegions() {
+  Block &block = getBody().front();
+  if (block.getArgumentTypes() != getInputs().getTypes())
+    return emitOpError("body arguments must have the types of the inputs");
+  auto yield = dyn_cast<YieldOp>(block.getTerminator());
+  if (!yield || yield.getValues().getTypes() != getResults().getTypes())
+    return emitOpError("body must end in ds.yield of the results' types");
+  return success();
+}
+
 void MTPOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
   int64_t h = hiddenOf(getHidden()), vocab = hiddenOf(getLogits());
   std::string p = getPrefix().str();

@@ -222,10 +222,11 @@ def DS_MoEOp : DS_WeightUserOp<"moe", [SameOperandsAndResultType]> {
     `gate.weight` (router), `gate.e_score_correction_bias` (only for
     `noaux_tc`), `experts.J.{gate,up,down}_proj.weight`, and
     `shared_experts.{gate,up,down}_proj.weight` when `shared > 0`.
-    With `ep = N > 1` (ds-partition-ep) the routed experts are split over N
-    expert-parallel ranks, `experts / N` consecutive ones each: every rank
-    routes its share of the tokens and sends each token only to the ranks
-    holding its experts (all-to-all), which send the results back.
+    With `ep = N > 1` (ds-partition-ep; ds-partition-dp multiplies it by
+    dp) the routed experts are split over the N ranks of an expert group,
+    `experts / N` consecutive ones each: every rank routes its share of the
+    tokens and sends each token only to the ranks holding its experts
+    (all-to-all), which send the results back.
 
     ```mlir
     %y = ds.moe %x {prefix = "model.layers.1.mlp",
@@ -286,10 +287,40 @@ def DS_MTPOp : DS_WeightUserOp<"mtp", [IsolatedFromAbove, SingleBlock]> {
   ];
 }
 
+def DS_StageOp : DS_Op<"stage", [IsolatedFromAbove, SingleBlock]> {
+  let summary = "the part of a function one pipeline stage computes";
+  let description = [{
+    Set by ds-partition-pp: the ops in the region run on the ranks whose
+    `pp` coordinate is `stage`, and only there. The region's arguments are
+    the `inputs`; its `ds.yield` gives the results. An input produced by
+    another stage's `ds.stage` travels from that stage (send/recv of the
+    rows over `pp`); function arguments (token ids, positions) are on every
+    rank. The function's results come from the last stage, which hands them
+    to every rank.
+
+    ```mlir
+    %x = ds.stage 0 ins(%ids, %pos) : (tensor<?xi32>, tensor<?xi32>) -> tensor<?x64xf32> {
+    ^bb0(%i: tensor<?xi32>, %p: tensor<?xi32>):
+      ...
+      ds.yield %x2 : tensor<?x64xf32>
+    }
+    ```
+  }];
+  let arguments = (ins Variadic<AnyRankedTensor>:$inputs,
+                       ConfinedAttr<I64Attr, [IntNonNegative]>:$stage);
+  let results = (outs Variadic<AnyRankedTensor>:$results);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = [{
+    $stage `ins` `(` $inputs `)` attr-dict `:` functional-type($inputs, $results)
+    $body
+  }];
+  let hasRegionVerifier = 1;
+}
+
 def DS_YieldOp : DS_Op<"yield", [Pure, ReturnLike, Terminator,
-                                 HasParent<"MTPOp">]> {
-  let summary = "yields the hidden state of an MTP module's block";
-  let arguments = (ins Variadic<DS_Activation>:$values);
+                                 ParentOneOf<["MTPOp", "StageOp"]>]> {
+  let summary = "ends the block of ds.mtp (its hidden state) or ds.stage";
+  let arguments = (ins Variadic<AnyRankedTensor>:$values);
   let assemblyFormat = "attr-dict ($values^ `:` type($values))?";
 }
 

@@ -46,10 +46,12 @@ def DSK_ProgramAttr : AttrDef<DSK_Dialect, "Program"> {
     step per sequence over the latent cache (absorbed MLA), `mtp` the MTP
     module (absorbed MLA on its own cache layer). Token counts are at most
     `max_tokens`; `arena_bytes` is the memory plan's size (0 before
-    `dsk-plan-memory`).
+    `dsk-plan-memory`). A pipelined model (`pp > 1`) has one program per
+    kind and `stage`: what the ranks of that pipeline stage run.
   }];
   let parameters = (ins "ProgramKind":$kind, "int64_t":$max_tokens,
-                        "int64_t":$arena_bytes);
+                        "int64_t":$arena_bytes,
+                        DefaultValuedParameter<"int64_t", "0">:$stage);
   let assemblyFormat = "`<` struct(params) `>`";
 }
 
@@ -230,6 +232,20 @@ def DSK_AllGatherOp : DSK_Op<"all_gather"> {
                        DS_MeshAxisAttr:$axis);
   let assemblyFormat = "$input `,` $out attr-dict `:` type($input) `,` type($out)";
   let hasVerifier = 1;
+}
+
+def DSK_SendOp : DSK_Op<"send"> {
+  let summary = "rows to the same rank of pipeline stage `stage` (over pp)";
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
+                       ConfinedAttr<I64Attr, [IntNonNegative]>:$stage);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def DSK_RecvOp : DSK_Op<"recv"> {
+  let summary = "rows from the same rank of pipeline stage `stage` (over pp)";
+  let arguments = (ins Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       ConfinedAttr<I64Attr, [IntNonNegative]>:$stage);
+  let assemblyFormat = "$out attr-dict `:` type($out)";
 }
 
 //===----------------------------------------------------------------------===//
