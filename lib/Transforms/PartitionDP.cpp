@@ -52,14 +52,10 @@ struct PartitionDPPass : public ds::impl::PartitionDPBase<PartitionDPPass> {
       // that rank's range the dp owner; group rank ep_i * dp + dp_i holds
       // experts [g * experts / group, (g + 1) * experts / group).
       int64_t perEp = experts / ep, perRank = experts / group;
-      for (int64_t e = 0; e < experts; ++e) {
-        std::string p = (moe.getPrefix() + ".experts." + Twine(e)).str();
-        for (StringRef proj : {".gate_proj.weight", ".up_proj.weight",
-                               ".down_proj.weight"})
-          if (failed(sharder.place(moe, p + proj.str(), MeshAxis::dp,
-                                   (e % perEp) / perRank)))
-            return signalPassFailure();
-      }
+      if (failed(placeExperts(sharder, moe, MeshAxis::dp, [&](int64_t e) {
+            return (e % perEp) / perRank;
+          })))
+        return signalPassFailure();
       moe.setEp(group);
     }
   }

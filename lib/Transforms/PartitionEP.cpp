@@ -45,14 +45,9 @@ struct PartitionEPPass : public ds::impl::PartitionEPBase<PartitionEPPass> {
         return signalPassFailure();
       }
       int64_t perRank = experts / ep;
-      for (int64_t e = 0; e < experts; ++e) {
-        std::string p = (moe.getPrefix() + ".experts." + Twine(e)).str();
-        for (StringRef proj : {".gate_proj.weight", ".up_proj.weight",
-                               ".down_proj.weight"})
-          if (failed(sharder.place(moe, p + proj.str(), MeshAxis::ep,
-                                   e / perRank)))
-            return signalPassFailure();
-      }
+      if (failed(placeExperts(sharder, moe, MeshAxis::ep,
+                              [&](int64_t e) { return e / perRank; })))
+        return signalPassFailure();
       moe.setEp(ep);
     }
   }

@@ -71,6 +71,19 @@ LogicalResult WeightSharder::place(Operation *user, StringRef name,
              &weight, &added);
 }
 
+LogicalResult ds::placeExperts(WeightSharder &sharder, MoEOp moe,
+                               MeshAxis axis,
+                               function_ref<int64_t(int64_t)> ownerOf) {
+  for (int64_t e = 0, n = moe.getConfig().getExperts(); e < n; ++e) {
+    std::string p = (moe.getPrefix() + ".experts." + Twine(e)).str();
+    for (StringRef proj :
+         {".gate_proj.weight", ".up_proj.weight", ".down_proj.weight"})
+      if (failed(sharder.place(moe, p + proj.str(), axis, ownerOf(e))))
+        return failure();
+  }
+  return success();
+}
+
 void ds::forEachModelOp(ModuleOp module, function_ref<void(Operation *)> fn) {
   for (auto f : module.getOps<func::FuncOp>())
     if (f.getName() == "forward" || f.getName().starts_with("mtp_"))

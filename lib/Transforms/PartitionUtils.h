@@ -35,6 +35,12 @@ private:
   llvm::StringMap<WeightOp> weights;
 };
 
+/// Places the three weights of every routed expert e of `moe` on coordinate
+/// ownerOf(e) of `axis`.
+mlir::LogicalResult
+placeExperts(WeightSharder &sharder, MoEOp moe, MeshAxis axis,
+             llvm::function_ref<int64_t(int64_t)> ownerOf);
+
 /// Functions whose ops the partition passes rewrite: @forward and the MTP
 /// functions (@mtp_K), with the regions of their ops.
 void forEachModelOp(mlir::ModuleOp module,
