@@ -117,8 +117,8 @@ void complete(Context &ctx, Share &share, int64_t n, float *logits,
       total += recvCounts[size_t(j)];
     }
     std::vector<float> all(size_t(std::max<int64_t>(total, 1)));
-    std::vector<float> mine(outs[k], outs[k] + m * w);
-    if (!replicas.allToAllv(mine.data(), sendCounts.data(), sendOffsets.data(),
+    // outs[k] never overlaps `all`: it is sent as it is.
+    if (!replicas.allToAllv(outs[k], sendCounts.data(), sendOffsets.data(),
                             all.data(), recvCounts.data(), recvOffsets.data(),
                             &error))
       cpu::commFailed(ctx, "runPartitioned (outputs of the replicas)", error);
