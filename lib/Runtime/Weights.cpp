@@ -69,13 +69,47 @@ bool keptInBf16(const WeightSpec &w, DType source) {
          source == DType::BF16;
 }
 
+/// This rank's part of weight `w` (WeightSpec::shards): rows [r0, r0 + rows)
+/// and columns [c0, c0 + cols) of the checkpoint tensor, whose shape is
+/// `global` (a 1-D tensor is one row).
+struct Part {
+  WeightSpec global; ///< w with the checkpoint tensor's shape
+  int64_t r0 = 0, c0 = 0, globalCols = 0;
+  bool sliced = false;
+};
+
+Part partOf(const Context &ctx, const WeightSpec &w) {
+  Part p;
+  p.global = w;
+  for (int32_t s = 0; s < w.numShards; ++s) {
+    const WeightShard &shard = w.shards[s];
+    if (shard.dim < 0 || shard.dim >= w.rank)
+      continue;
+    const int64_t size = ctx.meshSize(shard.axis);
+    const int64_t at = ctx.meshCoord(shard.axis) * w.shape[shard.dim];
+    p.global.shape[shard.dim] *= size;
+    p.sliced |= size > 1;
+    // Rank 2: dim 0 rows, dim 1 columns; rank 1: the one row's columns.
+    if (w.rank == 2 && shard.dim == 0)
+      p.r0 = at;
+    else
+      p.c0 = at;
+  }
+  p.globalCols = w.rank == 2 ? p.global.shape[1] : p.global.shape[0];
+  return p;
+}
+
 /// Finds, checks and converts the "<name>_scale_inv" block scales of the
-/// F8_E4M3 checkpoint tensor `t` (weight `w`) into `scales`.
+/// F8_E4M3 checkpoint tensor `t` (weight `w`, this rank's part `part` of it)
+/// into `scales`: those of the part's blocks (a part starts on a block
+/// boundary: the partition passes split FP8 weights on the block grid).
 bool readScales(const Checkpoint &ckpt, const WeightSpec &w, const Tensor &t,
-                std::vector<float> *scales, std::string *error) {
+                const Part &part, std::vector<float> *scales,
+                std::string *error) {
   // A 1-D tensor is one row; its scales are then [ceil(n/128)].
-  const int64_t rows = w.rank == 2 ? w.shape[0] : 1;
-  const int64_t cols = w.rank == 2 ? w.shape[1] : w.shape[0];
+  const WeightSpec &g = part.global;
+  const int64_t rows = g.rank == 2 ? g.shape[0] : 1;
+  const int64_t cols = g.rank == 2 ? g.shape[1] : g.shape[0];
   const std::string scaleName = std::string(w.name) + "_scale_inv";
   const Tensor *s = ckpt.find(scaleName);
   if (!s) {
@@ -95,19 +129,39 @@ bool readScales(const Checkpoint &ckpt, const WeightSpec &w, const Tensor &t,
       !std::equal(s->shape.begin(), s->shape.end(), wantShape)) {
     *error = s->file->path() + ": tensor " + quote(scaleName) +
              " has shape " + s->shapeString() + "; the block scales of " +
-             quote(w.name) + " " + t.shapeString() + " need " +
+             quote(w.name) + " " + shapeString(g.shape, g.rank) + " need " +
              shapeString(wantShape, w.rank);
     return false;
   }
-  scales->resize(size_t(s->numel()));
-  convertToFloat(s->dtype, s->data, s->numel(), scales->data());
+  if (!part.sliced) {
+    scales->resize(size_t(s->numel()));
+    convertToFloat(s->dtype, s->data, s->numel(), scales->data());
+    return true;
+  }
+  if (part.r0 % kFp8Block != 0 || part.c0 % kFp8Block != 0) {
+    *error = t.file->path() + ": tensor " + quote(w.name) +
+             ": this rank's part starts at row " + std::to_string(part.r0) +
+             ", column " + std::to_string(part.c0) +
+             ", not on a 128x128 FP8 block boundary";
+    return false;
+  }
+  const int64_t localRows = w.rank == 2 ? w.shape[0] : 1;
+  const int64_t localCols = w.rank == 2 ? w.shape[1] : w.shape[0];
+  const int64_t br = ceilDiv(localRows, kFp8Block), bc = ceilDiv(localCols, kFp8Block);
+  const int64_t b0 = part.r0 / kFp8Block, bc0 = part.c0 / kFp8Block;
+  const int64_t esize = s->dtype == DType::F32 ? 4 : 2;
+  scales->resize(size_t(br * bc));
+  for (int64_t r = 0; r < br; ++r)
+    convertToFloat(s->dtype, s->data + ((b0 + r) * want[1] + bc0) * esize, bc,
+                   scales->data() + r * bc);
   return true;
 }
 
 /// Converts checkpoint tensor `t` (shape already checked against `w`) into
 /// `dst`, dequantizing F8_E4M3 with its "<name>_scale_inv" block scales.
 bool convertTensor(Context &ctx, const Checkpoint &ckpt, const WeightSpec &w,
-                   const Tensor &t, float *dst, std::string *error) {
+                   const Tensor &t, const Part &part, float *dst,
+                   std::string *error) {
   const int64_t numel = t.numel();
   const int64_t rows = w.rank == 2 ? w.shape[0] : 1;
   const int64_t cols = w.rank == 2 ? w.shape[1] : w.shape[0];
@@ -123,7 +177,7 @@ bool convertTensor(Context &ctx, const Checkpoint &ckpt, const WeightSpec &w,
   }
 
   std::vector<float> scales;
-  if (!readScales(ckpt, w, t, &scales, error))
+  if (!readScales(ckpt, w, t, part, &scales, error))
     return false;
   auto body = [&](int64_t begin, int64_t end) {
     dequantE4M3(t.data, cols, scales.data(), begin, end, dst);
@@ -157,11 +211,11 @@ void quantizeOnLoad(Context &ctx, int64_t rows, int64_t cols, Fill &fill,
 /// Keeps checkpoint tensor `t` of the FP8 weight `w` in `q`: F8_E4M3 as it
 /// is, anything else quantized.
 bool loadFp8(Context &ctx, const Checkpoint &ckpt, const WeightSpec &w,
-             const Tensor &t, Context::Impl::Fp8Storage &q,
+             const Tensor &t, const Part &part, Context::Impl::Fp8Storage &q,
              std::string *error) {
   const int64_t rows = w.shape[0], cols = w.shape[1];
   if (t.dtype == DType::F8E4M3) {
-    if (!readScales(ckpt, w, t, &q.scales, error))
+    if (!readScales(ckpt, w, t, part, &q.scales, error))
       return false;
     q.codes.assign(t.data, t.data + rows * cols);
     return true;
@@ -176,36 +230,6 @@ bool loadFp8(Context &ctx, const Checkpoint &ckpt, const WeightSpec &w,
 
 void setFp8View(Context::Impl::Fp8Storage &q, const WeightSpec &w) {
   q.view = Fp8Weight{q.codes.data(), q.scales.data(), w.shape[0], w.shape[1]};
-}
-
-/// This rank's part of weight `w` (WeightSpec::shards): rows [r0, r0 + rows)
-/// and columns [c0, c0 + cols) of the checkpoint tensor, whose shape is
-/// `global` (a 1-D tensor is one row).
-struct Part {
-  WeightSpec global; ///< w with the checkpoint tensor's shape
-  int64_t r0 = 0, c0 = 0, globalCols = 0;
-  bool sliced = false;
-};
-
-Part partOf(const Context &ctx, const WeightSpec &w) {
-  Part p;
-  p.global = w;
-  for (int32_t s = 0; s < w.numShards; ++s) {
-    const WeightShard &shard = w.shards[s];
-    if (shard.dim < 0 || shard.dim >= w.rank)
-      continue;
-    const int64_t size = ctx.meshSize(shard.axis);
-    const int64_t at = ctx.meshCoord(shard.axis) * w.shape[shard.dim];
-    p.global.shape[shard.dim] *= size;
-    p.sliced |= size > 1;
-    // Rank 2: dim 0 rows, dim 1 columns; rank 1: the one row's columns.
-    if (w.rank == 2 && shard.dim == 0)
-      p.r0 = at;
-    else
-      p.c0 = at;
-  }
-  p.globalCols = w.rank == 2 ? p.global.shape[1] : p.global.shape[0];
-  return p;
 }
 
 /// randomWeightRangeTo for elements [begin, end) of this rank's part: the
@@ -236,13 +260,9 @@ bool sliceTensor(const Tensor &t, const WeightSpec &w, const Part &p,
   *out = t;
   if (!p.sliced)
     return true;
-  if (t.dtype == DType::F8E4M3) {
-    *error = t.file->path() + ": tensor '" + t.name +
-             "' is FP8: slicing FP8 checkpoint tensors (and their block "
-             "scales) across ranks is not supported yet";
-    return false;
-  }
-  const int64_t esize = t.dtype == DType::F32 ? 4 : 2;
+  // FP8 codes slice like any other element type (their scales: readScales).
+  const int64_t esize =
+      t.dtype == DType::F32 ? 4 : t.dtype == DType::F8E4M3 ? 1 : 2;
   const int64_t rows = w.rank == 2 ? w.shape[0] : 1;
   const int64_t cols = w.rank == 2 ? w.shape[1] : w.shape[0];
   out->shape.assign(w.shape, w.shape + w.rank);
@@ -302,7 +322,7 @@ bool Context::loadWeights(const char *path, std::string *error) {
     ok = ok && sliceTensor(*whole, w, part, &scratch, &local, error);
     const Tensor *t = &local;
     if (ok && keptInFp8(w)) {
-      ok = loadFp8(*this, *ckpt, w, *t, impl.fp8[size_t(i)], error);
+      ok = loadFp8(*this, *ckpt, w, *t, part, impl.fp8[size_t(i)], error);
     } else if (ok && keptInBf16(w, t->dtype)) {
       // The bits as they are (the data may be unaligned: memcpy).
       std::vector<uint16_t> &dst = impl.bf16[size_t(i)];
@@ -315,8 +335,8 @@ bool Context::loadWeights(const char *path, std::string *error) {
       forRange(*this, t->numel(), t->numel(), body);
     } else if (ok) {
       impl.storage[size_t(i)].resize(size_t(t->numel()));
-      ok = convertTensor(*this, *ckpt, w, *t, impl.storage[size_t(i)].data(),
-                         error);
+      ok = convertTensor(*this, *ckpt, w, *t, part,
+                         impl.storage[size_t(i)].data(), error);
     }
     if (!ok) {
       clearWeights(impl, spec.numWeights);

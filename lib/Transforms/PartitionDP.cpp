@@ -36,7 +36,7 @@ struct PartitionDPPass : public ds::impl::PartitionDPBase<PartitionDPPass> {
         layers.push_back(moe);
     });
     for (MoEOp moe : layers) {
-      if (moe.getEp() != ep) {
+      if (int64_t(moe.getEp()) != ep) {
         moe.emitOpError() << "has ep = " << moe.getEp() << ", the plan ep = "
                           << ep << " (run ds-partition-ep first)";
         return signalPassFailure();

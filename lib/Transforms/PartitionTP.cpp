@@ -29,12 +29,6 @@ struct PartitionTPPass : public ds::impl::PartitionTPBase<PartitionTPPass> {
     if (!plan || plan.getTp() == 1)
       return;
     tp = plan.getTp();
-    if (module->hasAttr(DSDialect::kQuantizationAttrName)) {
-      module.emitError("ds-partition-tp: FP8 checkpoints (ds.quantization) "
-                       "cannot be split yet: their 128x128 block scales would "
-                       "need slicing too; use --tp=1");
-      return signalPassFailure();
-    }
     WeightSharder sharder(module);
     SmallVector<Operation *> ops;
     forEachModelOp(module, [&](Operation *op) {

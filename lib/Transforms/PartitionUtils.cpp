@@ -14,6 +14,9 @@ PlanAttr ds::getPlan(ModuleOp module) {
 WeightSharder::WeightSharder(ModuleOp module) {
   for (auto w : module.getOps<WeightOp>())
     weights[w.getSymName()] = w;
+  if (auto q = module->getAttrOfType<FP8QuantAttr>(DSDialect::kQuantizationAttrName))
+    if (q.getBlock().size() == 2)
+      std::copy(q.getBlock().begin(), q.getBlock().end(), fp8Block);
 }
 
 LogicalResult WeightSharder::add(Operation *user, StringRef name,
@@ -59,7 +62,23 @@ LogicalResult WeightSharder::split(Operation *user, StringRef name,
            << dim << " over " << stringifyMeshAxis(axis) << " = " << parts;
   SmallVector<int64_t> shape(type.getShape());
   shape[dim] /= parts;
+  // An FP8 checkpoint tensor is split on its block grid, so that each part
+  // has whole blocks and its scales are the matching slice of
+  // "<name>_scale_inv" (split the same way).
+  const bool fp8 = isa<Float8E4M3FNType>(type.getElementType());
+  if (fp8 && fp8Block[dim] > 0 && shape[dim] % fp8Block[dim] != 0)
+    return user->emitOpError()
+           << "cannot split FP8 weight '" << name << "' " << type
+           << " along dim " << dim << " over " << stringifyMeshAxis(axis)
+           << " = " << parts << ": each part (" << shape[dim]
+           << ") must be a whole number of " << fp8Block[dim]
+           << "-wide FP8 blocks";
   weight.setType(RankedTensorType::get(shape, type.getElementType()));
+  if (fp8) {
+    std::string scale = (name + kScaleSuffix).str();
+    if (weights.count(scale))
+      return this->split(user, scale, axis, dim, parts);
+  }
   return success();
 }
 

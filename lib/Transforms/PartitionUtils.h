@@ -33,6 +33,8 @@ private:
   mlir::LogicalResult add(mlir::Operation *user, llvm::StringRef name,
                           ShardAttr shard, WeightOp *weight, bool *added);
   llvm::StringMap<WeightOp> weights;
+  /// FP8 block shape of the module's checkpoint (ds.quantization), if any.
+  int64_t fp8Block[2] = {0, 0};
 };
 
 /// Places the three weights of every routed expert e of `moe` on coordinate

@@ -144,11 +144,40 @@ module attributes {ds.plan = #ds.plan<tp = 3, ep = 1, pp = 1, dp = 1>} {
 
 // -----
 
-// expected-error @+1 {{ds-partition-tp: FP8 checkpoints (ds.quantization) cannot be split yet}}
+// An FP8 checkpoint (ds.quantization): e4m3 weights split on the 128x128
+// block grid, each with its "_scale_inv" split along the same dim.
+
+// CHECK-LABEL: module attributes {ds.plan = #ds.plan<tp = 2
+// CHECK-DAG: ds.weight @q.gate_proj.weight {shards = [#ds.shard<axis = tp, dim = 0>]} : tensor<256x256xf8E4M3FN>
+// CHECK-DAG: ds.weight @q.gate_proj.weight_scale_inv {shards = [#ds.shard<axis = tp, dim = 0>]} : tensor<2x2xf32>
+// CHECK-DAG: ds.weight @q.down_proj.weight {shards = [#ds.shard<axis = tp, dim = 1>]} : tensor<256x256xf8E4M3FN>
+// CHECK-DAG: ds.weight @q.down_proj.weight_scale_inv {shards = [#ds.shard<axis = tp, dim = 1>]} : tensor<2x2xf32>
 module attributes {ds.plan = #ds.plan<tp = 2, ep = 1, pp = 1, dp = 1>, ds.quantization = #ds.fp8<block = [128, 128]>} {
-  ds.weight @head : tensor<32x16xf32>
-  func.func @forward(%x: tensor<?x16xf32>) -> tensor<?x32xf32> {
-    %l = ds.lm_head %x, @head : (tensor<?x16xf32>) -> tensor<?x32xf32>
-    return %l : tensor<?x32xf32>
+  ds.weight @q.gate_proj.weight : tensor<512x256xf8E4M3FN>
+  ds.weight @q.gate_proj.weight_scale_inv : tensor<4x2xf32>
+  ds.weight @q.up_proj.weight : tensor<512x256xf8E4M3FN>
+  ds.weight @q.up_proj.weight_scale_inv : tensor<4x2xf32>
+  ds.weight @q.down_proj.weight : tensor<256x512xf8E4M3FN>
+  ds.weight @q.down_proj.weight_scale_inv : tensor<2x4xf32>
+  func.func @forward(%x: tensor<?x256xf32>) -> tensor<?x256xf32> {
+    %y = ds.mlp %x {prefix = "q", inter = 512} : tensor<?x256xf32>
+    return %y : tensor<?x256xf32>
+  }
+}
+
+// -----
+
+// A part of an FP8 weight that is not whole blocks has no scales of its own.
+module attributes {ds.plan = #ds.plan<tp = 2, ep = 1, pp = 1, dp = 1>, ds.quantization = #ds.fp8<block = [128, 128]>} {
+  ds.weight @p.gate_proj.weight : tensor<128x64xf8E4M3FN>
+  ds.weight @p.gate_proj.weight_scale_inv : tensor<1x1xf32>
+  ds.weight @p.up_proj.weight : tensor<128x64xf8E4M3FN>
+  ds.weight @p.up_proj.weight_scale_inv : tensor<1x1xf32>
+  ds.weight @p.down_proj.weight : tensor<64x128xf8E4M3FN>
+  ds.weight @p.down_proj.weight_scale_inv : tensor<1x1xf32>
+  func.func @forward(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+    // expected-error @+1 {{'ds.mlp' op cannot split FP8 weight 'p.gate_proj.weight' 'tensor<128x64xf8E4M3FN>' along dim 0 over tp = 2: each part (64) must be a whole number of 128-wide FP8 blocks}}
+    %y = ds.mlp %x {prefix = "p", inter = 128} : tensor<?x64xf32>
+    return %y : tensor<?x64xf32>
   }
 }
