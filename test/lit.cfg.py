@@ -71,3 +71,10 @@ if (getattr(config, "ds_have_mpi", 0) and ds_mpiexec and os.path.exists(ds_mpiex
                    asan_options + ":" if asan_options else ""))
     config.substitutions.append(("%mpirun", mpi_env + " " + ds_mpiexec))
     config.substitutions.append(("%comm_mpi_test", comm_mpi_test))
+
+# Multi-GPU CUDA executables (REQUIRES: nccl): dsrt-nccl was built (CUDA,
+# NCCL and MPI found). Their runs need cuda-gpu as well.
+comm_nccl_test = os.path.join(config.ds_tools_dir, "dsrt-comm-nccl-test")
+if getattr(config, "ds_have_nccl", 0) and "mpi" in config.available_features:
+    config.available_features.add("nccl")
+    config.substitutions.append(("%comm_nccl_test", comm_nccl_test))

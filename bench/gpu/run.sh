@@ -49,10 +49,19 @@ prepare() {
   if [ -f "$root/../shared/bench/torch_baseline.py" ]; then
     cp "$root/../shared/bench/torch_baseline.py" "$dir/bench/"
   fi
-  # The executables' host libraries that a CUDA image may lack.
-  for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0; do
+  # The executables' host libraries that a CUDA image may lack, Open MPI's
+  # among them (the NCCL checks run one rank as an MPI singleton; NCCL
+  # itself is too big to carry: the device takes PyTorch's libnccl).
+  for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libmpi.so.40 \
+             libopen-rte.so.40 libopen-pal.so.40 libhwloc.so.15 libevent_core-2.1.so.7 \
+             libevent_pthreads-2.1.so.7 libudev.so.1; do
     cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" "$dir/lib/$lib"
   done
+  local ompi
+  ompi=$(dirname "$(ldconfig -p | awk '$1 == "libmpi.so.40" {print $NF; exit}')")
+  ompi=$(readlink -f "$ompi")
+  [ -d "$ompi/openmpi/lib/openmpi3" ] && cp -r "$ompi/openmpi/lib/openmpi3" "$dir/ompi-mca"
+  [ -x "$build/bin/dsrt-comm-nccl-test" ] && cp "$build/bin/dsrt-comm-nccl-test" "$dir/"
   local requests='{"id": "a", "prompt_ids": [3,1,4,1,5,9,2,6], "max_new_tokens": 8}
 {"id": "b", "prompt_ids": [7], "max_new_tokens": 12}
 {"id": "c", "prompt_ids": [10,20,30,40,50,60,70,80,90,100,110,120], "max_new_tokens": 5}
@@ -69,6 +78,11 @@ prepare() {
     "$dsc" "$model" -o "$d/cpu" --max-seq-len=64 --max-batch=4 $flags
     # shellcheck disable=SC2086
     "$dsc" "$model" -o "$d/f32" --target=cuda --compute-dtype=f32 --max-seq-len=64 --max-batch=4 $flags
+    if [ "$name" = v3 ] && [ -x "$build/bin/dsrt-comm-nccl-test" ]; then
+      # The multi-rank runtime (MPI main, NCCL communicators) on one rank.
+      # shellcheck disable=SC2086
+      "$dsc" "$model" -o "$d/nccl" --target=cuda --compute-dtype=f32 --mpi --max-seq-len=64 --max-batch=4 $flags
+    fi
     if [ "$name" = tiny ] || [ "$name" = v3 ]; then
       # shellcheck disable=SC2086
       "$dsc" "$model" -o "$d/bf16" --target=cuda --compute-dtype=bf16 --max-seq-len=64 --max-batch=4 $flags
@@ -144,6 +158,33 @@ device() {
       fi
     fi
   done < <(cases)
+  if [ -x "$dir/dsrt-comm-nccl-test" ]; then
+    say "== NCCL: collectives on device buffers, a one-rank job end to end"
+    # Open MPI as a singleton (no mpirun here), its components from the
+    # carried tree; NCCL from PyTorch's wheel.
+    local nccl
+    nccl=$($py -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null || true)
+    local mpienv=(env "LD_LIBRARY_PATH=$dir/lib:$nccl:${LD_LIBRARY_PATH:-}"
+                  OMPI_MCA_ess_singleton_isolated=1 "OMPI_MCA_mca_base_component_path=$dir/ompi-mca"
+                  OMPI_MCA_mca_base_component_show_load_errors=0 OMPI_ALLOW_RUN_AS_ROOT=1
+                  OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 DS_COMM_TIMEOUT=120)
+    if r=$("${mpienv[@]}" "$dir/dsrt-comm-nccl-test" 2>&1); then
+      say "PASS NCCL collectives (one rank): $(echo "$r" | tail -1)"
+    else
+      say "FAIL NCCL collectives: $(echo "$r" | tail -3)"
+      failed=1
+    fi
+    local d="$dir/e2e/v3" weights prompt new
+    IFS='|' read -r weights prompt new < "$d/args"
+    if (cd "$d" && "${mpienv[@]}" ./nccl --weights "$weights" --prompt-ids "$prompt" \
+          --max-new-tokens "$new" --dump-logits nccl.npy > nccl.txt 2> nccl.err) &&
+       r=$($py "$dir/compare.py" "$d/nccl.npy" "$d/cpu.npy" --rtol 1e-4 --tokens "$d/nccl.txt" "$d/cpu.txt" 2>&1); then
+      say "PASS v3 f32 on the NCCL runtime (one rank): $r; $(grep -m1 NCCL "$d/nccl.err")"
+    else
+      say "FAIL v3 f32 on the NCCL runtime: $(tail -3 "$d/nccl.err")"
+      failed=1
+    fi
+  fi
   if command -v compute-sanitizer > /dev/null; then
     local d="$dir/e2e/tiny"
     if (cd "$d" && compute-sanitizer --tool memcheck --error-exitcode 3 ./bf16 --weights ckpt/model.safetensors \

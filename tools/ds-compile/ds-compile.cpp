@@ -52,7 +52,7 @@ static cl::opt<Target> target(
     cl::desc("Backend (default: $DS_COMPILE_TARGET if set, else cuda when this ds-compile "
              "has the CUDA backend and the machine has an NVIDIA GPU, else cpu)"),
     cl::values(clEnumValN(Target::Cpu, "cpu", "multithreaded C++ on libdsrt's CPU backend"),
-               clEnumValN(Target::Cuda, "cuda", "CUDA C++ on dsrt-cuda, built with nvcc (one rank)")),
+               clEnumValN(Target::Cuda, "cuda", "CUDA C++ on dsrt-cuda, built with nvcc (several ranks: NCCL, --tp/--ep)")),
     cl::init(Target::Default), cl::cat(category));
 
 static cl::opt<ds::CudaComputeDtype> computeDtype(
@@ -105,6 +105,11 @@ static cl::opt<std::string> nvccPath("nvcc",
                                      cl::desc("CUDA compiler for --target=cuda (default: the "
                                               "one ds was built with)"),
                                      cl::cat(category));
+static cl::opt<bool> mpiMain(
+    "mpi",
+    cl::desc("Build the multi-rank executable (started by mpirun; NCCL collectives with "
+             "--target=cuda) even for a one-rank plan: checks that runtime on one GPU"),
+    cl::cat(category));
 static cl::opt<bool> verbose("v", cl::desc("Print the compiler command"), cl::cat(category));
 
 static int fail(const llvm::Twine &msg) {
@@ -166,6 +171,8 @@ static int buildExecutable(llvm::StringRef source, bool multiRank, bool cuda) {
       args.push_back(a);
   }
   args.push_back(src.str().str());
+  if (cuda && multiRank)
+    args.push_back(DS_RUNTIME_NCCL_LIBRARY);
   if (cuda)
     args.push_back(DS_RUNTIME_CUDA_LIBRARY);
   // Multi-rank executables: main comes from dsrt-mpi, which needs MPI.
@@ -178,6 +185,8 @@ static int buildExecutable(llvm::StringRef source, bool multiRank, bool cuda) {
   StringRef(DS_RUNTIME_LINK_LIBS).split(linkLibs, ' ', -1, false);
   if (cuda)
     StringRef(DS_RUNTIME_CUDA_LINK_LIBS).split(linkLibs, ' ', -1, false);
+  if (cuda && multiRank)
+    StringRef(DS_RUNTIME_NCCL_LINK_LIBS).split(linkLibs, ' ', -1, false);
   for (StringRef lib : linkLibs) {
     // nvcc takes host-linker flags it does not know through -Xlinker.
     if (cuda && lib.starts_with("-") && !lib.starts_with("-l") && !lib.starts_with("-L"))
@@ -387,10 +396,14 @@ int main(int argc, char **argv) {
     (*module)->setAttr(ds::DSDialect::kPlanAttrName, ds::PlanAttr::get(&ctx, tp, ep, pp, dp));
   auto plan = (*module)->getAttrOfType<ds::PlanAttr>(ds::DSDialect::kPlanAttrName);
   const int64_t ranks = plan ? plan.getRanks() : 1;
-  if (cuda && ranks > 1 && !explainPlan)
-    return fail("--target=cuda runs one rank: multi-GPU plans need the NCCL backend, which is "
-                "not built yet (use --target=cpu for --tp/--ep/--pp/--dp)");
-  if (ranks > 1 && emit == Emit::Exe && !explainPlan && !*DS_RUNTIME_MPI_LIBRARY)
+  const bool multiRank = ranks > 1 || mpiMain;
+  if (cuda && plan && (plan.getPp() > 1 || plan.getDp() > 1) && !explainPlan)
+    return fail("--target=cuda: pipeline (--pp) and data (--dp) parallelism are not supported "
+                "on GPUs yet (--tp and --ep are); use --target=cpu");
+  if (cuda && multiRank && emit == Emit::Exe && !explainPlan && !*DS_RUNTIME_NCCL_LIBRARY)
+    return fail("multi-rank --target=cuda executables need NCCL and MPI, and this ds-compile "
+                "was built without them (install NCCL and libopenmpi-dev and reconfigure)");
+  if (multiRank && emit == Emit::Exe && !explainPlan && !*DS_RUNTIME_MPI_LIBRARY)
     return fail("multi-rank executables need MPI, and this ds-compile was built without it "
                 "(install libopenmpi-dev and reconfigure)");
 
@@ -421,7 +434,10 @@ int main(int argc, char **argv) {
   llvm::raw_string_ostream os(text);
   if (emit == Emit::Mlir)
     module->print(os);
-  else if (failed(cuda ? ds::emitCuda(*module, os, computeDtype) : ds::emitCpp(*module, os)))
+  else if (failed(cuda ? ds::emitCuda(*module, os, computeDtype, multiRank)
+                       : ds::emitKernelModule(*module, os, ds::KernelTarget{
+                                                               ds::KernelTarget::Cpu,
+                                                               false, multiRank})))
     return 1;
   if (emit != Emit::Exe) {
     auto out = openOutputFile(output, &error);
@@ -431,5 +447,5 @@ int main(int argc, char **argv) {
     out->keep();
     return 0;
   }
-  return buildExecutable(text, ranks > 1, cuda);
+  return buildExecutable(text, multiRank, cuda);
 }

@@ -83,6 +83,8 @@ int main(int argc, char **argv) {
     return fail("--compute-dtype applies to --emit-cuda only");
 
   mlir::MLIRContext context;
+  // A diagnostic on the module must not print the whole module.
+  context.printOpOnDiagnostic(false);
   context.loadDialect<ds::DSDialect, ds::kernel::DSKDialect>();
   std::string error;
   mlir::OwningOpRef<mlir::ModuleOp> module;

@@ -13,6 +13,13 @@
 //                       (default 300): a peer that died or never arrives is
 //                       an error naming the operation, the rank and the
 //                       timeout, never a hang.
+//   createNcclComm()    NCCL on GPU ranks (library dsrt-nccl, built when
+//                       CMake finds CUDA, NCCL and MPI). Buffers are device
+//                       memory; operations run on the given CUDA stream and
+//                       return once done (inside graph capture: once
+//                       recorded). Same timeout rule, through non-blocking
+//                       NCCL communicators. Tags are ignored (NCCL delivers
+//                       a pair's messages in order).
 //
 // All counts and offsets are in floats (elements), int64: counts beyond
 // INT_MAX are split into chunks MPI accepts. Collectives must be called by
@@ -33,6 +40,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+
+struct CUstream_st; // cudaStream_t, without the CUDA headers
 
 namespace dsrt {
 
@@ -90,6 +99,15 @@ std::unique_ptr<Comm> createSingleComm();
 /// dsrt-mpi (not in libdsrt), so that single-rank programs need no MPI.
 std::unique_ptr<Comm> createMpiComm(int *argc, char ***argv,
                                     std::string *error);
+
+/// A communicator over the ranks of `host` (any communicator of the same
+/// ranks, MPI in practice: it carries the ncclUniqueId) whose operations run
+/// on `stream` of the current CUDA device; every rank must have selected its
+/// own device (NCCL refuses two ranks on one GPU). Null (with *error) when
+/// DS_COMM_TIMEOUT is bad or NCCL fails to initialize within it. Defined in
+/// dsrt-nccl.
+std::unique_ptr<Comm> createNcclComm(Comm &host, CUstream_st *stream,
+                                     std::string *error);
 
 } // namespace dsrt
 

@@ -61,6 +61,22 @@ bool prepare(Context &ctx, ComputeDtype dtype, std::string *error);
 /// there is none, else runMain.
 int runMainCuda(int argc, char **argv, const ModelSpec &spec);
 
+// Multi-rank CUDA executables (tensor and expert parallelism), library
+// dsrt-nccl: MPI launches the ranks and carries the NCCL ids; the
+// collectives run on NCCL over device buffers.
+
+/// main of a multi-rank CUDA executable: runMainCuda's device check, then
+/// runMainMpi.
+int runMainCudaMpi(int argc, char **argv, const ModelSpec &spec);
+
+/// ModelSpec::prepare of multi-rank CUDA executables: selects this rank's
+/// GPU (its node-local rank, from the launcher's environment, modulo the
+/// devices), prepares it as prepare() does (holding only this rank's
+/// weights), and creates one NCCL communicator per mesh axis over the MPI
+/// ones of Context::setComm. Program waits are then bounded by
+/// DS_COMM_TIMEOUT.
+bool prepareNccl(Context &ctx, ComputeDtype dtype, std::string *error);
+
 /// Device float32 copy of weight `index` (non-GEMM weights: norms, biases,
 /// embedding table, kv_b for absorbed attention).
 const float *weight(Context &ctx, int64_t index);
@@ -112,6 +128,22 @@ void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                  const float *weights, int64_t topK, const int64_t *gate,
                  const int64_t *up, const int64_t *down, int64_t experts,
                  float *y, int64_t ldy, ActQuant act);
+
+
+// Collectives (dsrt-nccl): dsrt::cpu's namesakes on device buffers.
+void allReduce(Context &ctx, MeshAxis axis, float *x, int64_t ldx, int64_t n,
+               int64_t d);
+void allGatherColumns(Context &ctx, MeshAxis axis, const float *x, int64_t ldx,
+                      int64_t n, int64_t d, float *y, int64_t ldy);
+/// Expert parallelism with the ep ranks holding the same tokens (dp = 1):
+/// each rank runs its experts [r E / ep, (r + 1) E / ep) on every token
+/// routed to them and the partial outputs are summed over ep (all-reduce of
+/// [n, hidden]). No host synchronisation, so decode graphs capture it.
+void moeExpertsEP(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                  int64_t hidden, int64_t inter, const int32_t *idx,
+                  const float *weights, int64_t topK, const int64_t *gate,
+                  const int64_t *up, const int64_t *down, int64_t experts,
+                  float *y, int64_t ldy, ActQuant act);
 
 } // namespace cuda
 } // namespace dsrt

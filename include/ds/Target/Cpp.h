@@ -19,6 +19,8 @@ struct KernelTarget {
   enum Kind { Cpu, Cuda } kind = Cpu;
   /// Cuda: GEMM weights in bf16 (else float32).
   bool computeBf16 = true;
+  /// A multi-rank executable (MPI main; NCCL on Cuda) even for one rank.
+  bool multiRank = false;
 };
 
 /// The emitter behind emitCpp and emitCuda (lib/Target/CUDA): the same

@@ -14,10 +14,13 @@ enum class CudaComputeDtype { F32, BF16 };
 /// Emits a planned kernel-level module as one CUDA C++ translation unit for
 /// libdsrt-cuda (include/ds/Runtime/Cuda.h): the tables and ModelSpec of
 /// emitCpp, each program as a body of dsrt::cuda kernel calls run through
-/// dsrt::cuda::runProgram, and a main that needs a CUDA device. One rank
-/// only (collectives need the NCCL backend).
+/// dsrt::cuda::runProgram, and a main that needs a CUDA device. Tensor and
+/// expert parallelism run on NCCL (dsrt-nccl), as does any model with
+/// `multiRank` (one rank under mpirun); pipeline and data parallelism are
+/// errors.
 mlir::LogicalResult emitCuda(mlir::ModuleOp module, llvm::raw_ostream &os,
-                             CudaComputeDtype dtype = CudaComputeDtype::BF16);
+                             CudaComputeDtype dtype = CudaComputeDtype::BF16,
+                             bool multiRank = false);
 
 } // namespace ds
 

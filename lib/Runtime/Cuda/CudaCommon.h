@@ -96,6 +96,11 @@ struct DeviceState {
   std::map<int64_t, int> seen;
   bool useGraphs = true;
 
+  /// Multi-rank (prepareNccl): one NCCL communicator per MeshAxis, and the
+  /// DS_COMM_TIMEOUT bound of waits on the stream (0: plain synchronize).
+  std::unique_ptr<Comm> comms[4];
+  double waitTimeoutS = 0;
+
   /// cuBLASLt plans by shape.
   struct Plan {
     cublasLtMatmulDesc_t op = nullptr;
@@ -109,6 +114,26 @@ struct DeviceState {
 };
 
 DeviceState &state(Context &ctx);
+
+/// prepare on GPU `device` (any mesh): the device state without
+/// communicators.
+bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
+                     std::string *error);
+
+/// Waits for the stream (bounded by waitTimeoutS when set).
+void waitStream(DeviceState &st, const char *where);
+
+/// runMainCuda's check: false (after "no CUDA device") when there is none
+/// and the command line is not --help.
+bool haveDevice(int argc, char **argv);
+
+/// moeExpertsW over the experts [lo, lo + count) of the index arrays only:
+/// pairs routed elsewhere contribute nothing (y is this rank's partial sum).
+void moeExpertsRange(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                     int64_t hidden, int64_t inter, const int32_t *idx,
+                     const float *weights, int64_t topK, const int64_t *gate,
+                     const int64_t *up, const int64_t *down, int64_t lo,
+                     int64_t count, float *y, int64_t ldy, ActQuant act);
 
 /// Times one kernel call under DS_CUDA_PROFILE (nested calls count once,
 /// in the outermost).

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 
 namespace dsrt {
 namespace cuda {
@@ -59,6 +60,9 @@ ProfileScope::~ProfileScope() {
 }
 
 DeviceState::~DeviceState() {
+  // NCCL first: its communicators use the stream below.
+  for (auto &c : comms)
+    c.reset();
   if (profile && !profileMs.empty()) {
     std::vector<std::pair<double, std::string>> rows;
     double total = 0;
@@ -170,6 +174,10 @@ bool uploadWeight(Context &ctx, DeviceState &st, int64_t i, char *stage,
   DeviceWeight &w = st.weights[size_t(i)];
   w.rows = spec.shape[0];
   w.cols = spec.rank == 2 ? spec.shape[1] : 1;
+  if (!ctx.holdsWeight(i)) { // another rank's expert or stage
+    w.rows = w.cols = 0;
+    return true;
+  }
   const int64_t numel = w.rows * w.cols;
   w.bf16 = st.dtype == ComputeDtype::BF16 && spec.rank == 2 &&
            (spec.flags & WeightSpec::kGemmOnly);
@@ -223,13 +231,18 @@ bool uploadWeight(Context &ctx, DeviceState &st, int64_t i, char *stage,
 } // namespace
 
 bool prepare(Context &ctx, ComputeDtype dtype, std::string *error) {
-  const ModelSpec &spec = ctx.spec();
   if (ctx.meshSize(MeshAxis::TP) * ctx.meshSize(MeshAxis::EP) *
           ctx.meshSize(MeshAxis::PP) * ctx.meshSize(MeshAxis::DP) > 1) {
-    *error = "the CUDA backend runs one rank (multi-GPU needs the NCCL "
-             "backend, not built yet)";
+    *error = "a multi-rank model's device state is made by prepareNccl "
+             "(dsrt-nccl), not prepare";
     return false;
   }
+  return prepareOnDevice(ctx, dtype, 0, error);
+}
+
+bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
+                     std::string *error) {
+  const ModelSpec &spec = ctx.spec();
   auto owned = std::make_shared<DeviceState>();
   DeviceState &st = *owned;
   st.dtype = dtype;
@@ -239,7 +252,7 @@ bool prepare(Context &ctx, ComputeDtype dtype, std::string *error) {
     *error = std::string("CUDA: ") + what + ": " + cudaGetErrorString(e);
     return true;
   };
-  if (cudaFail(cudaSetDevice(0), "cudaSetDevice") ||
+  if (cudaFail(cudaSetDevice(device), "cudaSetDevice") ||
       cudaFail(cudaStreamCreateWithFlags(&st.stream, cudaStreamNonBlocking),
                "cudaStreamCreate"))
     return false;
@@ -337,10 +350,11 @@ bool prepare(Context &ctx, ComputeDtype dtype, std::string *error) {
   if (!ok)
     return false;
   cudaDeviceProp prop;
-  if (cudaFail(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties"))
+  if (cudaFail(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"))
     return false;
   st.multiprocessors = prop.multiProcessorCount;
-  std::fprintf(stderr,
+  if (ctx.rank() == 0)
+    std::fprintf(stderr,
                "cuda: %s, weights %.2f GB (%s GEMM weights), KV cache %.2f "
                "GB, arena %.1f MB\n",
                prop.name, double(bytes) / 1e9,
@@ -427,10 +441,32 @@ void runProgram(Context &ctx, Program program, BodyFn body,
                         size_t(n * spec.hiddenSize) * sizeof(float),
                         cudaMemcpyDeviceToHost, st.stream),
         "hidden-state download");
-  check(cudaStreamSynchronize(st.stream), "program");
+  waitStream(st, "program");
 }
 
-int runMainCuda(int argc, char **argv, const ModelSpec &spec) {
+void waitStream(DeviceState &st, const char *where) {
+  if (st.waitTimeoutS <= 0) {
+    check(cudaStreamSynchronize(st.stream), where);
+    return;
+  }
+  // Collectives inside: a peer that died would leave their kernels waiting
+  // forever, so poll against DS_COMM_TIMEOUT instead of blocking.
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  for (uint64_t i = 0;; ++i) {
+    cudaError_t e = cudaStreamQuery(st.stream);
+    if (e != cudaErrorNotReady)
+      return check(e, where);
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    if (s > st.waitTimeoutS)
+      fatal(where, "did not finish within DS_COMM_TIMEOUT seconds: a peer "
+                   "rank died or stopped calling its collectives");
+    if (i > 256)
+      std::this_thread::sleep_for(std::chrono::microseconds(s < 0.02 ? 0 : 100));
+  }
+}
+
+bool haveDevice(int argc, char **argv) {
   bool help = false;
   for (int i = 1; i < argc; ++i)
     help |= std::strcmp(argv[i], "--help") == 0;
@@ -443,10 +479,14 @@ int runMainCuda(int argc, char **argv, const ModelSpec &spec) {
       std::fprintf(stderr, "error: no CUDA device (%s); this executable was "
                            "compiled with --target=cuda\n",
                    e != cudaSuccess ? cudaGetErrorString(e) : "none found");
-      return 1;
+      return false;
     }
   }
-  return runMain(argc, argv, spec);
+  return true;
+}
+
+int runMainCuda(int argc, char **argv, const ModelSpec &spec) {
+  return haveDevice(argc, argv) ? runMain(argc, argv, spec) : 1;
 }
 
 } // namespace cuda

@@ -29,8 +29,9 @@ constexpr int64_t kGemvTokens = 64;
 constexpr int kBM = 32, kBN = 64, kBK = 32;
 
 /// counts, offsets (exclusive scan), tile offsets (tiles of kBM rows), and
-/// the scatter: rowOf[slot] = pair, slotOf[pair] = slot.
-__global__ void sortPairsKernel(const int32_t *idx, int64_t pairs,
+/// the scatter: rowOf[slot] = pair, slotOf[pair] = slot. Only experts
+/// [lo, lo + experts) are here (expert parallelism): other pairs get slot -1.
+__global__ void sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
                                 int64_t experts, int32_t *counts,
                                 int32_t *offsets, int32_t *tileOffsets,
                                 int32_t *cursor, int32_t *rowOf,
@@ -38,8 +39,13 @@ __global__ void sortPairsKernel(const int32_t *idx, int64_t pairs,
   for (int64_t e = threadIdx.x; e < experts; e += blockDim.x)
     counts[e] = 0;
   __syncthreads();
+  auto local = [&](int64_t p) -> int64_t {
+    const int64_t e = int64_t(idx[p]) - lo;
+    return e >= 0 && e < experts ? e : -1;
+  };
   for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x)
-    atomicAdd(&counts[idx[p]], 1);
+    if (local(p) >= 0)
+      atomicAdd(&counts[local(p)], 1);
   __syncthreads();
   if (threadIdx.x == 0) {
     int32_t off = 0, tiles = 0;
@@ -55,8 +61,10 @@ __global__ void sortPairsKernel(const int32_t *idx, int64_t pairs,
   }
   __syncthreads();
   for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
-    const int32_t slot = atomicAdd(&cursor[idx[p]], 1);
-    rowOf[slot] = int32_t(p);
+    const int64_t e = local(p);
+    const int32_t slot = e >= 0 ? atomicAdd(&cursor[e], 1) : -1;
+    if (slot >= 0)
+      rowOf[slot] = int32_t(p);
     slotOf[p] = slot;
   }
 }
@@ -285,8 +293,11 @@ __global__ void combineKernel(const float *yp, int64_t hidden,
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < hidden;
        c += int64_t(gridDim.x) * blockDim.x) {
     float acc = 0.0f;
-    for (int64_t k = 0; k < topK; ++k)
-      acc += w[t * topK + k] * yp[int64_t(slotOf[t * topK + k]) * hidden + c];
+    for (int64_t k = 0; k < topK; ++k) {
+      const int32_t slot = slotOf[t * topK + k];
+      if (slot >= 0)
+        acc += w[t * topK + k] * yp[int64_t(slot) * hidden + c];
+    }
     y[t * ldy + c] = acc;
   }
 }
@@ -326,7 +337,8 @@ template <class WT>
 void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                 int64_t hidden, int64_t inter, const int32_t *idx,
                 const float *weights, int64_t topK, const void **table,
-                int64_t experts, float *y, int64_t ldy, bool fp8Act) {
+                int64_t lo, int64_t experts, float *y, int64_t ldy,
+                bool fp8Act) {
   const int64_t pairs = n * topK;
   auto *ints = static_cast<int32_t *>(scratch(
       st, size_t(4 * (experts + 1) + 2 * pairs) * sizeof(int32_t), "moeExpertsW"));
@@ -337,7 +349,7 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
       scratch(st, size_t(pairs * inter) * sizeof(float), "moeExpertsW"));
   float *yp = static_cast<float *>(
       scratch(st, size_t(pairs * hidden) * sizeof(float), "moeExpertsW"));
-  sortPairsKernel<<<1, 1024, 0, st.stream>>>(idx, pairs, experts, counts,
+  sortPairsKernel<<<1, 1024, 0, st.stream>>>(idx, pairs, lo, experts, counts,
                                               offsets, tileOffsets, cursor,
                                               rowOf, slotOf);
   checkLaunch("moeExpertsW (sort)");
@@ -395,6 +407,15 @@ void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                  const float *weights, int64_t topK, const int64_t *gate,
                  const int64_t *up, const int64_t *down, int64_t experts,
                  float *y, int64_t ldy, ActQuant act) {
+  moeExpertsRange(ctx, x, ldx, n, hidden, inter, idx, weights, topK, gate, up,
+                  down, 0, experts, y, ldy, act);
+}
+
+void moeExpertsRange(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                     int64_t hidden, int64_t inter, const int32_t *idx,
+                     const float *weights, int64_t topK, const int64_t *gate,
+                     const int64_t *up, const int64_t *down, int64_t lo,
+                     int64_t experts, float *y, int64_t ldy, ActQuant act) {
   ProfileScope profile(ctx, "moeExpertsW");
   if (n <= 0)
     return;
@@ -402,15 +423,16 @@ void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
   // FP8 experts are dequantized on the device; ActQuant::Fp8 quantizes
   // their inputs as the CPU backend does.
   const bool fp8Act = act == ActQuant::Fp8 &&
-                      ctx.spec().weights[gate[0]].dtype == DType::F8E4M3;
+                      ctx.spec().weights[gate[lo]].dtype == DType::F8E4M3;
   bool bf16 = false;
-  const void **table = expertTable(st, gate, up, down, experts, &bf16);
+  const void **table =
+      expertTable(st, gate + lo, up + lo, down + lo, experts, &bf16);
   if (bf16)
     runExperts<__nv_bfloat16>(st, x, ldx, n, hidden, inter, idx, weights, topK,
-                              table, experts, y, ldy, fp8Act);
+                              table, lo, experts, y, ldy, fp8Act);
   else
     runExperts<float>(st, x, ldx, n, hidden, inter, idx, weights, topK, table,
-                      experts, y, ldy, fp8Act);
+                      lo, experts, y, ldy, fp8Act);
 }
 
 } // namespace cuda

@@ -12,9 +12,10 @@
 using namespace mlir;
 
 LogicalResult ds::emitCuda(ModuleOp module, raw_ostream &os,
-                           CudaComputeDtype dtype) {
+                           CudaComputeDtype dtype, bool multiRank) {
   KernelTarget target;
   target.kind = KernelTarget::Cuda;
   target.computeBf16 = dtype == CudaComputeDtype::BF16;
+  target.multiRank = multiRank;
   return emitKernelModule(module, os, target);
 }

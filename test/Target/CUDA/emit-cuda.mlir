@@ -8,10 +8,15 @@
 // RUN: ds-translate --emit-cuda --compute-dtype=f32 %t.mlir | FileCheck %s --check-prefix=F32
 // The emitted file is host code against Cuda.h: any C++17 compiler parses it.
 // RUN: c++ -std=c++17 -fsyntax-only -x c++ -I %ds_src_root/include %t.cu
-// Errors: a multi-rank plan (collectives need NCCL); --compute-dtype without
-// --emit-cuda.
+// A tensor-parallel plan: NCCL collectives on device buffers, the NCCL
+// set-up and the MPI main.
 // RUN: ds-compile %ds_src_root/models/tiny.mlir --tp=2 --emit=mlir -o %t.tp2.mlir
-// RUN: not ds-translate --emit-cuda %t.tp2.mlir -o %t.bad.cu 2>&1 | FileCheck %s --check-prefix=RANKS
+// RUN: ds-translate --emit-cuda %t.tp2.mlir | FileCheck %s --check-prefix=TP2
+// Errors: a pipeline-parallel plan (not on GPUs yet); --compute-dtype without
+// --emit-cuda.
+// RUN: rm -f %t.bad.cu
+// RUN: ds-compile %ds_src_root/models/tiny.mlir --pp=2 --emit=mlir -o %t.pp2.mlir
+// RUN: not ds-translate --emit-cuda %t.pp2.mlir -o %t.bad.cu 2>&1 | FileCheck %s --check-prefix=RANKS
 // RUN: not test -e %t.bad.cu
 // RUN: not ds-translate --emit-cpp --compute-dtype=f32 %t.mlir 2>&1 | FileCheck %s --check-prefix=DTYPE
 
@@ -45,5 +50,10 @@
 
 // F32: return dsrt::cuda::prepare(ctx, dsrt::cuda::ComputeDtype::F32, error);
 
-// RANKS: error: emit-cuda: multi-rank models need the NCCL backend, which is not built yet
+// TP2: dsrt::cuda::allReduce(ctx, dsrt::MeshAxis::TP, {{.+}}, n, 64);
+// TP2: dsrt::cuda::allGatherColumns(ctx, dsrt::MeshAxis::TP,
+// TP2: return dsrt::cuda::prepareNccl(ctx, dsrt::cuda::ComputeDtype::BF16, error);
+// TP2: /*mesh=*/{2, 1, 1, 1},
+// TP2: return dsrt::cuda::runMainCudaMpi(argc, argv, kModel);
+// RANKS: error: emit-cuda: pipeline (pp) and data (dp) parallelism are not supported by the CUDA backend yet (tp and ep are; use --target=cpu)
 // DTYPE: error: --compute-dtype applies to --emit-cuda only
