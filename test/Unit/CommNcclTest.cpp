@@ -171,27 +171,15 @@ void run(Comm &comm) {
     std::fprintf(stderr, "rank %d: send to itself: '%s'\n", r, error.c_str());
   }
   step(comm.barrier(&error), comm, "barrier", error);
-  // split: even and odd ranks, reversed order; then a sum over the half.
-  std::unique_ptr<Comm> half = comm.split(r % 2, -r, &error);
-  if (step(half != nullptr, comm, "split", error)) {
-    const int size = (n - r % 2 + 1) / 2;
-    if (half->size() != size || half->rank() != size - 1 - r / 2) {
-      ++failures;
-      std::fprintf(stderr, "rank %d: split gave rank %d of %d\n", r,
-                   half->rank(), half->size());
-    }
-    Buffer b(1);
-    b.host[0] = float(r);
-    b.upload();
-    float want = 0;
-    for (int q = r % 2; q < n; q += 2)
-      want += float(q);
-    if (step(half->allReduceSum(b.dev, 1, &error), comm, "split allReduceSum",
-             error)) {
-      b.download();
-      expect(comm, "split allReduceSum", b, {want});
-    }
+  // split is refused with a reason (sub-communicators come from
+  // createNcclComm over host sub-communicators), and the communicator stays
+  // usable.
+  if (comm.split(r % 2, r, &error) != nullptr ||
+      error.find("not supported") == std::string::npos) {
+    ++failures;
+    std::fprintf(stderr, "rank %d: split: '%s'\n", r, error.c_str());
   }
+  step(comm.barrier(&error), comm, "barrier after split", error);
 }
 
 } // namespace

@@ -19,7 +19,8 @@
 //                       return once done (inside graph capture: once
 //                       recorded). Same timeout rule, through non-blocking
 //                       NCCL communicators. Tags are ignored (NCCL delivers
-//                       a pair's messages in order).
+//                       a pair's messages in order); split() is refused
+//                       (make one createNcclComm per host sub-communicator).
 //
 // All counts and offsets are in floats (elements), int64: counts beyond
 // INT_MAX are split into chunks MPI accepts. Collectives must be called by

@@ -164,11 +164,6 @@ public:
 
   std::unique_ptr<Comm> split(int color, int key, std::string *error) override;
 
-  void setShape(int rank, int size) {
-    rank_ = rank;
-    size_ = size;
-  }
-
   /// Polls the communicator until its last call finished (non-blocking
   /// communicators may answer ncclInProgress).
   bool settle(const std::string &op, std::string *error);
@@ -310,27 +305,15 @@ std::unique_ptr<NcclComm> wrap(ncclComm_t comm, cudaStream_t stream, int rank,
   return std::make_unique<NcclComm>(comm, stream, rank, size, timeoutS, one);
 }
 
-std::unique_ptr<Comm> NcclComm::split(int color, int key, std::string *error) {
-  if (!usable(error))
-    return nullptr;
-  ncclConfig_t config = nonBlockingConfig();
-  ncclComm_t child = nullptr;
-  ncclResult_t r = ncclCommSplit(comm_, color, key, &child, &config);
-  if (!call(r, "split", error))
-    return nullptr;
-  if (!child) // NCCL_SPLIT_NOCOLOR is not ours to pass: every rank gets one
-    return fail(error, where("split") + ": no communicator"), nullptr;
-  // The child initializes in the background like any non-blocking comm.
-  std::unique_ptr<NcclComm> out = wrap(child, stream_, 0, 1, timeoutS_, error);
-  if (!out || !out->settle("split", error))
-    return nullptr;
-  int rank = 0, size = 0;
-  if (ncclCommUserRank(child, &rank) != ncclSuccess ||
-      ncclCommCount(child, &size) != ncclSuccess)
-    return fail(error, where("split") + ": cannot query the new communicator"),
-           nullptr;
-  out->setShape(rank, size);
-  return out;
+// ncclCommSplit of a non-blocking communicator gave no child handle to poll
+// (NCCL 2.28 on an H100, one rank), and a blocking split could not honour
+// DS_COMM_TIMEOUT: sub-communicators are made with createNcclComm over the
+// matching host communicators instead (as prepareNccl does per mesh axis).
+std::unique_ptr<Comm> NcclComm::split(int, int, std::string *error) {
+  fail(error, where("split") + ": not supported: create the sub-communicator "
+                               "with createNcclComm over the matching host "
+                               "communicator");
+  return nullptr;
 }
 
 } // namespace
