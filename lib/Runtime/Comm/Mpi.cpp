@@ -36,6 +36,8 @@
 
 #include "ds/Runtime/Comm.h"
 
+#include "CommEnv.h"
+
 // The C API only (MPI::MPI_C); keep mpi.h from pulling the C++ bindings.
 #ifndef OMPI_SKIP_MPICXX
 #define OMPI_SKIP_MPICXX 1
@@ -62,11 +64,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-bool fail(std::string *error, const std::string &message) {
-  if (error)
-    *error = message;
-  return false;
-}
+using comm::fail;
+using comm::formatSeconds;
+using comm::parseTimeout;
 
 std::string mpiErrorString(int code) {
   char text[MPI_MAX_ERROR_STRING];
@@ -74,31 +74,6 @@ std::string mpiErrorString(int code) {
   if (MPI_Error_string(code, text, &length) != MPI_SUCCESS)
     return "MPI error " + std::to_string(code);
   return std::string(text, size_t(length));
-}
-
-std::string formatSeconds(double s) {
-  char buffer[32];
-  if (s == std::floor(s) && s < 1e15)
-    std::snprintf(buffer, sizeof(buffer), "%.0f", s);
-  else
-    std::snprintf(buffer, sizeof(buffer), "%g", s);
-  return buffer;
-}
-
-/// DS_COMM_TIMEOUT: positive, finite seconds; default 300.
-bool parseTimeout(double *seconds, std::string *error) {
-  *seconds = 300;
-  const char *text = std::getenv("DS_COMM_TIMEOUT");
-  if (!text)
-    return true;
-  char *end = nullptr;
-  double value = std::strtod(text, &end);
-  if (!*text || end == text || *end != '\0' || !std::isfinite(value) ||
-      value <= 0)
-    return fail(error, std::string("DS_COMM_TIMEOUT='") + text +
-                           "' is not a positive number of seconds");
-  *seconds = value;
-  return true;
 }
 
 /// DS_COMM_MAX_CHUNK: the largest count one MPI call gets (tests only);

@@ -25,6 +25,8 @@
 
 #include "ds/Runtime/Comm.h"
 
+#include "CommEnv.h"
+
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -41,27 +43,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-bool fail(std::string *error, const std::string &message) {
-  if (error)
-    *error = message;
-  return false;
-}
-
-/// DS_COMM_TIMEOUT: positive, finite seconds; default 300.
-bool parseTimeout(double *seconds, std::string *error) {
-  *seconds = 300;
-  const char *text = std::getenv("DS_COMM_TIMEOUT");
-  if (!text)
-    return true;
-  char *end = nullptr;
-  double value = std::strtod(text, &end);
-  if (!*text || end == text || *end != '\0' || !std::isfinite(value) ||
-      value <= 0)
-    return fail(error, std::string("DS_COMM_TIMEOUT='") + text +
-                           "' is not a positive number of seconds");
-  *seconds = value;
-  return true;
-}
+using comm::fail;
+using comm::formatSeconds;
 
 /// Spin first (latency), then yield, then sleep (a peer still computing).
 void backOff(uint64_t iteration, Clock::time_point start) {
@@ -203,6 +186,8 @@ private:
   }
   /// Waits for the stream unless it is being captured into a graph.
   bool complete(const std::string &op, std::string *error);
+  template <class Step>
+  bool poll(const std::string &op, std::string *error, Step step);
   void abort() {
     if (comm_) {
       ncclCommAbort(comm_);
@@ -235,26 +220,39 @@ NcclComm::~NcclComm() {
   cudaFree(one_);
 }
 
-bool NcclComm::settle(const std::string &op, std::string *error) {
+/// Calls step() until it returns true (done) or false with *stop set
+/// (failed), aborting the communicator at the deadline.
+template <class Step>
+bool NcclComm::poll(const std::string &op, std::string *error, Step step) {
   const Clock::time_point start = Clock::now(), end = deadline(start);
   for (uint64_t iteration = 0;; ++iteration) {
-    ncclResult_t state = ncclSuccess;
-    ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
-    if (r != ncclSuccess)
-      return ncclFailed(r, op, error);
-    if (state == ncclSuccess)
+    bool stop = false;
+    if (step(&stop))
       return true;
-    if (state != ncclInProgress)
-      return ncclFailed(state, op, error);
+    if (stop)
+      return false;
     if (Clock::now() >= end) {
       abort();
       return failWith(where(op) + " timed out after " +
-                          std::to_string(timeoutS_) +
+                          formatSeconds(timeoutS_) +
                           " s: a peer died or never arrived (DS_COMM_TIMEOUT)",
                       error);
     }
     backOff(iteration, start);
   }
+}
+
+bool NcclComm::settle(const std::string &op, std::string *error) {
+  return poll(op, error, [&](bool *stop) {
+    ncclResult_t state = ncclSuccess;
+    ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
+    if (r == ncclSuccess && state == ncclInProgress)
+      return false;
+    if (r == ncclSuccess && state == ncclSuccess)
+      return true;
+    *stop = true;
+    return ncclFailed(r != ncclSuccess ? r : state, op, error);
+  });
 }
 
 bool NcclComm::complete(const std::string &op, std::string *error) {
@@ -263,26 +261,20 @@ bool NcclComm::complete(const std::string &op, std::string *error) {
     return failWith(where(op) + ": cudaStreamIsCapturing failed", error);
   if (capture != cudaStreamCaptureStatusNone)
     return true;
-  const Clock::time_point start = Clock::now(), end = deadline(start);
-  for (uint64_t iteration = 0;; ++iteration) {
+  return poll(op, error, [&](bool *stop) {
     cudaError_t e = cudaStreamQuery(stream_);
     if (e == cudaSuccess)
       return true;
+    *stop = true;
     if (e != cudaErrorNotReady)
       return failWith(where(op) + ": " + cudaGetErrorString(e), error);
     ncclResult_t state = ncclSuccess;
     if (ncclCommGetAsyncError(comm_, &state) == ncclSuccess &&
         state != ncclSuccess && state != ncclInProgress)
       return ncclFailed(state, op, error);
-    if (Clock::now() >= end) {
-      abort();
-      return failWith(where(op) + " timed out after " +
-                          std::to_string(timeoutS_) +
-                          " s: a peer died or never arrived (DS_COMM_TIMEOUT)",
-                      error);
-    }
-    backOff(iteration, start);
-  }
+    *stop = false;
+    return false;
+  });
 }
 
 ncclConfig_t nonBlockingConfig() {
@@ -321,7 +313,7 @@ std::unique_ptr<Comm> NcclComm::split(int, int, std::string *error) {
 std::unique_ptr<Comm> createNcclComm(Comm &host, CUstream_st *stream,
                                      std::string *error) {
   double timeoutS = 300;
-  if (!parseTimeout(&timeoutS, error))
+  if (!comm::parseTimeout(&timeoutS, error))
     return nullptr;
   const int rank = host.rank(), size = host.size();
   // The unique id of rank 0, one byte per float.

@@ -11,6 +11,8 @@
 
 #include "CudaCommon.h"
 
+#include "../Comm/CommEnv.h"
+
 #include <nccl.h>
 
 #include <cstdio>
@@ -145,9 +147,8 @@ bool prepareNccl(Context &ctx, ComputeDtype dtype, std::string *error) {
     }
   }
   // The timeout createNcclComm accepted also bounds program waits.
-  st.waitTimeoutS = 300;
-  if (const char *t = std::getenv("DS_COMM_TIMEOUT"))
-    st.waitTimeoutS = std::strtod(t, nullptr);
+  if (!comm::parseTimeout(&st.waitTimeoutS, error))
+    return false;
   if (ctx.rank() == 0) {
     int version = 0;
     ncclGetVersion(&version);
