@@ -72,8 +72,8 @@ int runMainCudaMpi(int argc, char **argv, const ModelSpec &spec);
 /// ModelSpec::prepare of multi-rank CUDA executables: selects this rank's
 /// GPU (its node-local rank, from the launcher's environment, modulo the
 /// devices), prepares it as prepare() does (holding only this rank's
-/// weights), and creates one NCCL communicator per mesh axis over the MPI
-/// ones of Context::setComm. Program waits are then bounded by
+/// weights), and creates the NCCL communicators of the tp and ep axes over
+/// the MPI ones of Context::setComm. Program waits are then bounded by
 /// DS_COMM_TIMEOUT.
 bool prepareNccl(Context &ctx, ComputeDtype dtype, std::string *error);
 

@@ -3,10 +3,14 @@
 #ifndef DS_LIB_RUNTIME_COMM_COMMENV_H
 #define DS_LIB_RUNTIME_COMM_COMMENV_H
 
+#include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <sched.h>
 #include <string>
+#include <thread>
 
 namespace dsrt {
 namespace comm {
@@ -41,6 +45,18 @@ inline bool parseTimeout(double *seconds, std::string *error) {
                            "' is not a positive number of seconds");
   *seconds = value;
   return true;
+}
+
+/// Between polls of something a peer must finish: spin first (latency),
+/// then yield, then sleep a little (a peer still computing).
+inline void backOff(uint64_t iteration,
+                    std::chrono::steady_clock::time_point start) {
+  if (iteration < 256)
+    return;
+  if (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(20))
+    sched_yield();
+  else
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
 }
 
 } // namespace comm

@@ -31,11 +31,7 @@
 #include <nccl.h>
 
 #include <chrono>
-#include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <sched.h>
-#include <thread>
 #include <vector>
 
 namespace dsrt {
@@ -43,18 +39,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+using comm::backOff;
 using comm::fail;
 using comm::formatSeconds;
-
-/// Spin first (latency), then yield, then sleep (a peer still computing).
-void backOff(uint64_t iteration, Clock::time_point start) {
-  if (iteration < 256)
-    return;
-  if (Clock::now() - start < std::chrono::milliseconds(20))
-    sched_yield();
-  else
-    std::this_thread::sleep_for(std::chrono::microseconds(200));
-}
 
 class NcclComm final : public Comm {
 public:
@@ -300,7 +287,7 @@ std::unique_ptr<NcclComm> wrap(ncclComm_t comm, cudaStream_t stream, int rank,
 // ncclCommSplit of a non-blocking communicator gave no child handle to poll
 // (NCCL 2.28 on an H100, one rank), and a blocking split could not honour
 // DS_COMM_TIMEOUT: sub-communicators are made with createNcclComm over the
-// matching host communicators instead (as prepareNccl does per mesh axis).
+// matching host communicators instead (as prepareNccl does for tp and ep).
 std::unique_ptr<Comm> NcclComm::split(int, int, std::string *error) {
   fail(error, where("split") + ": not supported: create the sub-communicator "
                                "with createNcclComm over the matching host "

@@ -129,8 +129,10 @@ bool prepareNccl(Context &ctx, ComputeDtype dtype, std::string *error) {
   if (!prepareOnDevice(ctx, dtype, device, error))
     return false;
   DeviceState &st = state(ctx);
+  // The axes the CUDA backend's kernels communicate on (pp and dp are
+  // refused at compile time for --target=cuda, so never needed here).
   static const char *const kAxes[4] = {"tp", "ep", "pp", "dp"};
-  for (int a = 0; a < 4; ++a) {
+  for (int a : {int(MeshAxis::TP), int(MeshAxis::EP)}) {
     Comm *host = ctx.comm(MeshAxis(a));
     if (!host) {
       *error = "prepareNccl: no MPI communicator for mesh axis " +

@@ -10,6 +10,7 @@
 
 #include "CudaCommon.h"
 
+#include "../Comm/CommEnv.h"
 #include "../Convert.h"
 
 #include <algorithm>
@@ -18,7 +19,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <thread>
 
 namespace dsrt {
 namespace cuda {
@@ -457,12 +457,11 @@ void waitStream(DeviceState &st, const char *where) {
     cudaError_t e = cudaStreamQuery(st.stream);
     if (e != cudaErrorNotReady)
       return check(e, where);
-    const double s = std::chrono::duration<double>(Clock::now() - start).count();
-    if (s > st.waitTimeoutS)
+    if (std::chrono::duration<double>(Clock::now() - start).count() >
+        st.waitTimeoutS)
       fatal(where, "did not finish within DS_COMM_TIMEOUT seconds: a peer "
                    "rank died or stopped calling its collectives");
-    if (i > 256)
-      std::this_thread::sleep_for(std::chrono::microseconds(s < 0.02 ? 0 : 100));
+    comm::backOff(i, start);
   }
 }
 
