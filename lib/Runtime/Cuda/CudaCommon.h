@@ -6,6 +6,7 @@
 #include "ds/Runtime/Cuda.h"
 
 #include "../ContextImpl.h"
+#include "KernelCommon.cuh"
 
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -150,10 +151,6 @@ private:
 
 /// `bytes` of scratch (256-aligned) valid until the program call ends.
 void *scratch(DeviceState &st, size_t bytes, const char *where);
-
-__host__ __device__ inline int64_t imin(int64_t a, int64_t b) {
-  return a < b ? a : b;
-}
 
 inline int blocksFor(int64_t n, int threads) {
   return int((n + threads - 1) / threads);

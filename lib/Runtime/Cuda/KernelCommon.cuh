@@ -1,0 +1,35 @@
+//===- KernelCommon.cuh - helpers of the kernel headers ---------*- CUDA -*-===//
+//
+// The kernel headers (*.cuh) hold only device code and its constants, so
+// that nvcc builds them into libdsrt-cuda and the host compiler builds them
+// into the CPU-emulated kernel tests (test/Unit/CudaEmu.h, which defines
+// DS_CUDA_EMU and provides the intrinsics and WMMA they use).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DS_LIB_RUNTIME_CUDA_KERNELCOMMON_CUH
+#define DS_LIB_RUNTIME_CUDA_KERNELCOMMON_CUH
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#ifndef DS_CUDA_EMU
+#include <mma.h>
+#endif
+
+namespace dsrt {
+namespace cuda {
+
+__host__ __device__ inline int64_t imin(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+
+__device__ inline float toFloat(float v) { return v; }
+__device__ inline float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+} // namespace cuda
+} // namespace dsrt
+
+#endif // DS_LIB_RUNTIME_CUDA_KERNELCOMMON_CUH

@@ -1,0 +1,445 @@
+//===- MoEKernels.cuh - routed-expert kernels -------------------*- CUDA -*-===//
+//
+// The kernels of MoE.cu (which launches them; see there for the scheme),
+// in a header so that test/Unit/CudaEmuTest.cpp runs them on the CPU too.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DS_LIB_RUNTIME_CUDA_MOEKERNELS_CUH
+#define DS_LIB_RUNTIME_CUDA_MOEKERNELS_CUH
+
+#include "KernelCommon.cuh"
+
+namespace dsrt {
+namespace cuda {
+namespace moe {
+
+constexpr int kGemvRows = 8;
+/// Up to this many tokens the experts run as GEMVs (each active expert's
+/// weights streamed once per 8 of its rows), above as tiled GEMMs.
+constexpr int64_t kGemvTokens = 64;
+/// SIMT grouped GEMM tile (float32 weights).
+constexpr int kBM = 32, kBN = 64, kBK = 32;
+/// Tensor-core grouped GEMM tile (bf16 weights): 8 warps as 2 x 4, each a
+/// 32 x 16 output; rows of shared tiles padded by 8 elements (16 bytes, so
+/// WMMA pointers stay 256-bit aligned and rows fall on different banks).
+constexpr int kTcBM = 64, kTcBN = 64, kTcBK = 32, kTcPad = 8;
+
+/// Upper bound of sum_e ceil(count_e / tileRows) over `experts` experts
+/// holding `pairs` rows: the grid size of a grouped GEMM, known from n alone.
+inline int64_t tileBound(int64_t pairs, int64_t experts, int64_t tileRows) {
+  return (pairs + tileRows - 1) / tileRows + experts;
+}
+
+/// counts, offsets (exclusive scan), tile offsets (tiles of tileRows rows), and
+/// the scatter: rowOf[slot] = pair, slotOf[pair] = slot. Only experts
+/// [lo, lo + experts) are here (expert parallelism): other pairs get slot -1.
+__global__ void sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
+                                int64_t experts, int64_t tileRows,
+                                int32_t *counts,
+                                int32_t *offsets, int32_t *tileOffsets,
+                                int32_t *cursor, int32_t *rowOf,
+                                int32_t *slotOf) {
+  for (int64_t e = threadIdx.x; e < experts; e += blockDim.x)
+    counts[e] = 0;
+  __syncthreads();
+  auto local = [&](int64_t p) -> int64_t {
+    const int64_t e = int64_t(idx[p]) - lo;
+    return e >= 0 && e < experts ? e : -1;
+  };
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x)
+    if (local(p) >= 0)
+      atomicAdd(&counts[local(p)], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t off = 0, tiles = 0;
+    for (int64_t e = 0; e < experts; ++e) {
+      offsets[e] = off;
+      tileOffsets[e] = tiles;
+      cursor[e] = off;
+      off += counts[e];
+      tiles += int32_t((counts[e] + tileRows - 1) / tileRows);
+    }
+    offsets[experts] = off;
+    tileOffsets[experts] = tiles;
+  }
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int64_t e = local(p);
+    const int32_t slot = e >= 0 ? atomicAdd(&cursor[e], 1) : -1;
+    if (slot >= 0)
+      rowOf[slot] = int32_t(p);
+    slotOf[p] = slot;
+  }
+}
+
+/// 8 consecutive weights as raw bits: one uint4 of bf16, two of float.
+struct Pack8 {
+  uint4 a, b;
+};
+__device__ inline void loadRaw(const __nv_bfloat16 *w, Pack8 &p) {
+  p.a = __ldg(reinterpret_cast<const uint4 *>(w));
+}
+__device__ inline void loadRaw(const float *w, Pack8 &p) {
+  p.a = __ldg(reinterpret_cast<const uint4 *>(w));
+  p.b = __ldg(reinterpret_cast<const uint4 *>(w + 4));
+}
+template <class WT> __device__ inline void unpack(const Pack8 &p, float *out);
+template <> __device__ inline void unpack<__nv_bfloat16>(const Pack8 &p, float *out) {
+  const __nv_bfloat16 *b = reinterpret_cast<const __nv_bfloat16 *>(&p.a);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    out[j] = __bfloat162float(b[j]);
+}
+template <> __device__ inline void unpack<float>(const Pack8 &p, float *out) {
+  const float *a = reinterpret_cast<const float *>(&p.a);
+  const float *b = reinterpret_cast<const float *>(&p.b);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    out[j] = a[j];
+    out[4 + j] = b[j];
+  }
+}
+
+/// Row r (slot) of the expert's input: x of the pair's token (gathered),
+/// or row slot of a dense [pairs, K] buffer.
+struct Rows {
+  const float *x;
+  int64_t ldx;
+  const int32_t *rowOf; // null: dense by slot
+  int64_t topK;
+  __device__ const float *row(int64_t slot) const {
+    return rowOf ? x + int64_t(rowOf[slot] / topK) * ldx : x + slot * ldx;
+  }
+};
+
+/// Grouped GEMV: block (expert, 8 columns), one warp per column; the
+/// expert's rows kGemvRows at a time (the weight row is re-read from cache
+/// for each further group). GATED: out = silu(x Wg^T) * (x Wu^T).
+template <class WT, bool GATED>
+__global__ void groupedGemvKernel(Rows rows, const void *const *wa,
+                                  const void *const *wb, const int32_t *offsets,
+                                  int64_t K, int64_t N, float *out,
+                                  int64_t ldo, bool vec) {
+  const int64_t e = blockIdx.x;
+  const int64_t first = offsets[e], count = offsets[e + 1] - first;
+  if (count == 0)
+    return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t col = int64_t(blockIdx.y) * (blockDim.x / 32) + warp;
+  if (col >= N)
+    return;
+  const WT *w1 = static_cast<const WT *>(wa[e]) + col * K;
+  const WT *w2 = GATED ? static_cast<const WT *>(wb[e]) + col * K : nullptr;
+  for (int64_t r0 = first; r0 < first + count; r0 += kGemvRows) {
+    const int64_t here = imin(kGemvRows, first + count - r0);
+    const float *xr[kGemvRows];
+#pragma unroll
+    for (int r = 0; r < kGemvRows; ++r)
+      xr[r] = r < here ? rows.row(r0 + r) : nullptr;
+    float a1[kGemvRows], a2[kGemvRows];
+#pragma unroll
+    for (int r = 0; r < kGemvRows; ++r)
+      a1[r] = a2[r] = 0.0f;
+    if (vec) {
+      // kUnroll 16-byte weight loads per matrix in flight before any use:
+      // enough bytes in flight per warp to approach the memory bandwidth.
+      constexpr int kUnroll = 4;
+      for (int64_t k0 = int64_t(lane) * 8; k0 < K; k0 += 256 * kUnroll) {
+        Pack8 p1[kUnroll], p2[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t k = k0 + 256 * u;
+          if (k < K) {
+            loadRaw(w1 + k, p1[u]);
+            if (GATED)
+              loadRaw(w2 + k, p2[u]);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t k = k0 + 256 * u;
+          if (k >= K)
+            break;
+          float v1[8], v2[8];
+          unpack<WT>(p1[u], v1);
+          if (GATED)
+            unpack<WT>(p2[u], v2);
+#pragma unroll
+          for (int r = 0; r < kGemvRows; ++r) {
+            if (r >= here)
+              break;
+            const float4 xa = *reinterpret_cast<const float4 *>(xr[r] + k);
+            const float4 xb = *reinterpret_cast<const float4 *>(xr[r] + k + 4);
+            const float x[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+              a1[r] += v1[j] * x[j];
+              if (GATED)
+                a2[r] += v2[j] * x[j];
+            }
+          }
+        }
+      }
+    } else {
+      for (int64_t k = lane; k < K; k += 32) {
+        const float v1 = toFloat(w1[k]);
+        const float v2 = GATED ? toFloat(w2[k]) : 0.0f;
+#pragma unroll
+        for (int r = 0; r < kGemvRows; ++r) {
+          if (r >= here)
+            break;
+          a1[r] += v1 * xr[r][k];
+          if (GATED)
+            a2[r] += v2 * xr[r][k];
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kGemvRows; ++r) {
+      float s1 = a1[r], s2 = a2[r];
+      for (int o = 16; o > 0; o >>= 1) {
+        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        if (GATED)
+          s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+      }
+      if (lane == 0 && r < here)
+        out[(r0 + r) * ldo + col] = GATED ? s1 / (1.0f + expf(-s1)) * s2 : s1;
+    }
+  }
+}
+
+/// The expert whose tiles hold `tile` (< tileOffsets[experts]).
+__device__ inline int64_t expertOfTile(const int32_t *tileOffsets,
+                                       int64_t experts, int64_t tile) {
+  int64_t lo = 0, hi = experts;
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (tileOffsets[mid] <= tile)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/// Grouped tiled GEMM: block (64-col tile, tile index); the tile index maps
+/// to (expert, 32-row tile) through tileOffsets. 256 threads, each 2 rows x
+/// 4 columns (x2 when GATED).
+template <class WT, bool GATED>
+__global__ void groupedGemmKernel(Rows rows, const void *const *wa,
+                                  const void *const *wb, const int32_t *offsets,
+                                  const int32_t *tileOffsets, int64_t experts,
+                                  int64_t K, int64_t N, float *out,
+                                  int64_t ldo) {
+  __shared__ float as[kBK][kBM + 1];
+  __shared__ float ws1[kBK][kBN + 1];
+  __shared__ float ws2[GATED ? kBK : 1][kBN + 1];
+  const int64_t tile = blockIdx.y;
+  if (tile >= tileOffsets[experts])
+    return;
+  const int64_t e = expertOfTile(tileOffsets, experts, tile);
+  const int64_t r0 = offsets[e] + (tile - tileOffsets[e]) * kBM;
+  const int64_t rowsHere = imin(kBM, offsets[e + 1] - r0);
+  const int64_t c0 = int64_t(blockIdx.x) * kBN;
+  const WT *w1 = static_cast<const WT *>(wa[e]);
+  const WT *w2 = GATED ? static_cast<const WT *>(wb[e]) : nullptr;
+  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+  float acc1[2][4] = {}, acc2[2][4] = {};
+  for (int64_t k0 = 0; k0 < K; k0 += kBK) {
+    for (int i = tid; i < kBM * kBK; i += 256) {
+      const int r = i / kBK, k = i % kBK;
+      as[k][r] = (r < rowsHere && k0 + k < K) ? rows.row(r0 + r)[k0 + k] : 0.0f;
+    }
+    for (int i = tid; i < kBN * kBK; i += 256) {
+      const int c = i / kBK, k = i % kBK;
+      const bool in = c0 + c < N && k0 + k < K;
+      ws1[k][c] = in ? toFloat(w1[(c0 + c) * K + k0 + k]) : 0.0f;
+      if (GATED)
+        ws2[k][c] = in ? toFloat(w2[(c0 + c) * K + k0 + k]) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int k = 0; k < kBK; ++k) {
+      const float a0 = as[k][ty * 2], a1 = as[k][ty * 2 + 1];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float b1 = ws1[k][tx * 4 + j];
+        acc1[0][j] += a0 * b1;
+        acc1[1][j] += a1 * b1;
+        if (GATED) {
+          const float b2 = ws2[k][tx * 4 + j];
+          acc2[0][j] += a0 * b2;
+          acc2[1][j] += a1 * b2;
+        }
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = ty * 2 + i;
+    if (r >= rowsHere)
+      continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t c = c0 + tx * 4 + j;
+      if (c < N) {
+        const float g = acc1[i][j];
+        out[(r0 + r) * ldo + c] = GATED ? g / (1.0f + expf(-g)) * acc2[i][j] : g;
+      }
+    }
+  }
+}
+
+/// Tensor-core grouped GEMM for bf16 weights (WMMA, sm_80+): block
+/// (64-col tile, tile index) as groupedGemmKernel, with 64-row tiles. Each
+/// 32-deep step stages the rows (rounded to bf16, as the dense GEMMs round
+/// their inputs) and the weight columns in shared memory; 8 warps as 2 x 4
+/// each multiply a 32 x 16 output (x2 when GATED) in float32. The next
+/// step's global loads are issued before this step's multiplies. `vec`:
+/// K % 8 == 0 and 16-byte aligned rows (x and W), so 16-byte loads.
+template <bool GATED>
+__global__ void __launch_bounds__(256)
+    groupedGemmTcKernel(Rows rows, const void *const *wa,
+                        const void *const *wb, const int32_t *offsets,
+                        const int32_t *tileOffsets, int64_t experts, int64_t K,
+                        int64_t N, float *out, int64_t ldo, bool vec) {
+  namespace wmma = nvcuda::wmma;
+  constexpr int LD = kTcBK + kTcPad; // bf16 row stride of the staged tiles
+  constexpr int LDC = kTcBN + 4;     // float row stride of the output tile
+  __shared__ __align__(128) __nv_bfloat16 as[kTcBM][LD];
+  __shared__ __align__(128) __nv_bfloat16 ws1[kTcBN][LD];
+  __shared__ __align__(128) __nv_bfloat16 ws2[GATED ? kTcBN : 1][LD];
+  __shared__ __align__(128) float cs[kTcBM][LDC];
+  const int64_t tile = blockIdx.y;
+  if (tile >= tileOffsets[experts])
+    return;
+  const int64_t e = expertOfTile(tileOffsets, experts, tile);
+  const int64_t r0 = offsets[e] + (tile - tileOffsets[e]) * kTcBM;
+  const int64_t rowsHere = imin(kTcBM, offsets[e + 1] - r0);
+  const int64_t c0 = int64_t(blockIdx.x) * kTcBN;
+  const __nv_bfloat16 *w1 = static_cast<const __nv_bfloat16 *>(wa[e]);
+  const __nv_bfloat16 *w2 =
+      GATED ? static_cast<const __nv_bfloat16 *>(wb[e]) : nullptr;
+
+  // Staging: thread t moves 8 consecutive k of row t / 4 (x) and of
+  // column t / 4 (W), at k offset (t % 4) * 8: 64 x 32 of each per step.
+  const int tid = threadIdx.x, sr = tid / 4, sk = (tid % 4) * 8;
+  const float *xrow = sr < rowsHere ? rows.row(r0 + sr) : nullptr;
+  const bool colIn = c0 + sr < N;
+  const __nv_bfloat16 *w1row = colIn ? w1 + (c0 + sr) * K : nullptr;
+  const __nv_bfloat16 *w2row = GATED && colIn ? w2 + (c0 + sr) * K : nullptr;
+  // Staged values: x in float, W as 8 bf16 packed in a uint4 (16-byte
+  // aligned, unlike a bf16 array).
+  float xa[8];
+  uint4 wp1, wp2;
+  auto load = [&](int64_t k0) {
+    const int64_t k = k0 + sk;
+    if (vec && k + 8 <= K) {
+      if (xrow) {
+        const float4 a = *reinterpret_cast<const float4 *>(xrow + k);
+        const float4 b = *reinterpret_cast<const float4 *>(xrow + k + 4);
+        xa[0] = a.x, xa[1] = a.y, xa[2] = a.z, xa[3] = a.w;
+        xa[4] = b.x, xa[5] = b.y, xa[6] = b.z, xa[7] = b.w;
+      } else {
+        for (int j = 0; j < 8; ++j)
+          xa[j] = 0.0f;
+      }
+      const uint4 zero = {0, 0, 0, 0};
+      wp1 = w1row ? __ldg(reinterpret_cast<const uint4 *>(w1row + k)) : zero;
+      if (GATED)
+        wp2 = w2row ? __ldg(reinterpret_cast<const uint4 *>(w2row + k)) : zero;
+      return;
+    }
+    __nv_bfloat16 *b1 = reinterpret_cast<__nv_bfloat16 *>(&wp1);
+    __nv_bfloat16 *b2 = reinterpret_cast<__nv_bfloat16 *>(&wp2);
+    for (int j = 0; j < 8; ++j) {
+      const bool in = k + j < K;
+      xa[j] = xrow && in ? xrow[k + j] : 0.0f;
+      b1[j] = w1row && in ? w1row[k + j] : __float2bfloat16(0.0f);
+      if (GATED)
+        b2[j] = w2row && in ? w2row[k + j] : __float2bfloat16(0.0f);
+    }
+  };
+
+  const int warp = tid / 32, wm = warp / 4, wn = warp % 4;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc1[2], acc2[2];
+  for (int i = 0; i < 2; ++i) {
+    wmma::fill_fragment(acc1[i], 0.0f);
+    wmma::fill_fragment(acc2[i], 0.0f);
+  }
+  load(0);
+  for (int64_t k0 = 0; k0 < K; k0 += kTcBK) {
+    uint4 xp;
+    __nv_bfloat162 *xb = reinterpret_cast<__nv_bfloat162 *>(&xp);
+    for (int j = 0; j < 4; ++j)
+      xb[j] = __floats2bfloat162_rn(xa[2 * j], xa[2 * j + 1]);
+    *reinterpret_cast<uint4 *>(&as[sr][sk]) = xp;
+    *reinterpret_cast<uint4 *>(&ws1[sr][sk]) = wp1;
+    if (GATED)
+      *reinterpret_cast<uint4 *>(&ws2[sr][sk]) = wp2;
+    __syncthreads();
+    if (k0 + kTcBK < K)
+      load(k0 + kTcBK);
+#pragma unroll
+    for (int kk = 0; kk < kTcBK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major>
+          fa[2];
+      // W is [N, K] row-major: as the K x N operand it is column-major.
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major>
+          fb;
+      for (int i = 0; i < 2; ++i)
+        wmma::load_matrix_sync(fa[i], &as[wm * 32 + i * 16][kk], LD);
+      wmma::load_matrix_sync(fb, &ws1[wn * 16][kk], LD);
+      for (int i = 0; i < 2; ++i)
+        wmma::mma_sync(acc1[i], fa[i], fb, acc1[i]);
+      if (GATED) {
+        wmma::load_matrix_sync(fb, &ws2[wn * 16][kk], LD);
+        for (int i = 0; i < 2; ++i)
+          wmma::mma_sync(acc2[i], fa[i], fb, acc2[i]);
+      }
+    }
+    __syncthreads();
+  }
+  // Gate and up fragments share one element layout: SwiGLU elementwise.
+  for (int i = 0; i < 2; ++i) {
+    if (GATED)
+      for (int t = 0; t < acc1[i].num_elements; ++t) {
+        const float g = acc1[i].x[t];
+        acc1[i].x[t] = g / (1.0f + expf(-g)) * acc2[i].x[t];
+      }
+    wmma::store_matrix_sync(&cs[wm * 32 + i * 16][wn * 16], acc1[i], LDC,
+                            wmma::mem_row_major);
+  }
+  __syncthreads();
+  // Only this tile's rows: the rows after it are the next expert's.
+  for (int i = tid; i < kTcBM * kTcBN; i += 256) {
+    const int r = i / kTcBN, c = i % kTcBN;
+    if (r < rowsHere && c0 + c < N)
+      out[(r0 + r) * ldo + c0 + c] = cs[r][c];
+  }
+}
+
+/// y[t] = sum_k w[t, k] * yp[slotOf[t * K + k]], in k order from zero.
+__global__ void combineKernel(const float *yp, int64_t hidden,
+                              const int32_t *slotOf, const float *w,
+                              int64_t topK, float *y, int64_t ldy) {
+  const int64_t t = blockIdx.y;
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < hidden;
+       c += int64_t(gridDim.x) * blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t k = 0; k < topK; ++k) {
+      const int32_t slot = slotOf[t * topK + k];
+      if (slot >= 0)
+        acc += w[t * topK + k] * yp[int64_t(slot) * hidden + c];
+    }
+    y[t * ldy + c] = acc;
+  }
+}
+
+} // namespace moe
+} // namespace cuda
+} // namespace dsrt
+
+#endif // DS_LIB_RUNTIME_CUDA_MOEKERNELS_CUH
