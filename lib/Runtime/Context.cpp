@@ -227,6 +227,17 @@ int32_t Context::tokenSequence(int64_t i) const {
   return i >= 0 && i < int64_t(t.size()) ? t[size_t(i)] : 0;
 }
 
+void Context::setOutputs(const Outputs &outputs) {
+  impl_->outputs = outputs;
+  impl_->argmaxDone = false;
+}
+
+const Context::Outputs &Context::outputs() const { return impl_->outputs; }
+
+void Context::setArgmaxDone() { impl_->argmaxDone = true; }
+
+bool Context::argmaxDone() const { return impl_->argmaxDone; }
+
 //===----------------------------------------------------------------------===//
 // The device mesh
 //===----------------------------------------------------------------------===//

@@ -63,6 +63,9 @@ struct Context::Impl {
   /// Sequence slot of each token of the next program call
   /// (setTokenSequences); tokens past the end are in slot 0.
   std::vector<int32_t> tokenSequences;
+  /// setOutputs / setArgmaxDone.
+  Context::Outputs outputs;
+  bool argmaxDone = false;
 
   std::vector<RopeTable> ropes; // one per spec.ropes entry
 

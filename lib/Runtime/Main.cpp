@@ -404,6 +404,29 @@ int32_t argmax(const float *row, int64_t n) {
   return int32_t(best);
 }
 
+/// Greedy choice of rows [from, n) of a program call: `program` wanting
+/// tokens[i] = argmax of logits row i, plus logits and hidden states on the
+/// host only where asked (a backend that takes the argmax itself then
+/// copies nothing else; see Context::Outputs).
+template <class Call>
+void callGreedy(Context &ctx, int64_t n, int64_t from, int32_t *tokens,
+                const float *logits, bool wantLogits, bool wantHidden,
+                Call call) {
+  Context::Outputs out;
+  out.logits = wantLogits;
+  out.hidden = wantHidden;
+  out.argmax = tokens;
+  out.argmaxFrom = from;
+  ctx.setOutputs(out);
+  call();
+  if (!ctx.argmaxDone()) {
+    const int64_t vocab = ctx.spec().vocabSize;
+    for (int64_t i = from; i < n; ++i)
+      tokens[i] = argmax(logits + i * vocab, vocab);
+  }
+  ctx.setOutputs(Context::Outputs());
+}
+
 double msSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start)
       .count();
@@ -465,20 +488,27 @@ private:
 };
 
 /// Runs the MTP module over n tokens in calls of at most spec.mtpMaxTokens;
-/// `logits` [n, vocab] and `hiddenOut` [n, hidden] get every token's row.
+/// `logits` [n, vocab] gets every token's row when `wantLogits`.
 /// Returns the draft: argmax of the last token's row.
 int32_t runMtp(Context &ctx, const ModelSpec &spec, const float *hiddenIn,
                const int32_t *ids, const int32_t *pos, int64_t n,
                const std::vector<int32_t> &seqs, float *logits,
-               float *hiddenOut) {
+               float *hiddenOut, bool wantLogits) {
   const int64_t chunk = spec.mtpMaxTokens > 0 ? spec.mtpMaxTokens : n;
+  std::vector<int32_t> tokens(static_cast<size_t>(chunk));
   for (int64_t b = 0; b < n; b += chunk) {
     const int64_t rows = std::min(chunk, n - b);
     ctx.setTokenSequences(seqs.data(), rows);
-    spec.mtp(ctx, hiddenIn + b * spec.hiddenSize, ids + b, pos + b, rows,
-             logits + b * spec.vocabSize, hiddenOut + b * spec.hiddenSize);
+    float *l = logits + b * spec.vocabSize;
+    // The draft is the last row's argmax; the MTP hidden states are unused.
+    callGreedy(ctx, rows, rows - 1, tokens.data(), l, wantLogits, false, [&] {
+      spec.mtp(ctx, hiddenIn + b * spec.hiddenSize, ids + b, pos + b, rows, l,
+               hiddenOut + b * spec.hiddenSize);
+    });
+    if (b + rows == n)
+      return tokens[size_t(rows - 1)];
   }
-  return argmax(logits + (n - 1) * spec.vocabSize, spec.vocabSize);
+  return 0;
 }
 
 //===----------------------------------------------------------------------===//
@@ -509,10 +539,16 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
   std::vector<float> logits(size_t(rows * vocab));
   std::vector<float> hidden(size_t(rows * hiddenSize));
 
+  // tokens[i]: the greedy choice after row i of a program call.
+  std::vector<int32_t> tokens(static_cast<size_t>(rows));
   auto start = Clock::now();
   ctx.setTokenSequences(seqs.data(), n);
-  spec.prefill(ctx, opts.prompt.data(), pos.data(), n, logits.data(),
-               hidden.data());
+  // The MTP warm-up reads the prefill's hidden states.
+  callGreedy(ctx, n, n - 1, tokens.data(), logits.data(),
+             !opts.dumpLogits.empty(), opts.speculative, [&] {
+               spec.prefill(ctx, opts.prompt.data(), pos.data(), n,
+                            logits.data(), hidden.data());
+             });
   const double prefillMs = msSince(start);
 
   if (!opts.dumpLogits.empty()) {
@@ -528,7 +564,7 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
   // the first new token.
   std::vector<int32_t> t(opts.prompt);
   if (maxNew > 0)
-    t.push_back(argmax(logits.data() + (n - 1) * vocab, vocab));
+    t.push_back(tokens[size_t(n - 1)]);
   int64_t drafts = 0, accepted = 0;
   start = Clock::now();
   if (!opts.speculative) {
@@ -538,8 +574,10 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
     for (int64_t step = 1; step < maxNew; ++step) {
       int32_t tok = t.back();
       int32_t p = int32_t(n + step - 1);
-      spec.decode(ctx, &tok, &p, 1, logits.data(), hidden.data());
-      t.push_back(argmax(logits.data(), vocab));
+      callGreedy(ctx, 1, 0, tokens.data(), logits.data(), false, false, [&] {
+        spec.decode(ctx, &tok, &p, 1, logits.data(), hidden.data());
+      });
+      t.push_back(tokens[0]);
     }
   } else if (maxNew > 1 || !opts.dumpMtpLogits.empty()) {
     // Warm the MTP module on the prompt: position i gets the main model's
@@ -549,7 +587,8 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
     std::vector<float> mtpHidden(size_t(rows * hiddenSize));
     int32_t draft =
         runMtp(ctx, spec, hidden.data(), t.data() + 1, pos.data(), n, seqs,
-               mtpLogits.data(), mtpHidden.data());
+               mtpLogits.data(), mtpHidden.data(),
+               !opts.dumpMtpLogits.empty());
     if (!opts.dumpMtpLogits.empty()) {
       // Written outside the decode timing.
       const auto writeStart = Clock::now();
@@ -571,13 +610,16 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
       int32_t ids[2] = {t[size_t(m)], draft};
       int32_t p[2] = {int32_t(m), int32_t(m + 1)};
       ctx.setTokenSequences(seqs.data(), 2);
-      spec.decode(ctx, ids, p, 2, logits.data(), hidden.data());
-      t.push_back(argmax(logits.data(), vocab));
+      // The MTP update reads the verified positions' hidden states.
+      callGreedy(ctx, 2, 0, tokens.data(), logits.data(), false, true, [&] {
+        spec.decode(ctx, ids, p, 2, logits.data(), hidden.data());
+      });
+      t.push_back(tokens[0]);
       ++drafts;
       const bool ok = t.back() == draft;
       if (ok) {
         ++accepted;
-        t.push_back(argmax(logits.data() + vocab, vocab));
+        t.push_back(tokens[1]);
       }
       if (int64_t(t.size()) - n >= maxNew)
         break; // the MTP update would only draft past the end
@@ -585,7 +627,7 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
       // tokens [t[m + 1], t[m + 2]] when accepted, else [m] with t[m + 1].
       int32_t mtpIds[2] = {t[size_t(m + 1)], ok ? t[size_t(m + 2)] : 0};
       draft = runMtp(ctx, spec, hidden.data(), mtpIds, p, ok ? 2 : 1, seqs,
-                     mtpLogits.data(), mtpHidden.data());
+                     mtpLogits.data(), mtpHidden.data(), false);
       m = int64_t(t.size()) - 1;
     }
     t.resize(size_t(n + maxNew)); // a last accepted draft may be one too many
@@ -841,7 +883,7 @@ int runBatch(const ModelSpec &spec, const Options &opts, Comm *world) {
   const int64_t rows = std::max(spec.prefillMaxTokens, opts.maxBatch);
   std::vector<float> logits(size_t(rows * vocab));
   std::vector<float> hidden(size_t(rows * spec.hiddenSize));
-  std::vector<int32_t> ids, pos, seqs;
+  std::vector<int32_t> ids, pos, seqs, tokens(static_cast<size_t>(rows));
 
   struct Live {
     size_t req;
@@ -907,11 +949,14 @@ int runBatch(const ModelSpec &spec, const Options &opts, Comm *world) {
         pos[size_t(i)] = int32_t(i);
       seqs.assign(size_t(n), slot);
       ctx.setTokenSequences(seqs.data(), n);
-      spec.prefill(ctx, req.prompt.data(), pos.data(), n, logits.data(),
-                   hidden.data());
+      callGreedy(ctx, n, n - 1, tokens.data(), logits.data(), false, false,
+                 [&] {
+                   spec.prefill(ctx, req.prompt.data(), pos.data(), n,
+                                logits.data(), hidden.data());
+                 });
       Live l{index, slot, {}, 0.0};
       if (req.maxNew > 0)
-        l.tokens.push_back(argmax(logits.data() + (n - 1) * vocab, vocab));
+        l.tokens.push_back(tokens[size_t(n - 1)]);
       l.ttftMs = msSince(start);
       if (int64_t(l.tokens.size()) >= req.maxNew)
         finish(l);
@@ -936,14 +981,16 @@ int runBatch(const ModelSpec &spec, const Options &opts, Comm *world) {
     }
     ctx.setTokenSequences(seqs.data(), b);
     const auto step = Clock::now();
-    spec.decode(ctx, ids.data(), pos.data(), b, logits.data(), hidden.data());
+    callGreedy(ctx, b, 0, tokens.data(), logits.data(), false, false, [&] {
+      spec.decode(ctx, ids.data(), pos.data(), b, logits.data(), hidden.data());
+    });
     decodeMs += msSince(step);
     ++decodeCalls;
     decodeRows += b;
     std::vector<Live> still;
     for (int64_t i = 0; i < b; ++i) {
       Live &l = running[size_t(i)];
-      l.tokens.push_back(argmax(logits.data() + i * vocab, vocab));
+      l.tokens.push_back(tokens[size_t(i)]);
       if (int64_t(l.tokens.size()) >= requests[l.req].maxNew)
         finish(l);
       else

@@ -3,7 +3,7 @@
 // Kernel headers of lib/Runtime/Cuda built by the host compiler over
 // CudaEmu.h and run against plain C++ references: the routed-expert
 // pipeline (pair sort, grouped GEMV, SIMT and tensor-core grouped GEMMs,
-// combine). This checks indexing, tails, tiling and
+// combine) and the logits argmax. This checks indexing, tails, tiling and
 // barriers on every machine; the real GPU runs (bench/gpu/run.sh, the
 // cuda-gpu lit tests) check the rest. The first tests check that the
 // emulator itself catches the faults it claims to.
@@ -12,11 +12,13 @@
 
 #include "CudaEmu.h"
 
+#include "Cuda/ArgmaxKernel.cuh"
 #include "Cuda/MoEKernels.cuh"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -354,6 +356,50 @@ TEST(CudaEmuMoE, TensorCoreGemmManyRowsPerExpert) {
     m.idx[size_t(t * 2)] = 0, m.idx[size_t(t * 2 + 1)] = 1;
   expectClose(runExperts<__nv_bfloat16>(m, Path::TensorCores),
               m.reference(true), 1e-4);
+}
+
+//===----------------------------------------------------------------------===//
+// Argmax
+//===----------------------------------------------------------------------===//
+
+/// runMain's argmax (Main.cpp): lowest index of the largest value; a NaN
+/// never wins (and a NaN first element stays the answer).
+int32_t hostArgmax(const float *row, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (row[i] > row[best])
+      best = i;
+  return int32_t(best);
+}
+
+TEST(CudaEmuArgmax, MatchesHost) {
+  const int64_t vocab = 1000, ld = 1004;
+  std::vector<std::vector<float>> rows;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-5.0f, 5.0f);
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int r = 0; r < 8; ++r) {
+    std::vector<float> row(static_cast<size_t>(vocab));
+    for (float &v : row)
+      v = u(rng);
+    rows.push_back(row);
+  }
+  rows[1][999] = 100.0f;                      // last element
+  rows[2][3] = rows[2][700] = 100.0f;         // tie: lowest index
+  rows[3].assign(size_t(vocab), -inf);        // all -inf: 0
+  rows[4][10] = nan, rows[4][11] = 50.0f;     // NaN never wins
+  rows[5][0] = nan;                           // NaN first: 0, as on the host
+  rows[6][500] = inf, rows[6][501] = inf;     // +inf tie
+  rows[7].assign(size_t(vocab), 1.0f);        // all equal: 0
+  std::vector<float> logits(size_t(rows.size() * ld), 0.0f);
+  for (size_t r = 0; r < rows.size(); ++r)
+    std::copy(rows[r].begin(), rows[r].end(), logits.begin() + long(r * ld));
+  std::vector<int32_t> out(rows.size(), -1);
+  emu::launch(dim3(unsigned(rows.size())), dim3(kArgmaxThreads), argmaxKernel,
+              static_cast<const float *>(logits.data()), ld, vocab, out.data());
+  for (size_t r = 0; r < rows.size(); ++r)
+    EXPECT_EQ(out[r], hostArgmax(rows[r].data(), vocab)) << "row " << r;
 }
 
 } // namespace

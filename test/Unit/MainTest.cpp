@@ -956,4 +956,93 @@ TEST(Main, BatchNeverFits) {
   EXPECT_EQ(summary(r.err), (std::vector<int64_t>{2, 72, 1}));
 }
 
+//===----------------------------------------------------------------------===//
+// A backend that takes the argmax itself (Context::Outputs)
+//===----------------------------------------------------------------------===//
+
+/// Does what the CUDA backend does with Context::Outputs: answers the
+/// argmax itself and delivers logits and hidden states only when asked.
+/// What it need not deliver it fills with wrong values (logits whose argmax
+/// is the next token id, hidden states the MTP's history check rejects),
+/// so runMain must ask for whatever it reads.
+void deliverOutputs(Context &ctx, int64_t n, const std::vector<float> &l,
+                    const std::vector<float> &h, float *logits, float *hidden) {
+  const Context::Outputs &o = ctx.outputs();
+  if (o.argmax) {
+    for (int64_t i = o.argmaxFrom; i < n; ++i)
+      o.argmax[i] = int32_t(std::max_element(l.begin() + i * kVocab,
+                                             l.begin() + (i + 1) * kVocab) -
+                            (l.begin() + i * kVocab));
+    ctx.setArgmaxDone();
+  }
+  for (int64_t i = 0; i < n * kVocab; ++i)
+    logits[i] = o.logits || !o.argmax ? l[size_t(i)] : 0.0f;
+  if (!o.logits && o.argmax)
+    for (int64_t i = 0; i < n; ++i)
+      oneHot(int32_t((o.argmax[i] + 1) % kVocab), logits + i * kVocab);
+  for (int64_t i = 0; i < n * kHidden; ++i)
+    hidden[i] = o.hidden ? h[size_t(i)] : -7.0f;
+}
+
+template <ProgramFn F>
+void selfArgmax(Context &ctx, const int32_t *ids, const int32_t *pos,
+                int64_t n, float *logits, float *hidden) {
+  std::vector<float> l(size_t(n * kVocab)), h(size_t(n * kHidden));
+  F(ctx, ids, pos, n, l.data(), h.data());
+  deliverOutputs(ctx, n, l, h, logits, hidden);
+}
+
+void selfArgmaxMtp(Context &ctx, const float *hiddenIn, const int32_t *ids,
+                   const int32_t *pos, int64_t n, float *logits,
+                   float *hiddenOut) {
+  std::vector<float> l(size_t(n * kVocab)), h(size_t(n * kHidden));
+  fakeMtp(ctx, hiddenIn, ids, pos, n, l.data(), h.data());
+  deliverOutputs(ctx, n, l, h, logits, hiddenOut);
+}
+
+TEST(Main, BackendArgmax) {
+  ModelSpec spec = fakeSpec();
+  spec.prefill = selfArgmax<fakePrefill>;
+  spec.decode = selfArgmax<fakeDecode>;
+  spec.mtp = selfArgmaxMtp;
+  const std::vector<int32_t> p = {1, 5, 9, 2, 7};
+  mtpWrongEvery = 3;
+  Result r = runWith(spec, {"--prompt-ids", joinIds(p, ","),
+                            "--max-new-tokens", "12"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(firstLine(r.out), expectedTokens(p, 12));
+  // MTP reads the hidden states of prefill and decode.
+  r = runWith(spec, {"--prompt-ids", joinIds(p, ","), "--max-new-tokens",
+                     "12", "--speculative=mtp"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(firstLine(r.out), expectedTokens(p, 12));
+  auto want = expectedAcceptance(p, 12);
+  EXPECT_NE(r.out.find(" (" + std::to_string(want.first) + "/" +
+                       std::to_string(want.second) + "), "),
+            std::string::npos)
+      << r.out;
+  // Dumps ask for the logits.
+  TempDir dir;
+  r = runWith(spec, {"--prompt-ids", "1,5,9", "--dump-logits",
+                     dir.file("l.npy"), "--max-new-tokens", "2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<float> logits(3 * kVocab);
+  oneHot(nextToken(1, 0, 1), logits.data());
+  oneHot(nextToken(5, 1, 6), logits.data() + kVocab);
+  oneHot(nextToken(9, 2, 15), logits.data() + 2 * kVocab);
+  checkNpy(dir.file("l.npy"), logits);
+  r = runWith(spec, {"--prompt-ids", joinIds(p, ","), "--max-new-tokens", "6",
+                     "--speculative=mtp", "--dump-mtp-logits",
+                     dir.file("mtp.npy")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(firstLine(r.out), expectedTokens(p, 6));
+  checkNpy(dir.file("mtp.npy"), expectedMtpWarmup(p));
+  // Batches.
+  std::vector<BatchRequest> reqs = mixedRequests();
+  writeRequests(dir.file("r.jsonl"), reqs);
+  r = runWith(spec, {"--requests", dir.file("r.jsonl"), "--max-batch", "3"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  checkResults(r.out, reqs);
+}
+
 } // namespace

@@ -7,8 +7,11 @@
 // runProgram: runProgram uploads the token ids, positions, sequence slots
 // and the KV-cache block table, runs the body on the backend's stream
 // (decode: captured once per token count as a CUDA graph, then replayed),
-// and copies logits and hidden states back. So runMain's generation loop,
-// batching and MTP speculation work unchanged on the GPU.
+// takes each logits row's argmax on the device when runMain asks for it
+// (Context::Outputs), and copies back only what runMain wants: token ids
+// while generating, logits for --dump-logits, hidden states for MTP. So
+// runMain's generation loop, batching and MTP speculation work unchanged on
+// the GPU.
 //
 // Device data: every weight in the compute dtype (bf16 for GEMM-only
 // weights in ComputeDtype::BF16, else float32; FP8 checkpoints are
@@ -47,7 +50,8 @@ using BodyFn = void (*)(Context &ctx, const Io &io);
 enum class Program : int32_t { Prefill = 0, Decode = 1, Mtp = 2 };
 
 /// Runs one program on the device (see the file comment). Host pointers in,
-/// host pointers out; returns after the results are on the host. A CUDA
+/// host pointers out (those ctx.outputs() wants); returns after the results
+/// are on the host. A CUDA
 /// error is reported with the failing kernel's name and ends the process.
 void runProgram(Context &ctx, Program program, BodyFn body,
                 const float *hiddenIn, const int32_t *ids, const int32_t *pos,

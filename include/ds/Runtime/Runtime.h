@@ -242,6 +242,26 @@ public:
   void setTokenSequences(const int32_t *seq, int64_t n);
   int32_t tokenSequence(int64_t i) const;
 
+  /// What the caller of the next program calls needs back. A program
+  /// always computes logits and hidden states; a backend whose results live
+  /// elsewhere (the CUDA backend: on the device) copies them out only when
+  /// wanted. With `argmax` set, each logits row's argmax (runMain's rule:
+  /// lowest index of the largest value, NaN never wins) is wanted in
+  /// argmax[i] for rows i >= argmaxFrom: a backend that computes it itself
+  /// sets argmaxDone(); one that does not delivers the logits whatever
+  /// `logits` says, and the caller takes the argmax (the CPU backend).
+  struct Outputs {
+    bool logits = true;
+    bool hidden = true;
+    int32_t *argmax = nullptr;
+    int64_t argmaxFrom = 0;
+  };
+  /// Until set: logits and hidden states, no argmax. Clears argmaxDone.
+  void setOutputs(const Outputs &outputs);
+  const Outputs &outputs() const;
+  void setArgmaxDone();
+  bool argmaxDone() const;
+
   /// Places this Context on the device mesh: `world` (not owned; it must
   /// outlive the Context) has exactly as many ranks as spec().mesh
   /// multiplies to, and is split into one communicator per axis. Call it

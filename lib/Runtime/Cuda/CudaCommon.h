@@ -61,6 +61,8 @@ struct DeviceState {
   float *logits = nullptr, *hidden = nullptr, *hiddenIn = nullptr;
   /// Pinned staging of the inputs: ids, pos, tokenSeq, block table.
   int32_t *hostIn = nullptr;
+  /// Each logits row's argmax (Context::Outputs), on the device and pinned.
+  int32_t *argmax = nullptr, *hostArgmax = nullptr;
 
   /// The latent cache: pool[block][layer][64][rowFloats] like KVCache's, and
   /// the block table [maxSequences][maxBlocks] (-1: none).

@@ -8,6 +8,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "ArgmaxKernel.cuh"
 #include "CudaCommon.h"
 
 #include "../Comm/CommEnv.h"
@@ -98,6 +99,8 @@ DeviceState::~DeviceState() {
   cudaFree(scratch);
   if (hostIn)
     cudaFreeHost(hostIn);
+  if (hostArgmax)
+    cudaFreeHost(hostArgmax);
   if (stream)
     cudaStreamDestroy(stream);
 }
@@ -316,7 +319,10 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
       !(st.hidden = deviceAlloc<float>(st, rows * size_t(spec.hiddenSize),
                                        error, "hidden states")) ||
       !(st.hiddenIn = deviceAlloc<float>(st, rows * size_t(spec.hiddenSize),
-                                         error, "MTP inputs")))
+                                         error, "MTP inputs")) ||
+      !(st.argmax = deviceAlloc<int32_t>(st, rows, error, "argmax")) ||
+      cudaFail(cudaMallocHost(&st.hostArgmax, rows * sizeof(int32_t)),
+               "cudaMallocHost"))
     return false;
 
   for (const RopeTable &t : ctx.impl().ropes) {
@@ -433,15 +439,37 @@ void runProgram(Context &ctx, Program program, BodyFn body,
   } else {
     body(ctx, io);
   }
-  check(cudaMemcpyAsync(logits, st.logits,
-                        size_t(n * spec.vocabSize) * sizeof(float),
-                        cudaMemcpyDeviceToHost, st.stream),
-        "logits download");
-  check(cudaMemcpyAsync(hidden, st.hidden,
-                        size_t(n * spec.hiddenSize) * sizeof(float),
-                        cudaMemcpyDeviceToHost, st.stream),
-        "hidden-state download");
+  // Greedy decoding needs n token ids, not n x vocab floats (400 KB per
+  // token for a 100k vocabulary): the argmax runs here, and the logits and
+  // hidden states cross PCIe only when the caller wants them.
+  const Context::Outputs &want = ctx.outputs();
+  const int64_t from = std::max<int64_t>(want.argmaxFrom, 0);
+  if (want.argmax && from < n) {
+    argmaxKernel<<<unsigned(n - from), kArgmaxThreads, 0, st.stream>>>(
+        st.logits + from * spec.vocabSize, spec.vocabSize, spec.vocabSize,
+        st.argmax + from);
+    checkLaunch("argmax");
+    check(cudaMemcpyAsync(st.hostArgmax + from, st.argmax + from,
+                          size_t(n - from) * sizeof(int32_t),
+                          cudaMemcpyDeviceToHost, st.stream),
+          "argmax download");
+  }
+  if (want.logits || !want.argmax)
+    check(cudaMemcpyAsync(logits, st.logits,
+                          size_t(n * spec.vocabSize) * sizeof(float),
+                          cudaMemcpyDeviceToHost, st.stream),
+          "logits download");
+  if (want.hidden)
+    check(cudaMemcpyAsync(hidden, st.hidden,
+                          size_t(n * spec.hiddenSize) * sizeof(float),
+                          cudaMemcpyDeviceToHost, st.stream),
+          "hidden-state download");
   waitStream(st, "program");
+  if (want.argmax) {
+    std::copy(st.hostArgmax + from, st.hostArgmax + std::max(from, n),
+              want.argmax + from);
+    ctx.setArgmaxDone();
+  }
 }
 
 void waitStream(DeviceState &st, const char *where) {
