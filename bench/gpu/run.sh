@@ -13,7 +13,8 @@
 #
 # device checks: every model in f32 (rel < 1e-4 to the CPU logits, same
 # greedy tokens, batch mode and MTP speculation too), bf16 on the tiny models
-# (rel < 2e-2), compute-sanitizer memcheck on tiny. Benchmark
+# (rel < 2e-2; v3-long's 120-token prefill takes the grouped-GEMM experts),
+# compute-sanitizer memcheck on tiny. Benchmark
 # (bench/gpu/model.json = ../shared/bench/torch_baseline.py's model, random
 # bf16 weights): decode ms/step at batch 1 and 32 with a 1024-token context,
 # prefill of 2048 tokens; then torch_baseline.py (phases main, grouped) in
@@ -36,6 +37,7 @@ v2-group|ckpt|v2-group.json|3|f32|3,1,4,1,5,9,2,6,5,3|8|
 v3-nolora|ckpt|v3-nolora.json|4|f32|3,1,4,1,5,9,2,6,5,3|8|
 v3-mtp|ckpt|v3-mtp.json|11|f32|3,1,4,1,5,9,2,6|24|
 v3-fp8|ckpt|v3-fp8.json|6|fp8|3,1,4,1,5,9,2,6,5,3|8|
+v3-long|ckpt|v3.json|7|f32|11,48,85,122,159,196,233,14,51,88,125,162,199,236,17,54,91,128,165,202,239,20,57,94,131,168,205,242,23,60,97,134,171,208,245,26,63,100,137,174,211,248,29,66,103,140,177,214,251,32,69,106,143,180,217,254,35,72,109,146,183,220,1,38,75,112,149,186,223,4,41,78,115,152,189,226,7,44,81,118,155,192,229,10,47,84,121,158,195,232,13,50,87,124,161,198,235,16,53,90,127,164,201,238,19,56,93,130,167,204,241,22,59,96,133,170,207,244,25,62|8|
 EOF
 }
 
@@ -74,18 +76,22 @@ prepare() {
       --out "$d/ckpt" --seed "$seed" --dtype "$dtype" > /dev/null
     local model="$d/ckpt" weights="ckpt"
     if [ "$src" != ckpt ]; then model="$root/$src"; weights="ckpt/model.safetensors"; fi
+    # v3-long: a 120-token prompt, so the prefill's experts run as grouped
+    # GEMMs (tensor cores in bf16, SIMT in f32), not the decode GEMVs.
+    local seqlen=64
+    [ "$name" = v3-long ] && seqlen=192
     # shellcheck disable=SC2086
-    "$dsc" "$model" -o "$d/cpu" --max-seq-len=64 --max-batch=4 $flags
+    "$dsc" "$model" -o "$d/cpu" --max-seq-len=$seqlen --max-batch=4 $flags
     # shellcheck disable=SC2086
-    "$dsc" "$model" -o "$d/f32" --target=cuda --compute-dtype=f32 --max-seq-len=64 --max-batch=4 $flags
+    "$dsc" "$model" -o "$d/f32" --target=cuda --compute-dtype=f32 --max-seq-len=$seqlen --max-batch=4 $flags
     if [ "$name" = v3 ] && [ -x "$build/bin/dsrt-comm-nccl-test" ]; then
       # The multi-rank runtime (MPI main, NCCL communicators) on one rank.
       # shellcheck disable=SC2086
       "$dsc" "$model" -o "$d/nccl" --target=cuda --compute-dtype=f32 --mpi --max-seq-len=64 --max-batch=4 $flags
     fi
-    if [ "$name" = tiny ] || [ "$name" = v3 ]; then
+    if [ "$name" = tiny ] || [ "$name" = v3 ] || [ "$name" = v3-long ]; then
       # shellcheck disable=SC2086
-      "$dsc" "$model" -o "$d/bf16" --target=cuda --compute-dtype=bf16 --max-seq-len=64 --max-batch=4 $flags
+      "$dsc" "$model" -o "$d/bf16" --target=cuda --compute-dtype=bf16 --max-seq-len=$seqlen --max-batch=4 $flags
     fi
     echo "$weights|$prompt|$new" > "$d/args"
     (cd "$d" && ./cpu --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
