@@ -290,23 +290,22 @@ void expectClose(const std::vector<float> &got, const std::vector<float> &want,
   EXPECT_LE(maxErr, tol * maxRef) << "max error " << maxErr << " of " << maxRef;
 }
 
+MoECase makeCase(int64_t n, int64_t topK, int64_t experts, int64_t lo,
+                 int64_t count, int64_t hidden, int64_t inter, int64_t ldx,
+                 bool bf16, uint32_t seed) {
+  MoECase m{};
+  m.n = n, m.topK = topK, m.experts = experts, m.lo = lo, m.count = count;
+  m.hidden = hidden, m.inter = inter, m.ldx = ldx, m.bf16 = bf16;
+  m.seed = seed;
+  m.make();
+  return m;
+}
+
 // Shapes with every tail: rows that end mid-tile, columns past the last
 // full tile, K past the last full step; an expert range (EP) leaving pairs
 // out; an x stride wider than the row.
 MoECase smallCase(bool bf16, int64_t hidden, uint32_t seed) {
-  MoECase m{};
-  m.n = 45;
-  m.topK = 3;
-  m.experts = 6;
-  m.lo = 1;
-  m.count = 4;
-  m.hidden = hidden;
-  m.inter = 80;
-  m.ldx = hidden + 4;
-  m.bf16 = bf16;
-  m.seed = seed;
-  m.make();
-  return m;
+  return makeCase(45, 3, 6, 1, 4, hidden, 80, hidden + 4, bf16, seed);
 }
 
 TEST(CudaEmuMoE, GroupedGemvFloat32) {
@@ -340,18 +339,7 @@ TEST(CudaEmuMoE, TensorCoreGemmUnalignedK) {
 
 TEST(CudaEmuMoE, TensorCoreGemmManyRowsPerExpert) {
   // More than one 64-row tile per expert, one expert with no rows.
-  MoECase m{};
-  m.n = 150;
-  m.topK = 2;
-  m.experts = 3;
-  m.lo = 0;
-  m.count = 3;
-  m.hidden = 64;
-  m.inter = 64;
-  m.ldx = 64;
-  m.bf16 = true;
-  m.seed = 6;
-  m.make();
+  MoECase m = makeCase(150, 2, 3, 0, 3, 64, 64, 64, true, 6);
   for (int64_t t = 0; t < m.n; ++t) // nobody picks expert 2
     m.idx[size_t(t * 2)] = 0, m.idx[size_t(t * 2 + 1)] = 1;
   expectClose(runExperts<__nv_bfloat16>(m, Path::TensorCores),

@@ -209,10 +209,22 @@ __global__ void groupedGemvKernel(Rows rows, const void *const *wa,
   }
 }
 
-/// The expert whose tiles hold `tile` (< tileOffsets[experts]).
-__device__ inline int64_t expertOfTile(const int32_t *tileOffsets,
-                                       int64_t experts, int64_t tile) {
-  int64_t lo = 0, hi = experts;
+/// A grouped GEMM block's output tile: rows [r0, r0 + rows) of `expert`'s
+/// slots, columns from c0.
+struct GemmTile {
+  int64_t expert, r0, rows, c0;
+};
+
+/// The tile of block (blockIdx.x: column tile, blockIdx.y: tile index);
+/// false for a block past the last tile (the grid is an upper bound).
+__device__ inline bool gemmTile(const int32_t *offsets,
+                                const int32_t *tileOffsets, int64_t experts,
+                                int64_t tileRows, int64_t tileCols,
+                                GemmTile *t) {
+  const int64_t tile = blockIdx.y;
+  if (tile >= tileOffsets[experts])
+    return false;
+  int64_t lo = 0, hi = experts; // the expert whose tiles hold `tile`
   while (hi - lo > 1) {
     const int64_t mid = (lo + hi) / 2;
     if (tileOffsets[mid] <= tile)
@@ -220,7 +232,11 @@ __device__ inline int64_t expertOfTile(const int32_t *tileOffsets,
     else
       hi = mid;
   }
-  return lo;
+  t->expert = lo;
+  t->r0 = offsets[lo] + (tile - tileOffsets[lo]) * tileRows;
+  t->rows = imin(tileRows, offsets[lo + 1] - t->r0);
+  t->c0 = int64_t(blockIdx.x) * tileCols;
+  return true;
 }
 
 /// Grouped tiled GEMM: block (64-col tile, tile index); the tile index maps
@@ -235,13 +251,10 @@ __global__ void groupedGemmKernel(Rows rows, const void *const *wa,
   __shared__ float as[kBK][kBM + 1];
   __shared__ float ws1[kBK][kBN + 1];
   __shared__ float ws2[GATED ? kBK : 1][kBN + 1];
-  const int64_t tile = blockIdx.y;
-  if (tile >= tileOffsets[experts])
+  GemmTile t;
+  if (!gemmTile(offsets, tileOffsets, experts, kBM, kBN, &t))
     return;
-  const int64_t e = expertOfTile(tileOffsets, experts, tile);
-  const int64_t r0 = offsets[e] + (tile - tileOffsets[e]) * kBM;
-  const int64_t rowsHere = imin(kBM, offsets[e + 1] - r0);
-  const int64_t c0 = int64_t(blockIdx.x) * kBN;
+  const int64_t e = t.expert, r0 = t.r0, rowsHere = t.rows, c0 = t.c0;
   const WT *w1 = static_cast<const WT *>(wa[e]);
   const WT *w2 = GATED ? static_cast<const WT *>(wb[e]) : nullptr;
   const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
@@ -312,13 +325,10 @@ __global__ void __launch_bounds__(256)
   __shared__ __align__(128) __nv_bfloat16 ws1[kTcBN][LD];
   __shared__ __align__(128) __nv_bfloat16 ws2[GATED ? kTcBN : 1][LD];
   __shared__ __align__(128) float cs[kTcBM][LDC];
-  const int64_t tile = blockIdx.y;
-  if (tile >= tileOffsets[experts])
+  GemmTile t;
+  if (!gemmTile(offsets, tileOffsets, experts, kTcBM, kTcBN, &t))
     return;
-  const int64_t e = expertOfTile(tileOffsets, experts, tile);
-  const int64_t r0 = offsets[e] + (tile - tileOffsets[e]) * kTcBM;
-  const int64_t rowsHere = imin(kTcBM, offsets[e + 1] - r0);
-  const int64_t c0 = int64_t(blockIdx.x) * kTcBN;
+  const int64_t e = t.expert, r0 = t.r0, rowsHere = t.rows, c0 = t.c0;
   const __nv_bfloat16 *w1 = static_cast<const __nv_bfloat16 *>(wa[e]);
   const __nv_bfloat16 *w2 =
       GATED ? static_cast<const __nv_bfloat16 *>(wb[e]) : nullptr;
