@@ -296,6 +296,9 @@ template <class T> T atomicMax(T *p, T v) {
   return old;
 }
 template <class T> T __ldg(const T *p) { return *p; }
+// CUDA's math functions are global; the host's are in std.
+using std::isinf;
+using std::isnan;
 
 namespace nvcuda {
 namespace wmma {

@@ -2,8 +2,8 @@
 //
 // Kernel headers of lib/Runtime/Cuda built by the host compiler over
 // CudaEmu.h and run against plain C++ references: the routed-expert
-// pipeline (pair sort, grouped GEMV, SIMT and tensor-core grouped GEMMs,
-// combine) and the logits argmax. This checks indexing, tails, tiling and
+// pipeline (router against the CPU backend's, pair sort, grouped GEMV, SIMT
+// and tensor-core grouped GEMMs, combine) and the logits argmax. This checks indexing, tails, tiling and
 // barriers on every machine; the real GPU runs (bench/gpu/run.sh, the
 // cuda-gpu lit tests) check the rest. The first tests check that the
 // emulator itself catches the faults it claims to.
@@ -14,6 +14,7 @@
 
 #include "Cuda/ArgmaxKernel.cuh"
 #include "Cuda/MoEKernels.cuh"
+#include "Cuda/RouteKernel.cuh"
 
 #include <gtest/gtest.h>
 
@@ -23,6 +24,8 @@
 #include <vector>
 
 using namespace dsrt::cuda;
+using dsrt::ModelSpec;
+using dsrt::MoERouting;
 
 namespace {
 
@@ -92,6 +95,73 @@ TEST(CudaEmuDeathTest, ReportsFaults) {
   alignas(32) float c[256];
   EXPECT_DEATH(emu::launch(dim3(1), dim3(32), laneDependentFragmentKernel, c),
                "lanes hold different tiles");
+}
+
+//===----------------------------------------------------------------------===//
+// Router: the device kernel against the CPU backend's moeRoute
+//===----------------------------------------------------------------------===//
+
+MoERouting makeRouting(int64_t experts, int64_t topK, int64_t nGroup,
+                       int64_t topkGroup, MoERouting::Scoring scoring,
+                       MoERouting::Method method, bool norm, double scale) {
+  MoERouting r;
+  r.experts = experts, r.topK = topK, r.nGroup = nGroup;
+  r.topkGroup = topkGroup, r.scoring = scoring, r.method = method;
+  r.normTopk = norm, r.scale = scale;
+  return r;
+}
+
+void checkRouting(const MoERouting &r, bool withBias, uint32_t seed) {
+  const int64_t n = 70, E = r.experts, K = r.topK, ldl = E + 3;
+  std::mt19937 rng(seed);
+  // Logits on a coarse grid, so scores (and group sums) tie often: the
+  // tie-breaking must be the CPU's.
+  std::uniform_int_distribution<int> grid(-8, 8);
+  std::vector<float> logits(static_cast<size_t>(n * ldl)),
+      bias(static_cast<size_t>(E));
+  for (float &v : logits)
+    v = 0.25f * float(grid(rng));
+  for (float &v : bias)
+    v = 0.125f * float(grid(rng));
+  const float *b = withBias ? bias.data() : nullptr;
+
+  std::vector<int32_t> idx(size_t(n * K), -1), wantIdx(size_t(n * K), -1);
+  std::vector<float> w(size_t(n * K), NAN), wantW(size_t(n * K), NAN),
+      work(size_t(n * 2 * E));
+  emu::launch(dim3(unsigned((n + 63) / 64)), dim3(64), routeKernel,
+              static_cast<const float *>(logits.data()), ldl, n, b, r,
+              idx.data(), w.data(), work.data());
+
+  ModelSpec spec{};
+  spec.name = "route";
+  spec.vocabSize = 16;
+  spec.hiddenSize = 8;
+  spec.maxSeqLen = 64;
+  spec.arenaBytes = 64;
+  dsrt::Context ctx(spec, 1);
+  dsrt::cpu::moeRoute(ctx, logits.data(), ldl, n, b, r, wantIdx.data(),
+                      wantW.data());
+  EXPECT_EQ(idx, wantIdx);
+  for (size_t i = 0; i < w.size(); ++i)
+    EXPECT_NEAR(w[i], wantW[i], 1e-6 * std::max(1.0f, std::fabs(wantW[i])))
+        << "pair " << i;
+}
+
+TEST(CudaEmuRoute, V3SigmoidNoauxTC) {
+  // DeepSeek-V3's scheme at 64 experts: 8 groups, keep 4, top 8.
+  const MoERouting r = makeRouting(64, 8, 8, 4, MoERouting::Sigmoid,
+                                   MoERouting::NoauxTC, true, 2.5);
+  checkRouting(r, true, 11);
+  checkRouting(r, false, 12);
+}
+
+TEST(CudaEmuRoute, V2SoftmaxGreedyAndGroupLimited) {
+  checkRouting(makeRouting(16, 6, 1, 1, MoERouting::Softmax,
+                           MoERouting::Greedy, false, 1.0),
+               false, 13);
+  checkRouting(makeRouting(32, 4, 4, 2, MoERouting::Softmax,
+                           MoERouting::GroupLimitedGreedy, false, 16.0),
+               false, 14);
 }
 
 //===----------------------------------------------------------------------===//
