@@ -488,25 +488,25 @@ private:
 };
 
 /// Runs the MTP module over n tokens in calls of at most spec.mtpMaxTokens;
-/// `logits` [n, vocab] gets every token's row when `wantLogits`.
+/// `logits` [n, vocab] gets every token's row when `wantLogits`; `tokens`
+/// (at least min(n, spec.mtpMaxTokens) ints) is scratch for the argmax.
 /// Returns the draft: argmax of the last token's row.
 int32_t runMtp(Context &ctx, const ModelSpec &spec, const float *hiddenIn,
                const int32_t *ids, const int32_t *pos, int64_t n,
                const std::vector<int32_t> &seqs, float *logits,
-               float *hiddenOut, bool wantLogits) {
+               float *hiddenOut, bool wantLogits, int32_t *tokens) {
   const int64_t chunk = spec.mtpMaxTokens > 0 ? spec.mtpMaxTokens : n;
-  std::vector<int32_t> tokens(static_cast<size_t>(chunk));
   for (int64_t b = 0; b < n; b += chunk) {
     const int64_t rows = std::min(chunk, n - b);
     ctx.setTokenSequences(seqs.data(), rows);
     float *l = logits + b * spec.vocabSize;
     // The draft is the last row's argmax; the MTP hidden states are unused.
-    callGreedy(ctx, rows, rows - 1, tokens.data(), l, wantLogits, false, [&] {
+    callGreedy(ctx, rows, rows - 1, tokens, l, wantLogits, false, [&] {
       spec.mtp(ctx, hiddenIn + b * spec.hiddenSize, ids + b, pos + b, rows, l,
                hiddenOut + b * spec.hiddenSize);
     });
     if (b + rows == n)
-      return tokens[size_t(rows - 1)];
+      return tokens[rows - 1];
   }
   return 0;
 }
@@ -588,7 +588,7 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
     int32_t draft =
         runMtp(ctx, spec, hidden.data(), t.data() + 1, pos.data(), n, seqs,
                mtpLogits.data(), mtpHidden.data(),
-               !opts.dumpMtpLogits.empty());
+               !opts.dumpMtpLogits.empty(), tokens.data());
     if (!opts.dumpMtpLogits.empty()) {
       // Written outside the decode timing.
       const auto writeStart = Clock::now();
@@ -627,7 +627,8 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
       // tokens [t[m + 1], t[m + 2]] when accepted, else [m] with t[m + 1].
       int32_t mtpIds[2] = {t[size_t(m + 1)], ok ? t[size_t(m + 2)] : 0};
       draft = runMtp(ctx, spec, hidden.data(), mtpIds, p, ok ? 2 : 1, seqs,
-                     mtpLogits.data(), mtpHidden.data(), false);
+                     mtpLogits.data(), mtpHidden.data(), false,
+                     tokens.data());
       m = int64_t(t.size()) - 1;
     }
     t.resize(size_t(n + maxNew)); // a last accepted draft may be one too many
