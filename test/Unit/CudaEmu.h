@@ -17,8 +17,12 @@
 // A barrier no thread can pass (divergent __syncthreads, a warp op
 // reached by part of a warp) is reported, not waited on forever.
 //
-// Not emulated: the memory model between blocks, dynamic shared memory,
-// timing. Kernels using an unsupported intrinsic fail to compile here.
+// Dynamic shared memory (DS_DYNAMIC_SHARED in KernelCommon.cuh) is one
+// 128-byte aligned buffer of the size given to launchShared, filled with
+// 0xff bytes (NaN as float or bf16) before every block, so a read of
+// shared memory the block did not write shows in the results.
+//
+// Not emulated: the memory model between blocks, timing. Kernels using an unsupported intrinsic fail to compile here.
 //
 //===----------------------------------------------------------------------===//
 
@@ -94,6 +98,8 @@ struct Runner {
   std::vector<Fiber> fibers;
   std::vector<uint64_t> exchange; // one word per thread (shuffles, checks)
   std::vector<const void *> tiles; // per thread: the tile a WMMA store holds
+  std::unique_ptr<unsigned char, void (*)(void *)> shared{nullptr, std::free};
+  size_t sharedBytes = 0;
   ucontext_t scheduler;
   jmp_buf schedulerJump;
   Fiber *current = nullptr;
@@ -210,9 +216,10 @@ inline void runBlock(Runner &r) {
   }
 }
 
-/// kernel<<<grid, block>>>(args...), run to completion.
+/// kernel<<<grid, block, sharedBytes>>>(args...), run to completion.
 template <class... KArgs, class... Args>
-void launch(dim3 grid, dim3 block, void (*kernel)(KArgs...), Args &&...args) {
+void launchShared(dim3 grid, dim3 block, size_t sharedBytes,
+                  void (*kernel)(KArgs...), Args &&...args) {
   static_assert(sizeof...(KArgs) == sizeof...(Args), "argument count");
   std::tuple<std::decay_t<KArgs>...> a(std::forward<Args>(args)...);
   const std::function<void()> body = [&] { std::apply(kernel, a); };
@@ -223,6 +230,11 @@ void launch(dim3 grid, dim3 block, void (*kernel)(KArgs...), Args &&...args) {
   const size_t threads = size_t(block.x) * block.y * block.z;
   if (threads == 0 || threads > 1024)
     die("block size out of range");
+  if (sharedBytes) {
+    r.sharedBytes = sharedBytes;
+    r.shared.reset(static_cast<unsigned char *>(
+        std::aligned_alloc(128, (sharedBytes + 127) / 128 * 128)));
+  }
   r.fibers.resize(threads);
   r.exchange.resize(threads);
   r.tiles.resize(threads);
@@ -238,9 +250,25 @@ void launch(dim3 grid, dim3 block, void (*kernel)(KArgs...), Args &&...args) {
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         r.blockIdx = uint3{x, y, z};
+        if (r.sharedBytes)
+          std::memset(r.shared.get(), 0xff, r.sharedBytes);
         runBlock(r);
       }
   runner() = outer;
+}
+
+/// kernel<<<grid, block>>>(args...), run to completion.
+template <class... KArgs, class... Args>
+void launch(dim3 grid, dim3 block, void (*kernel)(KArgs...), Args &&...args) {
+  launchShared(grid, block, 0, kernel, std::forward<Args>(args)...);
+}
+
+/// The block's dynamic shared memory (DS_DYNAMIC_SHARED).
+template <class T> T *dynamicShared() {
+  Runner &r = *runner();
+  if (!r.sharedBytes)
+    die("dynamic shared memory used by a kernel launched without any");
+  return reinterpret_cast<T *>(r.shared.get());
 }
 
 inline unsigned lane() { return linearThread() % 32; }

@@ -3,8 +3,9 @@
 // Kernel headers of lib/Runtime/Cuda built by the host compiler over
 // CudaEmu.h and run against plain C++ references: the routed-expert
 // pipeline (router against the CPU backend's, pair sort, grouped GEMV, SIMT
-// and tensor-core grouped GEMMs, combine) and the logits argmax. This checks indexing, tails, tiling and
-// barriers on every machine; the real GPU runs (bench/gpu/run.sh, the
+// and tensor-core grouped GEMMs, combine), MLA attention (prefill, split
+// decode over a paged latent cache and its combine) and the logits argmax.
+// This checks indexing, tails, tiling and barriers on every machine; the real GPU runs (bench/gpu/run.sh, the
 // cuda-gpu lit tests) check the rest. The first tests check that the
 // emulator itself catches the faults it claims to.
 //
@@ -13,6 +14,7 @@
 #include "CudaEmu.h"
 
 #include "Cuda/ArgmaxKernel.cuh"
+#include "Cuda/MLAKernels.cuh"
 #include "Cuda/MoEKernels.cuh"
 #include "Cuda/RouteKernel.cuh"
 
@@ -414,6 +416,160 @@ TEST(CudaEmuMoE, TensorCoreGemmManyRowsPerExpert) {
     m.idx[size_t(t * 2)] = 0, m.idx[size_t(t * 2 + 1)] = 1;
   expectClose(runExperts<__nv_bfloat16>(m, Path::TensorCores),
               m.reference(true), 1e-4);
+}
+
+//===----------------------------------------------------------------------===//
+// MLA attention
+//===----------------------------------------------------------------------===//
+
+/// A naive-form (prefill) call: q [n, ldq] with heads of nope + rope dims,
+/// kv [n, ldkv] with heads of nope + vdim (k_nope then v), krope [n, ldk]
+/// shared by the heads; out [n, ldo] with heads of vdim.
+struct PrefillCase {
+  int64_t n, heads, nope, rope, vdim, ldq, ldkv, ldk, ldo;
+  float scale;
+  std::vector<float> q, kv, krope;
+
+  PrefillCase(int64_t n, int64_t heads, int64_t nope, int64_t rope,
+              int64_t vdim, uint32_t seed)
+      : n(n), heads(heads), nope(nope), rope(rope), vdim(vdim),
+        ldq(heads * (nope + rope) + 5), ldkv(heads * (nope + vdim) + 3),
+        ldk(rope + 2), ldo(heads * vdim + 7),
+        scale(2.0f / std::sqrt(float(nope + rope))) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (auto *v : {&q, &kv, &krope}) {
+      const int64_t ld = v == &q ? ldq : v == &kv ? ldkv : ldk;
+      v->resize(size_t(n * ld));
+      for (float &x : *v)
+        x = u(rng);
+    }
+  }
+
+  /// Causal softmax attention in double; inputs rounded to bf16 where the
+  /// tensor-core kernel rounds them.
+  std::vector<float> reference(bool roundInputs) const {
+    auto in = [&](float v) { return double(roundInputs ? bf16Round(v) : v); };
+    const int64_t qHead = nope + rope, kvHead = nope + vdim;
+    std::vector<float> out(size_t(n * heads * vdim));
+    std::vector<double> p(static_cast<size_t>(n));
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < n; ++i) {
+        double mx = -INFINITY, sum = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          double s = 0;
+          for (int64_t d = 0; d < qHead; ++d)
+            s += in(q[size_t(i * ldq + h * qHead + d)]) *
+                 in(d < nope ? kv[size_t(j * ldkv + h * kvHead + d)]
+                             : krope[size_t(j * ldk + d - nope)]);
+          p[size_t(j)] = s * scale;
+          mx = std::max(mx, p[size_t(j)]);
+        }
+        for (int64_t j = 0; j <= i; ++j)
+          sum += p[size_t(j)] = std::exp(p[size_t(j)] - mx);
+        for (int64_t d = 0; d < vdim; ++d) {
+          double o = 0;
+          for (int64_t j = 0; j <= i; ++j)
+            o += p[size_t(j)] * in(kv[size_t(j * ldkv + h * kvHead + nope + d)]);
+          out[size_t((i * heads + h) * vdim + d)] = float(o / sum);
+        }
+      }
+    return out;
+  }
+
+  /// MLA.cu's launch of the kernel; the [n, heads * vdim] part of out,
+  /// after checking that nothing beyond it (ldo padding) was written.
+  std::vector<float> run() const {
+    using namespace dsrt::cuda::mla;
+    const int64_t qHead = nope + rope, kvHead = nope + vdim;
+    std::vector<float> out(size_t(n * ldo), std::nanf(""));
+    emu::launchShared(dim3(unsigned((n + kQT - 1) / kQT), unsigned(heads)),
+                      dim3(256), prefillSharedBytes(qHead, vdim),
+                      mlaPrefillKernel, q.data(), ldq, kv.data(), ldkv,
+                      krope.data(), ldk, n, nope, rope, vdim, qHead, kvHead,
+                      scale, out.data(), ldo);
+    std::vector<float> got;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t c = heads * vdim; c < ldo; ++c)
+        EXPECT_TRUE(std::isnan(out[size_t(i * ldo + c)])) << "row " << i
+                                                          << " col " << c;
+      got.insert(got.end(), out.begin() + long(i * ldo),
+                 out.begin() + long(i * ldo + heads * vdim));
+    }
+    return got;
+  }
+};
+
+TEST(CudaEmuMLA, PrefillFloat32) {
+  // 150 queries: 9 full 16-query tiles and a tail of 6.
+  PrefillCase c(150, 3, 24, 8, 20, 21);
+  expectClose(c.run(), c.reference(false), 1e-5);
+}
+
+/// An absorbed-form (decode) call over a paged latent cache: tokens of
+/// different sequences and positions (two of one sequence, as MTP verifies),
+/// blocks in scattered order, the layer not the first.
+TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {
+  using namespace dsrt::cuda::mla;
+  const int64_t heads = 10, lora = 40, rope = 8, nope = 16, row = lora + rope;
+  const int64_t qHead = nope + rope, ldq = heads * qHead + 3;
+  const int64_t layers = 2, layer = 1, blocks = 8, maxBlocks = 4;
+  const std::vector<int32_t> tokenSeq = {1, 0, 1}, pos = {130, 5, 131};
+  const std::vector<int32_t> table = {5, 2, 7, 4,  // sequence 0
+                                      3, 0, 6, 1}; // sequence 1
+  const int64_t n = int64_t(pos.size());
+  const float scale = 0.4f;
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> cache(size_t(blocks * layers * 64 * row)),
+      qLat(size_t(n * heads * lora)), q(size_t(n * ldq));
+  for (auto *v : {&cache, &qLat, &q})
+    for (float &x : *v)
+      x = u(rng);
+  auto cached = [&](int64_t seq, int64_t p, int64_t d) {
+    const int64_t block = table[size_t(seq * maxBlocks + p / 64)];
+    return double(cache[size_t(((block * layers + layer) * 64 + p % 64) * row + d)]);
+  };
+  std::vector<float> want(size_t(n * heads * lora));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t keys = pos[size_t(t)] + 1;
+      std::vector<double> p(static_cast<size_t>(keys));
+      double mx = -INFINITY, sum = 0;
+      for (int64_t k = 0; k < keys; ++k) {
+        double s = 0;
+        for (int64_t d = 0; d < row; ++d)
+          s += (d < lora ? qLat[size_t((t * heads + h) * lora + d)]
+                         : q[size_t(t * ldq + h * qHead + nope + d - lora)]) *
+               cached(tokenSeq[size_t(t)], k, d);
+        mx = std::max(mx, p[size_t(k)] = s * scale);
+      }
+      for (double &v : p)
+        sum += v = std::exp(v - mx);
+      for (int64_t c = 0; c < lora; ++c) {
+        double o = 0;
+        for (int64_t k = 0; k < keys; ++k)
+          o += p[size_t(k)] * cached(tokenSeq[size_t(t)], k, c);
+        want[size_t((t * heads + h) * lora + c)] = float(o / sum);
+      }
+    }
+  // 7 splits leave the position-5 token's last split empty; 1 is no split.
+  for (int splits : {1, 4, 7}) {
+    SCOPED_TRACE(splits);
+    std::vector<float> part(size_t(n * heads * splits * (lora + 2)), std::nanf(""));
+    std::vector<float> oLat(size_t(n * heads * lora), std::nanf(""));
+    emu::launchShared(dim3(unsigned(n), unsigned((heads + kHB - 1) / kHB),
+                           unsigned(splits)),
+                      dim3(256), decodeSharedBytes(row), mlaDecodeKernel,
+                      qLat.data(), q.data(), ldq, qHead, nope, cache.data(),
+                      table.data(), maxBlocks, tokenSeq.data(), pos.data(),
+                      layers, layer, heads, lora, rope, scale, splits,
+                      part.data());
+    emu::launch(dim3(unsigned(n), unsigned(heads)), dim3(256), mlaCombineKernel,
+                static_cast<const float *>(part.data()), heads, lora, splits,
+                oLat.data());
+    expectClose(oLat, want, 1e-5);
+  }
 }
 
 //===----------------------------------------------------------------------===//

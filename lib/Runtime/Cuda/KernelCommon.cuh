@@ -13,10 +13,20 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 
 #ifndef DS_CUDA_EMU
 #include <mma.h>
+#endif
+
+/// `T name[]` in the block's dynamic shared memory (128-byte aligned).
+/// Kernels of one translation unit use different names: nvcc makes every
+/// `extern __shared__` array one symbol, whose types must agree.
+#ifdef DS_CUDA_EMU
+#define DS_DYNAMIC_SHARED(T, name) T *name = emu::dynamicShared<T>()
+#else
+#define DS_DYNAMIC_SHARED(T, name) extern __shared__ __align__(128) T name[]
 #endif
 
 namespace dsrt {
