@@ -3,9 +3,10 @@
 // Kernel headers of lib/Runtime/Cuda built by the host compiler over
 // CudaEmu.h and run against plain C++ references: the routed-expert
 // pipeline (router against the CPU backend's, pair sort, grouped GEMV, SIMT
-// and tensor-core grouped GEMMs, combine), MLA attention (prefill, split
-// decode over a paged latent cache and its combine) and the logits argmax.
-// This checks indexing, tails, tiling and barriers on every machine; the real GPU runs (bench/gpu/run.sh, the
+// and tensor-core grouped GEMMs, combine), MLA attention (prefill on CUDA
+// and on tensor cores, split decode over a paged latent cache and its
+// combine) and the logits argmax. This checks indexing, tails, tiling and
+// barriers on every machine; the real GPU runs (bench/gpu/run.sh, the
 // cuda-gpu lit tests) check the rest. The first tests check that the
 // emulator itself catches the faults it claims to.
 //
@@ -477,17 +478,26 @@ struct PrefillCase {
     return out;
   }
 
-  /// MLA.cu's launch of the kernel; the [n, heads * vdim] part of out,
+  /// MLA.cu's launch of either kernel; the [n, heads * vdim] part of out,
   /// after checking that nothing beyond it (ldo padding) was written.
-  std::vector<float> run() const {
+  std::vector<float> run(bool tensorCores) const {
     using namespace dsrt::cuda::mla;
     const int64_t qHead = nope + rope, kvHead = nope + vdim;
     std::vector<float> out(size_t(n * ldo), std::nanf(""));
-    emu::launchShared(dim3(unsigned((n + kQT - 1) / kQT), unsigned(heads)),
-                      dim3(256), prefillSharedBytes(qHead, vdim),
-                      mlaPrefillKernel, q.data(), ldq, kv.data(), ldkv,
-                      krope.data(), ldk, n, nope, rope, vdim, qHead, kvHead,
-                      scale, out.data(), ldo);
+    if (tensorCores) {
+      const PrefillTcLayout tc(qHead, vdim);
+      emu::launchShared(dim3(unsigned((n + kTcQ - 1) / kTcQ), unsigned(heads)),
+                        dim3(kTcWarps * 32), size_t(tc.bytes),
+                        mlaPrefillTcKernel, q.data(), ldq, kv.data(), ldkv,
+                        krope.data(), ldk, n, nope, vdim, qHead, kvHead, scale,
+                        out.data(), ldo);
+    } else {
+      emu::launchShared(dim3(unsigned((n + kQT - 1) / kQT), unsigned(heads)),
+                        dim3(256), prefillSharedBytes(qHead, vdim),
+                        mlaPrefillKernel, q.data(), ldq, kv.data(), ldkv,
+                        krope.data(), ldk, n, nope, rope, vdim, qHead, kvHead,
+                        scale, out.data(), ldo);
+    }
     std::vector<float> got;
     for (int64_t i = 0; i < n; ++i) {
       for (int64_t c = heads * vdim; c < ldo; ++c)
@@ -503,7 +513,20 @@ struct PrefillCase {
 TEST(CudaEmuMLA, PrefillFloat32) {
   // 150 queries: 9 full 16-query tiles and a tail of 6.
   PrefillCase c(150, 3, 24, 8, 20, 21);
-  expectClose(c.run(), c.reference(false), 1e-5);
+  expectClose(c.run(false), c.reference(false), 1e-5);
+}
+
+TEST(CudaEmuMLA, PrefillTensorCores) {
+  // Two full 64-query tiles and a tail of 22 (a warp with no queries); head
+  // dims 32 and 20 (v padded to 32).
+  PrefillCase c(150, 3, 24, 8, 20, 22);
+  expectClose(c.run(true), c.reference(true), 4e-3);
+}
+
+TEST(CudaEmuMLA, PrefillTensorCoresDeepSeekHeads) {
+  // DeepSeek-V3's head dims: qk 128 + 64, v 128; 16 + 1 queries.
+  PrefillCase c(17, 1, 128, 64, 128, 23);
+  expectClose(c.run(true), c.reference(true), 4e-3);
 }
 
 /// An absorbed-form (decode) call over a paged latent cache: tokens of

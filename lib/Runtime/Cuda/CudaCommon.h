@@ -46,6 +46,7 @@ struct DeviceState {
 
   ComputeDtype dtype = ComputeDtype::BF16;
   int multiprocessors = 1;
+  size_t sharedOptin = 48 * 1024; ///< dynamic shared memory a block may ask
   cudaStream_t stream = nullptr;
   cublasLtHandle_t lt = nullptr;
   cublasHandle_t blas = nullptr;

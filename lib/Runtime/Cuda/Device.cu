@@ -359,6 +359,7 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
   if (cudaFail(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties"))
     return false;
   st.multiprocessors = prop.multiProcessorCount;
+  st.sharedOptin = prop.sharedMemPerBlockOptin;
   if (ctx.rank() == 0)
     std::fprintf(stderr,
                "cuda: %s, weights %.2f GB (%s GEMM weights), KV cache %.2f "

@@ -1,8 +1,10 @@
 //===- MLA.cu - multi-head latent attention on the GPU --------------------===//
 //
-// Prefill (naive form): flash-attention style, causal, float32 on CUDA
-// cores: a block takes 16 queries of one head and streams 16 keys at a time
-// through shared memory with an online softmax.
+// Prefill (naive form): flash-attention style, causal, with an online
+// softmax. bf16 mode runs it on tensor cores (a block takes 64 queries of
+// one head and streams 64 keys at a time, bf16 operands, float32
+// accumulation); f32 mode, which must match the CPU backend to 1e-4, keeps
+// float32 on CUDA cores (16 queries, 16 keys per tile).
 //
 // Decode (absorbed form), as FlashMLA splits it: q_lat = q_nope W_UK per
 // head (strided-batched GEMM), then attention over the latent cache rows
@@ -45,6 +47,18 @@ void mlaAttentionNaive(Context &ctx, const float *q, int64_t ldq,
     fatal("mlaAttentionNaive", "v head dim above 256");
   DeviceState &st = state(ctx);
   const int64_t qHead = nope + rope, kvHead = nope + vdim;
+  // bf16 mode: tensor cores, where the head dims fit the shared memory.
+  const PrefillTcLayout tc(qHead, vdim);
+  if (st.dtype == ComputeDtype::BF16 && size_t(tc.bytes) <= st.sharedOptin) {
+    raiseSmem((const void *)mlaPrefillTcKernel, size_t(tc.bytes),
+              "mlaAttentionNaive");
+    dim3 grid(unsigned((n + kTcQ - 1) / kTcQ), unsigned(heads));
+    mlaPrefillTcKernel<<<grid, kTcWarps * 32, size_t(tc.bytes), st.stream>>>(
+        q, ldq, kv, ldkv, krope, ldk, n, nope, vdim, qHead, kvHead,
+        float(scale), out, ldo);
+    checkLaunch("mlaAttentionNaive");
+    return;
+  }
   const size_t bytes = prefillSharedBytes(qHead, vdim);
   raiseSmem((const void *)mlaPrefillKernel, bytes, "mlaAttentionNaive");
   dim3 grid(unsigned((n + kQT - 1) / kQT), unsigned(heads));

@@ -129,6 +129,175 @@ __global__ void mlaPrefillKernel(const float *q, int64_t ldq, const float *kv,
   }
 }
 
+/// Tensor-core prefill (bf16 mode): a block takes 64 queries of one head
+/// (4 warps of 16 queries) and streams 64 keys at a time. q, k and v are
+/// rounded to bf16 in shared memory, as the bf16 GEMMs round their inputs;
+/// scores, softmax and the output accumulate in float32.
+constexpr int kTcQ = 64, kTcK = 64, kTcWarps = 4;
+
+/// The tensor-core prefill's shared memory, from the head dims alone (the
+/// launch and the kernel agree on it). Head dims are rounded up to 16 (zero
+/// padding); row strides add 8 bf16 / 4 floats (16 bytes), so WMMA pointers
+/// stay 256-bit aligned and rows start on different banks.
+struct PrefillTcLayout {
+  int64_t qPad, vPad;                 ///< qk and v head dims, multiples of 16
+  int64_t ldQK, ldV, ldS, ldP, ldO;   ///< row strides, in elements
+  int64_t offK, offV, offS, offP, offO, offStats, bytes; ///< byte offsets
+
+  __host__ __device__ static int64_t align(int64_t b) {
+    return (b + 127) / 128 * 128;
+  }
+  __host__ __device__ PrefillTcLayout(int64_t qHead, int64_t vdim) {
+    qPad = (qHead + 15) / 16 * 16;
+    vPad = (vdim + 15) / 16 * 16;
+    ldQK = qPad + 8, ldV = vPad + 8, ldS = kTcK + 4, ldP = kTcK + 8;
+    ldO = vPad + 4;
+    offK = align(kTcQ * ldQK * 2);              // after Q [kTcQ][ldQK] bf16
+    offV = offK + align(kTcK * ldQK * 2);       // K [kTcK][ldQK] bf16
+    offS = offV + align(kTcK * ldV * 2);        // V [kTcK][ldV] bf16
+    offP = offS + align(kTcQ * ldS * 4);        // S [kTcQ][ldS] float
+    offO = offP + align(kTcQ * ldP * 2);        // P [kTcQ][ldP] bf16
+    offStats = offO + align(kTcQ * ldO * 4);    // O [kTcQ][ldO] float
+    bytes = offStats + 3 * kTcQ * 4;            // m, l, correction per query
+  }
+};
+
+/// Causal attention of the naive (prefill) form on tensor cores; the same
+/// arguments and result as mlaPrefillKernel. Each warp owns 16 query rows
+/// end to end (scores, their online softmax, the output rows), so only the
+/// K/V tile loads need the whole block.
+__global__ void __launch_bounds__(kTcWarps * 32)
+    mlaPrefillTcKernel(const float *q, int64_t ldq, const float *kv,
+                       int64_t ldkv, const float *krope, int64_t ldk, int64_t n,
+                       int64_t nope, int64_t vdim, int64_t qHead,
+                       int64_t kvHead, float scale, float *out, int64_t ldo) {
+  using namespace nvcuda;
+  using bf16 = __nv_bfloat16;
+  DS_DYNAMIC_SHARED(unsigned char, smemTc);
+  const PrefillTcLayout L(qHead, vdim);
+  bf16 *qs = reinterpret_cast<bf16 *>(smemTc);
+  bf16 *ks = reinterpret_cast<bf16 *>(smemTc + L.offK);
+  bf16 *vs = reinterpret_cast<bf16 *>(smemTc + L.offV);
+  float *ss = reinterpret_cast<float *>(smemTc + L.offS);
+  bf16 *ps = reinterpret_cast<bf16 *>(smemTc + L.offP);
+  float *os = reinterpret_cast<float *>(smemTc + L.offO);
+  float *mRow = reinterpret_cast<float *>(smemTc + L.offStats);
+  float *lRow = mRow + kTcQ, *cRow = lRow + kTcQ;
+  constexpr int threads = kTcWarps * 32;
+  const int tid = threadIdx.x, lane = tid % 32, w0 = tid / 32 * 16;
+  const int64_t h = blockIdx.y;
+  // Later query tiles see more keys: they are scheduled first.
+  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * kTcQ;
+  const int64_t rows = imin(kTcQ, n - i0);
+  const int64_t keys = i0 + rows; // the last query sees keys [0, keys)
+
+  for (int64_t e = tid; e < kTcQ * L.qPad; e += threads) {
+    const int64_t r = e / L.qPad, d = e % L.qPad;
+    const float v = r < rows && d < qHead ? q[(i0 + r) * ldq + h * qHead + d] : 0.0f;
+    qs[r * L.ldQK + d] = __float2bfloat16(v);
+  }
+  for (int64_t e = tid; e < kTcQ * L.vPad; e += threads)
+    os[e / L.vPad * L.ldO + e % L.vPad] = 0.0f;
+  if (tid < kTcQ) {
+    mRow[tid] = -INFINITY;
+    lRow[tid] = 0.0f;
+  }
+
+  for (int64_t j0 = 0; j0 < keys; j0 += kTcK) {
+    __syncthreads(); // every warp is done with the previous K and V
+    for (int64_t e = tid; e < kTcK * L.qPad; e += threads) {
+      const int64_t r = e / L.qPad, d = e % L.qPad, j = j0 + r;
+      float v = 0.0f;
+      if (j < keys && d < qHead)
+        v = d < nope ? kv[j * ldkv + h * kvHead + d] : krope[j * ldk + d - nope];
+      ks[r * L.ldQK + d] = __float2bfloat16(v);
+    }
+    for (int64_t e = tid; e < kTcK * L.vPad; e += threads) {
+      const int64_t r = e / L.vPad, d = e % L.vPad, j = j0 + r;
+      const float v = j < keys && d < vdim ? kv[j * ldkv + h * kvHead + nope + d] : 0.0f;
+      vs[r * L.ldV + d] = __float2bfloat16(v);
+    }
+    __syncthreads();
+    if (w0 >= rows)
+      continue; // this warp's queries are all padding
+
+    // S = Q K^T for the warp's 16 rows.
+    for (int c = 0; c < kTcK / 16; ++c) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int64_t k = 0; k < L.qPad; k += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
+        wmma::load_matrix_sync(a, qs + w0 * L.ldQK + k, unsigned(L.ldQK));
+        wmma::load_matrix_sync(b, ks + c * 16 * L.ldQK + k, unsigned(L.ldQK));
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(ss + w0 * L.ldS + c * 16, acc, unsigned(L.ldS),
+                              wmma::mem_row_major);
+    }
+    __syncwarp();
+
+    // Online softmax, one row at a time, two keys per lane; P in bf16 (the
+    // row sum adds the rounded values, so P V is normalised by what it used).
+    static_assert(kTcK == 64, "two keys per lane");
+    for (int rr = 0; rr < 16; ++rr) {
+      const int r = w0 + rr;
+      const int64_t i = i0 + r;
+      float s0 = -INFINITY, s1 = -INFINITY;
+      if (r < rows && j0 + lane <= i)
+        s0 = ss[r * L.ldS + lane] * scale;
+      if (r < rows && j0 + lane + 32 <= i)
+        s1 = ss[r * L.ldS + lane + 32] * scale;
+      float mx = fmaxf(s0, s1);
+      for (int o = 16; o > 0; o >>= 1)
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float mOld = mRow[r], mNew = fmaxf(mOld, mx);
+      const bool none = mNew == -INFINITY;
+      const bf16 p0 = __float2bfloat16(none ? 0.0f : expf(s0 - mNew));
+      const bf16 p1 = __float2bfloat16(none ? 0.0f : expf(s1 - mNew));
+      ps[r * L.ldP + lane] = p0;
+      ps[r * L.ldP + lane + 32] = p1;
+      float sum = __bfloat162float(p0) + __bfloat162float(p1);
+      for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      if (lane == 0) {
+        const float corr = none ? 1.0f : expf(mOld - mNew);
+        mRow[r] = mNew;
+        lRow[r] = lRow[r] * corr + sum;
+        cRow[r] = corr;
+      }
+    }
+    __syncwarp();
+    for (int64_t e = lane; e < 16 * L.vPad; e += 32) {
+      const int64_t r = w0 + e / L.vPad;
+      os[r * L.ldO + e % L.vPad] *= cRow[r];
+    }
+    __syncwarp();
+
+    // O += P V for the warp's 16 rows.
+    for (int64_t c = 0; c < L.vPad; c += 16) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::load_matrix_sync(acc, os + w0 * L.ldO + c, unsigned(L.ldO),
+                             wmma::mem_row_major);
+      for (int k = 0; k < kTcK; k += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b;
+        wmma::load_matrix_sync(a, ps + w0 * L.ldP + k, unsigned(L.ldP));
+        wmma::load_matrix_sync(b, vs + k * L.ldV + c, unsigned(L.ldV));
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(os + w0 * L.ldO + c, acc, unsigned(L.ldO),
+                              wmma::mem_row_major);
+    }
+  }
+  __syncwarp();
+  for (int64_t e = lane; e < 16 * vdim; e += 32) {
+    const int64_t r = w0 + e / vdim, d = e % vdim;
+    if (r < rows)
+      out[(i0 + r) * ldo + h * vdim + d] = os[r * L.ldO + d] / lRow[r];
+  }
+}
+
 constexpr int kHB = 8;   // decode: heads per block
 constexpr int kTP = 8;   // decode: cache positions per tile
 constexpr int kLMax = 4; // decode: latent dims per thread / 256 (lora <= 1024)
