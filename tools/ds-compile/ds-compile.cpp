@@ -349,11 +349,27 @@ int main(int argc, char **argv) {
   registerPassManagerCLOptions();
   registerAsmPrinterCLOptions();
   registerMLIRContextCLOptions();
+  // The LLVM libraries register hundreds of backend options: --help shows
+  // ds-compile's, MLIR's (--mlir-*) and the generic ones (--help,
+  // --version); --help-hidden the rest.
+  auto &options = cl::getRegisteredOptions();
+  const auto generic = options.lookup("help")->Categories;
+  for (auto &[name, option] : options) {
+    const bool shown =
+        name.starts_with("mlir-") ||
+        llvm::any_of(option->Categories, [&](cl::OptionCategory *c) {
+          return c == &category || llvm::is_contained(generic, c);
+        });
+    if (!shown && option->getOptionHiddenFlag() == cl::NotHidden)
+      option->setHiddenFlag(cl::Hidden);
+  }
   cl::ParseCommandLineOptions(
       argc, argv,
       "ds-compile: compile a DeepSeek-architecture model to an executable\n\n"
       "  ds-compile INPUT -o OUT [--target=cpu|cuda] [--max-seq-len=N] [--emit=exe]\n"
-      "  OUT [--weights PATH] [--prompt-ids 1,2,3] [--max-new-tokens N] ...\n");
+      "  OUT [--weights PATH] [--prompt-ids 1,2,3] [--max-new-tokens N] ...\n\n"
+      "  The --mlir-* options (IR printing around passes, crash reproducers)\n"
+      "  apply to the compilation pipeline.\n");
 
   Target chosen = target;
   if (chosen == Target::Default)
