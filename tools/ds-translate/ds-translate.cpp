@@ -19,6 +19,7 @@
 #include "mlir/Parser/Parser.h"
 #include "llvm/Support/SourceMgr.h"
 
+#include "mlir/IR/AsmState.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/Verifier.h"
 #include "mlir/Support/FileUtilities.h"
@@ -69,13 +70,17 @@ static int fail(const llvm::Twine &msg) {
 
 int main(int argc, char **argv) {
   llvm::InitLLVM init(argc, argv);
+  mlir::registerAsmPrinterCLOptions();
   cl::HideUnrelatedOptions(category);
   cl::ParseCommandLineOptions(
       argc, argv,
       "ds-translate: import models into the ds dialect, emit C++\n\n"
       "  ds-translate --import-hf-config PATH -o model.mlir\n"
       "  ds-translate --emit-cpp kernels.mlir -o model.cpp\n"
-      "  ds-translate --emit-cuda kernels.mlir -o model.cu\n");
+      "  ds-translate --emit-cuda kernels.mlir -o model.cu\n\n"
+      "  MLIR's printing options apply to the imported module, e.g.\n"
+      "  --mlir-print-debuginfo shows each op's checkpoint name and config\n"
+      "  field.\n");
   if (int(!importHFConfig.empty()) + int(emitCpp) + int(emitCuda) != 1)
     return fail("give exactly one of --import-hf-config PATH, --emit-cpp or "
                 "--emit-cuda (see --help)");

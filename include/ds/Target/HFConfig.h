@@ -59,9 +59,14 @@ struct ModelConfig {
 std::optional<ModelConfig> parseHFConfig(llvm::StringRef json,
                                          std::string &error);
 
-/// Builds the ds model for a validated config.
+/// Builds the ds model for a validated config. Ops are located by their
+/// checkpoint names (NameLoc); given the config's file name and text, within
+/// the file at the field that sizes the op (num_attention_heads for ds.mla,
+/// n_routed_experts for ds.moe, num_hidden_layers for @forward, ...).
 mlir::OwningOpRef<mlir::ModuleOp> buildModel(const ModelConfig &config,
-                                             mlir::MLIRContext *context);
+                                             mlir::MLIRContext *context,
+                                             llvm::StringRef file = {},
+                                             llvm::StringRef json = {});
 
 /// Reads `path` (a config.json, or a directory holding one) and builds the
 /// model. On failure returns null and sets `error` (naming file and field).

@@ -20,8 +20,11 @@ namespace {
 
 class ModelBuilder {
 public:
-  ModelBuilder(const ModelConfig &c, MLIRContext *ctx)
-      : c(c), ctx(ctx), b(ctx), loc(UnknownLoc::get(ctx)) {
+  ModelBuilder(const ModelConfig &c, MLIRContext *ctx, StringRef file,
+               StringRef json)
+      : c(c), ctx(ctx), b(ctx), file(file), json(json),
+        loc(file.empty() ? Location(UnknownLoc::get(ctx))
+                         : Location(FileLineColLoc::get(ctx, file, 0, 0))) {
     ctx->loadDialect<DSDialect, func::FuncDialect, arith::ArithDialect>();
     floatType = c.torchDtype == "float32"   ? Type(b.getF32Type())
                 : c.torchDtype == "float16" ? Type(b.getF16Type())
@@ -76,11 +79,11 @@ private:
     if (!elt)
       elt = fp8 ? Type(b.getType<Float8E4M3FNType>()) : floatType;
     std::string n = name.str();
-    WeightOp::create(b, loc, n, RankedTensorType::get(shape, elt));
+    WeightOp::create(b, at("", n), n, RankedTensorType::get(shape, elt));
     if (fp8) {
       int64_t rows = llvm::divideCeil(shape[0], c.fp8Block->first);
       int64_t cols = llvm::divideCeil(shape[1], c.fp8Block->second);
-      WeightOp::create(b, loc, n + std::string(kScaleSuffix),
+      WeightOp::create(b, at("", n + std::string(kScaleSuffix)), n + std::string(kScaleSuffix),
                        RankedTensorType::get({rows, cols}, b.getF32Type()));
     }
   }
@@ -155,12 +158,36 @@ private:
   // Functions
   //===--------------------------------------------------------------------===//
 
+  /// Where an op comes from: its checkpoint name, at the config field that
+  /// sizes it (so a diagnostic about the op shows that line of the file).
+  Location at(StringRef field, const Twine &name) {
+    return NameLoc::get(b.getStringAttr(name), fieldLoc(field));
+  }
+
+  /// The first `"field":` of the config text, else the file itself (also
+  /// for no field).
+  Location fieldLoc(StringRef field) {
+    if (file.empty() || field.empty())
+      return loc;
+    std::string key = ("\"" + field + "\"").str();
+    for (size_t at = json.find(key); at != StringRef::npos;
+         at = json.find(key, at + 1)) {
+      if (!json.drop_front(at + key.size()).ltrim().starts_with(":"))
+        continue;
+      StringRef before = json.take_front(at);
+      unsigned line = 1 + unsigned(before.count('\n'));
+      unsigned col = 1 + unsigned(at - (before.rfind('\n') + 1));
+      return FileLineColLoc::get(ctx, file, line, col);
+    }
+    return loc;
+  }
+
   FlatSymbolRefAttr sym(const Twine &name) {
     return FlatSymbolRefAttr::get(ctx, name.str());
   }
 
   Value rmsNorm(Value x, const Twine &weightName) {
-    return RMSNormOp::create(b, loc, x.getType(), x, sym(weightName),
+    return RMSNormOp::create(b, at("rms_norm_eps", weightName), x.getType(), x, sym(weightName),
                              b.getF64FloatAttr(c.rmsNormEps));
   }
 
@@ -168,35 +195,36 @@ private:
   Value decoderLayer(Value x, Value positions, int64_t layer) {
     std::string p = "model.layers." + std::to_string(layer);
     Value n = rmsNorm(x, p + ".input_layernorm.weight");
-    Value a = MLAOp::create(b, loc, act, n, positions,
+    Value a = MLAOp::create(b, at("num_attention_heads", p + ".self_attn"), act, n, positions,
                             b.getStringAttr(p + ".self_attn"), mla, rope,
                             b.getF64FloatAttr(1e-6));
-    x = arith::AddFOp::create(b, loc, x, a);
+    x = arith::AddFOp::create(b, at("hidden_size", p), x, a);
     n = rmsNorm(x, p + ".post_attention_layernorm.weight");
     Value f;
     if (c.isMoELayer(layer))
-      f = MoEOp::create(b, loc, act, n, b.getStringAttr(p + ".mlp"), moe);
+      f = MoEOp::create(b, at("n_routed_experts", p + ".mlp"), act, n, b.getStringAttr(p + ".mlp"),
+                        moe);
     else
-      f = MLPOp::create(b, loc, act, n, b.getStringAttr(p + ".mlp"),
+      f = MLPOp::create(b, at("intermediate_size", p + ".mlp"), act, n, b.getStringAttr(p + ".mlp"),
                         b.getI64IntegerAttr(c.intermediateSize));
-    return arith::AddFOp::create(b, loc, x, f);
+    return arith::AddFOp::create(b, at("hidden_size", p), x, f);
   }
 
   void buildForward() {
     auto fn = func::FuncOp::create(
-        b, loc, "forward",
+        b, at("num_hidden_layers", "forward"), "forward",
         b.getFunctionType({idsType, idsType}, {logitsType, act}));
     OpBuilder::InsertionGuard guard(b);
     Block *entry = fn.addEntryBlock();
     b.setInsertionPointToStart(entry);
     Value ids = entry->getArgument(0), positions = entry->getArgument(1);
-    Value x = EmbeddingOp::create(b, loc, act, ids,
+    Value x = EmbeddingOp::create(b, at("vocab_size", "model.embed_tokens"), act, ids,
                                   sym("model.embed_tokens.weight"));
     for (int64_t i = 0; i < c.numLayers; ++i)
       x = decoderLayer(x, positions, i);
     Value hidden = rmsNorm(x, "model.norm.weight");
     Value logits = LMHeadOp::create(
-        b, loc, logitsType, hidden,
+        b, at("vocab_size", "lm_head"), logitsType, hidden,
         sym(c.tieWordEmbeddings ? "model.embed_tokens.weight"
                                 : "lm_head.weight"));
     func::ReturnOp::create(b, loc, ValueRange{logits, hidden});
@@ -208,12 +236,12 @@ private:
     int64_t layer = c.numLayers + k - 1;
     std::string p = "model.layers." + std::to_string(layer);
     auto fn = func::FuncOp::create(
-        b, loc, "mtp_" + std::to_string(k),
+        b, at("num_nextn_predict_layers", "mtp_" + std::to_string(k)), "mtp_" + std::to_string(k),
         b.getFunctionType({act, idsType, idsType}, {logitsType, act}));
     OpBuilder::InsertionGuard guard(b);
     Block *entry = fn.addEntryBlock();
     b.setInsertionPointToStart(entry);
-    auto mtp = MTPOp::create(b, loc, logitsType, entry->getArgument(0),
+    auto mtp = MTPOp::create(b, at("num_nextn_predict_layers", p), logitsType, entry->getArgument(0),
                              entry->getArgument(1), entry->getArgument(2), p, k,
                              p + ".embed_tokens.weight",
                              p + ".shared_head.head.weight", c.rmsNormEps);
@@ -230,6 +258,7 @@ private:
   const ModelConfig &c;
   MLIRContext *ctx;
   OpBuilder b;
+  StringRef file, json;
   Location loc;
   Type floatType;
   RankedTensorType act, logitsType, idsType;
@@ -241,6 +270,7 @@ private:
 } // namespace
 
 OwningOpRef<ModuleOp> ds::buildModel(const ModelConfig &config,
-                                     MLIRContext *context) {
-  return ModelBuilder(config, context).build();
+                                     MLIRContext *context, StringRef file,
+                                     StringRef json) {
+  return ModelBuilder(config, context, file, json).build();
 }

@@ -314,5 +314,5 @@ mlir::OwningOpRef<mlir::ModuleOp> ds::importHFConfig(llvm::StringRef path,
     error = (file + ": " + error).str();
     return nullptr;
   }
-  return buildModel(*config, context);
+  return buildModel(*config, context, file, (*buffer)->getBuffer());
 }
