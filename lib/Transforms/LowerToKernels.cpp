@@ -153,6 +153,7 @@ public:
 
   LogicalResult lowerBlock(Block &block) {
     for (Operation &op : block) {
+      loc = op.getLoc(); // kernels keep their source op's location
       LogicalResult r =
           llvm::TypeSwitch<Operation *, LogicalResult>(&op)
               .Case([&](EmbeddingOp o) {
