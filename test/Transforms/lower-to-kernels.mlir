@@ -1,5 +1,6 @@
 // RUN: ds-opt --split-input-file --verify-diagnostics --ds-lower-to-kernels="max-seq-len=64 max-batch=2" %s | FileCheck %s
 // RUN: ds-opt --ds-lower-to-kernels="max-seq-len=64 max-batch=2" %ds_src_root/models/tiny.mlir | FileCheck %s --check-prefix=MTP
+// RUN: ds-opt --split-input-file --verify-diagnostics --ds-lower-to-kernels="max-seq-len=64 max-batch=2" --mlir-print-debuginfo %s | FileCheck %s --check-prefix=LOC
 
 // One MLA layer with a query LoRA and YaRN, one MoE layer (noaux_tc, shared
 // expert), the head. Prefill takes MLA's naive form (kv_b_proj up-projects
@@ -200,3 +201,20 @@ module {
 // MTP: dsk.add %{{.+}}, %{{.+}}, %[[HOUT]]
 // MTP: dsk.rms_norm %[[HOUT]], %[[N:.+]] {eps = {{.+}}, weight = @model.layers.3.shared_head.norm.weight}
 // MTP: dsk.linear %[[N]], %[[LOGITS]] {weight = @model.layers.3.shared_head.head.weight}
+
+// -----
+
+// Kernels keep their source op's location (the embedding writes the hidden
+// output %arg3 here only).
+// LOC: dsk.embedding %arg0, %arg3 {{.+}} loc([[EMB:#loc[0-9]*]])
+// LOC-NEXT: dsk.linear %arg3, %arg2 {{.+}} loc([[HEAD:#loc[0-9]*]])
+// LOC-DAG: [[EMB]] = loc("embed")
+// LOC-DAG: [[HEAD]] = loc("head")
+module {
+  ds.weight @emb : tensor<32x16xf32>
+  func.func @forward(%ids: tensor<?xi32>, %pos: tensor<?xi32>) -> (tensor<?x32xf32>, tensor<?x16xf32>) {
+    %x = ds.embedding %ids, @emb : (tensor<?xi32>) -> tensor<?x16xf32> loc("embed")
+    %l = ds.lm_head %x, @emb : (tensor<?x16xf32>) -> tensor<?x32xf32> loc("head")
+    return %l, %x : tensor<?x32xf32>, tensor<?x16xf32>
+  }
+}
