@@ -5,8 +5,9 @@
 // pipeline (router against the CPU backend's, pair sort, grouped GEMV, SIMT
 // and tensor-core grouped GEMMs, combine), MLA attention (prefill on CUDA
 // and on tensor cores, split decode over a paged latent cache and its
-// combine) and the logits argmax. This checks indexing, tails, tiling and
-// barriers on every machine; the real GPU runs (bench/gpu/run.sh, the
+// combine), the row kernels (embedding, norms, SwiGLU, RoPE, cache writes:
+// against the CPU backend) and the logits argmax. This checks indexing,
+// tails, tiling and barriers on every machine; the real GPU runs (bench/gpu/run.sh, the
 // cuda-gpu lit tests) check the rest. The first tests check that the
 // emulator itself catches the faults it claims to.
 //
@@ -18,6 +19,8 @@
 #include "Cuda/MLAKernels.cuh"
 #include "Cuda/MoEKernels.cuh"
 #include "Cuda/RouteKernel.cuh"
+#include "Cuda/RowKernels.cuh"
+#include "ContextImpl.h"
 
 #include <gtest/gtest.h>
 
@@ -417,6 +420,166 @@ TEST(CudaEmuMoE, TensorCoreGemmManyRowsPerExpert) {
     m.idx[size_t(t * 2)] = 0, m.idx[size_t(t * 2 + 1)] = 1;
   expectClose(runExperts<__nv_bfloat16>(m, Path::TensorCores),
               m.reference(true), 1e-4);
+}
+
+//===----------------------------------------------------------------------===//
+// Row kernels: against the CPU backend
+//===----------------------------------------------------------------------===//
+
+/// A Context whose CPU kernels are the references: one YaRN RoPE table of
+/// 16 dims, a latent cache of 2 layers (lora 24 + rope 16), 2 sequences.
+struct CudaEmuRows : ::testing::Test {
+  static constexpr int64_t kLora = 24, kRope = 16, kLayers = 2, kMaxSeq = 200;
+  dsrt::RopeSpec ropeSpec{kRope, 10000.0, true, 4.0, 64, 32.0, 1.0, 1.0, 1.0};
+  ModelSpec spec{};
+  std::unique_ptr<dsrt::Context> ctx;
+  std::mt19937 rng{41};
+
+  void SetUp() override {
+    spec.name = "rows";
+    spec.vocabSize = 16;
+    spec.hiddenSize = 8;
+    spec.maxSeqLen = kMaxSeq;
+    spec.arenaBytes = 64;
+    spec.ropes = &ropeSpec;
+    spec.numRopes = 1;
+    spec.cacheLayers = kLayers;
+    spec.kvLoraRank = kLora;
+    spec.qkRopeDim = kRope;
+    ctx = std::make_unique<dsrt::Context>(spec, 1, 2);
+  }
+  std::vector<float> random(int64_t count) {
+    std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+    std::vector<float> v(static_cast<size_t>(count));
+    for (float &x : v)
+      x = u(rng);
+    return v;
+  }
+  const dsrt::RopeTable &table() { return ctx->impl().ropes[0]; }
+};
+
+/// The [n, d] part of a [n, ld] buffer.
+std::vector<float> rowsOf(const std::vector<float> &v, int64_t n, int64_t d,
+                          int64_t ld) {
+  std::vector<float> out;
+  for (int64_t i = 0; i < n; ++i)
+    out.insert(out.end(), v.begin() + long(i * ld), v.begin() + long(i * ld + d));
+  return out;
+}
+
+TEST_F(CudaEmuRows, EmbeddingNormsSwiglu) {
+  using namespace dsrt::cuda::rowk;
+  // d = 300: more columns than threads (256).
+  const int64_t n = 5, d = 300, ld = d + 3, vocab = 11;
+  std::vector<float> a = random(n * ld), b = random(n * ld), w = random(d);
+  const float *none = nullptr;
+
+  std::vector<float> table = random(vocab * d);
+  const std::vector<int32_t> ids = {3, 0, 10, 3, 7};
+  std::vector<float> emb(size_t(n * ld), NAN), embWant(size_t(n * ld), NAN);
+  emu::launch(dim3(unsigned(n)), dim3(256), embeddingKernel,
+              static_cast<const float *>(table.data()), d, ids.data(),
+              emb.data(), ld);
+  dsrt::cpu::embedding(*ctx, table.data(), vocab, d, ids.data(), n,
+                       embWant.data(), ld);
+  EXPECT_EQ(rowsOf(emb, n, d, ld), rowsOf(embWant, n, d, ld));
+
+  std::vector<float> y(size_t(n * ld), NAN), yWant(size_t(n * ld), NAN);
+  emu::launch(dim3(unsigned(n)), dim3(256), addRmsNormKernel, none, int64_t(0),
+              static_cast<const float *>(b.data()), ld, d,
+              static_cast<const float *>(w.data()), 1e-6f,
+              static_cast<float *>(nullptr), int64_t(0), y.data(), ld);
+  dsrt::cpu::rmsNorm(*ctx, b.data(), ld, w.data(), n, d, 1e-6, yWant.data(), ld);
+  expectClose(rowsOf(y, n, d, ld), rowsOf(yWant, n, d, ld), 1e-6);
+
+  std::vector<float> sum(size_t(n * ld), NAN), sumWant(size_t(n * ld), NAN);
+  emu::launch(dim3(unsigned(n)), dim3(256), addRmsNormKernel,
+              static_cast<const float *>(a.data()), ld,
+              static_cast<const float *>(b.data()), ld, d,
+              static_cast<const float *>(w.data()), 1e-6f, sum.data(), ld,
+              y.data(), ld);
+  dsrt::cpu::addRmsNorm(*ctx, a.data(), ld, b.data(), ld, n, d, w.data(), 1e-6,
+                        sumWant.data(), ld, yWant.data(), ld);
+  EXPECT_EQ(rowsOf(sum, n, d, ld), rowsOf(sumWant, n, d, ld));
+  expectClose(rowsOf(y, n, d, ld), rowsOf(yWant, n, d, ld), 1e-6);
+
+  // Two blocks per row: the grid-stride loop.
+  std::vector<float> act(size_t(n * ld), NAN), actWant(size_t(n * ld), NAN);
+  emu::launch(dim3(2, unsigned(n)), dim3(128), swigluKernel,
+              static_cast<const float *>(a.data()), ld,
+              static_cast<const float *>(b.data()), ld, d, act.data(), ld);
+  dsrt::cpu::swiglu(*ctx, a.data(), ld, b.data(), ld, n, d, actWant.data(), ld);
+  expectClose(rowsOf(act, n, d, ld), rowsOf(actWant, n, d, ld), 1e-6);
+}
+
+TEST_F(CudaEmuRows, Rope) {
+  using namespace dsrt::cuda::rowk;
+  // 3 heads of 8 + 16 dims, the rotated part at offset 8.
+  const int64_t n = 4, heads = 3, headStride = 24, offset = 8;
+  const int64_t ld = heads * headStride + 5, half = kRope / 2;
+  const std::vector<int32_t> pos = {0, 7, 150, 199};
+  std::vector<float> x = random(n * ld), want = x;
+  const int64_t total = n * heads * half;
+  emu::launch(dim3(unsigned((total + 63) / 64)), dim3(64), ropeKernel,
+              x.data(), ld, heads, headStride, offset, pos.data(),
+              static_cast<const float *>(table().cos.data()),
+              static_cast<const float *>(table().sin.data()), half, total);
+  dsrt::cpu::rope(*ctx, want.data(), ld, n, heads, headStride, offset,
+                  pos.data(), 0);
+  expectClose(x, want, 1e-6);
+}
+
+/// The cache write (with and without the fused RoPE) into the device
+/// layout through the block table, against the CPU backend's write into its
+/// cache: tokens of two sequences, blocks reserved in interleaved order.
+TEST_F(CudaEmuRows, CacheWrites) {
+  using namespace dsrt::cuda::rowk;
+  dsrt::KVCache &cache = ctx->cache();
+  std::string error;
+  const int32_t s0 = cache.startSequence(&error), s1 = cache.startSequence(&error);
+  ASSERT_TRUE(s0 >= 0 && s1 >= 0) << error;
+  ASSERT_TRUE(cache.reserve(s1, 64, &error) && cache.reserve(s0, 10, &error) &&
+              cache.reserve(s1, 132, &error))
+      << error;
+  const std::vector<int32_t> seq = {s1, s0, s1}, pos = {130, 5, 131};
+  const int64_t n = 3, ldl = kLora + 2, ldk = kRope + 3, row = kLora + kRope;
+  const int64_t maxBlocks = (kMaxSeq + 63) / 64;
+  std::vector<int32_t> blockTable(size_t(2 * maxBlocks));
+  for (int32_t s : {s0, s1})
+    for (int64_t b = 0; b < maxBlocks; ++b)
+      blockTable[size_t(s * maxBlocks + b)] = cache.blockId(s, b);
+  ctx->setTokenSequences(seq.data(), n);
+
+  for (bool fused : {false, true}) {
+    SCOPED_TRACE(fused ? "ropeKvCacheWrite" : "kvCacheWrite");
+    const int64_t layer = fused ? 1 : 0;
+    std::vector<float> latent = random(n * ldl), krope = random(n * ldk);
+    std::vector<float> kropeWant = krope;
+    std::vector<float> device(size_t(cache.totalBlocks() * kLayers * 64 * row), NAN);
+    emu::launch(dim3(unsigned(n)), dim3(128), cacheWriteKernel,
+                static_cast<const float *>(latent.data()), ldl, krope.data(),
+                ldk, pos.data(), seq.data(),
+                static_cast<const int32_t *>(blockTable.data()), maxBlocks,
+                device.data(), kLayers, layer, kLora, kRope,
+                fused ? table().cos.data() : nullptr,
+                fused ? table().sin.data() : nullptr);
+    if (fused)
+      dsrt::cpu::ropeKvCacheWrite(*ctx, layer, latent.data(), ldl,
+                                  kropeWant.data(), ldk, pos.data(), n, 0);
+    else
+      dsrt::cpu::kvCacheWrite(*ctx, layer, latent.data(), ldl,
+                              kropeWant.data(), ldk, pos.data(), n);
+    expectClose(krope, kropeWant, 1e-6); // rotated in place when fused
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t p = pos[size_t(i)];
+      const int64_t block = blockTable[size_t(seq[size_t(i)] * maxBlocks + p / 64)];
+      const float *got = device.data() + ((block * kLayers + layer) * 64 + p % 64) * row;
+      const float *want = ctx->cacheRow(layer, seq[size_t(i)], p);
+      for (int64_t d = 0; d < row; ++d)
+        EXPECT_NEAR(got[d], want[d], 1e-6f * std::max(1.0f, std::fabs(want[d])))
+            << "token " << i << " dim " << d;
+    }
+  }
 }
 
 //===----------------------------------------------------------------------===//

@@ -1,0 +1,143 @@
+//===- RowKernels.cuh - embedding, norms, SwiGLU, RoPE, cache write -*- CUDA -*-===//
+//
+// The row kernels of Kernels.cu (which launches them), in a header so that
+// test/Unit/CudaEmuTest.cpp runs them on the CPU against the CPU backend.
+// One block per row (or one thread per RoPE pair); float32 throughout, with
+// the CPU backend's formulas (rsqrt of mean square + eps, interleaved RoPE
+// pairs).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DS_LIB_RUNTIME_CUDA_ROWKERNELS_CUH
+#define DS_LIB_RUNTIME_CUDA_ROWKERNELS_CUH
+
+#include "KernelCommon.cuh"
+
+namespace dsrt {
+namespace cuda {
+namespace rowk {
+
+__global__ void embeddingKernel(const float *table, int64_t hidden,
+                                const int32_t *ids, float *out, int64_t ldo) {
+  const int64_t i = blockIdx.x;
+  const float *src = table + int64_t(ids[i]) * hidden;
+  for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x)
+    out[i * ldo + j] = src[j];
+}
+
+/// The sum of v over the block (every thread gets it); `shared` holds 32
+/// floats.
+__device__ inline float blockSum(float v, float *shared) {
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0)
+    shared[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x / 32;
+  v = lane < warps ? shared[lane] : 0.0f;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1)
+      v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x == 0)
+    shared[0] = v;
+  __syncthreads();
+  v = shared[0];
+  __syncthreads();
+  return v;
+}
+
+/// sum = a + b (when a is non-null), y = rmsNorm(sum or x, w).
+__global__ void addRmsNormKernel(const float *a, int64_t lda, const float *b,
+                                 int64_t ldb, int64_t d, const float *w,
+                                 float eps, float *sum, int64_t lds, float *y,
+                                 int64_t ldy) {
+  __shared__ float shared[32];
+  const int64_t i = blockIdx.x;
+  const float *bi = b + i * ldb;
+  float *si = sum + i * lds;
+  float ss = 0.0f;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    float v = a ? a[i * lda + j] + bi[j] : bi[j];
+    if (a)
+      si[j] = v;
+    ss += v * v;
+  }
+  ss = blockSum(ss, shared);
+  const float r = 1.0f / sqrtf(ss / float(d) + eps);
+  const float *src = a ? si : bi;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
+    y[i * ldy + j] = src[j] * r * w[j];
+}
+
+__global__ void addKernel(const float *a, int64_t lda, const float *b,
+                          int64_t ldb, int64_t d, float *y, int64_t ldy) {
+  const int64_t i = blockIdx.y;
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < d;
+       j += int64_t(gridDim.x) * blockDim.x)
+    y[i * ldy + j] = a[i * lda + j] + b[i * ldb + j];
+}
+
+__global__ void swigluKernel(const float *g, int64_t ldg, const float *u,
+                             int64_t ldu, int64_t d, float *y, int64_t ldy) {
+  const int64_t i = blockIdx.y;
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < d;
+       j += int64_t(gridDim.x) * blockDim.x) {
+    float gv = g[i * ldg + j];
+    y[i * ldy + j] = gv / (1.0f + expf(-gv)) * u[i * ldu + j];
+  }
+}
+
+/// One thread per (token, head, pair).
+__global__ void ropeKernel(float *x, int64_t ldx, int64_t heads,
+                           int64_t headStride, int64_t offset,
+                           const int32_t *pos, const float *cosT,
+                           const float *sinT, int64_t half, int64_t total) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= total)
+    return;
+  const int64_t j = t % half, h = (t / half) % heads, i = t / (half * heads);
+  const float c = cosT[pos[i] * half + j], s = sinT[pos[i] * half + j];
+  float *v = x + i * ldx + h * headStride + offset + 2 * j;
+  const float a = v[0], b = v[1];
+  v[0] = a * c - b * s;
+  v[1] = a * s + b * c;
+}
+
+/// Stores latent and (optionally rotated in place) krope of token i in its
+/// cache row. One block per token; the rotation is done by the threads of
+/// the block before the store, so the stored krope is the rotated one.
+__global__ void cacheWriteKernel(const float *latent, int64_t ldl,
+                                 float *krope, int64_t ldk, const int32_t *pos,
+                                 const int32_t *tokenSeq,
+                                 const int32_t *blockTable, int64_t maxBlocks,
+                                 float *cache, int64_t layers, int64_t layer,
+                                 int64_t lora, int64_t ropeDim,
+                                 const float *cosT, const float *sinT) {
+  const int64_t i = blockIdx.x;
+  const int64_t p = pos[i];
+  const int32_t block = blockTable[int64_t(tokenSeq[i]) * maxBlocks + p / 64];
+  const int64_t rowFloats = lora + ropeDim;
+  float *row = cache + ((int64_t(block) * layers + layer) * 64 + p % 64) * rowFloats;
+  float *kr = krope + i * ldk;
+  if (cosT) {
+    const int64_t half = ropeDim / 2;
+    for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
+      const float c = cosT[p * half + j], s = sinT[p * half + j];
+      const float a = kr[2 * j], b = kr[2 * j + 1];
+      kr[2 * j] = a * c - b * s;
+      kr[2 * j + 1] = a * s + b * c;
+    }
+    __syncthreads();
+  }
+  for (int64_t j = threadIdx.x; j < lora; j += blockDim.x)
+    row[j] = latent[i * ldl + j];
+  for (int64_t j = threadIdx.x; j < ropeDim; j += blockDim.x)
+    row[lora + j] = kr[j];
+}
+
+} // namespace rowk
+} // namespace cuda
+} // namespace dsrt
+
+#endif // DS_LIB_RUNTIME_CUDA_ROWKERNELS_CUH
