@@ -7,8 +7,8 @@
 // and on tensor cores, split decode over a paged latent cache and its
 // combine), the row kernels (embedding, norms, SwiGLU, RoPE, cache writes:
 // against the CPU backend) and the logits argmax. This checks indexing,
-// tails, tiling and barriers on every machine; the real GPU runs (bench/gpu/run.sh, the
-// cuda-gpu lit tests) check the rest. The first tests check that the
+// tails, tiling and barriers on every machine; the real GPU runs
+// (bench/gpu/run.sh, the cuda-gpu lit tests) check the rest. The first tests check that the
 // emulator itself catches the faults it claims to.
 //
 //===----------------------------------------------------------------------===//
