@@ -83,7 +83,8 @@ private:
     if (fp8) {
       int64_t rows = llvm::divideCeil(shape[0], c.fp8Block->first);
       int64_t cols = llvm::divideCeil(shape[1], c.fp8Block->second);
-      WeightOp::create(b, at("", n + std::string(kScaleSuffix)), n + std::string(kScaleSuffix),
+      WeightOp::create(b, at("", n + std::string(kScaleSuffix)),
+                       n + std::string(kScaleSuffix),
                        RankedTensorType::get({rows, cols}, b.getF32Type()));
     }
   }
@@ -187,25 +188,26 @@ private:
   }
 
   Value rmsNorm(Value x, const Twine &weightName) {
-    return RMSNormOp::create(b, at("rms_norm_eps", weightName), x.getType(), x, sym(weightName),
-                             b.getF64FloatAttr(c.rmsNormEps));
+    return RMSNormOp::create(b, at("rms_norm_eps", weightName), x.getType(), x,
+                             sym(weightName), b.getF64FloatAttr(c.rmsNormEps));
   }
 
   /// One pre-norm transformer block: x + attn(norm(x)), then + ffn(norm(.)).
   Value decoderLayer(Value x, Value positions, int64_t layer) {
     std::string p = "model.layers." + std::to_string(layer);
     Value n = rmsNorm(x, p + ".input_layernorm.weight");
-    Value a = MLAOp::create(b, at("num_attention_heads", p + ".self_attn"), act, n, positions,
-                            b.getStringAttr(p + ".self_attn"), mla, rope,
-                            b.getF64FloatAttr(1e-6));
+    Value a = MLAOp::create(b, at("num_attention_heads", p + ".self_attn"), act,
+                            n, positions, b.getStringAttr(p + ".self_attn"),
+                            mla, rope, b.getF64FloatAttr(1e-6));
     x = arith::AddFOp::create(b, at("hidden_size", p), x, a);
     n = rmsNorm(x, p + ".post_attention_layernorm.weight");
     Value f;
     if (c.isMoELayer(layer))
-      f = MoEOp::create(b, at("n_routed_experts", p + ".mlp"), act, n, b.getStringAttr(p + ".mlp"),
-                        moe);
+      f = MoEOp::create(b, at("n_routed_experts", p + ".mlp"), act, n,
+                        b.getStringAttr(p + ".mlp"), moe);
     else
-      f = MLPOp::create(b, at("intermediate_size", p + ".mlp"), act, n, b.getStringAttr(p + ".mlp"),
+      f = MLPOp::create(b, at("intermediate_size", p + ".mlp"), act, n,
+                        b.getStringAttr(p + ".mlp"),
                         b.getI64IntegerAttr(c.intermediateSize));
     return arith::AddFOp::create(b, at("hidden_size", p), x, f);
   }
@@ -218,15 +220,15 @@ private:
     Block *entry = fn.addEntryBlock();
     b.setInsertionPointToStart(entry);
     Value ids = entry->getArgument(0), positions = entry->getArgument(1);
-    Value x = EmbeddingOp::create(b, at("vocab_size", "model.embed_tokens"), act, ids,
-                                  sym("model.embed_tokens.weight"));
+    Value x = EmbeddingOp::create(b, at("vocab_size", "model.embed_tokens"),
+                                  act, ids, sym("model.embed_tokens.weight"));
     for (int64_t i = 0; i < c.numLayers; ++i)
       x = decoderLayer(x, positions, i);
     Value hidden = rmsNorm(x, "model.norm.weight");
-    Value logits = LMHeadOp::create(
-        b, at("vocab_size", "lm_head"), logitsType, hidden,
-        sym(c.tieWordEmbeddings ? "model.embed_tokens.weight"
-                                : "lm_head.weight"));
+    Value logits =
+        LMHeadOp::create(b, at("vocab_size", "lm_head"), logitsType, hidden,
+                         sym(c.tieWordEmbeddings ? "model.embed_tokens.weight"
+                                                 : "lm_head.weight"));
     func::ReturnOp::create(b, loc, ValueRange{logits, hidden});
   }
 
@@ -236,15 +238,17 @@ private:
     int64_t layer = c.numLayers + k - 1;
     std::string p = "model.layers." + std::to_string(layer);
     auto fn = func::FuncOp::create(
-        b, at("num_nextn_predict_layers", "mtp_" + std::to_string(k)), "mtp_" + std::to_string(k),
+        b, at("num_nextn_predict_layers", "mtp_" + std::to_string(k)),
+        "mtp_" + std::to_string(k),
         b.getFunctionType({act, idsType, idsType}, {logitsType, act}));
     OpBuilder::InsertionGuard guard(b);
     Block *entry = fn.addEntryBlock();
     b.setInsertionPointToStart(entry);
-    auto mtp = MTPOp::create(b, at("num_nextn_predict_layers", p), logitsType, entry->getArgument(0),
-                             entry->getArgument(1), entry->getArgument(2), p, k,
-                             p + ".embed_tokens.weight",
-                             p + ".shared_head.head.weight", c.rmsNormEps);
+    auto mtp =
+        MTPOp::create(b, at("num_nextn_predict_layers", p), logitsType,
+                      entry->getArgument(0), entry->getArgument(1),
+                      entry->getArgument(2), p, k, p + ".embed_tokens.weight",
+                      p + ".shared_head.head.weight", c.rmsNormEps);
     {
       OpBuilder::InsertionGuard inner(b);
       Block &body = mtp.getBody().front();
