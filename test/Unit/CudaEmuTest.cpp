@@ -292,11 +292,11 @@ std::vector<float> runExperts(const MoECase &m, Path path) {
   const int64_t tileRows = path == Path::TensorCores ? kTcBM : kBM;
   const size_t slots = size_t(E + 1);
   std::vector<int32_t> counts(slots), offsets(slots), tileOffsets(slots),
-      cursor(slots), rowOf(static_cast<size_t>(pairs)),
+      cursor(slots), active(slots, 7777), rowOf(static_cast<size_t>(pairs)),
       slotOf(static_cast<size_t>(pairs));
   emu::launch(dim3(1), dim3(1024), sortPairsKernel, m.idx.data(), pairs, m.lo,
               E, tileRows, counts.data(), offsets.data(), tileOffsets.data(),
-              cursor.data(), rowOf.data(), slotOf.data());
+              cursor.data(), active.data(), rowOf.data(), slotOf.data());
   // Every pair in range has a distinct slot, each expert's slots contiguous.
   for (int64_t p = 0; p < pairs; ++p) {
     const int64_t e = m.idx[size_t(p)] - m.lo;
@@ -308,6 +308,14 @@ std::vector<float> runExperts(const MoECase &m, Path path) {
     EXPECT_LT(slotOf[size_t(p)], offsets[size_t(e + 1)]);
     EXPECT_EQ(rowOf[size_t(slotOf[size_t(p)])], p);
   }
+  // active: the experts with rows in order, then -1.
+  std::vector<int32_t> wantActive;
+  for (int64_t e = 0; e < E; ++e)
+    if (offsets[size_t(e + 1)] > offsets[size_t(e)])
+      wantActive.push_back(int32_t(e));
+  wantActive.resize(size_t(E), -1);
+  EXPECT_EQ(std::vector<int32_t>(active.begin(), active.begin() + E),
+            wantActive);
 
   const int64_t rows = offsets[size_t(E)];
   std::vector<float> h(size_t(std::max<int64_t>(rows, 1) * m.inter), NAN),
@@ -320,12 +328,14 @@ std::vector<float> runExperts(const MoECase &m, Path path) {
   const bool vecX = m.hidden % 8 == 0 && m.ldx % 4 == 0,
              vecH = m.inter % 8 == 0;
   if (path == Path::Gemv) {
-    emu::launch(dim3(unsigned(E), unsigned((m.inter + 7) / 8)), dim3(256),
+    const unsigned blocks = unsigned(std::min(E, pairs));
+    emu::launch(dim3(blocks, unsigned((m.inter + 7) / 8)), dim3(256),
                 groupedGemvKernel<WT, true>, xRows, gate, up, offsets.data(),
-                m.hidden, m.inter, h.data(), m.inter, vecX);
-    emu::launch(dim3(unsigned(E), unsigned((m.hidden + 7) / 8)), dim3(256),
+                active.data(), m.hidden, m.inter, h.data(), m.inter, vecX);
+    emu::launch(dim3(blocks, unsigned((m.hidden + 7) / 8)), dim3(256),
                 groupedGemvKernel<WT, false>, hRows, down, nullptr,
-                offsets.data(), m.inter, m.hidden, yp.data(), m.hidden, vecH);
+                offsets.data(), active.data(), m.inter, m.hidden, yp.data(),
+                m.hidden, vecH);
   } else if (path == Path::TensorCores) {
     const unsigned tiles = unsigned(tileBound(pairs, E, kTcBM));
     emu::launch(dim3(unsigned((m.inter + kTcBN - 1) / kTcBN), tiles), dim3(256),
@@ -395,6 +405,15 @@ TEST(CudaEmuMoE, GroupedGemvBf16Weights) {
               1e-5);
 }
 
+TEST(CudaEmuMoE, GroupedGemvFewerPairsThanExperts) {
+  // Decode: one token's 3 pairs over 6 local experts of 8, so the grid has
+  // blocks for 3 experts and each must find its expert in `active`.
+  MoECase m = makeCase(1, 3, 8, 1, 6, 64, 48, 64, true, 7);
+  m.idx = {6, 2, 0}; // expert 0 is another rank's
+  expectClose(runExperts<__nv_bfloat16>(m, Path::Gemv), m.reference(false),
+              1e-5);
+}
+
 TEST(CudaEmuMoE, SimtGemmFloat32) {
   MoECase m = smallCase(false, 72, 3);
   expectClose(runExperts<float>(m, Path::Simt), m.reference(false), 1e-5);
@@ -420,6 +439,72 @@ TEST(CudaEmuMoE, TensorCoreGemmManyRowsPerExpert) {
     m.idx[size_t(t * 2)] = 0, m.idx[size_t(t * 2 + 1)] = 1;
   expectClose(runExperts<__nv_bfloat16>(m, Path::TensorCores),
               m.reference(true), 1e-4);
+}
+
+//===----------------------------------------------------------------------===//
+// Dense GEMV (Gemm.cu's path for a few rows)
+//===----------------------------------------------------------------------===//
+
+/// denseGemvKernel over n rows of x [n, ldx] (K used) and weights [N, K]
+/// (values exact in bf16, held as WT), against a double-precision product;
+/// output columns ldo > N keep their NaN.
+template <class WT, bool GATED>
+void checkDenseGemv(int64_t n, int64_t K, int64_t N, int64_t ldx,
+                    uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(size_t(n * ldx), NAN), wa(size_t(N * K)),
+      wb(size_t(N * K));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t k = 0; k < K; ++k)
+      x[size_t(t * ldx + k)] = u(rng);
+  for (size_t i = 0; i < wa.size(); ++i)
+    wa[i] = bf16Round(0.3f * u(rng)), wb[i] = bf16Round(0.3f * u(rng));
+  std::vector<WT> a(wa.size()), b(wb.size());
+  for (size_t i = 0; i < wa.size(); ++i)
+    a[i] = WT(wa[i]), b[i] = WT(wb[i]);
+  const int64_t ldo = N + 3;
+  std::vector<float> out(size_t(n * ldo), NAN), want(size_t(n * N));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t c = 0; c < N; ++c) {
+      double p = 0, q = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        p += double(x[size_t(t * ldx + k)]) * wa[size_t(c * K + k)];
+        q += double(x[size_t(t * ldx + k)]) * wb[size_t(c * K + k)];
+      }
+      want[size_t(t * N + c)] = GATED ? silu(float(p)) * float(q) : float(p);
+    }
+  const bool vec = K % 8 == 0 && ldx % 4 == 0;
+  emu::launch(dim3(unsigned((N + 7) / 8)), dim3(256),
+              denseGemvKernel<WT, GATED>, Rows{x.data(), ldx, nullptr, 1},
+              a.data(), GATED ? b.data() : nullptr, n, K, N, out.data(), ldo,
+              vec);
+  std::vector<float> got(size_t(n * N));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t c = 0; c < ldo; ++c) {
+      if (c < N)
+        got[size_t(t * N + c)] = out[size_t(t * ldo + c)];
+      else
+        EXPECT_TRUE(std::isnan(out[size_t(t * ldo + c)]))
+            << "row " << t << " written past column " << N;
+    }
+  expectClose(got, want, 1e-5);
+}
+
+TEST(CudaEmuGemv, DenseBf16) {
+  // 16-byte loads, K past the last 4-load step; one row, then a full group
+  // of 8, then 11 rows (a second pass over the weights).
+  for (int64_t n : {1, 8, 11})
+    checkDenseGemv<__nv_bfloat16, false>(n, 1032, 37, 1036, uint32_t(n));
+}
+
+TEST(CudaEmuGemv, DenseFloat32Gated) {
+  checkDenseGemv<float, true>(3, 264, 21, 268, 12);
+}
+
+TEST(CudaEmuGemv, DenseUnalignedK) {
+  // K % 8 != 0: the element-wise path.
+  checkDenseGemv<__nv_bfloat16, true>(2, 70, 19, 70, 13);
 }
 
 //===----------------------------------------------------------------------===//

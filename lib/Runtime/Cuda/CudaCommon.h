@@ -6,7 +6,7 @@
 #include "ds/Runtime/Cuda.h"
 
 #include "../ContextImpl.h"
-#include "KernelCommon.cuh"
+#include "GemvKernels.cuh"
 
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -99,6 +99,10 @@ struct DeviceState {
   std::map<int64_t, cudaGraphExec_t> graphs;
   std::map<int64_t, int> seen;
   bool useGraphs = true;
+
+  /// Dense GEMMs of at most this many rows run as GEMV kernels, the rest
+  /// through cuBLASLt (DS_CUDA_GEMV_ROWS; 0: always cuBLASLt).
+  int64_t gemvMaxRows = kGemvRows;
 
   /// Multi-rank (prepareNccl): one NCCL communicator per MeshAxis, and the
   /// DS_COMM_TIMEOUT bound of waits on the stream (0: plain synchronize).

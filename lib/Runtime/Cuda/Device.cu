@@ -283,6 +283,17 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
     st.profile = std::strcmp(p, "0") != 0;
   if (st.profile)
     st.useGraphs = false;
+  if (const char *r = std::getenv("DS_CUDA_GEMV_ROWS")) {
+    char *end = nullptr;
+    const long v = std::strtol(r, &end, 10);
+    if (end == r || *end || v < 0) {
+      *error = std::string("DS_CUDA_GEMV_ROWS: expected a row count >= 0, "
+                           "got '") +
+               r + "'";
+      return false;
+    }
+    st.gemvMaxRows = v;
+  }
 
   st.maxTokens = std::max<int64_t>(
       {spec.prefillMaxTokens, spec.decodeMaxTokens, spec.mtpMaxTokens, 1});

@@ -9,6 +9,11 @@
 // against the CPU backend. Plans (layouts + the heuristic's algorithm) are
 // cached per shape, stride, dtype and pointer alignment.
 //
+// Up to DeviceState::gemvMaxRows rows (decode) the product is instead a GEMV
+// kernel (GemvKernels.cuh) that reads the float32 input as it is: one launch
+// instead of a conversion and a GEMM, and for gate/up one launch with the
+// SwiGLU instead of five.
+//
 //===----------------------------------------------------------------------===//
 
 #include "CudaCommon.h"
@@ -110,6 +115,38 @@ DeviceState::Plan &planFor(DeviceState &st, int64_t m, int64_t n, int64_t k,
   return st.plans.emplace(key, p).first->second;
 }
 
+/// 16-byte loads: rows of 8 elements, 16-byte aligned.
+bool vecRows(const void *p, int64_t ld, int64_t k, size_t elt) {
+  return k % 8 == 0 && (ld * int64_t(elt)) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+/// y = x W^T (GATED: silu(x Wa^T) * (x Wb^T)) as a GEMV, or false when the
+/// rows are too many for one.
+template <bool GATED>
+bool tryGemv(DeviceState &st, const float *x, int64_t ldx, int64_t n,
+             int64_t in, const DeviceWeight &wa, const DeviceWeight *wb,
+             float *y, int64_t ldy, const char *where) {
+  if (n > st.gemvMaxRows)
+    return false;
+  const Rows rows{x, ldx, nullptr, 1};
+  const size_t elt = wa.bf16 ? 2 : 4;
+  const bool vec = vecRows(x, ldx, in, 4) && vecRows(wa.ptr, in, in, elt) &&
+                   (!GATED || vecRows(wb->ptr, in, in, elt));
+  const unsigned blocks = unsigned((wa.rows + 7) / 8);
+  const void *pb = GATED ? wb->ptr : nullptr;
+  if (wa.bf16)
+    denseGemvKernel<__nv_bfloat16, GATED><<<blocks, 256, 0, st.stream>>>(
+        rows, static_cast<const __nv_bfloat16 *>(wa.ptr),
+        static_cast<const __nv_bfloat16 *>(pb), n, in, wa.rows, y, ldy, vec);
+  else
+    denseGemvKernel<float, GATED><<<blocks, 256, 0, st.stream>>>(
+        rows, static_cast<const float *>(wa.ptr),
+        static_cast<const float *>(pb), n, in, wa.rows, y, ldy, vec);
+  checkLaunch(where);
+  return true;
+}
+
 } // namespace
 
 void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
@@ -120,6 +157,8 @@ void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
   if (w.cols != in)
     fatal(where, "weight width differs from the input's");
   DeviceState &st = state(ctx);
+  if (tryGemv<false>(st, x, ldx, n, in, w, nullptr, y, ldy, where))
+    return;
   const void *b = x;
   int64_t ldb = ldx;
   if (w.bf16) {
@@ -184,6 +223,17 @@ void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
   if (n <= 0)
     return;
   DeviceState &st = state(ctx);
+  const DeviceWeight &wg = st.weights[size_t(gate)],
+                     &wu = st.weights[size_t(up)];
+  if (wg.rows != inter || wu.rows != inter || wg.cols != in || wu.cols != in ||
+      wg.bf16 != wu.bf16)
+    fatal("gatedUp", "gate and up weights differ in shape or dtype");
+  if (n <= st.gemvMaxRows) {
+    int64_t ldq = ldx;
+    const float *q = actInput(ctx, x, &ldq, n, in, gate, act);
+    tryGemv<true>(st, q, ldq, n, in, wg, &wu, y, ldy, "gatedUp");
+    return;
+  }
   float *g = static_cast<float *>(
       scratch(st, size_t(2 * n * inter) * sizeof(float), "gatedUp"));
   float *u = g + n * inter;

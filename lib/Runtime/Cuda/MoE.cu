@@ -3,8 +3,9 @@
 // (token, k) pairs are sorted by expert on the device (one block counts,
 // scans and scatters), then:
 //  - few tokens (decode, n <= kGemvTokens): a grouped GEMV, one warp per
-//    output column of one active expert, streaming the weight row with
-//    16-byte loads for 8 of the expert's rows at a time;
+//    output column of one active expert (blocks only for experts with
+//    rows), streaming the weight row with 16-byte loads for 8 of the
+//    expert's rows at a time;
 //  - else (prefill): a grouped tiled GEMM over (expert, row tile, 64-col
 //    tile), with the tile list computed on the device so the grid is sized
 //    from n alone: on tensor cores (WMMA, 64-row tiles) for bf16 weights,
@@ -67,11 +68,13 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                 int64_t lo, int64_t experts, float *y, int64_t ldy,
                 bool fp8Act) {
   const int64_t pairs = n * topK;
-  auto *ints = static_cast<int32_t *>(scratch(
-      st, size_t(4 * (experts + 1) + 2 * pairs) * sizeof(int32_t), "moeExpertsW"));
+  auto *ints = static_cast<int32_t *>(
+      scratch(st, size_t(5 * (experts + 1) + 2 * pairs) * sizeof(int32_t),
+              "moeExpertsW"));
   int32_t *counts = ints, *offsets = counts + experts + 1,
-          *tileOffsets = offsets + experts + 1, *cursor = tileOffsets + experts + 1,
-          *rowOf = cursor + experts + 1, *slotOf = rowOf + pairs;
+          *tileOffsets = offsets + experts + 1,
+          *cursor = tileOffsets + experts + 1, *active = cursor + experts + 1,
+          *rowOf = active + experts + 1, *slotOf = rowOf + pairs;
   float *h = static_cast<float *>(
       scratch(st, size_t(pairs * inter) * sizeof(float), "moeExpertsW"));
   float *yp = static_cast<float *>(
@@ -79,8 +82,8 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   constexpr bool tensorCores = std::is_same<WT, __nv_bfloat16>::value;
   const int64_t tileRows = tensorCores ? kTcBM : kBM;
   sortPairsKernel<<<1, 1024, 0, st.stream>>>(idx, pairs, lo, experts, tileRows,
-                                              counts, offsets, tileOffsets,
-                                              cursor, rowOf, slotOf);
+                                             counts, offsets, tileOffsets,
+                                             cursor, active, rowOf, slotOf);
   checkLaunch("moeExpertsW (sort)");
   if (fp8Act) { // every token's row once, before the gather
     x = fakeQuantE4M3(st, x, ldx, n, hidden);
@@ -95,16 +98,19 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
     return k % 8 == 0 && ld % 4 == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
   };
   if (n <= kGemvTokens) {
+    // Blocks for the active experts only (at most one per pair): at batch 1
+    // 6 of 64 experts, not 64 mostly empty ones.
+    const unsigned blocks = unsigned(imin(experts, pairs));
     groupedGemvKernel<WT, true>
-        <<<dim3(unsigned(experts), unsigned((inter + 7) / 8)), 256, 0, st.stream>>>(
-            xRows, gate, up, offsets, hidden, inter, h, inter,
+        <<<dim3(blocks, unsigned((inter + 7) / 8)), 256, 0, st.stream>>>(
+            xRows, gate, up, offsets, active, hidden, inter, h, inter,
             vec(xRows.x, xRows.ldx, hidden));
     checkLaunch("moeExpertsW (gate/up)");
     if (fp8Act)
       hRows.x = fakeQuantE4M3(st, h, inter, pairs, inter);
     groupedGemvKernel<WT, false>
-        <<<dim3(unsigned(experts), unsigned((hidden + 7) / 8)), 256, 0, st.stream>>>(
-            hRows, down, nullptr, offsets, inter, hidden, yp, hidden,
+        <<<dim3(blocks, unsigned((hidden + 7) / 8)), 256, 0, st.stream>>>(
+            hRows, down, nullptr, offsets, active, inter, hidden, yp, hidden,
             vec(hRows.x, hRows.ldx, inter));
     checkLaunch("moeExpertsW (down)");
   } else if (tensorCores) {

@@ -8,13 +8,12 @@
 #ifndef DS_LIB_RUNTIME_CUDA_MOEKERNELS_CUH
 #define DS_LIB_RUNTIME_CUDA_MOEKERNELS_CUH
 
-#include "KernelCommon.cuh"
+#include "GemvKernels.cuh"
 
 namespace dsrt {
 namespace cuda {
 namespace moe {
 
-constexpr int kGemvRows = 8;
 /// Up to this many tokens the experts run as GEMVs (each active expert's
 /// weights streamed once per 8 of its rows), above as tiled GEMMs.
 constexpr int64_t kGemvTokens = 64;
@@ -31,14 +30,15 @@ inline int64_t tileBound(int64_t pairs, int64_t experts, int64_t tileRows) {
   return (pairs + tileRows - 1) / tileRows + experts;
 }
 
-/// counts, offsets (exclusive scan), tile offsets (tiles of tileRows rows), and
+/// counts, offsets (exclusive scan), tile offsets (tiles of tileRows rows),
+/// the experts with rows in order (active [experts], -1 after the last), and
 /// the scatter: rowOf[slot] = pair, slotOf[pair] = slot. Only experts
 /// [lo, lo + experts) are here (expert parallelism): other pairs get slot -1.
 __global__ void sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
                                 int64_t experts, int64_t tileRows,
-                                int32_t *counts,
-                                int32_t *offsets, int32_t *tileOffsets,
-                                int32_t *cursor, int32_t *rowOf,
+                                int32_t *counts, int32_t *offsets,
+                                int32_t *tileOffsets, int32_t *cursor,
+                                int32_t *active, int32_t *rowOf,
                                 int32_t *slotOf) {
   for (int64_t e = threadIdx.x; e < experts; e += blockDim.x)
     counts[e] = 0;
@@ -52,14 +52,18 @@ __global__ void sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
       atomicAdd(&counts[local(p)], 1);
   __syncthreads();
   if (threadIdx.x == 0) {
-    int32_t off = 0, tiles = 0;
+    int32_t off = 0, tiles = 0, used = 0;
     for (int64_t e = 0; e < experts; ++e) {
       offsets[e] = off;
       tileOffsets[e] = tiles;
       cursor[e] = off;
       off += counts[e];
       tiles += int32_t((counts[e] + tileRows - 1) / tileRows);
+      if (counts[e] > 0)
+        active[used++] = int32_t(e);
     }
+    for (int64_t i = used; i < experts; ++i)
+      active[i] = -1;
     offsets[experts] = off;
     tileOffsets[experts] = tiles;
   }
@@ -73,140 +77,25 @@ __global__ void sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
   }
 }
 
-/// 8 consecutive weights as raw bits: one uint4 of bf16, two of float.
-struct Pack8 {
-  uint4 a, b;
-};
-__device__ inline void loadRaw(const __nv_bfloat16 *w, Pack8 &p) {
-  p.a = __ldg(reinterpret_cast<const uint4 *>(w));
-}
-__device__ inline void loadRaw(const float *w, Pack8 &p) {
-  p.a = __ldg(reinterpret_cast<const uint4 *>(w));
-  p.b = __ldg(reinterpret_cast<const uint4 *>(w + 4));
-}
-template <class WT> __device__ inline void unpack(const Pack8 &p, float *out);
-template <> __device__ inline void unpack<__nv_bfloat16>(const Pack8 &p, float *out) {
-  const __nv_bfloat16 *b = reinterpret_cast<const __nv_bfloat16 *>(&p.a);
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-    out[j] = __bfloat162float(b[j]);
-}
-template <> __device__ inline void unpack<float>(const Pack8 &p, float *out) {
-  const float *a = reinterpret_cast<const float *>(&p.a);
-  const float *b = reinterpret_cast<const float *>(&p.b);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    out[j] = a[j];
-    out[4 + j] = b[j];
-  }
-}
-
-/// Row r (slot) of the expert's input: x of the pair's token (gathered),
-/// or row slot of a dense [pairs, K] buffer.
-struct Rows {
-  const float *x;
-  int64_t ldx;
-  const int32_t *rowOf; // null: dense by slot
-  int64_t topK;
-  __device__ const float *row(int64_t slot) const {
-    return rowOf ? x + int64_t(rowOf[slot] / topK) * ldx : x + slot * ldx;
-  }
-};
-
-/// Grouped GEMV: block (expert, 8 columns), one warp per column; the
-/// expert's rows kGemvRows at a time (the weight row is re-read from cache
-/// for each further group). GATED: out = silu(x Wg^T) * (x Wu^T).
+/// Grouped GEMV: block (i-th active expert, 8 columns), one warp per column.
+/// active[i] is the i-th expert with rows (sortPairsKernel), -1 past the
+/// last: the grid needs only min(experts, pairs) expert blocks.
 template <class WT, bool GATED>
 __global__ void groupedGemvKernel(Rows rows, const void *const *wa,
                                   const void *const *wb, const int32_t *offsets,
-                                  int64_t K, int64_t N, float *out,
-                                  int64_t ldo, bool vec) {
-  const int64_t e = blockIdx.x;
-  const int64_t first = offsets[e], count = offsets[e + 1] - first;
-  if (count == 0)
+                                  const int32_t *active, int64_t K, int64_t N,
+                                  float *out, int64_t ldo, bool vec) {
+  const int32_t e = active[blockIdx.x];
+  if (e < 0)
     return;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t col = int64_t(blockIdx.y) * (blockDim.x / 32) + warp;
+  const int64_t first = offsets[e], count = offsets[e + 1] - first;
+  const int64_t col =
+      int64_t(blockIdx.y) * (blockDim.x / 32) + threadIdx.x / 32;
   if (col >= N)
     return;
-  const WT *w1 = static_cast<const WT *>(wa[e]) + col * K;
   const WT *w2 = GATED ? static_cast<const WT *>(wb[e]) + col * K : nullptr;
-  for (int64_t r0 = first; r0 < first + count; r0 += kGemvRows) {
-    const int64_t here = imin(kGemvRows, first + count - r0);
-    const float *xr[kGemvRows];
-#pragma unroll
-    for (int r = 0; r < kGemvRows; ++r)
-      xr[r] = r < here ? rows.row(r0 + r) : nullptr;
-    float a1[kGemvRows], a2[kGemvRows];
-#pragma unroll
-    for (int r = 0; r < kGemvRows; ++r)
-      a1[r] = a2[r] = 0.0f;
-    if (vec) {
-      // kUnroll 16-byte weight loads per matrix in flight before any use:
-      // enough bytes in flight per warp to approach the memory bandwidth.
-      constexpr int kUnroll = 4;
-      for (int64_t k0 = int64_t(lane) * 8; k0 < K; k0 += 256 * kUnroll) {
-        Pack8 p1[kUnroll], p2[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t k = k0 + 256 * u;
-          if (k < K) {
-            loadRaw(w1 + k, p1[u]);
-            if (GATED)
-              loadRaw(w2 + k, p2[u]);
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t k = k0 + 256 * u;
-          if (k >= K)
-            break;
-          float v1[8], v2[8];
-          unpack<WT>(p1[u], v1);
-          if (GATED)
-            unpack<WT>(p2[u], v2);
-#pragma unroll
-          for (int r = 0; r < kGemvRows; ++r) {
-            if (r >= here)
-              break;
-            const float4 xa = *reinterpret_cast<const float4 *>(xr[r] + k);
-            const float4 xb = *reinterpret_cast<const float4 *>(xr[r] + k + 4);
-            const float x[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-              a1[r] += v1[j] * x[j];
-              if (GATED)
-                a2[r] += v2[j] * x[j];
-            }
-          }
-        }
-      }
-    } else {
-      for (int64_t k = lane; k < K; k += 32) {
-        const float v1 = toFloat(w1[k]);
-        const float v2 = GATED ? toFloat(w2[k]) : 0.0f;
-#pragma unroll
-        for (int r = 0; r < kGemvRows; ++r) {
-          if (r >= here)
-            break;
-          a1[r] += v1 * xr[r][k];
-          if (GATED)
-            a2[r] += v2 * xr[r][k];
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kGemvRows; ++r) {
-      float s1 = a1[r], s2 = a2[r];
-      for (int o = 16; o > 0; o >>= 1) {
-        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
-        if (GATED)
-          s2 += __shfl_xor_sync(0xffffffffu, s2, o);
-      }
-      if (lane == 0 && r < here)
-        out[(r0 + r) * ldo + col] = GATED ? s1 / (1.0f + expf(-s1)) * s2 : s1;
-    }
-  }
+  gemvColumn<WT, GATED>(rows, static_cast<const WT *>(wa[e]) + col * K, w2,
+                        first, count, K, col, out, ldo, vec);
 }
 
 /// A grouped GEMM block's output tile: rows [r0, r0 + rows) of `expert`'s

@@ -1,0 +1,169 @@
+//===- GemvKernels.cuh - GEMVs of a few rows ------------------*- CUDA -*-===//
+//
+// One warp per output column streams the column's weight row with 16-byte
+// loads and multiplies it with up to kGemvRows float32 input rows: the
+// decode-time product, bound by weight bytes. Used by the grouped expert
+// GEMV (MoEKernels.cuh) and, for a few rows, by the dense GEMMs (Gemm.cu),
+// which then need no bf16 copy of their input.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DS_LIB_RUNTIME_CUDA_GEMVKERNELS_CUH
+#define DS_LIB_RUNTIME_CUDA_GEMVKERNELS_CUH
+
+#include "KernelCommon.cuh"
+
+namespace dsrt {
+namespace cuda {
+
+/// Input rows one warp multiplies per pass over the weight row.
+constexpr int kGemvRows = 8;
+
+/// 8 consecutive weights as raw bits: one uint4 of bf16, two of float.
+struct Pack8 {
+  uint4 a, b;
+};
+__device__ inline void loadRaw(const __nv_bfloat16 *w, Pack8 &p) {
+  p.a = __ldg(reinterpret_cast<const uint4 *>(w));
+}
+__device__ inline void loadRaw(const float *w, Pack8 &p) {
+  p.a = __ldg(reinterpret_cast<const uint4 *>(w));
+  p.b = __ldg(reinterpret_cast<const uint4 *>(w + 4));
+}
+template <class WT> __device__ inline void unpack(const Pack8 &p, float *out);
+template <>
+__device__ inline void unpack<__nv_bfloat16>(const Pack8 &p, float *out) {
+  const __nv_bfloat16 *b = reinterpret_cast<const __nv_bfloat16 *>(&p.a);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    out[j] = __bfloat162float(b[j]);
+}
+template <> __device__ inline void unpack<float>(const Pack8 &p, float *out) {
+  const float *a = reinterpret_cast<const float *>(&p.a);
+  const float *b = reinterpret_cast<const float *>(&p.b);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    out[j] = a[j];
+    out[4 + j] = b[j];
+  }
+}
+
+/// Row `slot` of a GEMV's input: x of the pair's token gathered through
+/// rowOf (experts), or row `slot` of a dense buffer (rowOf null).
+struct Rows {
+  const float *x;
+  int64_t ldx;
+  const int32_t *rowOf; // null: dense by slot
+  int64_t topK;
+  __device__ const float *row(int64_t slot) const {
+    return rowOf ? x + int64_t(rowOf[slot] / topK) * ldx : x + slot * ldx;
+  }
+};
+
+/// One warp: column `col` of rows [first, first + count) of `rows`,
+/// out[r, col] = x_r . w1 (GATED: silu(x_r . w1) * (x_r . w2)), where w1, w2
+/// point at the column's weight row [K]. kGemvRows rows at a time (the
+/// weight row is re-read from cache for each further group).
+template <class WT, bool GATED>
+__device__ inline void gemvColumn(const Rows &rows, const WT *w1, const WT *w2,
+                                  int64_t first, int64_t count, int64_t K,
+                                  int64_t col, float *out, int64_t ldo,
+                                  bool vec) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t r0 = first; r0 < first + count; r0 += kGemvRows) {
+    const int64_t here = imin(kGemvRows, first + count - r0);
+    const float *xr[kGemvRows];
+#pragma unroll
+    for (int r = 0; r < kGemvRows; ++r)
+      xr[r] = r < here ? rows.row(r0 + r) : nullptr;
+    float a1[kGemvRows], a2[kGemvRows];
+#pragma unroll
+    for (int r = 0; r < kGemvRows; ++r)
+      a1[r] = a2[r] = 0.0f;
+    if (vec) {
+      // kUnroll 16-byte weight loads per matrix in flight before any use:
+      // enough bytes in flight per warp to approach the memory bandwidth.
+      constexpr int kUnroll = 4;
+      for (int64_t k0 = int64_t(lane) * 8; k0 < K; k0 += 256 * kUnroll) {
+        Pack8 p1[kUnroll], p2[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t k = k0 + 256 * u;
+          if (k < K) {
+            loadRaw(w1 + k, p1[u]);
+            if (GATED)
+              loadRaw(w2 + k, p2[u]);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t k = k0 + 256 * u;
+          if (k >= K)
+            break;
+          float v1[8], v2[8];
+          unpack<WT>(p1[u], v1);
+          if (GATED)
+            unpack<WT>(p2[u], v2);
+#pragma unroll
+          for (int r = 0; r < kGemvRows; ++r) {
+            if (r >= here)
+              break;
+            const float4 xa = *reinterpret_cast<const float4 *>(xr[r] + k);
+            const float4 xb = *reinterpret_cast<const float4 *>(xr[r] + k + 4);
+            const float x[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+              a1[r] += v1[j] * x[j];
+              if (GATED)
+                a2[r] += v2[j] * x[j];
+            }
+          }
+        }
+      }
+    } else {
+      for (int64_t k = lane; k < K; k += 32) {
+        const float v1 = toFloat(w1[k]);
+        const float v2 = GATED ? toFloat(w2[k]) : 0.0f;
+#pragma unroll
+        for (int r = 0; r < kGemvRows; ++r) {
+          if (r >= here)
+            break;
+          a1[r] += v1 * xr[r][k];
+          if (GATED)
+            a2[r] += v2 * xr[r][k];
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kGemvRows; ++r) {
+      float s1 = a1[r], s2 = a2[r];
+      for (int o = 16; o > 0; o >>= 1) {
+        s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        if (GATED)
+          s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+      }
+      if (lane == 0 && r < here)
+        out[(r0 + r) * ldo + col] = GATED ? s1 / (1.0f + expf(-s1)) * s2 : s1;
+    }
+  }
+}
+
+/// Dense GEMV for a few rows (decode): y [n, N] = x W^T (GATED: the SwiGLU
+/// of the two products), block of 8 columns, one warp per column, x read
+/// in float32 as it is (no conversion pass before the product).
+template <class WT, bool GATED>
+__global__ void denseGemvKernel(Rows rows, const WT *wa, const WT *wb,
+                                int64_t n, int64_t K, int64_t N, float *out,
+                                int64_t ldo, bool vec) {
+  const int64_t col =
+      int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (col >= N)
+    return;
+  gemvColumn<WT, GATED>(rows, wa + col * K, GATED ? wb + col * K : nullptr, 0,
+                        n, K, col, out, ldo, vec);
+}
+
+} // namespace cuda
+} // namespace dsrt
+
+#endif // DS_LIB_RUNTIME_CUDA_GEMVKERNELS_CUH
