@@ -3,28 +3,32 @@
 // Kernel headers of lib/Runtime/Cuda built by the host compiler over
 // CudaEmu.h and run against plain C++ references: the routed-expert
 // pipeline (router against the CPU backend's, pair sort, grouped GEMV, SIMT
-// and tensor-core grouped GEMMs, combine), MLA attention (prefill on CUDA
-// and on tensor cores, split decode over a paged latent cache and its
-// combine), the row kernels (embedding, norms, SwiGLU, RoPE, cache writes:
-// against the CPU backend) and the logits argmax. This checks indexing,
-// tails, tiling and barriers on every machine; the real GPU runs
-// (bench/gpu/run.sh, the cuda-gpu lit tests) check the rest. The first tests check that the
-// emulator itself catches the faults it claims to.
+// and tensor-core grouped GEMMs, combine), the dense GEMV, MLA attention
+// (prefill on CUDA and on tensor cores, split decode over a paged latent
+// cache and its combine), the row kernels (embedding, norms, SwiGLU, RoPE,
+// cache writes) and the GEMM input conversions, both against the CPU
+// backend, and the logits argmax. This checks indexing, tails, tiling and barriers
+// on every machine; the real GPU runs (bench/gpu/run.sh, the cuda-gpu lit
+// tests) check the rest. The first tests check that the emulator itself
+// catches the faults it claims to.
 //
 //===----------------------------------------------------------------------===//
 
 #include "CudaEmu.h"
 
+#include "ContextImpl.h"
+#include "Convert.h"
 #include "Cuda/ArgmaxKernel.cuh"
+#include "Cuda/ConvertKernels.cuh"
 #include "Cuda/MLAKernels.cuh"
 #include "Cuda/MoEKernels.cuh"
 #include "Cuda/RouteKernel.cuh"
 #include "Cuda/RowKernels.cuh"
-#include "ContextImpl.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -505,6 +509,51 @@ TEST(CudaEmuGemv, DenseFloat32Gated) {
 TEST(CudaEmuGemv, DenseUnalignedK) {
   // K % 8 != 0: the element-wise path.
   checkDenseGemv<__nv_bfloat16, true>(2, 70, 19, 70, 13);
+}
+
+//===----------------------------------------------------------------------===//
+// GEMM input conversions: against the CPU backend's (Convert.h)
+//===----------------------------------------------------------------------===//
+
+TEST(CudaEmuConvert, Bf16CopyAndFp8Activations) {
+  // 3 rows of 300 columns (two full 128-wide tiles and a partial one) in a
+  // stride of 304: magnitudes over many binades, a tile of zeros, a tile
+  // with one huge value (others underflow to 0), exact ties.
+  const int64_t rows = 3, cols = 300, ld = 304;
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(size_t(rows * ld), NAN);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < cols; ++c)
+      x[size_t(i * ld + c)] = u(rng) * std::ldexp(1.0f, int(c % 23) - 11);
+  for (int64_t c = 128; c < 256; ++c)
+    x[size_t(ld + c)] = 0.0f;
+  x[size_t(2 * ld + 5)] = 3.0e38f;
+  x[size_t(7)] = 1.0f + std::ldexp(1.0f, -8); // bf16 tie: to even
+  x[size_t(8)] = 1.0f + 3 * std::ldexp(1.0f, -8);
+
+  std::vector<__nv_bfloat16> b(size_t(rows * cols));
+  emu::launch(dim3(2, unsigned(rows)), dim3(64), toBf16Kernel, x.data(), ld,
+              cols, b.data());
+  std::vector<float> q(size_t(rows * cols), NAN);
+  emu::launch(dim3(1, unsigned(rows)), dim3(256), fakeQuantE4M3Kernel, x.data(),
+              ld, cols, q.data());
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t t = 0; t * 128 < cols; ++t) {
+      const int64_t c0 = t * 128, c1 = std::min<int64_t>(cols, c0 + 128);
+      float amax = 0.0f;
+      for (int64_t c = c0; c < c1; ++c)
+        amax = std::max(amax, std::fabs(x[size_t(i * ld + c)]));
+      const float s = dsrt::e4m3BlockScale(amax);
+      for (int64_t c = c0; c < c1; ++c) {
+        const float v = x[size_t(i * ld + c)];
+        const float want = dsrt::e4m3ToFloat(dsrt::floatToE4M3(v / s)) * s;
+        ASSERT_EQ(q[size_t(i * cols + c)], want) << "row " << i << " col " << c;
+        uint16_t bits;
+        std::memcpy(&bits, &b[size_t(i * cols + c)], 2);
+        ASSERT_EQ(bits, dsrt::floatToBf16(v)) << "row " << i << " col " << c;
+      }
+    }
 }
 
 //===----------------------------------------------------------------------===//

@@ -16,47 +16,13 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "ConvertKernels.cuh"
 #include "CudaCommon.h"
-
-#include <cuda_fp8.h>
 
 namespace dsrt {
 namespace cuda {
 
 namespace {
-
-__global__ void toBf16Kernel(const float *x, int64_t ldx, int64_t cols,
-                             __nv_bfloat16 *y) {
-  const int64_t i = blockIdx.y;
-  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < cols;
-       j += int64_t(gridDim.x) * blockDim.x)
-    y[i * cols + j] = __float2bfloat16_rn(x[i * ldx + j]);
-}
-
-/// DeepSeek-V3's activation quantization, kept in float: each row's 128-wide
-/// tiles become e4m3(x / s) * s with s = amax / 448 (1 for a zero tile),
-/// which is what the FP8 GEMM multiplies. One warp per (row, tile).
-__global__ void fakeQuantE4M3Kernel(const float *x, int64_t ldx, int64_t cols,
-                                    float *y) {
-  const int64_t i = blockIdx.y;
-  const int64_t c0 = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * 128;
-  if (c0 >= cols)
-    return;
-  const int lane = threadIdx.x % 32;
-  const int64_t c1 = c0 + 128 < cols ? c0 + 128 : cols;
-  float amax = 0.0f;
-  for (int64_t c = c0 + lane; c < c1; c += 32)
-    amax = fmaxf(amax, fabsf(x[i * ldx + c]));
-  for (int o = 16; o > 0; o >>= 1)
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  float s = amax / 448.0f;
-  if (!(s > 0.0f) || isinf(s))
-    s = 1.0f;
-  for (int64_t c = c0 + lane; c < c1; c += 32) {
-    __nv_fp8_e4m3 q(x[i * ldx + c] / s);
-    y[i * cols + c] = float(q) * s;
-  }
-}
 
 int alignmentOf(const void *p, int64_t ld, size_t elt) {
   uintptr_t v = reinterpret_cast<uintptr_t>(p) | uintptr_t(ld * int64_t(elt));
