@@ -9,6 +9,7 @@
 #include "mlir/InitAllExtensions.h"
 #include "mlir/InitAllPasses.h"
 #include "mlir/Tools/mlir-opt/MlirOptMain.h"
+#include "llvm/Support/CommandLine.h"
 
 #include <cstring>
 #include <vector>
@@ -27,7 +28,26 @@ static bool isReportOnly(int argc, char **argv) {
   return report;
 }
 
+/// The LLVM libraries register hundreds of backend options (polly, amdgpu,
+/// ...) before main: hide them from --help (--help-hidden still lists
+/// them), keeping the generic ones. MlirOptMain registers its own and
+/// MLIR's options when it runs, after this, so those stay shown.
+static void hideBackendOptions() {
+  auto &options = llvm::cl::getRegisteredOptions();
+  const auto generic = options.lookup("help")->Categories;
+  for (auto &[name, option] : options) {
+    const bool shown =
+        name.starts_with("mlir-") ||
+        llvm::any_of(option->Categories, [&](llvm::cl::OptionCategory *c) {
+          return llvm::is_contained(generic, c);
+        });
+    if (!shown && option->getOptionHiddenFlag() == llvm::cl::NotHidden)
+      option->setHiddenFlag(llvm::cl::Hidden);
+  }
+}
+
 int main(int argc, char **argv) {
+  hideBackendOptions();
   mlir::registerAllPasses();
   ds::registerDSPasses();
 
