@@ -228,10 +228,10 @@ PY
   say "== profile (DS_CUDA_PROFILE=1: synchronized per call, no graphs)"
   ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
   (cd "$dir/bench" && DS_CUDA_PROFILE=1 ./decode --prompt-ids "$ids" --max-new-tokens 17 --seed 1 > /dev/null 2> prof1.err) || true
-  say "decode B=1 (prefill $ctx + 16 steps):"; grep -A16 '^cuda profile' "$dir/bench/prof1.err" | tee -a "$report" || true
+  say "decode B=1 (prefill $ctx + 16 steps):"; grep -A40 '^cuda profile' "$dir/bench/prof1.err" | tee -a "$report" || true
   sed 's/"max_new_tokens": 65/"max_new_tokens": 9/' "$dir/bench/requests32.jsonl" > "$dir/bench/requests32s.jsonl"
   (cd "$dir/bench" && DS_CUDA_PROFILE=1 ./decode --requests requests32s.jsonl --max-batch 32 --seed 1 --output /dev/null 2> prof32.err) || true
-  say "decode B=32 (32 prefills of $ctx + 8 steps):"; grep -A16 '^cuda profile' "$dir/bench/prof32.err" | tee -a "$report" || true
+  say "decode B=32 (32 prefills of $ctx + 8 steps):"; grep -A40 '^cuda profile' "$dir/bench/prof32.err" | tee -a "$report" || true
   if [ -f "$dir/bench/torch_baseline.py" ] && [ "${DS_SKIP_TORCH:-0}" != 1 ]; then
     say "== PyTorch baseline (phases main, grouped)"
     OUT="$out" timeout 400 $py "$dir/bench/torch_baseline.py" --only main,grouped > "$out/torch.txt" 2>&1 || true

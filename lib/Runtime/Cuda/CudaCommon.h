@@ -90,10 +90,15 @@ struct DeviceState {
   std::map<const int64_t *, const void **> expertTables;
 
   /// DS_CUDA_PROFILE=1: each top-level kernel call is timed alone (stream
-  /// synchronized around it, graphs off); a table goes to stderr at exit.
+  /// synchronized around it, graphs off); a table per program (prefill,
+  /// decode, mtp) goes to stderr at exit.
   bool profile = false;
   int profileDepth = 0;
-  std::map<std::string, std::pair<double, int64_t>> profileMs;
+  const char *profileProgram = "other";
+  /// (program, kernel) -> (ms, calls); program -> runs.
+  std::map<std::pair<std::string, std::string>, std::pair<double, int64_t>>
+      profileMs;
+  std::map<std::string, int64_t> profileRuns;
 
   /// Decode graphs by token count, and the counts seen once (eager run).
   std::map<int64_t, cudaGraphExec_t> graphs;

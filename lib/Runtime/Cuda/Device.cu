@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 #include <string>
 
 namespace dsrt {
@@ -54,7 +55,7 @@ ProfileScope::ProfileScope(Context &ctx, const char *name)
 ProfileScope::~ProfileScope() {
   if (st.profile && --st.profileDepth == 0) {
     check(cudaStreamSynchronize(st.stream), name);
-    auto &e = st.profileMs[name];
+    auto &e = st.profileMs[{st.profileProgram, name}];
     e.first += nowMs() - start;
     ++e.second;
   }
@@ -65,18 +66,36 @@ DeviceState::~DeviceState() {
   for (auto &c : comms)
     c.reset();
   if (profile && !profileMs.empty()) {
-    std::vector<std::pair<double, std::string>> rows;
-    double total = 0;
-    for (auto &e : profileMs) {
-      rows.push_back({e.second.first, e.first});
-      total += e.second.first;
+    std::fprintf(stderr, "cuda profile (kernel calls timed alone, stream "
+                         "synchronized around each; no graphs):\n");
+    std::set<std::string> programs;
+    for (auto &e : profileMs)
+      programs.insert(e.first.first);
+    for (const std::string &program : programs) {
+      const int64_t runs = profileRuns[program];
+      std::vector<std::pair<double, std::string>> rows;
+      double total = 0;
+      for (auto &e : profileMs)
+        if (e.first.first == program) {
+          rows.push_back({e.second.first, e.first.second});
+          total += e.second.first;
+        }
+      std::sort(rows.rbegin(), rows.rend());
+      if (runs > 0)
+        std::fprintf(
+            stderr, "  %s: %lld runs, %.1f ms in kernels, %.3f ms per run\n",
+            program.c_str(), (long long)runs, total, total / double(runs));
+      else
+        std::fprintf(stderr, "  %s: %.1f ms in kernels\n", program.c_str(),
+                     total);
+      for (auto &r : rows) {
+        const int64_t calls = profileMs[{program, r.second}].second;
+        std::fprintf(stderr,
+                     "    %-20s %10.3f ms %5.1f%% %7lld calls %9.1f us/call\n",
+                     r.second.c_str(), r.first, 100.0 * r.first / total,
+                     (long long)calls, 1000.0 * r.first / double(calls));
+      }
     }
-    std::sort(rows.rbegin(), rows.rend());
-    std::fprintf(stderr, "cuda profile (kernel calls timed alone, %.1f ms in all):\n", total);
-    for (auto &r : rows)
-      std::fprintf(stderr, "  %-22s %10.3f ms %5.1f%% %8lld calls\n", r.second.c_str(),
-                   r.first, 100.0 * r.first / total,
-                   (long long)profileMs[r.second].second);
   }
   // The process may be exiting with the device in an error state: ignore
   // the results (the CUDA driver frees everything at exit anyway).
@@ -428,6 +447,12 @@ void runProgram(Context &ctx, Program program, BodyFn body,
 
   const Io io{st.arena, st.ids, st.pos, n, st.logits, st.hidden, st.hiddenIn};
   st.scratchUsed = 0;
+  if (st.profile) {
+    static const char *const names[] = {"prefill", "decode", "mtp"};
+    const int p = int(program);
+    st.profileProgram = p >= 0 && p < 3 ? names[p] : "other";
+    ++st.profileRuns[st.profileProgram];
+  }
   if (program == Program::Decode && st.useGraphs) {
     auto it = st.graphs.find(n);
     if (it != st.graphs.end()) {
