@@ -18,8 +18,9 @@
 # (bench/gpu/model.json = ../shared/bench/torch_baseline.py's model, random
 # bf16 weights): decode ms/step at batch 1 and 32 with a 1024-token context,
 # prefill of 2048 tokens; then torch_baseline.py (phases main, grouped) in
-# the same call; then, time permitting, decode B=1 with the dense GEMMs on
-# cuBLASLt (DS_CUDA_GEMV_ROWS=0) for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
+# the same call; then, time permitting, decode B=1 without programmatic
+# dependent launch (DS_CUDA_PDL=0) and with the dense GEMMs on cuBLASLt
+# (DS_CUDA_GEMV_ROWS=0) for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
 # DS_GPU_CHECK_ONLY=1: correctness only; DS_SKIP_TORCH=1: no PyTorch run.
 set -euo pipefail
 mode=${1:?usage: bench/gpu/run.sh prepare|device DIR}
@@ -237,15 +238,19 @@ PY
     OUT="$out" timeout 400 $py "$dir/bench/torch_baseline.py" --only main,grouped > "$out/torch.txt" 2>&1 || true
     sed -n '/^=====/,/^=====/p' "$out/torch.txt" | tee -a "$report"
   fi
-  # A/B, if the call has time left: the dense decode GEMMs through cuBLASLt
-  # (a bf16 copy of the input first) instead of the GEMV kernel.
-  if [ "$SECONDS" -lt 480 ]; then
-    ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
-    (cd "$dir/bench" && DS_CUDA_GEMV_ROWS=0 ./decode --prompt-ids "$ids" --max-new-tokens $new --seed 1 > decode1lt.txt 2> decode1lt.err) || true
-    say "decode B=1, DS_CUDA_GEMV_ROWS=0: $(grep '^timing:' "$dir/bench/decode1lt.txt" || tail -3 "$dir/bench/decode1lt.err")"
-  else
-    say "decode B=1, DS_CUDA_GEMV_ROWS=0: skipped ($SECONDS s used)"
-  fi
+  # A/B, while the call has time left: decode B=1 without programmatic
+  # dependent launch, and with the dense decode GEMMs through cuBLASLt (a
+  # bf16 copy of the input first) instead of the GEMV kernel.
+  ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
+  local ab
+  for ab in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0; do
+    if [ "$SECONDS" -lt 480 ]; then
+      (cd "$dir/bench" && env "$ab" ./decode --prompt-ids "$ids" --max-new-tokens $new --seed 1 > "ab-$ab.txt" 2> "ab-$ab.err") || true
+      say "decode B=1, $ab: $(grep '^timing:' "$dir/bench/ab-$ab.txt" || tail -3 "$dir/bench/ab-$ab.err")"
+    else
+      say "decode B=1, $ab: skipped ($SECONDS s used)"
+    fi
+  done
   return $failed
 }
 

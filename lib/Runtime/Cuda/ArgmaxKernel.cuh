@@ -28,6 +28,7 @@ __device__ inline bool argmaxBetter(float v, int32_t i, float bv, int32_t bi) {
 /// values; one block of kArgmaxThreads per row.
 __global__ void __launch_bounds__(kArgmaxThreads)
     argmaxKernel(const float *logits, int64_t ld, int64_t vocab, int32_t *out) {
+  pdlEnter();
   const float *row = logits + int64_t(blockIdx.x) * ld;
   // Start from a candidate every value beats or ties at a lower index.
   float best = -INFINITY;

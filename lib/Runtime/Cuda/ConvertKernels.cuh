@@ -20,6 +20,7 @@ namespace cuda {
 /// y [rows, cols] (dense) = bf16(x [rows, ldx]); block row = blockIdx.y.
 __global__ void toBf16Kernel(const float *x, int64_t ldx, int64_t cols,
                              __nv_bfloat16 *y) {
+  pdlEnter();
   const int64_t i = blockIdx.y;
   for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < cols;
        j += int64_t(gridDim.x) * blockDim.x)
@@ -31,6 +32,7 @@ __global__ void toBf16Kernel(const float *x, int64_t ldx, int64_t cols,
 /// which is what the FP8 GEMM multiplies. One warp per (row, tile).
 __global__ void fakeQuantE4M3Kernel(const float *x, int64_t ldx, int64_t cols,
                                     float *y) {
+  pdlEnter();
   const int64_t i = blockIdx.y;
   const int64_t c0 = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * 128;
   if (c0 >= cols)

@@ -16,6 +16,7 @@
 #include <map>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace dsrt {
@@ -105,6 +106,10 @@ struct DeviceState {
   std::map<int64_t, int> seen;
   bool useGraphs = true;
 
+  /// Launch kernels with programmatic dependent launch (pdlEnter): on
+  /// devices of compute capability 9.0+, unless DS_CUDA_PDL=0.
+  bool pdl = false;
+
   /// Dense GEMMs of at most this many rows run as GEMV kernels, the rest
   /// through cuBLASLt (DS_CUDA_GEMV_ROWS; 0: always cuBLASLt).
   int64_t gemvMaxRows = kGemvRows;
@@ -163,6 +168,26 @@ private:
 
 /// `bytes` of scratch (256-aligned) valid until the program call ends.
 void *scratch(DeviceState &st, size_t bytes, const char *where);
+
+/// kernel<<<grid, block, shared, st.stream>>>(args...), allowed to start
+/// early (programmatic dependent launch) when st.pdl: every kernel of ours
+/// begins with pdlEnter(), which waits for its predecessors' results.
+template <class... Params, class... Args>
+void launchKernel(DeviceState &st, const char *where, void (*kernel)(Params...),
+                  dim3 grid, dim3 block, size_t shared, Args &&...args) {
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = st.stream;
+  config.attrs = &attr;
+  config.numAttrs = st.pdl ? 1 : 0;
+  check(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...),
+        where);
+}
 
 inline int blocksFor(int64_t n, int threads) {
   return int((n + threads - 1) / threads);

@@ -390,16 +390,22 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
     return false;
   st.multiprocessors = prop.multiProcessorCount;
   st.sharedOptin = prop.sharedMemPerBlockOptin;
+  st.pdl = prop.major >= 9;
+  if (const char *v = std::getenv("DS_CUDA_PDL"))
+    st.pdl = st.pdl && std::strcmp(v, "0") != 0;
   if (ctx.rank() == 0)
     std::fprintf(stderr,
-               "cuda: %s, weights %.2f GB (%s GEMM weights), KV cache %.2f "
-               "GB, arena %.1f MB\n",
-               prop.name, double(bytes) / 1e9,
-               dtype == ComputeDtype::BF16 ? "bf16" : "f32",
-               double(st.cache ? int64_t(ctx.cache().totalBlocks()) * st.layers *
-                                     KVCache::kBlockTokens * st.rowFloats * 4
-                               : 0) / 1e9,
-               double(spec.arenaBytes) / 1e6);
+                 "cuda: %s, weights %.2f GB (%s GEMM weights), KV cache %.2f "
+                 "GB, arena %.1f MB, PDL %s, GEMV up to %lld rows\n",
+                 prop.name, double(bytes) / 1e9,
+                 dtype == ComputeDtype::BF16 ? "bf16" : "f32",
+                 double(st.cache
+                            ? int64_t(ctx.cache().totalBlocks()) * st.layers *
+                                  KVCache::kBlockTokens * st.rowFloats * 4
+                            : 0) /
+                     1e9,
+                 double(spec.arenaBytes) / 1e6, st.pdl ? "on" : "off",
+                 (long long)st.gemvMaxRows);
   ctx.impl().device = owned;
   return true;
 }

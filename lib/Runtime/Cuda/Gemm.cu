@@ -104,14 +104,14 @@ bool tryGemv(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   const unsigned blocks = unsigned((wa.rows + 7) / 8);
   const void *pb = GATED ? wb->ptr : nullptr;
   if (wa.bf16)
-    denseGemvKernel<__nv_bfloat16, GATED><<<blocks, 256, 0, st.stream>>>(
-        rows, static_cast<const __nv_bfloat16 *>(wa.ptr),
-        static_cast<const __nv_bfloat16 *>(pb), n, in, wa.rows, y, ldy, vec);
+    launchKernel(st, where, denseGemvKernel<__nv_bfloat16, GATED>, blocks, 256,
+                 0, rows, static_cast<const __nv_bfloat16 *>(wa.ptr),
+                 static_cast<const __nv_bfloat16 *>(pb), n, in, wa.rows, y, ldy,
+                 vec);
   else
-    denseGemvKernel<float, GATED><<<blocks, 256, 0, st.stream>>>(
-        rows, static_cast<const float *>(wa.ptr),
-        static_cast<const float *>(pb), n, in, wa.rows, y, ldy, vec);
-  checkLaunch(where);
+    launchKernel(st, where, denseGemvKernel<float, GATED>, blocks, 256, 0, rows,
+                 static_cast<const float *>(wa.ptr),
+                 static_cast<const float *>(pb), n, in, wa.rows, y, ldy, vec);
   return true;
 }
 
@@ -133,8 +133,7 @@ void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
     auto *xb = static_cast<__nv_bfloat16 *>(
         scratch(st, size_t(n * in) * sizeof(__nv_bfloat16), where));
     dim3 grid(unsigned(std::min<int64_t>(blocksFor(in, 256), 64)), unsigned(n));
-    toBf16Kernel<<<grid, 256, 0, st.stream>>>(x, ldx, in, xb);
-    checkLaunch(where);
+    launchKernel(st, where, toBf16Kernel, grid, 256, 0, x, ldx, in, xb);
     b = xb;
     ldb = in;
   }
@@ -155,8 +154,8 @@ float *fakeQuantE4M3(DeviceState &st, const float *x, int64_t ldx, int64_t n,
       scratch(st, size_t(n * cols) * sizeof(float), "fp8 activations"));
   const int64_t tiles = (cols + 127) / 128;
   dim3 grid(unsigned((tiles + 7) / 8), unsigned(n));
-  fakeQuantE4M3Kernel<<<grid, 256, 0, st.stream>>>(x, ldx, cols, q);
-  checkLaunch("fp8 activations");
+  launchKernel(st, "fp8 activations", fakeQuantE4M3Kernel, grid, 256, 0, x, ldx,
+               cols, q);
   return q;
 }
 

@@ -155,6 +155,7 @@ template <class WT, bool GATED>
 __global__ void denseGemvKernel(Rows rows, const WT *wa, const WT *wb,
                                 int64_t n, int64_t K, int64_t N, float *out,
                                 int64_t ldo, bool vec) {
+  pdlEnter();
   const int64_t col =
       int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (col >= N)

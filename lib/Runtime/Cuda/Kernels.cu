@@ -20,9 +20,8 @@ void embedding(Context &ctx, const float *table, int64_t vocab, int64_t hidden,
   ProfileScope profile(ctx, "embedding");
   if (n <= 0)
     return;
-  embeddingKernel<<<unsigned(n), 256, 0, state(ctx).stream>>>(table, hidden,
-                                                              ids, out, ldo);
-  checkLaunch("embedding");
+  launchKernel(state(ctx), "embedding", embeddingKernel, unsigned(n), 256, 0,
+               table, hidden, ids, out, ldo);
 }
 
 void rmsNorm(Context &ctx, const float *x, int64_t ldx, const float *w,
@@ -30,9 +29,8 @@ void rmsNorm(Context &ctx, const float *x, int64_t ldx, const float *w,
   ProfileScope profile(ctx, "rmsNorm");
   if (n <= 0)
     return;
-  addRmsNormKernel<<<unsigned(n), 256, 0, state(ctx).stream>>>(
-      nullptr, 0, x, ldx, d, w, float(eps), nullptr, 0, y, ldy);
-  checkLaunch("rmsNorm");
+  launchKernel(state(ctx), "rmsNorm", addRmsNormKernel, unsigned(n), 256, 0,
+               nullptr, 0, x, ldx, d, w, float(eps), nullptr, 0, y, ldy);
 }
 
 void addRmsNorm(Context &ctx, const float *a, int64_t lda, const float *b,
@@ -41,9 +39,8 @@ void addRmsNorm(Context &ctx, const float *a, int64_t lda, const float *b,
   ProfileScope profile(ctx, "addRmsNorm");
   if (n <= 0)
     return;
-  addRmsNormKernel<<<unsigned(n), 256, 0, state(ctx).stream>>>(
-      a, lda, b, ldb, d, w, float(eps), sum, lds, y, ldy);
-  checkLaunch("addRmsNorm");
+  launchKernel(state(ctx), "addRmsNorm", addRmsNormKernel, unsigned(n), 256, 0,
+               a, lda, b, ldb, d, w, float(eps), sum, lds, y, ldy);
 }
 
 void add(Context &ctx, const float *a, int64_t lda, const float *b,
@@ -52,8 +49,8 @@ void add(Context &ctx, const float *a, int64_t lda, const float *b,
   if (n <= 0 || d <= 0)
     return;
   dim3 grid(unsigned(std::min<int64_t>(blocksFor(d, 256), 64)), unsigned(n));
-  addKernel<<<grid, 256, 0, state(ctx).stream>>>(a, lda, b, ldb, d, y, ldy);
-  checkLaunch("add");
+  launchKernel(state(ctx), "add", addKernel, grid, 256, 0, a, lda, b, ldb, d, y,
+               ldy);
 }
 
 void swiglu(Context &ctx, const float *gate, int64_t ldg, const float *up,
@@ -62,9 +59,8 @@ void swiglu(Context &ctx, const float *gate, int64_t ldg, const float *up,
   if (n <= 0 || d <= 0)
     return;
   dim3 grid(unsigned(std::min<int64_t>(blocksFor(d, 256), 64)), unsigned(n));
-  swigluKernel<<<grid, 256, 0, state(ctx).stream>>>(gate, ldg, up, ldu, d, y,
-                                                     ldy);
-  checkLaunch("swiglu");
+  launchKernel(state(ctx), "swiglu", swigluKernel, grid, 256, 0, gate, ldg, up,
+               ldu, d, y, ldy);
 }
 
 void rope(Context &ctx, float *x, int64_t ldx, int64_t n, int64_t heads,
@@ -76,9 +72,8 @@ void rope(Context &ctx, float *x, int64_t ldx, int64_t n, int64_t heads,
   const int64_t half = t.dim / 2, total = n * heads * half;
   if (total <= 0)
     return;
-  ropeKernel<<<blocksFor(total, 256), 256, 0, st.stream>>>(
-      x, ldx, heads, headStride, offset, pos, t.cos, t.sin, half, total);
-  checkLaunch("rope");
+  launchKernel(st, "rope", ropeKernel, blocksFor(total, 256), 256, 0, x, ldx,
+               heads, headStride, offset, pos, t.cos, t.sin, half, total);
 }
 
 static void cacheWrite(Context &ctx, int64_t layer, const float *latent,
@@ -90,11 +85,10 @@ static void cacheWrite(Context &ctx, int64_t layer, const float *latent,
     fatal(where, "layer outside the cache");
   if (n <= 0)
     return;
-  cacheWriteKernel<<<unsigned(n), 128, 0, st.stream>>>(
-      latent, ldl, krope, ldk, st.pos, st.tokenSeq, st.blockTable, st.maxBlocks,
-      st.cache, st.layers, layer, s.kvLoraRank, s.qkRopeDim,
-      t ? t->cos : nullptr, t ? t->sin : nullptr);
-  checkLaunch(where);
+  launchKernel(st, where, cacheWriteKernel, unsigned(n), 128, 0, latent, ldl,
+               krope, ldk, st.pos, st.tokenSeq, st.blockTable, st.maxBlocks,
+               st.cache, st.layers, layer, s.kvLoraRank, s.qkRopeDim,
+               t ? t->cos : nullptr, t ? t->sin : nullptr);
 }
 
 // The cache kernels address rows through Io's positions (st.pos), which are
@@ -133,10 +127,8 @@ void moeRoute(Context &ctx, const float *logits, int64_t ldl, int64_t n,
     fatal("moeRoute", "more than 256 expert groups");
   float *work = static_cast<float *>(
       scratch(st, size_t(n * 2 * routing.experts) * sizeof(float), "moeRoute"));
-  routeKernel<<<blocksFor(n, 64), 64, 0, st.stream>>>(logits, ldl, n, bias,
-                                                       routing, idx, weights,
-                                                       work);
-  checkLaunch("moeRoute");
+  launchKernel(st, "moeRoute", routeKernel, blocksFor(n, 64), 64, 0, logits,
+               ldl, n, bias, routing, idx, weights, work);
 }
 
 void moeGate(Context &ctx, const float *x, int64_t ldx, int64_t n,

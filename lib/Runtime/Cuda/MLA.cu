@@ -53,19 +53,17 @@ void mlaAttentionNaive(Context &ctx, const float *q, int64_t ldq,
     raiseSmem((const void *)mlaPrefillTcKernel, size_t(tc.bytes),
               "mlaAttentionNaive");
     dim3 grid(unsigned((n + kTcQ - 1) / kTcQ), unsigned(heads));
-    mlaPrefillTcKernel<<<grid, kTcWarps * 32, size_t(tc.bytes), st.stream>>>(
-        q, ldq, kv, ldkv, krope, ldk, n, nope, vdim, qHead, kvHead,
-        float(scale), out, ldo);
-    checkLaunch("mlaAttentionNaive");
+    launchKernel(st, "mlaAttentionNaive", mlaPrefillTcKernel, grid,
+                 kTcWarps * 32, size_t(tc.bytes), q, ldq, kv, ldkv, krope, ldk,
+                 n, nope, vdim, qHead, kvHead, float(scale), out, ldo);
     return;
   }
   const size_t bytes = prefillSharedBytes(qHead, vdim);
   raiseSmem((const void *)mlaPrefillKernel, bytes, "mlaAttentionNaive");
   dim3 grid(unsigned((n + kQT - 1) / kQT), unsigned(heads));
-  mlaPrefillKernel<<<grid, 256, bytes, st.stream>>>(
-      q, ldq, kv, ldkv, krope, ldk, n, nope, rope, vdim, qHead, kvHead,
-      float(scale), out, ldo);
-  checkLaunch("mlaAttentionNaive");
+  launchKernel(st, "mlaAttentionNaive", mlaPrefillKernel, grid, 256, bytes, q,
+               ldq, kv, ldkv, krope, ldk, n, nope, rope, vdim, qHead, kvHead,
+               float(scale), out, ldo);
 }
 
 void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
@@ -112,14 +110,13 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
   const size_t bytes = decodeSharedBytes(row);
   raiseSmem((const void *)mlaDecodeKernel, bytes, "mlaAttentionAbsorbed");
   dim3 grid(unsigned(n), unsigned((heads + kHB - 1) / kHB), unsigned(splits));
-  mlaDecodeKernel<<<grid, 256, bytes, st.stream>>>(
-      qLat, q, ldq, qHead, nope, st.cache, st.blockTable, st.maxBlocks,
-      st.tokenSeq, st.pos, st.layers, layer, heads, lora, rope, float(scale),
-      splits, part);
-  checkLaunch("mlaAttentionAbsorbed (attention)");
-  mlaCombineKernel<<<dim3(unsigned(n), unsigned(heads)), 256, 0, st.stream>>>(
-      part, heads, lora, splits, oLat);
-  checkLaunch("mlaAttentionAbsorbed (combine)");
+  launchKernel(st, "mlaAttentionAbsorbed (attention)", mlaDecodeKernel, grid,
+               256, bytes, qLat, q, ldq, qHead, nope, st.cache, st.blockTable,
+               st.maxBlocks, st.tokenSeq, st.pos, st.layers, layer, heads, lora,
+               rope, float(scale), splits, part);
+  launchKernel(st, "mlaAttentionAbsorbed (combine)", mlaCombineKernel,
+               dim3(unsigned(n), unsigned(heads)), 256, 0, part, heads, lora,
+               splits, oLat);
   // out[t, h] = o_lat[t, h] W_UV[h]^T: column-major C [vdim, n] per head.
   check(cublasSgemmStridedBatched(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(vdim),
                                   int(n), int(lora), &one, kvB + nope * lora,

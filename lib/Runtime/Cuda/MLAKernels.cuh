@@ -49,6 +49,7 @@ __global__ void mlaPrefillKernel(const float *q, int64_t ldq, const float *kv,
                                  int64_t n, int64_t nope, int64_t rope,
                                  int64_t vdim, int64_t qHead, int64_t kvHead,
                                  float scale, float *out, int64_t ldo) {
+  pdlEnter();
   DS_DYNAMIC_SHARED(float, smem);
   const int64_t qStride = qHead + 1; // +1: no bank conflicts across rows
   const int64_t vStride = vdim + 1;
@@ -171,6 +172,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
                        int64_t ldkv, const float *krope, int64_t ldk, int64_t n,
                        int64_t nope, int64_t vdim, int64_t qHead,
                        int64_t kvHead, float scale, float *out, int64_t ldo) {
+  pdlEnter();
   using namespace nvcuda;
   using bf16 = __nv_bfloat16;
   DS_DYNAMIC_SHARED(unsigned char, smemTc);
@@ -317,6 +319,7 @@ __global__ void mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq,
                                 int64_t layers, int64_t layer, int64_t heads,
                                 int64_t lora, int64_t rope, float scale,
                                 int splits, float *part) {
+  pdlEnter();
   DS_DYNAMIC_SHARED(float, smem);
   const int64_t row = lora + rope, stride = row + 1;
   float *qs = smem;                   // [kHB][stride]
@@ -417,6 +420,7 @@ __global__ void mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq,
 /// oLat[t, h] = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
 __global__ void mlaCombineKernel(const float *part, int64_t heads,
                                  int64_t lora, int splits, float *oLat) {
+  pdlEnter();
   const int64_t t = blockIdx.x, h = blockIdx.y;
   const float *p = part + (t * heads + h) * splits * (lora + 2);
   float M = -INFINITY;

@@ -81,10 +81,9 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
       scratch(st, size_t(pairs * hidden) * sizeof(float), "moeExpertsW"));
   constexpr bool tensorCores = std::is_same<WT, __nv_bfloat16>::value;
   const int64_t tileRows = tensorCores ? kTcBM : kBM;
-  sortPairsKernel<<<1, 1024, 0, st.stream>>>(idx, pairs, lo, experts, tileRows,
-                                             counts, offsets, tileOffsets,
-                                             cursor, active, rowOf, slotOf);
-  checkLaunch("moeExpertsW (sort)");
+  launchKernel(st, "moeExpertsW (sort)", sortPairsKernel, 1, 1024, 0, idx,
+               pairs, lo, experts, tileRows, counts, offsets, tileOffsets,
+               cursor, active, rowOf, slotOf);
   if (fp8Act) { // every token's row once, before the gather
     x = fakeQuantE4M3(st, x, ldx, n, hidden);
     ldx = hidden;
@@ -101,51 +100,44 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
     // Blocks for the active experts only (at most one per pair): at batch 1
     // 6 of 64 experts, not 64 mostly empty ones.
     const unsigned blocks = unsigned(imin(experts, pairs));
-    groupedGemvKernel<WT, true>
-        <<<dim3(blocks, unsigned((inter + 7) / 8)), 256, 0, st.stream>>>(
-            xRows, gate, up, offsets, active, hidden, inter, h, inter,
-            vec(xRows.x, xRows.ldx, hidden));
-    checkLaunch("moeExpertsW (gate/up)");
+    launchKernel(st, "moeExpertsW (gate/up)", groupedGemvKernel<WT, true>,
+                 dim3(blocks, unsigned((inter + 7) / 8)), 256, 0, xRows, gate,
+                 up, offsets, active, hidden, inter, h, inter,
+                 vec(xRows.x, xRows.ldx, hidden));
     if (fp8Act)
       hRows.x = fakeQuantE4M3(st, h, inter, pairs, inter);
-    groupedGemvKernel<WT, false>
-        <<<dim3(blocks, unsigned((hidden + 7) / 8)), 256, 0, st.stream>>>(
-            hRows, down, nullptr, offsets, active, inter, hidden, yp, hidden,
-            vec(hRows.x, hRows.ldx, inter));
-    checkLaunch("moeExpertsW (down)");
+    launchKernel(st, "moeExpertsW (down)", groupedGemvKernel<WT, false>,
+                 dim3(blocks, unsigned((hidden + 7) / 8)), 256, 0, hRows, down,
+                 nullptr, offsets, active, inter, hidden, yp, hidden,
+                 vec(hRows.x, hRows.ldx, inter));
   } else if (tensorCores) {
     const unsigned tiles = unsigned(tileBound(pairs, experts, kTcBM));
-    groupedGemmTcKernel<true>
-        <<<dim3(unsigned((inter + kTcBN - 1) / kTcBN), tiles), 256, 0,
-           st.stream>>>(xRows, gate, up, offsets, tileOffsets, experts, hidden,
-                        inter, h, inter, vec(xRows.x, xRows.ldx, hidden));
-    checkLaunch("moeExpertsW (gate/up)");
+    launchKernel(st, "moeExpertsW (gate/up)", groupedGemmTcKernel<true>,
+                 dim3(unsigned((inter + kTcBN - 1) / kTcBN), tiles), 256, 0,
+                 xRows, gate, up, offsets, tileOffsets, experts, hidden, inter,
+                 h, inter, vec(xRows.x, xRows.ldx, hidden));
     if (fp8Act)
       hRows.x = fakeQuantE4M3(st, h, inter, pairs, inter);
-    groupedGemmTcKernel<false>
-        <<<dim3(unsigned((hidden + kTcBN - 1) / kTcBN), tiles), 256, 0,
-           st.stream>>>(hRows, down, nullptr, offsets, tileOffsets, experts,
-                        inter, hidden, yp, hidden, vec(hRows.x, hRows.ldx, inter));
-    checkLaunch("moeExpertsW (down)");
+    launchKernel(st, "moeExpertsW (down)", groupedGemmTcKernel<false>,
+                 dim3(unsigned((hidden + kTcBN - 1) / kTcBN), tiles), 256, 0,
+                 hRows, down, nullptr, offsets, tileOffsets, experts, inter,
+                 hidden, yp, hidden, vec(hRows.x, hRows.ldx, inter));
   } else {
     const unsigned tiles = unsigned(tileBound(pairs, experts, kBM));
-    groupedGemmKernel<WT, true>
-        <<<dim3(unsigned((inter + kBN - 1) / kBN), tiles), 256, 0, st.stream>>>(
-            xRows, gate, up, offsets, tileOffsets, experts, hidden, inter, h,
-            inter);
-    checkLaunch("moeExpertsW (gate/up)");
+    launchKernel(st, "moeExpertsW (gate/up)", groupedGemmKernel<WT, true>,
+                 dim3(unsigned((inter + kBN - 1) / kBN), tiles), 256, 0, xRows,
+                 gate, up, offsets, tileOffsets, experts, hidden, inter, h,
+                 inter);
     if (fp8Act)
       hRows.x = fakeQuantE4M3(st, h, inter, pairs, inter);
-    groupedGemmKernel<WT, false>
-        <<<dim3(unsigned((hidden + kBN - 1) / kBN), tiles), 256, 0, st.stream>>>(
-            hRows, down, nullptr, offsets, tileOffsets, experts, inter, hidden,
-            yp, hidden);
-    checkLaunch("moeExpertsW (down)");
+    launchKernel(st, "moeExpertsW (down)", groupedGemmKernel<WT, false>,
+                 dim3(unsigned((hidden + kBN - 1) / kBN), tiles), 256, 0, hRows,
+                 down, nullptr, offsets, tileOffsets, experts, inter, hidden,
+                 yp, hidden);
   }
   dim3 grid(unsigned(imin(blocksFor(hidden, 256), 16)), unsigned(n));
-  combineKernel<<<grid, 256, 0, st.stream>>>(yp, hidden, slotOf, weights, topK,
-                                             y, ldy);
-  checkLaunch("moeExpertsW (combine)");
+  launchKernel(st, "moeExpertsW (combine)", combineKernel, grid, 256, 0, yp,
+               hidden, slotOf, weights, topK, y, ldy);
 }
 
 } // namespace

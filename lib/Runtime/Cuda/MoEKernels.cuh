@@ -40,6 +40,7 @@ __global__ void sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
                                 int32_t *tileOffsets, int32_t *cursor,
                                 int32_t *active, int32_t *rowOf,
                                 int32_t *slotOf) {
+  pdlEnter();
   for (int64_t e = threadIdx.x; e < experts; e += blockDim.x)
     counts[e] = 0;
   __syncthreads();
@@ -85,6 +86,7 @@ __global__ void groupedGemvKernel(Rows rows, const void *const *wa,
                                   const void *const *wb, const int32_t *offsets,
                                   const int32_t *active, int64_t K, int64_t N,
                                   float *out, int64_t ldo, bool vec) {
+  pdlEnter();
   const int32_t e = active[blockIdx.x];
   if (e < 0)
     return;
@@ -137,6 +139,7 @@ __global__ void groupedGemmKernel(Rows rows, const void *const *wa,
                                   const int32_t *tileOffsets, int64_t experts,
                                   int64_t K, int64_t N, float *out,
                                   int64_t ldo) {
+  pdlEnter();
   __shared__ float as[kBK][kBM + 1];
   __shared__ float ws1[kBK][kBN + 1];
   __shared__ float ws2[GATED ? kBK : 1][kBN + 1];
@@ -207,6 +210,7 @@ __global__ void __launch_bounds__(256)
                         const void *const *wb, const int32_t *offsets,
                         const int32_t *tileOffsets, int64_t experts, int64_t K,
                         int64_t N, float *out, int64_t ldo, bool vec) {
+  pdlEnter();
   namespace wmma = nvcuda::wmma;
   constexpr int LD = kTcBK + kTcPad; // bf16 row stride of the staged tiles
   constexpr int LDC = kTcBN + 4;     // float row stride of the output tile
@@ -324,6 +328,7 @@ __global__ void __launch_bounds__(256)
 __global__ void combineKernel(const float *yp, int64_t hidden,
                               const int32_t *slotOf, const float *w,
                               int64_t topK, float *y, int64_t ldy) {
+  pdlEnter();
   const int64_t t = blockIdx.y;
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < hidden;
        c += int64_t(gridDim.x) * blockDim.x) {

@@ -21,6 +21,7 @@ namespace cuda {
 __global__ void routeKernel(const float *logits, int64_t ldl, int64_t n,
                             const float *bias, MoERouting r, int32_t *idx,
                             float *weights, float *work) {
+  pdlEnter();
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= n)
     return;

@@ -19,6 +19,7 @@ namespace rowk {
 
 __global__ void embeddingKernel(const float *table, int64_t hidden,
                                 const int32_t *ids, float *out, int64_t ldo) {
+  pdlEnter();
   const int64_t i = blockIdx.x;
   const float *src = table + int64_t(ids[i]) * hidden;
   for (int64_t j = threadIdx.x; j < hidden; j += blockDim.x)
@@ -52,6 +53,7 @@ __global__ void addRmsNormKernel(const float *a, int64_t lda, const float *b,
                                  int64_t ldb, int64_t d, const float *w,
                                  float eps, float *sum, int64_t lds, float *y,
                                  int64_t ldy) {
+  pdlEnter();
   __shared__ float shared[32];
   const int64_t i = blockIdx.x;
   const float *bi = b + i * ldb;
@@ -72,6 +74,7 @@ __global__ void addRmsNormKernel(const float *a, int64_t lda, const float *b,
 
 __global__ void addKernel(const float *a, int64_t lda, const float *b,
                           int64_t ldb, int64_t d, float *y, int64_t ldy) {
+  pdlEnter();
   const int64_t i = blockIdx.y;
   for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < d;
        j += int64_t(gridDim.x) * blockDim.x)
@@ -80,6 +83,7 @@ __global__ void addKernel(const float *a, int64_t lda, const float *b,
 
 __global__ void swigluKernel(const float *g, int64_t ldg, const float *u,
                              int64_t ldu, int64_t d, float *y, int64_t ldy) {
+  pdlEnter();
   const int64_t i = blockIdx.y;
   for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < d;
        j += int64_t(gridDim.x) * blockDim.x) {
@@ -93,6 +97,7 @@ __global__ void ropeKernel(float *x, int64_t ldx, int64_t heads,
                            int64_t headStride, int64_t offset,
                            const int32_t *pos, const float *cosT,
                            const float *sinT, int64_t half, int64_t total) {
+  pdlEnter();
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (t >= total)
     return;
@@ -114,6 +119,7 @@ __global__ void cacheWriteKernel(const float *latent, int64_t ldl,
                                  float *cache, int64_t layers, int64_t layer,
                                  int64_t lora, int64_t ropeDim,
                                  const float *cosT, const float *sinT) {
+  pdlEnter();
   const int64_t i = blockIdx.x;
   const int64_t p = pos[i];
   const int32_t block = blockTable[int64_t(tokenSeq[i]) * maxBlocks + p / 64];
