@@ -31,6 +31,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 using namespace dsrt::cuda;
@@ -286,7 +287,8 @@ struct MoECase {
   }
 };
 
-enum class Path { Gemv, Simt, TensorCores };
+/// Gemv: a warp per column; GemvShared: four columns per warp.
+enum class Path { Gemv, GemvShared, Simt, TensorCores };
 
 /// runExperts' launch sequence (MoE.cu) over the emulator.
 template <class WT>
@@ -331,15 +333,24 @@ std::vector<float> runExperts(const MoECase &m, Path path) {
   const Rows hRows{h.data(), m.inter, nullptr, 1};
   const bool vecX = m.hidden % 8 == 0 && m.ldx % 4 == 0,
              vecH = m.inter % 8 == 0;
-  if (path == Path::Gemv) {
+  if (path == Path::Gemv || path == Path::GemvShared) {
     const unsigned blocks = unsigned(std::min(E, pairs));
-    emu::launch(dim3(blocks, unsigned((m.inter + 7) / 8)), dim3(256),
-                groupedGemvKernel<WT, true>, xRows, gate, up, offsets.data(),
-                active.data(), m.hidden, m.inter, h.data(), m.inter, vecX);
-    emu::launch(dim3(blocks, unsigned((m.hidden + 7) / 8)), dim3(256),
-                groupedGemvKernel<WT, false>, hRows, down, nullptr,
-                offsets.data(), active.data(), m.inter, m.hidden, yp.data(),
-                m.hidden, vecH);
+    auto gemvs = [&](auto lanes) {
+      constexpr int L = decltype(lanes)::value;
+      const int64_t perBlock = 8 * gemvColumnsPerWarp<L>();
+      emu::launch(dim3(blocks, unsigned((m.inter + perBlock - 1) / perBlock)),
+                  dim3(256), groupedGemvKernel<WT, true, L>, xRows, gate, up,
+                  offsets.data(), active.data(), m.hidden, m.inter, h.data(),
+                  m.inter, vecX);
+      emu::launch(dim3(blocks, unsigned((m.hidden + perBlock - 1) / perBlock)),
+                  dim3(256), groupedGemvKernel<WT, false, L>, hRows, down,
+                  nullptr, offsets.data(), active.data(), m.inter, m.hidden,
+                  yp.data(), m.hidden, vecH);
+    };
+    if (path == Path::Gemv)
+      gemvs(std::integral_constant<int, 32>());
+    else
+      gemvs(std::integral_constant<int, 8>());
   } else if (path == Path::TensorCores) {
     const unsigned tiles = unsigned(tileBound(pairs, E, kTcBM));
     emu::launch(dim3(unsigned((m.inter + kTcBN - 1) / kTcBN), tiles), dim3(256),
@@ -409,6 +420,18 @@ TEST(CudaEmuMoE, GroupedGemvBf16Weights) {
               1e-5);
 }
 
+TEST(CudaEmuMoE, GroupedGemvSharedInputsFloat32) {
+  MoECase m = smallCase(false, 72, 8);
+  expectClose(runExperts<float>(m, Path::GemvShared), m.reference(false), 1e-5);
+}
+
+TEST(CudaEmuMoE, GroupedGemvSharedInputsBf16Weights) {
+  // inter 80 and hidden 72: the last warp's four columns run past N.
+  MoECase m = smallCase(true, 72, 9);
+  expectClose(runExperts<__nv_bfloat16>(m, Path::GemvShared),
+              m.reference(false), 1e-5);
+}
+
 TEST(CudaEmuMoE, GroupedGemvFewerPairsThanExperts) {
   // Decode: one token's 3 pairs over 6 local experts of 8, so the grid has
   // blocks for 3 experts and each must find its expert in `active`.
@@ -452,7 +475,7 @@ TEST(CudaEmuMoE, TensorCoreGemmManyRowsPerExpert) {
 /// denseGemvKernel over n rows of x [n, ldx] (K used) and weights [N, K]
 /// (values exact in bf16, held as WT), against a double-precision product;
 /// output columns ldo > N keep their NaN.
-template <class WT, bool GATED>
+template <class WT, bool GATED, int LANES>
 void checkDenseGemv(int64_t n, int64_t K, int64_t N, int64_t ldx,
                     uint32_t seed) {
   std::mt19937 rng(seed);
@@ -479,10 +502,11 @@ void checkDenseGemv(int64_t n, int64_t K, int64_t N, int64_t ldx,
       want[size_t(t * N + c)] = GATED ? silu(float(p)) * float(q) : float(p);
     }
   const bool vec = K % 8 == 0 && ldx % 4 == 0;
-  emu::launch(dim3(unsigned((N + 7) / 8)), dim3(256),
-              denseGemvKernel<WT, GATED>, Rows{x.data(), ldx, nullptr, 1},
-              a.data(), GATED ? b.data() : nullptr, n, K, N, out.data(), ldo,
-              vec);
+  const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
+  emu::launch(dim3(unsigned((N + perBlock - 1) / perBlock)), dim3(256),
+              denseGemvKernel<WT, GATED, LANES>,
+              Rows{x.data(), ldx, nullptr, 1}, a.data(),
+              GATED ? b.data() : nullptr, n, K, N, out.data(), ldo, vec);
   std::vector<float> got(size_t(n * N));
   for (int64_t t = 0; t < n; ++t)
     for (int64_t c = 0; c < ldo; ++c) {
@@ -499,16 +523,27 @@ TEST(CudaEmuGemv, DenseBf16) {
   // 16-byte loads, K past the last 4-load step; one row, then a full group
   // of 8, then 11 rows (a second pass over the weights).
   for (int64_t n : {1, 8, 11})
-    checkDenseGemv<__nv_bfloat16, false>(n, 1032, 37, 1036, uint32_t(n));
+    checkDenseGemv<__nv_bfloat16, false, 32>(n, 1032, 37, 1036, uint32_t(n));
 }
 
 TEST(CudaEmuGemv, DenseFloat32Gated) {
-  checkDenseGemv<float, true>(3, 264, 21, 268, 12);
+  checkDenseGemv<float, true, 32>(3, 264, 21, 268, 12);
 }
 
 TEST(CudaEmuGemv, DenseUnalignedK) {
   // K % 8 != 0: the element-wise path.
-  checkDenseGemv<__nv_bfloat16, true>(2, 70, 19, 70, 13);
+  checkDenseGemv<__nv_bfloat16, true, 32>(2, 70, 19, 70, 13);
+}
+
+TEST(CudaEmuGemv, DenseSharedInputs) {
+  // Four columns per warp: 37 and 21 columns end mid-warp (columns past N
+  // must still join the shuffles), K past a 4-load step of 64 elements
+  // (1032 = 4 * 256 + 8), the element-wise path.
+  for (int64_t n : {1, 8, 11})
+    checkDenseGemv<__nv_bfloat16, false, 8>(n, 1032, 37, 1036,
+                                            uint32_t(20 + n));
+  checkDenseGemv<float, true, 8>(3, 264, 21, 268, 14);
+  checkDenseGemv<__nv_bfloat16, true, 8>(2, 70, 19, 70, 15);
 }
 
 //===----------------------------------------------------------------------===//

@@ -89,6 +89,30 @@ bool vecRows(const void *p, int64_t ld, int64_t k, size_t elt) {
          reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
+template <class WT, bool GATED, int LANES>
+void denseGemv(DeviceState &st, const char *where, const Rows &rows,
+               const DeviceWeight &wa, const DeviceWeight *wb, int64_t n,
+               int64_t in, float *y, int64_t ldy, bool vec) {
+  const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
+  launchKernel(st, where, denseGemvKernel<WT, GATED, LANES>,
+               unsigned((wa.rows + perBlock - 1) / perBlock), 256, 0, rows,
+               static_cast<const WT *>(wa.ptr),
+               GATED ? static_cast<const WT *>(wb->ptr) : nullptr, n, in,
+               wa.rows, y, ldy, vec);
+}
+
+template <class WT, bool GATED>
+void denseGemv(DeviceState &st, const char *where, const Rows &rows,
+               const DeviceWeight &wa, const DeviceWeight *wb, int64_t n,
+               int64_t in, float *y, int64_t ldy, bool vec) {
+  // Several rows: four columns per warp share each input load, when that
+  // still leaves 4 warps per multiprocessor (one row: a warp per column).
+  if (n >= 2 && wa.rows / gemvColumnsPerWarp<8>() >= 4 * st.multiprocessors)
+    denseGemv<WT, GATED, 8>(st, where, rows, wa, wb, n, in, y, ldy, vec);
+  else
+    denseGemv<WT, GATED, 32>(st, where, rows, wa, wb, n, in, y, ldy, vec);
+}
+
 /// y = x W^T (GATED: silu(x Wa^T) * (x Wb^T)) as a GEMV, or false when the
 /// rows are too many for one.
 template <bool GATED>
@@ -101,17 +125,11 @@ bool tryGemv(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   const size_t elt = wa.bf16 ? 2 : 4;
   const bool vec = vecRows(x, ldx, in, 4) && vecRows(wa.ptr, in, in, elt) &&
                    (!GATED || vecRows(wb->ptr, in, in, elt));
-  const unsigned blocks = unsigned((wa.rows + 7) / 8);
-  const void *pb = GATED ? wb->ptr : nullptr;
   if (wa.bf16)
-    launchKernel(st, where, denseGemvKernel<__nv_bfloat16, GATED>, blocks, 256,
-                 0, rows, static_cast<const __nv_bfloat16 *>(wa.ptr),
-                 static_cast<const __nv_bfloat16 *>(pb), n, in, wa.rows, y, ldy,
-                 vec);
+    denseGemv<__nv_bfloat16, GATED>(st, where, rows, wa, wb, n, in, y, ldy,
+                                    vec);
   else
-    launchKernel(st, where, denseGemvKernel<float, GATED>, blocks, 256, 0, rows,
-                 static_cast<const float *>(wa.ptr),
-                 static_cast<const float *>(pb), n, in, wa.rows, y, ldy, vec);
+    denseGemv<float, GATED>(st, where, rows, wa, wb, n, in, y, ldy, vec);
   return true;
 }
 

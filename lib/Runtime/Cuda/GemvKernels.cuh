@@ -60,16 +60,30 @@ struct Rows {
   }
 };
 
-/// One warp: column `col` of rows [first, first + count) of `rows`,
-/// out[r, col] = x_r . w1 (GATED: silu(x_r . w1) * (x_r . w2)), where w1, w2
-/// point at the column's weight row [K]. kGemvRows rows at a time (the
-/// weight row is re-read from cache for each further group).
-template <class WT, bool GATED>
-__device__ inline void gemvColumn(const Rows &rows, const WT *w1, const WT *w2,
-                                  int64_t first, int64_t count, int64_t K,
-                                  int64_t col, float *out, int64_t ldo,
-                                  bool vec) {
-  const int lane = threadIdx.x % 32;
+/// Lanes per output column: 32 (a warp per column) or 8 (four columns per
+/// warp whose lanes load the same input addresses: a quarter of the input
+/// traffic through L1 per weight byte, which is what limits several rows).
+template <int LANES> __host__ __device__ constexpr int gemvColumnsPerWarp() {
+  static_assert(LANES == 32 || LANES == 8, "8 or 32 lanes per column");
+  return 32 / LANES;
+}
+
+/// One warp: columns [col0, col0 + 32 / LANES) (those below N) of rows
+/// [first, first + count) of `rows`: out[r, c] = x_r . wa[c] (GATED:
+/// silu(x_r . wa[c]) * (x_r . wb[c])), wa and wb [N, K]. kGemvRows rows at
+/// a time (the weight rows are re-read from cache for each further group).
+template <class WT, bool GATED, int LANES>
+__device__ inline void gemvColumns(const Rows &rows, const WT *wa, const WT *wb,
+                                   int64_t first, int64_t count, int64_t K,
+                                   int64_t N, int64_t col0, float *out,
+                                   int64_t ldo, bool vec) {
+  const int lane = threadIdx.x % 32, sub = lane % LANES;
+  const int64_t col = col0 + lane / LANES;
+  // A column past N still takes part in the shuffles, over no K.
+  const int64_t kEnd = col < N ? K : 0;
+  const WT *w1 = wa + (col < N ? col : 0) * K;
+  const WT *w2 = GATED ? wb + (col < N ? col : 0) * K : nullptr;
+  constexpr int kSpan = LANES * 8; // elements the lanes of a column cover
   for (int64_t r0 = first; r0 < first + count; r0 += kGemvRows) {
     const int64_t here = imin(kGemvRows, first + count - r0);
     const float *xr[kGemvRows];
@@ -84,12 +98,12 @@ __device__ inline void gemvColumn(const Rows &rows, const WT *w1, const WT *w2,
       // kUnroll 16-byte weight loads per matrix in flight before any use:
       // enough bytes in flight per warp to approach the memory bandwidth.
       constexpr int kUnroll = 4;
-      for (int64_t k0 = int64_t(lane) * 8; k0 < K; k0 += 256 * kUnroll) {
+      for (int64_t k0 = int64_t(sub) * 8; k0 < kEnd; k0 += kSpan * kUnroll) {
         Pack8 p1[kUnroll], p2[kUnroll];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          const int64_t k = k0 + 256 * u;
-          if (k < K) {
+          const int64_t k = k0 + kSpan * u;
+          if (k < kEnd) {
             loadRaw(w1 + k, p1[u]);
             if (GATED)
               loadRaw(w2 + k, p2[u]);
@@ -97,8 +111,8 @@ __device__ inline void gemvColumn(const Rows &rows, const WT *w1, const WT *w2,
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          const int64_t k = k0 + 256 * u;
-          if (k >= K)
+          const int64_t k = k0 + kSpan * u;
+          if (k >= kEnd)
             break;
           float v1[8], v2[8];
           unpack<WT>(p1[u], v1);
@@ -121,7 +135,7 @@ __device__ inline void gemvColumn(const Rows &rows, const WT *w1, const WT *w2,
         }
       }
     } else {
-      for (int64_t k = lane; k < K; k += 32) {
+      for (int64_t k = sub; k < kEnd; k += LANES) {
         const float v1 = toFloat(w1[k]);
         const float v2 = GATED ? toFloat(w2[k]) : 0.0f;
 #pragma unroll
@@ -137,31 +151,31 @@ __device__ inline void gemvColumn(const Rows &rows, const WT *w1, const WT *w2,
 #pragma unroll
     for (int r = 0; r < kGemvRows; ++r) {
       float s1 = a1[r], s2 = a2[r];
-      for (int o = 16; o > 0; o >>= 1) {
+      for (int o = LANES / 2; o > 0; o >>= 1) {
         s1 += __shfl_xor_sync(0xffffffffu, s1, o);
         if (GATED)
           s2 += __shfl_xor_sync(0xffffffffu, s2, o);
       }
-      if (lane == 0 && r < here)
+      if (sub == 0 && r < here && col < N)
         out[(r0 + r) * ldo + col] = GATED ? s1 / (1.0f + expf(-s1)) * s2 : s1;
     }
   }
 }
 
 /// Dense GEMV for a few rows (decode): y [n, N] = x W^T (GATED: the SwiGLU
-/// of the two products), block of 8 columns, one warp per column, x read
-/// in float32 as it is (no conversion pass before the product).
-template <class WT, bool GATED>
+/// of the two products); 8 warps per block, 32 / LANES columns per warp; x
+/// read in float32 as it is (no conversion pass before the product).
+template <class WT, bool GATED, int LANES>
 __global__ void denseGemvKernel(Rows rows, const WT *wa, const WT *wb,
                                 int64_t n, int64_t K, int64_t N, float *out,
                                 int64_t ldo, bool vec) {
   pdlEnter();
-  const int64_t col =
-      int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  if (col >= N)
+  const int64_t col0 =
+      (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) *
+      gemvColumnsPerWarp<LANES>();
+  if (col0 >= N)
     return;
-  gemvColumn<WT, GATED>(rows, wa + col * K, GATED ? wb + col * K : nullptr, 0,
-                        n, K, col, out, ldo, vec);
+  gemvColumns<WT, GATED, LANES>(rows, wa, wb, 0, n, K, N, col0, out, ldo, vec);
 }
 
 } // namespace cuda

@@ -2,10 +2,10 @@
 //
 // (token, k) pairs are sorted by expert on the device (one block counts,
 // scans and scatters), then:
-//  - few tokens (decode, n <= kGemvTokens): a grouped GEMV, one warp per
-//    output column of one active expert (blocks only for experts with
-//    rows), streaming the weight row with 16-byte loads for 8 of the
-//    expert's rows at a time;
+//  - few tokens (decode, n <= kGemvTokens): a grouped GEMV, a warp (or a
+//    quarter warp, with several rows per expert) per output column of one
+//    active expert (blocks only for experts with rows), streaming the
+//    weight row with 16-byte loads for 8 of the expert's rows at a time;
 //  - else (prefill): a grouped tiled GEMM over (expert, row tile, 64-col
 //    tile), with the tile list computed on the device so the grid is sized
 //    from n alone: on tensor cores (WMMA, 64-row tiles) for bf16 weights,
@@ -61,6 +61,37 @@ const void **expertTable(DeviceState &st, const int64_t *gate,
   return table;
 }
 
+/// groupedGemvKernel with LANES lanes per column, over `blocks` active
+/// experts x N columns.
+template <class WT, bool GATED, int LANES>
+void groupedGemv(DeviceState &st, const char *where, unsigned blocks,
+                 const Rows &rows, const void *const *wa, const void *const *wb,
+                 const int32_t *offsets, const int32_t *active, int64_t K,
+                 int64_t N, float *out, int64_t ldo, bool vec) {
+  const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
+  launchKernel(st, where, groupedGemvKernel<WT, GATED, LANES>,
+               dim3(blocks, unsigned((N + perBlock - 1) / perBlock)), 256, 0,
+               rows, wa, wb, offsets, active, K, N, out, ldo, vec);
+}
+
+/// Four columns per warp (sharing each input load) when the experts hold
+/// two rows each or more on average, where the input reads through L1
+/// outweigh the weight bytes; else a warp per column (more warps in flight
+/// for experts of one row).
+template <class WT, bool GATED>
+void groupedGemv(DeviceState &st, const char *where, bool shareInputs,
+                 unsigned blocks, const Rows &rows, const void *const *wa,
+                 const void *const *wb, const int32_t *offsets,
+                 const int32_t *active, int64_t K, int64_t N, float *out,
+                 int64_t ldo, bool vec) {
+  if (shareInputs)
+    groupedGemv<WT, GATED, 8>(st, where, blocks, rows, wa, wb, offsets, active,
+                              K, N, out, ldo, vec);
+  else
+    groupedGemv<WT, GATED, 32>(st, where, blocks, rows, wa, wb, offsets, active,
+                               K, N, out, ldo, vec);
+}
+
 template <class WT>
 void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                 int64_t hidden, int64_t inter, const int32_t *idx,
@@ -100,16 +131,15 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
     // Blocks for the active experts only (at most one per pair): at batch 1
     // 6 of 64 experts, not 64 mostly empty ones.
     const unsigned blocks = unsigned(imin(experts, pairs));
-    launchKernel(st, "moeExpertsW (gate/up)", groupedGemvKernel<WT, true>,
-                 dim3(blocks, unsigned((inter + 7) / 8)), 256, 0, xRows, gate,
-                 up, offsets, active, hidden, inter, h, inter,
-                 vec(xRows.x, xRows.ldx, hidden));
+    const bool shareInputs = pairs >= 2 * int64_t(blocks);
+    groupedGemv<WT, true>(st, "moeExpertsW (gate/up)", shareInputs, blocks,
+                          xRows, gate, up, offsets, active, hidden, inter, h,
+                          inter, vec(xRows.x, xRows.ldx, hidden));
     if (fp8Act)
       hRows.x = fakeQuantE4M3(st, h, inter, pairs, inter);
-    launchKernel(st, "moeExpertsW (down)", groupedGemvKernel<WT, false>,
-                 dim3(blocks, unsigned((hidden + 7) / 8)), 256, 0, hRows, down,
-                 nullptr, offsets, active, inter, hidden, yp, hidden,
-                 vec(hRows.x, hRows.ldx, inter));
+    groupedGemv<WT, false>(st, "moeExpertsW (down)", shareInputs, blocks, hRows,
+                           down, nullptr, offsets, active, inter, hidden, yp,
+                           hidden, vec(hRows.x, hRows.ldx, inter));
   } else if (tensorCores) {
     const unsigned tiles = unsigned(tileBound(pairs, experts, kTcBM));
     launchKernel(st, "moeExpertsW (gate/up)", groupedGemmTcKernel<true>,

@@ -78,10 +78,10 @@ __global__ void sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
   }
 }
 
-/// Grouped GEMV: block (i-th active expert, 8 columns), one warp per column.
-/// active[i] is the i-th expert with rows (sortPairsKernel), -1 past the
-/// last: the grid needs only min(experts, pairs) expert blocks.
-template <class WT, bool GATED>
+/// Grouped GEMV: block (i-th active expert, 8 warps of 32 / LANES
+/// columns). active[i] is the i-th expert with rows (sortPairsKernel), -1
+/// past the last: the grid needs only min(experts, pairs) expert blocks.
+template <class WT, bool GATED, int LANES>
 __global__ void groupedGemvKernel(Rows rows, const void *const *wa,
                                   const void *const *wb, const int32_t *offsets,
                                   const int32_t *active, int64_t K, int64_t N,
@@ -91,13 +91,15 @@ __global__ void groupedGemvKernel(Rows rows, const void *const *wa,
   if (e < 0)
     return;
   const int64_t first = offsets[e], count = offsets[e + 1] - first;
-  const int64_t col =
-      int64_t(blockIdx.y) * (blockDim.x / 32) + threadIdx.x / 32;
-  if (col >= N)
+  const int64_t col0 =
+      (int64_t(blockIdx.y) * (blockDim.x / 32) + threadIdx.x / 32) *
+      gemvColumnsPerWarp<LANES>();
+  if (col0 >= N)
     return;
-  const WT *w2 = GATED ? static_cast<const WT *>(wb[e]) + col * K : nullptr;
-  gemvColumn<WT, GATED>(rows, static_cast<const WT *>(wa[e]) + col * K, w2,
-                        first, count, K, col, out, ldo, vec);
+  gemvColumns<WT, GATED, LANES>(rows, static_cast<const WT *>(wa[e]),
+                                GATED ? static_cast<const WT *>(wb[e])
+                                      : nullptr,
+                                first, count, K, N, col0, out, ldo, vec);
 }
 
 /// A grouped GEMM block's output tile: rows [r0, r0 + rows) of `expert`'s
