@@ -21,6 +21,7 @@
 #include <cstring>
 #include <set>
 #include <string>
+#include <thread>
 
 namespace dsrt {
 namespace cuda {
@@ -546,6 +547,18 @@ bool haveDevice(int argc, char **argv) {
     int devices = 0;
     cudaError_t e = cudaGetDeviceCount(&devices);
     if (e != cudaSuccess || devices == 0) {
+      // Under mpirun every rank fails the same way: one message, from the
+      // first rank (before MPI starts, the launcher's variables tell). The
+      // others wait a moment before exiting, as the launcher kills the job
+      // at the first failed rank, which must not precede the message.
+      const char *rank = nullptr;
+      for (const char *var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"})
+        if (!rank)
+          rank = std::getenv(var);
+      if (rank && std::strcmp(rank, "0") != 0) {
+        std::this_thread::sleep_for(std::chrono::seconds(2));
+        return false;
+      }
       std::fprintf(stderr, "error: no CUDA device (%s); this executable was "
                            "compiled with --target=cuda\n",
                    e != cudaSuccess ? cudaGetErrorString(e) : "none found");
