@@ -93,7 +93,8 @@ DeviceState::~DeviceState() {
         const int64_t calls = profileMs[{program, r.second}].second;
         std::fprintf(stderr,
                      "    %-20s %10.3f ms %5.1f%% %7lld calls %9.1f us/call\n",
-                     r.second.c_str(), r.first, 100.0 * r.first / total,
+                     r.second.c_str(), r.first,
+                     total > 0 ? 100.0 * r.first / total : 0.0,
                      (long long)calls, 1000.0 * r.first / double(calls));
       }
     }
@@ -173,6 +174,52 @@ const float *weight(Context &ctx, int64_t index) {
 }
 
 namespace {
+
+/// Whether kernels may start early (programmatic dependent launch): only
+/// where the loaded kernel image has pdlEnter's wait (sm_90 code; a JIT of
+/// older code would not, and starting early would then race), unless
+/// DS_CUDA_PDL=0, and only where the driver captures such launches into a
+/// graph, which a two-kernel capture checks (some GPUs refuse; PDL is
+/// then off and the decode graphs are captured without it).
+bool pdlUsable(DeviceState &st) {
+  if (const char *v = std::getenv("DS_CUDA_PDL"))
+    if (std::strcmp(v, "0") == 0)
+      return false;
+  cudaFuncAttributes attr;
+  if (cudaFuncGetAttributes(&attr, argmaxKernel) != cudaSuccess ||
+      attr.binaryVersion < 90)
+    return cudaGetLastError(), false;
+  cudaLaunchAttribute pdl;
+  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(1);
+  config.blockDim = dim3(kArgmaxThreads);
+  config.stream = st.stream;
+  config.attrs = &pdl;
+  config.numAttrs = 1;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  bool ok = cudaStreamBeginCapture(
+                st.stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+  if (ok) {
+    for (int i = 0; i < 2; ++i)
+      ok = cudaLaunchKernelEx(&config, argmaxKernel,
+                              static_cast<const float *>(st.logits), int64_t(1),
+                              int64_t(1), st.argmax) == cudaSuccess &&
+           ok;
+    ok = cudaStreamEndCapture(st.stream, &graph) == cudaSuccess && ok;
+  }
+  ok = ok && graph && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess &&
+       cudaGraphLaunch(exec, st.stream) == cudaSuccess &&
+       cudaStreamSynchronize(st.stream) == cudaSuccess;
+  if (exec)
+    cudaGraphExecDestroy(exec);
+  if (graph)
+    cudaGraphDestroy(graph);
+  cudaGetLastError(); // a refused capture leaves a (non-sticky) error
+  return ok;
+}
 
 template <class T> T *deviceAlloc(DeviceState &st, size_t count, std::string *error,
                                   const char *what) {
@@ -306,9 +353,9 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
   if (const char *r = std::getenv("DS_CUDA_GEMV_ROWS")) {
     char *end = nullptr;
     const long v = std::strtol(r, &end, 10);
-    if (end == r || *end || v < 0) {
-      *error = std::string("DS_CUDA_GEMV_ROWS: expected a row count >= 0, "
-                           "got '") +
+    if (end == r || *end || v < 0 || v > (1 << 20)) {
+      *error = std::string("DS_CUDA_GEMV_ROWS: expected a row count from 0 "
+                           "to 1048576, got '") +
                r + "'";
       return false;
     }
@@ -391,9 +438,7 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
     return false;
   st.multiprocessors = prop.multiProcessorCount;
   st.sharedOptin = prop.sharedMemPerBlockOptin;
-  st.pdl = prop.major >= 9;
-  if (const char *v = std::getenv("DS_CUDA_PDL"))
-    st.pdl = st.pdl && std::strcmp(v, "0") != 0;
+  st.pdl = pdlUsable(st);
   if (ctx.rank() == 0)
     std::fprintf(stderr,
                  "cuda: %s, weights %.2f GB (%s GEMM weights), KV cache %.2f "
@@ -483,6 +528,7 @@ void runProgram(Context &ctx, Program program, BodyFn body,
   } else {
     body(ctx, io);
   }
+  st.profileProgram = "other";
   // Greedy decoding needs n token ids, not n x vocab floats (400 KB per
   // token for a 100k vocabulary): the argmax runs here, and the logits and
   // hidden states cross PCIe only when the caller wants them.
@@ -547,20 +593,25 @@ bool haveDevice(int argc, char **argv) {
     int devices = 0;
     cudaError_t e = cudaGetDeviceCount(&devices);
     if (e != cudaSuccess || devices == 0) {
-      // Under mpirun every rank fails the same way: one message, from the
-      // first rank (before MPI starts, the launcher's variables tell). The
-      // others wait a moment before exiting, as the launcher kills the job
-      // at the first failed rank, which must not precede the message.
+      // Under mpirun every rank usually fails the same way: one message,
+      // from the first rank (before MPI starts, the launcher's variables
+      // tell); the launcher kills the job when that rank exits, while the
+      // others wait before saying the same.
       const char *rank = nullptr;
       for (const char *var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"})
         if (!rank)
           rank = std::getenv(var);
+      std::string who;
       if (rank && std::strcmp(rank, "0") != 0) {
-        std::this_thread::sleep_for(std::chrono::seconds(2));
-        return false;
+        // Killed here when rank 0 failed too; else this rank alone lacks a
+        // GPU and says so.
+        std::this_thread::sleep_for(std::chrono::seconds(5));
+        who = std::string("rank ") + rank + ": ";
       }
-      std::fprintf(stderr, "error: no CUDA device (%s); this executable was "
-                           "compiled with --target=cuda\n",
+      std::fprintf(stderr,
+                   "error: %sno CUDA device (%s); this executable was "
+                   "compiled with --target=cuda\n",
+                   who.c_str(),
                    e != cudaSuccess ? cudaGetErrorString(e) : "none found");
       return false;
     }

@@ -121,6 +121,8 @@ bool tryGemv(DeviceState &st, const float *x, int64_t ldx, int64_t n,
              float *y, int64_t ldy, const char *where) {
   if (n > st.gemvMaxRows)
     return false;
+  if (n <= 0 || wa.rows <= 0)
+    return true; // nothing to compute (an empty grid is no launch)
   const Rows rows{x, ldx, nullptr, 1};
   const size_t elt = wa.bf16 ? 2 : 4;
   const bool vec = vecRows(x, ldx, in, 4) && vecRows(wa.ptr, in, in, elt) &&
@@ -192,12 +194,12 @@ static const float *actInput(Context &ctx, const float *x, int64_t *ldx,
 
 void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act) {
-  // The profile shows lm_head (the largest single weight) on its own row.
-  ProfileScope profile(ctx,
-                       std::strstr(ctx.spec().weights[weight].name, "lm_head")
-                           ? "linearW lm_head"
-                           : "linearW");
   DeviceState &st = state(ctx);
+  // The profile shows lm_head (the largest single weight) on its own row.
+  ProfileScope profile(
+      ctx, st.profile && std::strstr(ctx.spec().weights[weight].name, "lm_head")
+               ? "linearW lm_head"
+               : "linearW");
   const DeviceWeight &w = st.weights[size_t(weight)];
   if (w.rows != out)
     fatal("linearW", "weight height differs from the output's");
@@ -214,10 +216,12 @@ void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
   DeviceState &st = state(ctx);
   const DeviceWeight &wg = st.weights[size_t(gate)],
                      &wu = st.weights[size_t(up)];
-  if (wg.rows != inter || wu.rows != inter || wg.cols != in || wu.cols != in ||
-      wg.bf16 != wu.bf16)
-    fatal("gatedUp", "gate and up weights differ in shape or dtype");
-  if (n <= st.gemvMaxRows) {
+  // One GEMV kernel with the SwiGLU when gate and up are alike (the same
+  // shape and storage, so one activation quantization serves both).
+  if (n <= st.gemvMaxRows && inter > 0 && wg.rows == inter &&
+      wu.rows == inter && wg.cols == in && wu.cols == in &&
+      wg.bf16 == wu.bf16 &&
+      ctx.spec().weights[gate].dtype == ctx.spec().weights[up].dtype) {
     int64_t ldq = ldx;
     const float *q = actInput(ctx, x, &ldq, n, in, gate, act);
     tryGemv<true>(st, q, ldq, n, in, wg, &wu, y, ldy, "gatedUp");
