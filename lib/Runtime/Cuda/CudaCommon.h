@@ -189,6 +189,13 @@ void launchKernel(DeviceState &st, const char *where, void (*kernel)(Params...),
         where);
 }
 
+/// Whether a GEMV may use 16-byte loads on rows of k elements of `elt`
+/// bytes, `ld` apart, from p: k % 8 == 0 and every row 16-byte aligned.
+inline bool vecRows(const void *p, int64_t ld, int64_t k, size_t elt) {
+  return k % 8 == 0 && (ld * int64_t(elt)) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
 inline int blocksFor(int64_t n, int threads) {
   return int((n + threads - 1) / threads);
 }

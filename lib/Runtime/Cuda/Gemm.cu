@@ -83,12 +83,6 @@ DeviceState::Plan &planFor(DeviceState &st, int64_t m, int64_t n, int64_t k,
   return st.plans.emplace(key, p).first->second;
 }
 
-/// 16-byte loads: rows of 8 elements, 16-byte aligned.
-bool vecRows(const void *p, int64_t ld, int64_t k, size_t elt) {
-  return k % 8 == 0 && (ld * int64_t(elt)) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(p) % 16 == 0;
-}
-
 template <class WT, bool GATED, int LANES>
 void denseGemv(DeviceState &st, const char *where, const Rows &rows,
                const DeviceWeight &wa, const DeviceWeight *wb, int64_t n,

@@ -123,9 +123,10 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                     *const *down = table + 2 * experts;
   const Rows xRows{x, ldx, rowOf, topK};
   Rows hRows{h, inter, nullptr, 1};
-  // 16-byte loads: 8-element rows of weights and inputs, 16-byte aligned.
+  // 16-byte loads: 8-element rows of weights and inputs, 16-byte aligned
+  // (the expert weights are whole allocations, rows of k % 8 == 0).
   auto vec = [](const float *p, int64_t ld, int64_t k) {
-    return k % 8 == 0 && ld % 4 == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+    return vecRows(p, ld, k, sizeof(float));
   };
   if (n <= kGemvTokens) {
     // Blocks for the active experts only (at most one per pair): at batch 1
