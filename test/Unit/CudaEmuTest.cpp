@@ -27,6 +27,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -719,19 +720,35 @@ TEST_F(CudaEmuRows, CacheWrites) {
       blockTable[size_t(s * maxBlocks + b)] = cache.blockId(s, b);
   ctx->setTokenSequences(seq.data(), n);
 
-  for (bool fused : {false, true}) {
-    SCOPED_TRACE(fused ? "ropeKvCacheWrite" : "kvCacheWrite");
+  // The device cache in float32 (f32 mode) and in bf16 (bf16 mode, each
+  // value rounded to nearest even once).
+  for (int variant = 0; variant < 4; ++variant) {
+    const bool fused = variant % 2, bf16 = variant / 2;
+    SCOPED_TRACE(std::string(fused ? "ropeKvCacheWrite" : "kvCacheWrite") +
+                 (bf16 ? ", bf16 cache" : ", float cache"));
     const int64_t layer = fused ? 1 : 0;
     std::vector<float> latent = random(n * ldl), krope = random(n * ldk);
     std::vector<float> kropeWant = krope;
-    std::vector<float> device(size_t(cache.totalBlocks() * kLayers * 64 * row), NAN);
-    emu::launch(dim3(unsigned(n)), dim3(128), cacheWriteKernel,
-                static_cast<const float *>(latent.data()), ldl, krope.data(),
-                ldk, pos.data(), seq.data(),
-                static_cast<const int32_t *>(blockTable.data()), maxBlocks,
-                device.data(), kLayers, layer, kLora, kRope,
-                fused ? table().cos.data() : nullptr,
-                fused ? table().sin.data() : nullptr);
+    const size_t cacheSize = size_t(cache.totalBlocks() * kLayers * 64 * row);
+    std::vector<float> device(cacheSize, NAN);
+    std::vector<__nv_bfloat16> deviceB(cacheSize, __float2bfloat16(NAN));
+    const float *cosT = fused ? table().cos.data() : nullptr,
+                *sinT = fused ? table().sin.data() : nullptr;
+    if (bf16)
+      emu::launch(dim3(unsigned(n)), dim3(128), cacheWriteKernel<__nv_bfloat16>,
+                  static_cast<const float *>(latent.data()), ldl, krope.data(),
+                  ldk, pos.data(), seq.data(),
+                  static_cast<const int32_t *>(blockTable.data()), maxBlocks,
+                  deviceB.data(), kLayers, layer, kLora, kRope, cosT, sinT);
+    else
+      emu::launch(dim3(unsigned(n)), dim3(128), cacheWriteKernel<float>,
+                  static_cast<const float *>(latent.data()), ldl, krope.data(),
+                  ldk, pos.data(), seq.data(),
+                  static_cast<const int32_t *>(blockTable.data()), maxBlocks,
+                  device.data(), kLayers, layer, kLora, kRope, cosT, sinT);
+    if (bf16)
+      for (size_t e = 0; e < cacheSize; ++e)
+        device[e] = __bfloat162float(deviceB[e]);
     if (fused)
       dsrt::cpu::ropeKvCacheWrite(*ctx, layer, latent.data(), ldl,
                                   kropeWant.data(), ldk, pos.data(), n, 0);
@@ -744,9 +761,16 @@ TEST_F(CudaEmuRows, CacheWrites) {
       const int64_t block = blockTable[size_t(seq[size_t(i)] * maxBlocks + p / 64)];
       const float *got = device.data() + ((block * kLayers + layer) * 64 + p % 64) * row;
       const float *want = ctx->cacheRow(layer, seq[size_t(i)], p);
-      for (int64_t d = 0; d < row; ++d)
-        EXPECT_NEAR(got[d], want[d], 1e-6f * std::max(1.0f, std::fabs(want[d])))
-            << "token " << i << " dim " << d;
+      for (int64_t d = 0; d < row; ++d) {
+        // bf16: the CPU's value rounded to nearest even: exactly for copied
+        // values, up to a rounding flip for the rotated key (its float value
+        // may differ from the CPU's in the last bit).
+        const float w = bf16 ? bf16Round(want[d]) : want[d];
+        const bool rotated = fused && d >= kLora;
+        const float tol = bf16 ? (rotated ? 4e-3f * std::fabs(want[d]) : 0.0f)
+                               : 1e-6f * std::max(1.0f, std::fabs(want[d]));
+        EXPECT_NEAR(got[d], w, tol) << "token " << i << " dim " << d;
+      }
     }
   }
 }
@@ -881,6 +905,12 @@ TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {
   for (auto *v : {&cache, &qLat, &q})
     for (float &x : *v)
       x = u(rng);
+  // Cache values exact in bf16, so the float and bf16 caches hold the same.
+  for (float &x : cache)
+    x = bf16Round(x);
+  std::vector<__nv_bfloat16> cacheB(cache.size());
+  for (size_t e = 0; e < cache.size(); ++e)
+    cacheB[e] = __float2bfloat16(cache[e]);
   auto cached = [&](int64_t seq, int64_t p, int64_t d) {
     const int64_t block = table[size_t(seq * maxBlocks + p / 64)];
     return double(cache[size_t(((block * layers + layer) * 64 + p % 64) * row + d)]);
@@ -909,17 +939,29 @@ TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {
       }
     }
   // 7 splits leave the position-5 token's last split empty; 1 is no split.
-  for (int splits : {1, 4, 7}) {
-    SCOPED_TRACE(splits);
+  for (int variant = 0; variant < 6; ++variant) {
+    const int splits = std::array<int, 3>{1, 4, 7}[size_t(variant % 3)];
+    const bool bf16 = variant >= 3;
+    SCOPED_TRACE(std::to_string(splits) +
+                 (bf16 ? " splits, bf16 cache" : " splits, float cache"));
     std::vector<float> part(size_t(n * heads * splits * (lora + 2)), std::nanf(""));
     std::vector<float> oLat(size_t(n * heads * lora), std::nanf(""));
-    emu::launchShared(dim3(unsigned(n), unsigned((heads + kHB - 1) / kHB),
-                           unsigned(splits)),
-                      dim3(256), decodeSharedBytes(row), mlaDecodeKernel,
-                      qLat.data(), q.data(), ldq, qHead, nope, cache.data(),
-                      table.data(), maxBlocks, tokenSeq.data(), pos.data(),
-                      layers, layer, heads, lora, rope, scale, splits,
-                      part.data());
+    const dim3 grid(unsigned(n), unsigned((heads + kHB - 1) / kHB),
+                    unsigned(splits));
+    if (bf16)
+      emu::launchShared(
+          grid, dim3(256), decodeSharedBytes(row),
+          mlaDecodeKernel<__nv_bfloat16>, qLat.data(), q.data(), ldq, qHead,
+          nope, static_cast<const __nv_bfloat16 *>(cacheB.data()), table.data(),
+          maxBlocks, tokenSeq.data(), pos.data(), layers, layer, heads, lora,
+          rope, scale, splits, part.data());
+    else
+      emu::launchShared(grid, dim3(256), decodeSharedBytes(row),
+                        mlaDecodeKernel<float>, qLat.data(), q.data(), ldq,
+                        qHead, nope, static_cast<const float *>(cache.data()),
+                        table.data(), maxBlocks, tokenSeq.data(), pos.data(),
+                        layers, layer, heads, lora, rope, scale, splits,
+                        part.data());
     emu::launch(dim3(unsigned(n), unsigned(heads)), dim3(256), mlaCombineKernel,
                 static_cast<const float *>(part.data()), heads, lora, splits,
                 oLat.data());

@@ -66,9 +66,12 @@ struct DeviceState {
   /// Each logits row's argmax (Context::Outputs), on the device and pinned.
   int32_t *argmax = nullptr, *hostArgmax = nullptr;
 
-  /// The latent cache: pool[block][layer][64][rowFloats] like KVCache's, and
-  /// the block table [maxSequences][maxBlocks] (-1: none).
-  float *cache = nullptr;
+  /// The latent cache: pool[block][layer][64][rowFloats] like KVCache's
+  /// (rows of rowFloats elements: bf16 in bf16 mode, which halves the bytes
+  /// decode attention reads, else float32), and the block table
+  /// [maxSequences][maxBlocks] (-1: none).
+  void *cache = nullptr;
+  bool cacheBf16 = false;
   int32_t *blockTable = nullptr;
   int64_t maxSequences = 0, maxBlocks = 0, rowFloats = 0, layers = 0;
 

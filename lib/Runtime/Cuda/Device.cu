@@ -376,10 +376,15 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
     st.maxSequences = kc.maxSequences();
     st.maxBlocks = (spec.maxSeqLen + KVCache::kBlockTokens - 1) /
                    KVCache::kBlockTokens;
-    size_t floats = size_t(kc.totalBlocks()) * size_t(st.layers) *
-                    KVCache::kBlockTokens * size_t(st.rowFloats);
-    if (!(st.cache = deviceAlloc<float>(st, floats, error, "the KV cache")) ||
-        cudaFail(cudaMemset(st.cache, 0, floats * sizeof(float)), "cudaMemset"))
+    // bf16 mode keeps the latent rows in bf16 (attention accumulates in
+    // float32); f32 mode, checked against the CPU backend, in float32.
+    st.cacheBf16 = dtype == ComputeDtype::BF16;
+    const size_t cacheBytes = size_t(kc.totalBlocks()) * size_t(st.layers) *
+                              KVCache::kBlockTokens * size_t(st.rowFloats) *
+                              (st.cacheBf16 ? 2 : 4);
+    if (!(st.cache =
+              deviceAlloc<char>(st, cacheBytes, error, "the KV cache")) ||
+        cudaFail(cudaMemset(st.cache, 0, cacheBytes), "cudaMemset"))
       return false;
   }
   const size_t inputs = size_t(3 * st.maxTokens + st.maxSequences * st.maxBlocks);
@@ -445,10 +450,10 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
                  "GB, arena %.1f MB, PDL %s, GEMV up to %lld rows\n",
                  prop.name, double(bytes) / 1e9,
                  dtype == ComputeDtype::BF16 ? "bf16" : "f32",
-                 double(st.cache
-                            ? int64_t(ctx.cache().totalBlocks()) * st.layers *
-                                  KVCache::kBlockTokens * st.rowFloats * 4
-                            : 0) /
+                 double(st.cache ? int64_t(ctx.cache().totalBlocks()) *
+                                       st.layers * KVCache::kBlockTokens *
+                                       st.rowFloats * (st.cacheBf16 ? 2 : 4)
+                                 : 0) /
                      1e9,
                  double(spec.arenaBytes) / 1e6, st.pdl ? "on" : "off",
                  (long long)st.gemvMaxRows);

@@ -53,6 +53,12 @@ __device__ inline void pdlEnter() {
 __device__ inline float toFloat(float v) { return v; }
 __device__ inline float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 
+/// Stores v in a buffer of float or bf16 (round to nearest even).
+__device__ inline void storeAs(float *p, float v) { *p = v; }
+__device__ inline void storeAs(__nv_bfloat16 *p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
+
 } // namespace cuda
 } // namespace dsrt
 

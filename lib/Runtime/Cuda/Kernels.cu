@@ -85,10 +85,17 @@ static void cacheWrite(Context &ctx, int64_t layer, const float *latent,
     fatal(where, "layer outside the cache");
   if (n <= 0)
     return;
-  launchKernel(st, where, cacheWriteKernel, unsigned(n), 128, 0, latent, ldl,
-               krope, ldk, st.pos, st.tokenSeq, st.blockTable, st.maxBlocks,
-               st.cache, st.layers, layer, s.kvLoraRank, s.qkRopeDim,
-               t ? t->cos : nullptr, t ? t->sin : nullptr);
+  const float *cosT = t ? t->cos : nullptr, *sinT = t ? t->sin : nullptr;
+  if (st.cacheBf16)
+    launchKernel(st, where, cacheWriteKernel<__nv_bfloat16>, unsigned(n), 128,
+                 0, latent, ldl, krope, ldk, st.pos, st.tokenSeq, st.blockTable,
+                 st.maxBlocks, static_cast<__nv_bfloat16 *>(st.cache),
+                 st.layers, layer, s.kvLoraRank, s.qkRopeDim, cosT, sinT);
+  else
+    launchKernel(st, where, cacheWriteKernel<float>, unsigned(n), 128, 0,
+                 latent, ldl, krope, ldk, st.pos, st.tokenSeq, st.blockTable,
+                 st.maxBlocks, static_cast<float *>(st.cache), st.layers, layer,
+                 s.kvLoraRank, s.qkRopeDim, cosT, sinT);
 }
 
 // The cache kernels address rows through Io's positions (st.pos), which are

@@ -108,12 +108,24 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
         "mlaAttentionAbsorbed (q_lat)");
   const int64_t row = lora + rope;
   const size_t bytes = decodeSharedBytes(row);
-  raiseSmem((const void *)mlaDecodeKernel, bytes, "mlaAttentionAbsorbed");
   dim3 grid(unsigned(n), unsigned((heads + kHB - 1) / kHB), unsigned(splits));
-  launchKernel(st, "mlaAttentionAbsorbed (attention)", mlaDecodeKernel, grid,
-               256, bytes, qLat, q, ldq, qHead, nope, st.cache, st.blockTable,
-               st.maxBlocks, st.tokenSeq, st.pos, st.layers, layer, heads, lora,
-               rope, float(scale), splits, part);
+  if (st.cacheBf16) {
+    raiseSmem((const void *)mlaDecodeKernel<__nv_bfloat16>, bytes,
+              "mlaAttentionAbsorbed");
+    launchKernel(st, "mlaAttentionAbsorbed (attention)",
+                 mlaDecodeKernel<__nv_bfloat16>, grid, 256, bytes, qLat, q, ldq,
+                 qHead, nope, static_cast<const __nv_bfloat16 *>(st.cache),
+                 st.blockTable, st.maxBlocks, st.tokenSeq, st.pos, st.layers,
+                 layer, heads, lora, rope, float(scale), splits, part);
+  } else {
+    raiseSmem((const void *)mlaDecodeKernel<float>, bytes,
+              "mlaAttentionAbsorbed");
+    launchKernel(st, "mlaAttentionAbsorbed (attention)", mlaDecodeKernel<float>,
+                 grid, 256, bytes, qLat, q, ldq, qHead, nope,
+                 static_cast<const float *>(st.cache), st.blockTable,
+                 st.maxBlocks, st.tokenSeq, st.pos, st.layers, layer, heads,
+                 lora, rope, float(scale), splits, part);
+  }
   launchKernel(st, "mlaAttentionAbsorbed (combine)", mlaCombineKernel,
                dim3(unsigned(n), unsigned(heads)), 256, 0, part, heads, lora,
                splits, oLat);

@@ -311,14 +311,15 @@ inline size_t decodeSharedBytes(int64_t row) {
 }
 
 /// One (token, head group, split): partial softmax state over the split's
-/// cache positions. part[((t * heads + h) * splits + s)] = [acc(lora), m, l].
-__global__ void mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq,
-                                int64_t qHead, int64_t nope, const float *cache,
-                                const int32_t *blockTable, int64_t maxBlocks,
-                                const int32_t *tokenSeq, const int32_t *pos,
-                                int64_t layers, int64_t layer, int64_t heads,
-                                int64_t lora, int64_t rope, float scale,
-                                int splits, float *part) {
+/// cache positions (CT: float, or bf16 in bf16 mode).
+/// part[((t * heads + h) * splits + s)] = [acc(lora), m, l].
+template <class CT>
+__global__ void
+mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq, int64_t qHead,
+                int64_t nope, const CT *cache, const int32_t *blockTable,
+                int64_t maxBlocks, const int32_t *tokenSeq, const int32_t *pos,
+                int64_t layers, int64_t layer, int64_t heads, int64_t lora,
+                int64_t rope, float scale, int splits, float *part) {
   pdlEnter();
   DS_DYNAMIC_SHARED(float, smem);
   const int64_t row = lora + rope, stride = row + 1;
@@ -362,7 +363,7 @@ __global__ void mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq,
       float v = 0.0f;
       if (p < k1) {
         const int64_t block = table[p / 64];
-        v = cache[((block * layers + layer) * 64 + p % 64) * row + d];
+        v = toFloat(cache[((block * layers + layer) * 64 + p % 64) * row + d]);
       }
       tile[r * stride + d] = v;
     }

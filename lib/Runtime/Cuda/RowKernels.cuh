@@ -110,21 +110,23 @@ __global__ void ropeKernel(float *x, int64_t ldx, int64_t heads,
 }
 
 /// Stores latent and (optionally rotated in place) krope of token i in its
-/// cache row. One block per token; the rotation is done by the threads of
-/// the block before the store, so the stored krope is the rotated one.
-__global__ void cacheWriteKernel(const float *latent, int64_t ldl,
-                                 float *krope, int64_t ldk, const int32_t *pos,
-                                 const int32_t *tokenSeq,
-                                 const int32_t *blockTable, int64_t maxBlocks,
-                                 float *cache, int64_t layers, int64_t layer,
-                                 int64_t lora, int64_t ropeDim,
-                                 const float *cosT, const float *sinT) {
+/// cache row (CT: float, or bf16 in bf16 mode). One block per token; the
+/// rotation is done by the threads of the block before the store, so the
+/// stored krope is the rotated one.
+template <class CT>
+__global__ void
+cacheWriteKernel(const float *latent, int64_t ldl, float *krope, int64_t ldk,
+                 const int32_t *pos, const int32_t *tokenSeq,
+                 const int32_t *blockTable, int64_t maxBlocks, CT *cache,
+                 int64_t layers, int64_t layer, int64_t lora, int64_t ropeDim,
+                 const float *cosT, const float *sinT) {
   pdlEnter();
   const int64_t i = blockIdx.x;
   const int64_t p = pos[i];
   const int32_t block = blockTable[int64_t(tokenSeq[i]) * maxBlocks + p / 64];
   const int64_t rowFloats = lora + ropeDim;
-  float *row = cache + ((int64_t(block) * layers + layer) * 64 + p % 64) * rowFloats;
+  CT *row =
+      cache + ((int64_t(block) * layers + layer) * 64 + p % 64) * rowFloats;
   float *kr = krope + i * ldk;
   if (cosT) {
     const int64_t half = ropeDim / 2;
@@ -137,9 +139,9 @@ __global__ void cacheWriteKernel(const float *latent, int64_t ldl,
     __syncthreads();
   }
   for (int64_t j = threadIdx.x; j < lora; j += blockDim.x)
-    row[j] = latent[i * ldl + j];
+    storeAs(row + j, latent[i * ldl + j]);
   for (int64_t j = threadIdx.x; j < ropeDim; j += blockDim.x)
-    row[lora + j] = kr[j];
+    storeAs(row + lora + j, kr[j]);
 }
 
 } // namespace rowk
