@@ -890,7 +890,8 @@ TEST(CudaEmuMLA, PrefillTensorCoresDeepSeekHeads) {
 /// blocks in scattered order, the layer not the first.
 TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {
   using namespace dsrt::cuda::mla;
-  const int64_t heads = 10, lora = 40, rope = 8, nope = 16, row = lora + rope;
+  // 20 heads: a full head group of kHB and a partial one.
+  const int64_t heads = 20, lora = 40, rope = 8, nope = 16, row = lora + rope;
   const int64_t qHead = nope + rope, ldq = heads * qHead + 3;
   const int64_t layers = 2, layer = 1, blocks = 8, maxBlocks = 4;
   const std::vector<int32_t> tokenSeq = {1, 0, 1}, pos = {130, 5, 131};

@@ -300,8 +300,15 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   }
 }
 
-constexpr int kHB = 8;   // decode: heads per block
+// decode: heads per block. Each block streams its split's cache rows, so
+// the cache is read ceil(heads / kHB) times per token (16 times for
+// DeepSeek-V3's 128 heads). 16 would halve that but needs 160 registers
+// (one block per multiprocessor instead of two): a tensor-core kernel over
+// all heads, as FlashMLA's, is the real fix.
+constexpr int kHB = 8;
 constexpr int kTP = 8;   // decode: cache positions per tile
+constexpr int kScoreLanes = 256 / (kHB * kTP); // decode: threads per score
+static_assert(kHB * kTP * kScoreLanes == 256, "a score per thread group");
 constexpr int kLMax = 4; // decode: latent dims per thread / 256 (lora <= 1024)
 
 /// mlaDecodeKernel's dynamic shared memory, for cache rows of `row` floats.
@@ -368,14 +375,14 @@ mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq, int64_t qHead,
       tile[r * stride + d] = v;
     }
     __syncthreads();
-    { // kHB * kTP scores, 4 threads each (256 threads)
-      const int pair = tid / 4, lane = tid % 4;
+    { // kHB * kTP scores, kScoreLanes threads each (256 threads)
+      const int pair = tid / kScoreLanes, lane = tid % kScoreLanes;
       const int hh = pair / kTP, r = pair % kTP;
       float sum = 0.0f;
-      for (int64_t d = lane; d < row; d += 4)
+      for (int64_t d = lane; d < row; d += kScoreLanes)
         sum += qs[hh * stride + d] * tile[r * stride + d];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      for (int o = kScoreLanes / 2; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
       if (lane == 0)
         sc[hh * kTP + r] = (hh < hb && p0 + r < k1) ? sum * scale : -INFINITY;
     }
