@@ -12,7 +12,9 @@
 #                                  # sanitizer, the benchmark, PyTorch
 #
 # device checks: every model in f32 (rel < 1e-4 to the CPU logits, same
-# greedy tokens, batch mode and MTP speculation too), bf16 on the tiny models
+# greedy tokens, batch mode and MTP speculation too; a failing case is re-run
+# with each of DS_CUDA_PDL=0, DS_CUDA_GEMV_ROWS=0, DS_CUDA_GRAPHS=0 to name
+# the path at fault), bf16 on the tiny models
 # (rel < 2e-2; v3-long's 120-token prefill takes the grouped-GEMM experts),
 # compute-sanitizer memcheck on tiny. Benchmark
 # (bench/gpu/model.json = ../shared/bench/torch_baseline.py's model, random
@@ -123,6 +125,21 @@ device() {
   say() { echo "$*" | tee -a "$report"; }
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$report"
   say "== correctness: CUDA f32 vs the CPU backend (rel < 1e-4), bf16 (rel < 2e-2)"
+  # After a failure: which of the runtime's switches makes the case pass
+  # (programmatic dependent launch, the dense GEMV, decode graphs).
+  triage() { # DIR PREC WEIGHTS PROMPT NEW TOL
+    local env1 r verdict=""
+    for env1 in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_GRAPHS=0; do
+      if (cd "$1" && env "$env1" ./$2 --weights "$3" --prompt-ids "$4" --max-new-tokens "$5" \
+            --dump-logits triage.npy > triage.txt 2> triage.err) &&
+         r=$($py "$dir/compare.py" "$1/triage.npy" "$1/cpu.npy" --rtol "$6" 2>&1); then
+        verdict+=" $env1: pass;"
+      else
+        verdict+=" $env1: fail;"
+      fi
+    done
+    say "  triage:$verdict"
+  }
   while IFS='|' read -r name src cfg seed dtype prompt new flags; do
     local d="$dir/e2e/$name" weights
     IFS='|' read -r weights prompt new < "$d/args"
@@ -139,10 +156,12 @@ device() {
         else
           say "FAIL $name $prec: $r ($($py "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --report 2>&1))"
           failed=1
+          triage "$d" "$prec" "$weights" "$prompt" "$new" "$tol"
         fi
       else
         say "FAIL $name $prec: exit $? $(tail -3 "$d/$prec.err")"
         failed=1
+        triage "$d" "$prec" "$weights" "$prompt" "$new" "$tol"
       fi
     done
     # Batch mode (continuous batching, decode graphs at several batch sizes).
