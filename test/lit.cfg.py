@@ -10,8 +10,8 @@ config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
 config.suffixes = [".mlir", ".test"]
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.ds_obj_root, "test")
-config.excludes = ["CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py", "Unit", "Inputs",
-                   "__pycache__"]
+config.excludes = ["CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py", "Unit", "CudaEmu",
+                   "Inputs", "__pycache__"]
 
 config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%ds_src_root", config.ds_src_root))
@@ -38,6 +38,10 @@ import shutil
 import subprocess
 if getattr(config, "ds_have_cuda", 0):
     config.available_features.add("cuda")
+    # The CUDA backend built for the CPU (test/CudaEmu): emitted CUDA
+    # programs run whole without a GPU.
+    config.substitutions.append(
+        ("%cuda_emu_cxx", os.path.join(config.ds_tools_dir, "ds-cuda-emu-cxx")))
     smi = shutil.which("nvidia-smi")
     if smi:
         try:

@@ -13,6 +13,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <tuple>
@@ -172,12 +173,38 @@ private:
 /// `bytes` of scratch (256-aligned) valid until the program call ends.
 void *scratch(DeviceState &st, size_t bytes, const char *where);
 
-/// kernel<<<grid, block, shared, st.stream>>>(args...), allowed to start
-/// early (programmatic dependent launch) when st.pdl: every kernel of ours
+#ifdef DS_CUDA_EMU
+} // namespace cuda
+} // namespace dsrt
+namespace emu {
+/// test/CudaEmu/FakeCuda.cpp: runs `op` now, or records it into the graph
+/// being captured on `stream`.
+void enqueue(cudaStream_t stream, std::function<void()> op);
+} // namespace emu
+namespace dsrt {
+namespace cuda {
+#endif
+
+/// kernel<<<grid, block, shared, stream>>>(args...), allowed to start early
+/// (programmatic dependent launch) when `early`: every kernel of ours
 /// begins with pdlEnter(), which waits for its predecessors' results.
 template <class... Params, class... Args>
-void launchKernel(DeviceState &st, const char *where, void (*kernel)(Params...),
-                  dim3 grid, dim3 block, size_t shared, Args &&...args) {
+void launchKernelOn(cudaStream_t stream, bool early, const char *where,
+                    void (*kernel)(Params...), dim3 grid, dim3 block,
+                    size_t shared, Args &&...args) {
+#ifdef DS_CUDA_EMU
+  // On the CPU (test/CudaEmu): the kernel runs in the emulator, with the
+  // arguments converted to the kernel's parameter types as a launch does.
+  (void)early, (void)where;
+  std::tuple<std::decay_t<Params>...> values(std::forward<Args>(args)...);
+  emu::enqueue(stream, [=] {
+    std::apply(
+        [&](const auto &...v) {
+          emu::launchShared(grid, block, shared, kernel, v...);
+        },
+        values);
+  });
+#else
   cudaLaunchAttribute attr;
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr.val.programmaticStreamSerializationAllowed = 1;
@@ -185,11 +212,20 @@ void launchKernel(DeviceState &st, const char *where, void (*kernel)(Params...),
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = shared;
-  config.stream = st.stream;
+  config.stream = stream;
   config.attrs = &attr;
-  config.numAttrs = st.pdl ? 1 : 0;
+  config.numAttrs = early ? 1 : 0;
   check(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...),
         where);
+#endif
+}
+
+/// launchKernelOn the state's stream, early when st.pdl.
+template <class... Params, class... Args>
+void launchKernel(DeviceState &st, const char *where, void (*kernel)(Params...),
+                  dim3 grid, dim3 block, size_t shared, Args &&...args) {
+  launchKernelOn(st.stream, st.pdl, where, kernel, grid, block, shared,
+                 std::forward<Args>(args)...);
 }
 
 /// Whether a GEMV may use 16-byte loads on rows of k elements of `elt`

@@ -182,11 +182,15 @@ namespace {
 /// graph, which a two-kernel capture checks (some GPUs refuse; PDL is
 /// then off and the decode graphs are captured without it).
 bool pdlUsable(DeviceState &st) {
+#ifdef DS_CUDA_EMU
+  return false; // the emulator (test/CudaEmu) runs launches in order
+#else
   if (const char *v = std::getenv("DS_CUDA_PDL"))
     if (std::strcmp(v, "0") == 0)
       return false;
   cudaFuncAttributes attr;
-  if (cudaFuncGetAttributes(&attr, argmaxKernel) != cudaSuccess ||
+  if (cudaFuncGetAttributes(
+          &attr, reinterpret_cast<const void *>(argmaxKernel)) != cudaSuccess ||
       attr.binaryVersion < 90)
     return cudaGetLastError(), false;
   cudaLaunchAttribute pdl;
@@ -219,6 +223,7 @@ bool pdlUsable(DeviceState &st) {
     cudaGraphDestroy(graph);
   cudaGetLastError(); // a refused capture leaves a (non-sticky) error
   return ok;
+#endif
 }
 
 template <class T> T *deviceAlloc(DeviceState &st, size_t count, std::string *error,
@@ -540,10 +545,10 @@ void runProgram(Context &ctx, Program program, BodyFn body,
   const Context::Outputs &want = ctx.outputs();
   const int64_t from = std::max<int64_t>(want.argmaxFrom, 0);
   if (want.argmax && from < n) {
-    argmaxKernel<<<unsigned(n - from), kArgmaxThreads, 0, st.stream>>>(
-        st.logits + from * spec.vocabSize, spec.vocabSize, spec.vocabSize,
-        st.argmax + from);
-    checkLaunch("argmax");
+    // After a graph replay: a plain launch (no programmatic edge).
+    launchKernelOn(st.stream, false, "argmax", argmaxKernel, unsigned(n - from),
+                   kArgmaxThreads, 0, st.logits + from * spec.vocabSize,
+                   spec.vocabSize, spec.vocabSize, st.argmax + from);
     check(cudaMemcpyAsync(st.hostArgmax + from, st.argmax + from,
                           size_t(n - from) * sizeof(int32_t),
                           cudaMemcpyDeviceToHost, st.stream),

@@ -1,0 +1,360 @@
+//===- FakeCuda.cpp - the CUDA calls of libdsrt-cuda, on the CPU ---------===//
+//
+// What the CUDA backend (lib/Runtime/Cuda) asks of the CUDA runtime, cuBLAS
+// and cuBLASLt, implemented on host memory for the emulated build
+// (EmuPrelude.h): "device" memory is host memory, a stream runs each
+// operation when it is issued, and a stream being captured records the
+// operations into a graph that cudaGraphLaunch replays, as CUDA graphs do
+// (kernel arguments fixed at capture). GEMMs are plain loops in double
+// precision over the element types cuBLAS would read. Only the calls and
+// modes the backend makes are supported; anything else fails loudly.
+//
+//===----------------------------------------------------------------------===//
+
+#include "EmuPrelude.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <vector>
+
+namespace {
+
+[[noreturn]] void unsupported(const char *what) {
+  std::fprintf(stderr, "cuda-emu: unsupported: %s\n", what);
+  std::abort();
+}
+
+void *alignedAlloc(size_t bytes) {
+  void *p = nullptr;
+  if (posix_memalign(&p, 256, bytes ? bytes : 1) != 0)
+    return nullptr;
+  return p;
+}
+
+struct Graph {
+  std::vector<std::function<void()>> ops;
+};
+
+/// The stream being captured (one at a time, as the backend does) and the
+/// graph it records into.
+cudaStream_t capturing = nullptr;
+std::unique_ptr<Graph> recording;
+
+struct Layout {
+  cudaDataType_t type;
+  uint64_t rows, cols;
+  int64_t ld;
+};
+
+struct MatmulDesc {
+  cublasOperation_t transA = CUBLAS_OP_N, transB = CUBLAS_OP_N;
+};
+
+double load(const void *p, cudaDataType_t type, size_t i) {
+  if (type == CUDA_R_32F)
+    return static_cast<const float *>(p)[i];
+  if (type == CUDA_R_16BF)
+    return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
+  unsupported("cuBLASLt matrix type");
+}
+
+/// Element (r, c) of op(X), X column-major with leading dimension ld.
+double at(const void *p, cudaDataType_t type, int64_t ld, bool trans, int64_t r,
+          int64_t c) {
+  return trans ? load(p, type, size_t(c + r * ld))
+               : load(p, type, size_t(r + c * ld));
+}
+
+} // namespace
+
+namespace emu {
+void enqueue(cudaStream_t stream, std::function<void()> op) {
+  if (recording && stream == capturing)
+    recording->ops.push_back(std::move(op));
+  else
+    op();
+}
+} // namespace emu
+
+extern "C" {
+
+//===--- Runtime
+//-----------------------------------------------------------===//
+
+cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+const char *cudaGetErrorString(cudaError_t) { return "emulated CUDA error"; }
+
+cudaError_t cudaGetDeviceCount(int *count) {
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int) {
+  std::memset(prop, 0, sizeof(*prop));
+  std::snprintf(prop->name, sizeof(prop->name), "CUDA emulator (CPU)");
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 4;
+  prop->sharedMemPerBlock = 48 * 1024;
+  prop->sharedMemPerBlockOptin = 227 * 1024;
+  prop->totalGlobalMem = size_t(8) << 30;
+  prop->warpSize = 32;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes) {
+  *p = alignedAlloc(bytes);
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaMallocHost(void **p, size_t bytes) {
+  return cudaMalloc(p, bytes);
+}
+cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int) {
+  return cudaMalloc(p, bytes);
+}
+cudaError_t cudaFree(void *p) {
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes,
+                       cudaMemcpyKind) {
+  std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes,
+                            cudaMemcpyKind, cudaStream_t stream) {
+  emu::enqueue(stream, [=] { std::memcpy(dst, src, bytes); });
+  return cudaSuccess;
+}
+cudaError_t cudaMemset(void *p, int value, size_t bytes) {
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int) {
+  static char streams[16];
+  static int next = 0;
+  if (next == 16)
+    unsupported("more than 16 streams");
+  *stream = reinterpret_cast<cudaStream_t>(&streams[next++]);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
+  if (recording)
+    return cudaErrorStreamCaptureUnsupported;
+  capturing = stream;
+  recording = std::make_unique<Graph>();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph) {
+  if (!recording || stream != capturing)
+    return cudaErrorStreamCaptureInvalidated;
+  *graph = reinterpret_cast<cudaGraph_t>(recording.release());
+  capturing = nullptr;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph,
+                                 unsigned long long) {
+  *exec = reinterpret_cast<cudaGraphExec_t>(
+      new Graph(*reinterpret_cast<Graph *>(graph)));
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  const Graph &g = *reinterpret_cast<Graph *>(exec);
+  emu::enqueue(stream, [&g] {
+    for (const auto &op : g.ops)
+      op();
+  });
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete reinterpret_cast<Graph *>(exec);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete reinterpret_cast<Graph *>(graph);
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void *, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}
+
+//===--- cuBLAS
+//------------------------------------------------------------===//
+
+cublasStatus_t cublasCreate_v2(cublasHandle_t *handle) {
+  static char h;
+  *handle = reinterpret_cast<cublasHandle_t>(&h);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy_v2(cublasHandle_t) {
+  return CUBLAS_STATUS_SUCCESS;
+}
+// One stream in the backend: cuBLAS calls enqueue on the last one set.
+static cudaStream_t blasStream = nullptr;
+cublasStatus_t cublasSetStream_v2(cublasHandle_t, cudaStream_t stream) {
+  blasStream = stream;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t, void *, size_t) {
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t
+cublasSgemmStridedBatched(cublasHandle_t, cublasOperation_t transa,
+                          cublasOperation_t transb, int m, int n, int k,
+                          const float *alpha, const float *A, int lda,
+                          long long int strideA, const float *B, int ldb,
+                          long long int strideB, const float *beta, float *C,
+                          int ldc, long long int strideC, int batchCount) {
+  const float a = *alpha, b = *beta;
+  emu::enqueue(blasStream, [=] {
+    for (int batch = 0; batch < batchCount; ++batch) {
+      const float *Ab = A + batch * strideA, *Bb = B + batch * strideB;
+      float *Cb = C + batch * strideC;
+      for (int j = 0; j < n; ++j)
+        for (int i = 0; i < m; ++i) {
+          double s = 0;
+          for (int l = 0; l < k; ++l)
+            s += at(Ab, CUDA_R_32F, lda, transa != CUBLAS_OP_N, i, l) *
+                 at(Bb, CUDA_R_32F, ldb, transb != CUBLAS_OP_N, l, j);
+          float &c = Cb[i + int64_t(j) * ldc];
+          c = float(a * s + (b != 0.0f ? b * double(c) : 0.0));
+        }
+    }
+  });
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+//===--- cuBLASLt
+//----------------------------------------------------------===//
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *handle) {
+  static char h;
+  *handle = reinterpret_cast<cublasLtHandle_t>(&h);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t) {
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *desc,
+                                        cublasComputeType_t compute,
+                                        cudaDataType_t scale) {
+  if (compute != CUBLAS_COMPUTE_32F || scale != CUDA_R_32F)
+    unsupported("cuBLASLt compute type other than float32");
+  *desc = reinterpret_cast<cublasLtMatmulDesc_t>(new MatmulDesc);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t desc) {
+  delete reinterpret_cast<MatmulDesc *>(desc);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t
+cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc,
+                               cublasLtMatmulDescAttributes_t attr,
+                               const void *buf, size_t size) {
+  auto *d = reinterpret_cast<MatmulDesc *>(desc);
+  if (size != sizeof(cublasOperation_t))
+    unsupported("cuBLASLt descriptor attribute");
+  if (attr == CUBLASLT_MATMUL_DESC_TRANSA)
+    std::memcpy(&d->transA, buf, size);
+  else if (attr == CUBLASLT_MATMUL_DESC_TRANSB)
+    std::memcpy(&d->transB, buf, size);
+  else
+    unsupported("cuBLASLt descriptor attribute");
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *layout,
+                                          cudaDataType type, uint64_t rows,
+                                          uint64_t cols, int64_t ld) {
+  *layout = reinterpret_cast<cublasLtMatrixLayout_t>(
+      new Layout{type, rows, cols, ld});
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t layout) {
+  delete reinterpret_cast<Layout *>(layout);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t
+cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *pref) {
+  static char p;
+  *pref = reinterpret_cast<cublasLtMatmulPreference_t>(&p);
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t) {
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t
+cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t,
+                                     cublasLtMatmulPreferenceAttributes_t,
+                                     const void *, size_t) {
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(
+    cublasLtHandle_t, cublasLtMatmulDesc_t, cublasLtMatrixLayout_t,
+    cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+    cublasLtMatmulPreference_t, int requested,
+    cublasLtMatmulHeuristicResult_t results[], int *returned) {
+  if (requested < 1)
+    return CUBLAS_STATUS_INVALID_VALUE;
+  std::memset(&results[0], 0, sizeof(results[0]));
+  *returned = 1;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+/// D = alpha op(A) op(B) + beta C, column-major, float32 accumulation (here
+/// double), D float32.
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc,
+                              const void *alpha, const void *A,
+                              cublasLtMatrixLayout_t Adesc, const void *B,
+                              cublasLtMatrixLayout_t Bdesc, const void *beta,
+                              const void *C, cublasLtMatrixLayout_t Cdesc,
+                              void *D, cublasLtMatrixLayout_t Ddesc,
+                              const cublasLtMatmulAlgo_t *, void *, size_t,
+                              cudaStream_t stream) {
+  const MatmulDesc d = *reinterpret_cast<MatmulDesc *>(desc);
+  const Layout a = *reinterpret_cast<Layout *>(Adesc),
+               b = *reinterpret_cast<Layout *>(Bdesc),
+               c = *reinterpret_cast<Layout *>(Cdesc),
+               dl = *reinterpret_cast<Layout *>(Ddesc);
+  if (c.type != CUDA_R_32F || dl.type != CUDA_R_32F || C != D)
+    unsupported("cuBLASLt output other than float32 in place");
+  const bool ta = d.transA != CUBLAS_OP_N, tb = d.transB != CUBLAS_OP_N;
+  const int64_t m = int64_t(dl.rows), n = int64_t(dl.cols),
+                k = int64_t(ta ? a.rows : a.cols);
+  if (int64_t(ta ? a.cols : a.rows) != m ||
+      int64_t(tb ? b.cols : b.rows) != k || int64_t(tb ? b.rows : b.cols) != n)
+    unsupported("cuBLASLt shapes that do not agree");
+  const float al = *static_cast<const float *>(alpha),
+              be = *static_cast<const float *>(beta);
+  emu::enqueue(stream, [=] {
+    auto *out = static_cast<float *>(D);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = 0; i < m; ++i) {
+        double s = 0;
+        for (int64_t l = 0; l < k; ++l)
+          s += at(A, a.type, a.ld, ta, i, l) * at(B, b.type, b.ld, tb, l, j);
+        float &o = out[i + j * dl.ld];
+        o = float(al * s + (be != 0.0f ? be * double(o) : 0.0));
+      }
+  });
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+} // extern "C"
