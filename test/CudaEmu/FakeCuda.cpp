@@ -67,6 +67,29 @@ double at(const void *p, cudaDataType_t type, int64_t ld, bool trans, int64_t r,
                : load(p, type, size_t(r + c * ld));
 }
 
+/// A column-major operand of a GEMM.
+struct Operand {
+  const void *p;
+  cudaDataType_t type;
+  int64_t ld;
+  bool trans;
+};
+
+/// C [m, n] (float32, column-major, ldc) = alpha op(A) op(B) + beta C, the
+/// sums in double.
+void gemm(int64_t m, int64_t n, int64_t k, float alpha, Operand a, Operand b,
+          float beta, float *c, int64_t ldc) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < m; ++i) {
+      double s = 0;
+      for (int64_t l = 0; l < k; ++l)
+        s += at(a.p, a.type, a.ld, a.trans, i, l) *
+             at(b.p, b.type, b.ld, b.trans, l, j);
+      float &o = c[i + j * ldc];
+      o = float(alpha * s + (beta != 0.0f ? beta * double(o) : 0.0));
+    }
+}
+
 } // namespace
 
 namespace emu {
@@ -80,8 +103,7 @@ void enqueue(cudaStream_t stream, std::function<void()> op) {
 
 extern "C" {
 
-//===--- Runtime
-//-----------------------------------------------------------===//
+//===--- Runtime ----------------------------------------------------------===//
 
 cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 const char *cudaGetErrorString(cudaError_t) { return "emulated CUDA error"; }
@@ -192,8 +214,7 @@ cudaError_t cudaFuncSetAttribute(const void *, cudaFuncAttribute, int) {
   return cudaSuccess;
 }
 
-//===--- cuBLAS
-//------------------------------------------------------------===//
+//===--- cuBLAS -----------------------------------------------------------===//
 
 cublasStatus_t cublasCreate_v2(cublasHandle_t *handle) {
   static char h;
@@ -222,25 +243,16 @@ cublasSgemmStridedBatched(cublasHandle_t, cublasOperation_t transa,
                           int ldc, long long int strideC, int batchCount) {
   const float a = *alpha, b = *beta;
   emu::enqueue(blasStream, [=] {
-    for (int batch = 0; batch < batchCount; ++batch) {
-      const float *Ab = A + batch * strideA, *Bb = B + batch * strideB;
-      float *Cb = C + batch * strideC;
-      for (int j = 0; j < n; ++j)
-        for (int i = 0; i < m; ++i) {
-          double s = 0;
-          for (int l = 0; l < k; ++l)
-            s += at(Ab, CUDA_R_32F, lda, transa != CUBLAS_OP_N, i, l) *
-                 at(Bb, CUDA_R_32F, ldb, transb != CUBLAS_OP_N, l, j);
-          float &c = Cb[i + int64_t(j) * ldc];
-          c = float(a * s + (b != 0.0f ? b * double(c) : 0.0));
-        }
-    }
+    for (int batch = 0; batch < batchCount; ++batch)
+      gemm(m, n, k, a,
+           Operand{A + batch * strideA, CUDA_R_32F, lda, transa != CUBLAS_OP_N},
+           Operand{B + batch * strideB, CUDA_R_32F, ldb, transb != CUBLAS_OP_N},
+           b, C + batch * strideC, ldc);
   });
   return CUBLAS_STATUS_SUCCESS;
 }
 
-//===--- cuBLASLt
-//----------------------------------------------------------===//
+//===--- cuBLASLt ---------------------------------------------------------===//
 
 cublasStatus_t cublasLtCreate(cublasLtHandle_t *handle) {
   static char h;
@@ -344,15 +356,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc,
   const float al = *static_cast<const float *>(alpha),
               be = *static_cast<const float *>(beta);
   emu::enqueue(stream, [=] {
-    auto *out = static_cast<float *>(D);
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t i = 0; i < m; ++i) {
-        double s = 0;
-        for (int64_t l = 0; l < k; ++l)
-          s += at(A, a.type, a.ld, ta, i, l) * at(B, b.type, b.ld, tb, l, j);
-        float &o = out[i + j * dl.ld];
-        o = float(al * s + (be != 0.0f ? be * double(o) : 0.0));
-      }
+    gemm(m, n, k, al, Operand{A, a.type, a.ld, ta},
+         Operand{B, b.type, b.ld, tb}, be, static_cast<float *>(D), dl.ld);
   });
   return CUBLAS_STATUS_SUCCESS;
 }
