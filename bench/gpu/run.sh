@@ -30,12 +30,15 @@ dir=${2:?usage: bench/gpu/run.sh prepare|device DIR}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
 # name | model source | checkpoint config | seed | dtype | prompt | new tokens | ds-compile flags
+# (v3-quant: e4m3 activation rounding turns last-bit differences into code
+# steps at rounding boundaries; 3,1,4,1 meets one with this checkpoint, see
+# test/e2e/cuda-emu.test, so its prompt avoids that.)
 cases() {
   cat <<'EOF'
 tiny|models/tiny.mlir|tiny.json|5|bf16|17,300,5,900,42,7|8|
 v3|ckpt|v3.json|1|f32|3,1,4,1,5,9,2,6,5,3|8|
 v3-nofuse|ckpt|v3.json|1|f32|3,1,4,1,5,9,2,6,5,3|8|--no-fuse
-v3-quant|ckpt|v3.json|1|f32|3,1,4,1,5,9,2,6,5,3|8|--quant=fp8
+v3-quant|ckpt|v3.json|1|f32|5,6,7,8,9,10|8|--quant=fp8
 v2|ckpt|v2.json|2|f32|3,1,4,1,5,9,2,6,5,3|8|
 v2-group|ckpt|v2-group.json|3|f32|3,1,4,1,5,9,2,6,5,3|8|
 v3-nolora|ckpt|v3-nolora.json|4|f32|3,1,4,1,5,9,2,6,5,3|8|
