@@ -888,6 +888,71 @@ TEST(CudaEmuMLA, PrefillTensorCoresDeepSeekHeads) {
 /// An absorbed-form (decode) call over a paged latent cache: tokens of
 /// different sequences and positions (two of one sequence, as MTP verifies),
 /// blocks in scattered order, the layer not the first.
+/// absorbQKernel and absorbOutKernel against double-precision products
+/// over kv_b [heads * (nope + vdim), lora] (W_UK rows, then W_UV rows, per
+/// head), for n tokens with strided q and out.
+void checkAbsorbed(int64_t n, int64_t lora, uint32_t seed) {
+  using namespace dsrt::cuda::mla;
+  const int64_t heads = 3, nope = 16, rope = 8, vdim = 24;
+  const int64_t qHead = nope + rope, kvHead = nope + vdim;
+  const int64_t ldq = heads * qHead + 5, ldo = heads * vdim + 3;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> q(size_t(n * ldq)), kvB(size_t(heads * kvHead * lora)),
+      oLat(size_t(n * heads * lora));
+  for (auto *v : {&q, &kvB, &oLat})
+    for (float &x : *v)
+      x = u(rng);
+  std::vector<float> qLat(size_t(n * heads * lora), NAN),
+      out(size_t(n * ldo), NAN), wantQ(qLat.size()),
+      wantOut(size_t(n * heads * vdim));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t c = 0; c < lora; ++c) {
+        double s = 0;
+        for (int64_t i = 0; i < nope; ++i)
+          s += double(q[size_t(t * ldq + h * qHead + i)]) *
+               kvB[size_t((h * kvHead + i) * lora + c)];
+        wantQ[size_t((t * heads + h) * lora + c)] = float(s);
+      }
+      for (int64_t j = 0; j < vdim; ++j) {
+        double s = 0;
+        for (int64_t c = 0; c < lora; ++c)
+          s += double(oLat[size_t((t * heads + h) * lora + c)]) *
+               kvB[size_t((h * kvHead + nope + j) * lora + c)];
+        wantOut[size_t(t * heads * vdim + h * vdim + j)] = float(s);
+      }
+    }
+  emu::launchShared(dim3(unsigned(heads), unsigned((lora + 255) / 256)),
+                    dim3(256), size_t(n * nope) * sizeof(float), absorbQKernel,
+                    static_cast<const float *>(q.data()), ldq, qHead, n,
+                    static_cast<const float *>(kvB.data()), kvHead, nope, lora,
+                    heads, qLat.data());
+  expectClose(qLat, wantQ, 1e-5);
+  emu::launch(dim3(unsigned(heads), unsigned((vdim + 7) / 8)), dim3(256),
+              absorbOutKernel, static_cast<const float *>(oLat.data()), heads,
+              lora, static_cast<const float *>(kvB.data()), kvHead, nope, vdim,
+              n, out.data(), ldo, lora % 8 == 0);
+  std::vector<float> got(wantOut.size());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t c = 0; c < ldo; ++c) {
+      if (c < heads * vdim)
+        got[size_t(t * heads * vdim + c)] = out[size_t(t * ldo + c)];
+      else
+        EXPECT_TRUE(std::isnan(out[size_t(t * ldo + c)])) << "past the heads";
+    }
+  expectClose(got, wantOut, 1e-5);
+}
+
+TEST(CudaEmuMLA, AbsorbedProductsForFewTokens) {
+  // 16-byte loads (lora 40), then the element-wise path (lora 36); lora
+  // 300 spans two blocks of 256 latent dims; 1, 3 and 8 tokens.
+  for (int64_t n : {1, 3, 8})
+    checkAbsorbed(n, 40, uint32_t(50 + n));
+  checkAbsorbed(3, 36, 60);
+  checkAbsorbed(2, 300, 61);
+}
+
 TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {
   using namespace dsrt::cuda::mla;
   // 20 heads: a full head group of kHB and a partial one.

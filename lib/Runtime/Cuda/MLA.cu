@@ -7,11 +7,11 @@
 // float32 on CUDA cores (16 queries, 16 keys per tile).
 //
 // Decode (absorbed form), as FlashMLA splits it: q_lat = q_nope W_UK per
-// head (strided-batched GEMM), then attention over the latent cache rows
-// (lora + rope floats, read through the block table) split over the
-// sequence like flash-decoding (a fixed number of splits, so a captured
-// graph fits any position), a combine of the splits, and o = o_lat W_UV^T
-// (strided-batched GEMM).
+// head, then attention over the latent cache rows (lora + rope values, read
+// through the block table) split over the sequence like flash-decoding (a
+// fixed number of splits, so a captured graph fits any position), a combine
+// of the splits, and o = o_lat W_UV^T. The two per-head products are our
+// kernels for up to 8 tokens, strided-batched SGEMMs above.
 //
 //===----------------------------------------------------------------------===//
 
@@ -100,12 +100,22 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
       st, size_t(n * heads * splits * (lora + 2)) * sizeof(float),
       "mlaAttentionAbsorbed"));
   const float one = 1.0f, zero = 0.0f;
+  // A few tokens: the absorbed products as our kernels (kv_b read once,
+  // launched like the rest, so no cuBLAS gap in a decode step); more: the
+  // strided-batched SGEMMs.
+  const bool few = n <= imin(st.gemvMaxRows, kGemvRows);
   // q_lat[t, h] = q_nope[t, h] W_UK[h]: column-major C [lora, n] per head.
-  check(cublasSgemmStridedBatched(st.blas, CUBLAS_OP_N, CUBLAS_OP_N, int(lora),
-                                  int(n), int(nope), &one, kvB, int(lora),
-                                  kvHead * lora, q, int(ldq), qHead, &zero, qLat,
-                                  int(heads * lora), lora, int(heads)),
-        "mlaAttentionAbsorbed (q_lat)");
+  if (few)
+    launchKernel(st, "mlaAttentionAbsorbed (q_lat)", absorbQKernel,
+                 dim3(unsigned(heads), unsigned((lora + 255) / 256)), 256,
+                 size_t(n * nope) * sizeof(float), q, ldq, qHead, n, kvB,
+                 kvHead, nope, lora, heads, qLat);
+  else
+    check(cublasSgemmStridedBatched(
+              st.blas, CUBLAS_OP_N, CUBLAS_OP_N, int(lora), int(n), int(nope),
+              &one, kvB, int(lora), kvHead * lora, q, int(ldq), qHead, &zero,
+              qLat, int(heads * lora), lora, int(heads)),
+          "mlaAttentionAbsorbed (q_lat)");
   const int64_t row = lora + rope;
   const size_t bytes = decodeSharedBytes(row);
   dim3 grid(unsigned(n), unsigned((heads + kHB - 1) / kHB), unsigned(splits));
@@ -130,12 +140,18 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
                dim3(unsigned(n), unsigned(heads)), 256, 0, part, heads, lora,
                splits, oLat);
   // out[t, h] = o_lat[t, h] W_UV[h]^T: column-major C [vdim, n] per head.
-  check(cublasSgemmStridedBatched(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(vdim),
-                                  int(n), int(lora), &one, kvB + nope * lora,
-                                  int(lora), kvHead * lora, oLat,
-                                  int(heads * lora), lora, &zero, out, int(ldo),
-                                  vdim, int(heads)),
-        "mlaAttentionAbsorbed (output)");
+  if (few)
+    launchKernel(st, "mlaAttentionAbsorbed (output)", absorbOutKernel,
+                 dim3(unsigned(heads), unsigned((vdim + 7) / 8)), 256, 0, oLat,
+                 heads, lora, kvB, kvHead, nope, vdim, n, out, ldo,
+                 vecRows(oLat, heads * lora, lora, sizeof(float)) &&
+                     vecRows(kvB, lora, lora, sizeof(float)));
+  else
+    check(cublasSgemmStridedBatched(
+              st.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(vdim), int(n), int(lora),
+              &one, kvB + nope * lora, int(lora), kvHead * lora, oLat,
+              int(heads * lora), lora, &zero, out, int(ldo), vdim, int(heads)),
+          "mlaAttentionAbsorbed (output)");
 }
 
 } // namespace cuda

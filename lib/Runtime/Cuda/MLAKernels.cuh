@@ -8,7 +8,7 @@
 #ifndef DS_LIB_RUNTIME_CUDA_MLAKERNELS_CUH
 #define DS_LIB_RUNTIME_CUDA_MLAKERNELS_CUH
 
-#include "KernelCommon.cuh"
+#include "GemvKernels.cuh"
 
 namespace dsrt {
 namespace cuda {
@@ -450,6 +450,61 @@ __global__ void mlaCombineKernel(const float *part, int64_t heads,
     }
     oLat[(t * heads + h) * lora + c] = a * inv;
   }
+}
+
+/// The absorbed products of a few tokens (decode), in place of two
+/// strided-batched SGEMMs. q_lat[t, h] = q_nope[t, h] W_UK[h], where W_UK[h]
+/// is rows [h * kvHead, h * kvHead + nope) of kv_b [heads * kvHead, lora]:
+/// block (head, 256 latent dims), a thread per dim c for all n <= kGemvRows
+/// tokens, so each row of W_UK[h] is read once (coalesced over c); q_nope
+/// of the n tokens in shared memory (n * nope floats).
+__global__ void absorbQKernel(const float *q, int64_t ldq, int64_t qHead,
+                              int64_t n, const float *kvB, int64_t kvHead,
+                              int64_t nope, int64_t lora, int64_t heads,
+                              float *qLat) {
+  pdlEnter();
+  DS_DYNAMIC_SHARED(float, smem);
+  const int64_t h = blockIdx.x;
+  for (int64_t e = threadIdx.x; e < n * nope; e += blockDim.x)
+    smem[e] = q[(e / nope) * ldq + h * qHead + e % nope];
+  __syncthreads();
+  const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (c >= lora)
+    return;
+  float acc[kGemvRows];
+#pragma unroll
+  for (int t = 0; t < kGemvRows; ++t)
+    acc[t] = 0.0f;
+  const float *w = kvB + h * kvHead * lora + c;
+  for (int64_t i = 0; i < nope; ++i) {
+    const float wv = w[i * lora];
+#pragma unroll
+    for (int t = 0; t < kGemvRows; ++t)
+      if (t < n)
+        acc[t] += smem[t * nope + i] * wv;
+  }
+#pragma unroll
+  for (int t = 0; t < kGemvRows; ++t) // static indices: acc stays in registers
+    if (t < n)
+      qLat[(t * heads + h) * lora + c] = acc[t];
+}
+
+/// out[t, h * vdim + j] = o_lat[t, h] . W_UV[h][j], W_UV[h][j] row
+/// h * kvHead + nope + j of kv_b: block (head, 8 columns j), the GEMV's
+/// warp per column over the n <= kGemvRows tokens.
+__global__ void absorbOutKernel(const float *oLat, int64_t heads, int64_t lora,
+                                const float *kvB, int64_t kvHead, int64_t nope,
+                                int64_t vdim, int64_t n, float *out,
+                                int64_t ldo, bool vec) {
+  pdlEnter();
+  const int64_t h = blockIdx.x;
+  const int64_t col0 =
+      int64_t(blockIdx.y) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (col0 >= vdim)
+    return;
+  gemvColumns<float, false, 32>(Rows{oLat + h * lora, heads * lora, nullptr, 1},
+                                kvB + (h * kvHead + nope) * lora, nullptr, 0, n,
+                                lora, vdim, col0, out + h * vdim, ldo, vec);
 }
 
 } // namespace mla
