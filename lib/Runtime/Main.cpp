@@ -20,6 +20,7 @@
 #include "ds/Runtime/Runtime.h"
 
 #include "Json.h"
+#include "Trace.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -214,13 +215,17 @@ void printUsage(const char *prog, const ModelSpec &spec, int threads) {
       "batch B, D decode steps (mean batch M, T ms each)' (B: the most requests\n"
       "live at once; D, M, T: the decode calls). DS_KV_BLOCKS=N sets the\n"
       "KV cache size in blocks of %lld positions (default: --max-batch\n"
-      "sequences of the maximum length).\n",
+      "sequences of the maximum length).\n"
+      "\n"
+      "DS_TRACE=FILE.json writes a Chrome trace (chrome://tracing, Perfetto)\n"
+      "of every program call (prefill, decode step, MTP draft) at the end of\n"
+      "a successful run; on the GPU with DS_CUDA_PROFILE=1 also of every\n"
+      "kernel call.\n",
       prog, prog, spec.name, (long long)spec.vocabSize,
       (long long)spec.maxSeqLen, (long long)spec.prefillMaxTokens,
       (long long)decodeBatch(spec),
-      spec.mtp ? "an MTP module" : "no MTP module",
-      (long long)spec.vocabSize, (long long)spec.vocabSize,
-      (long long)decodeBatch(spec), threads,
+      spec.mtp ? "an MTP module" : "no MTP module", (long long)spec.vocabSize,
+      (long long)spec.vocabSize, (long long)decodeBatch(spec), threads,
       (long long)KVCache::kBlockTokens);
 }
 
@@ -409,9 +414,10 @@ int32_t argmax(const float *row, int64_t n) {
 /// host only where asked (a backend that takes the argmax itself then
 /// copies nothing else; see Context::Outputs).
 template <class Call>
-void callGreedy(Context &ctx, int64_t n, int64_t from, int32_t *tokens,
-                const float *logits, bool wantLogits, bool wantHidden,
-                Call call) {
+void callGreedy(const char *program, Context &ctx, int64_t n, int64_t from,
+                int32_t *tokens, const float *logits, bool wantLogits,
+                bool wantHidden, Call call) {
+  trace::Span span(program, "program", n);
   Context::Outputs out;
   out.logits = wantLogits;
   out.hidden = wantHidden;
@@ -501,7 +507,7 @@ int32_t runMtp(Context &ctx, const ModelSpec &spec, const float *hiddenIn,
     ctx.setTokenSequences(seqs.data(), rows);
     float *l = logits + b * spec.vocabSize;
     // The draft is the last row's argmax; the MTP hidden states are unused.
-    callGreedy(ctx, rows, rows - 1, tokens, l, wantLogits, false, [&] {
+    callGreedy("mtp", ctx, rows, rows - 1, tokens, l, wantLogits, false, [&] {
       spec.mtp(ctx, hiddenIn + b * spec.hiddenSize, ids + b, pos + b, rows, l,
                hiddenOut + b * spec.hiddenSize);
     });
@@ -544,7 +550,7 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
   auto start = Clock::now();
   ctx.setTokenSequences(seqs.data(), n);
   // The MTP warm-up reads the prefill's hidden states.
-  callGreedy(ctx, n, n - 1, tokens.data(), logits.data(),
+  callGreedy("prefill", ctx, n, n - 1, tokens.data(), logits.data(),
              !opts.dumpLogits.empty(), opts.speculative, [&] {
                spec.prefill(ctx, opts.prompt.data(), pos.data(), n,
                             logits.data(), hidden.data());
@@ -574,9 +580,9 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
     for (int64_t step = 1; step < maxNew; ++step) {
       int32_t tok = t.back();
       int32_t p = int32_t(n + step - 1);
-      callGreedy(ctx, 1, 0, tokens.data(), logits.data(), false, false, [&] {
-        spec.decode(ctx, &tok, &p, 1, logits.data(), hidden.data());
-      });
+      callGreedy(
+          "decode", ctx, 1, 0, tokens.data(), logits.data(), false, false,
+          [&] { spec.decode(ctx, &tok, &p, 1, logits.data(), hidden.data()); });
       t.push_back(tokens[0]);
     }
   } else if (maxNew > 1 || !opts.dumpMtpLogits.empty()) {
@@ -611,9 +617,10 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
       int32_t p[2] = {int32_t(m), int32_t(m + 1)};
       ctx.setTokenSequences(seqs.data(), 2);
       // The MTP update reads the verified positions' hidden states.
-      callGreedy(ctx, 2, 0, tokens.data(), logits.data(), false, true, [&] {
-        spec.decode(ctx, ids, p, 2, logits.data(), hidden.data());
-      });
+      callGreedy("decode (verify)", ctx, 2, 0, tokens.data(), logits.data(),
+                 false, true, [&] {
+                   spec.decode(ctx, ids, p, 2, logits.data(), hidden.data());
+                 });
       t.push_back(tokens[0]);
       ++drafts;
       const bool ok = t.back() == draft;
@@ -950,8 +957,8 @@ int runBatch(const ModelSpec &spec, const Options &opts, Comm *world) {
         pos[size_t(i)] = int32_t(i);
       seqs.assign(size_t(n), slot);
       ctx.setTokenSequences(seqs.data(), n);
-      callGreedy(ctx, n, n - 1, tokens.data(), logits.data(), false, false,
-                 [&] {
+      callGreedy("prefill", ctx, n, n - 1, tokens.data(), logits.data(), false,
+                 false, [&] {
                    spec.prefill(ctx, req.prompt.data(), pos.data(), n,
                                 logits.data(), hidden.data());
                  });
@@ -982,9 +989,11 @@ int runBatch(const ModelSpec &spec, const Options &opts, Comm *world) {
     }
     ctx.setTokenSequences(seqs.data(), b);
     const auto step = Clock::now();
-    callGreedy(ctx, b, 0, tokens.data(), logits.data(), false, false, [&] {
-      spec.decode(ctx, ids.data(), pos.data(), b, logits.data(), hidden.data());
-    });
+    callGreedy("decode", ctx, b, 0, tokens.data(), logits.data(), false, false,
+               [&] {
+                 spec.decode(ctx, ids.data(), pos.data(), b, logits.data(),
+                             hidden.data());
+               });
     decodeMs += msSince(step);
     ++decodeCalls;
     decodeRows += b;
@@ -1014,6 +1023,18 @@ int runBatch(const ModelSpec &spec, const Options &opts, Comm *world) {
   return bad ? kRunError : 0;
 }
 
+/// After a successful run: rank 0 writes DS_TRACE's file.
+int withTrace(int code) {
+  if (code != 0 || !trace::enabled() || gRank != 0)
+    return code;
+  size_t count = 0;
+  std::string error;
+  if (!trace::write(&count, &error))
+    return fail(kRunError, error);
+  note("trace: %zu spans in %s\n", count, std::getenv("DS_TRACE"));
+  return 0;
+}
+
 } // namespace
 
 int dsrt::runMain(int argc, char **argv, const ModelSpec &spec, Comm *world) {
@@ -1041,10 +1062,10 @@ int dsrt::runMain(int argc, char **argv, const ModelSpec &spec, Comm *world) {
   opts.writes = gRank == 0;
   opts.world = world;
   if (!opts.requests.empty())
-    return runBatch(spec, opts, world);
+    return withTrace(runBatch(spec, opts, world));
 
   Context ctx(spec, opts.threads, 1);
   if (!prepare(ctx, opts, world))
     return kRunError;
-  return runSingle(ctx, spec, opts);
+  return withTrace(runSingle(ctx, spec, opts));
 }

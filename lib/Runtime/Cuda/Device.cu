@@ -13,6 +13,7 @@
 
 #include "../Comm/CommEnv.h"
 #include "../Convert.h"
+#include "../Trace.h"
 
 #include <algorithm>
 #include <chrono>
@@ -56,9 +57,12 @@ ProfileScope::ProfileScope(Context &ctx, const char *name)
 ProfileScope::~ProfileScope() {
   if (st.profile && --st.profileDepth == 0) {
     check(cudaStreamSynchronize(st.stream), name);
+    const double end = nowMs();
     auto &e = st.profileMs[{st.profileProgram, name}];
-    e.first += nowMs() - start;
+    e.first += end - start;
     ++e.second;
+    if (trace::enabled())
+      trace::record(name, "kernel", start * 1000.0, end * 1000.0);
   }
 }
 
