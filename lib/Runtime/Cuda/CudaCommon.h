@@ -33,9 +33,6 @@ inline void check(cudaError_t e, const char *where) {
 }
 void check(cublasStatus_t s, const char *where);
 
-/// After a launch: a bad configuration shows here, a fault at the next sync.
-inline void checkLaunch(const char *where) { check(cudaGetLastError(), where); }
-
 /// One weight on the device.
 struct DeviceWeight {
   void *ptr = nullptr;
