@@ -138,11 +138,11 @@ void checkRouting(const MoERouting &r, bool withBias, uint32_t seed) {
   const float *b = withBias ? bias.data() : nullptr;
 
   std::vector<int32_t> idx(size_t(n * K), -1), wantIdx(size_t(n * K), -1);
-  std::vector<float> w(size_t(n * K), NAN), wantW(size_t(n * K), NAN),
-      work(size_t(n * 2 * E));
-  emu::launch(dim3(unsigned((n + 63) / 64)), dim3(64), routeKernel,
-              static_cast<const float *>(logits.data()), ldl, n, b, r,
-              idx.data(), w.data(), work.data());
+  std::vector<float> w(size_t(n * K), NAN), wantW(size_t(n * K), NAN);
+  emu::launchShared(dim3(unsigned((n + kRouteWarps - 1) / kRouteWarps)),
+                    dim3(32 * kRouteWarps), routeSharedBytes(E), routeKernel,
+                    static_cast<const float *>(logits.data()), ldl, n, b, r,
+                    idx.data(), w.data());
 
   ModelSpec spec{};
   spec.name = "route";
@@ -165,6 +165,24 @@ TEST(CudaEmuRoute, V3SigmoidNoauxTC) {
                                    MoERouting::NoauxTC, true, 2.5);
   checkRouting(r, true, 11);
   checkRouting(r, false, 12);
+}
+
+TEST(CudaEmuRoute, FullScale) {
+  // DeepSeek-V3 itself (256 experts, 8 groups of 32, keep 4, top 8), V2's
+  // 160 experts (8 groups of 20: lanes own unequal counts), and more groups
+  // than lanes (64 groups of 2; 128 of 1, the group score its only expert).
+  checkRouting(makeRouting(256, 8, 8, 4, MoERouting::Sigmoid,
+                           MoERouting::NoauxTC, true, 2.5),
+               true, 21);
+  checkRouting(makeRouting(160, 6, 8, 3, MoERouting::Softmax,
+                           MoERouting::GroupLimitedGreedy, false, 16.0),
+               false, 22);
+  checkRouting(makeRouting(128, 8, 64, 5, MoERouting::Sigmoid,
+                           MoERouting::NoauxTC, true, 1.0),
+               true, 23);
+  checkRouting(makeRouting(128, 4, 128, 40, MoERouting::Sigmoid,
+                           MoERouting::NoauxTC, true, 1.0),
+               true, 24);
 }
 
 TEST(CudaEmuRoute, V2SoftmaxGreedyAndGroupLimited) {
@@ -288,25 +306,42 @@ struct MoECase {
   }
 };
 
-/// Gemv: a warp per column; GemvShared: four columns per warp.
-enum class Path { Gemv, GemvShared, Simt, TensorCores };
-
-/// runExperts' launch sequence (MoE.cu) over the emulator.
-template <class WT>
-std::vector<float> runExperts(const MoECase &m, Path path) {
+/// sortPairsKernel over idx (the pairs' experts; [lo, lo + E) are here),
+/// checked against a serial count and scan.
+void checkSort(const std::vector<int32_t> &idx, int64_t lo, int64_t E,
+               int64_t tileRows, std::vector<int32_t> &offsets,
+               std::vector<int32_t> &tileOffsets, std::vector<int32_t> &active,
+               std::vector<int32_t> &rowOf, std::vector<int32_t> &slotOf) {
   using namespace dsrt::cuda::moe;
-  const int64_t pairs = m.n * m.topK, E = m.count;
-  const int64_t tileRows = path == Path::TensorCores ? kTcBM : kBM;
-  const size_t slots = size_t(E + 1);
-  std::vector<int32_t> counts(slots), offsets(slots), tileOffsets(slots),
-      cursor(slots), active(slots, 7777), rowOf(static_cast<size_t>(pairs)),
-      slotOf(static_cast<size_t>(pairs));
-  emu::launch(dim3(1), dim3(1024), sortPairsKernel, m.idx.data(), pairs, m.lo,
-              E, tileRows, counts.data(), offsets.data(), tileOffsets.data(),
-              cursor.data(), active.data(), rowOf.data(), slotOf.data());
+  const int64_t pairs = int64_t(idx.size());
+  emu::launchShared(dim3(1), dim3(1024), sortSharedBytes(E), sortPairsKernel,
+                    idx.data(), pairs, lo, E, tileRows, offsets.data(),
+                    tileOffsets.data(), active.data(), rowOf.data(),
+                    slotOf.data());
+  std::vector<int32_t> count(size_t(E), 0), wantOffsets(1, 0), wantTiles(1, 0),
+      wantActive;
+  for (int32_t e : idx)
+    if (e - lo >= 0 && e - lo < E)
+      ++count[size_t(e - lo)];
+  for (int64_t e = 0; e < E; ++e) {
+    const int32_t c = count[size_t(e)];
+    wantOffsets.push_back(wantOffsets.back() + c);
+    wantTiles.push_back(wantTiles.back() +
+                        int32_t((c + tileRows - 1) / tileRows));
+    if (c > 0)
+      wantActive.push_back(int32_t(e));
+  }
+  wantActive.resize(size_t(E), -1);
+  EXPECT_EQ(std::vector<int32_t>(offsets.begin(), offsets.begin() + E + 1),
+            wantOffsets);
+  EXPECT_EQ(
+      std::vector<int32_t>(tileOffsets.begin(), tileOffsets.begin() + E + 1),
+      wantTiles);
+  EXPECT_EQ(std::vector<int32_t>(active.begin(), active.begin() + E),
+            wantActive);
   // Every pair in range has a distinct slot, each expert's slots contiguous.
   for (int64_t p = 0; p < pairs; ++p) {
-    const int64_t e = m.idx[size_t(p)] - m.lo;
+    const int64_t e = idx[size_t(p)] - lo;
     if (e < 0 || e >= E) {
       EXPECT_EQ(slotOf[size_t(p)], -1);
       continue;
@@ -315,15 +350,37 @@ std::vector<float> runExperts(const MoECase &m, Path path) {
     EXPECT_LT(slotOf[size_t(p)], offsets[size_t(e + 1)]);
     EXPECT_EQ(rowOf[size_t(slotOf[size_t(p)])], p);
   }
-  // active: the experts with rows in order, then -1.
-  std::vector<int32_t> wantActive;
-  for (int64_t e = 0; e < E; ++e)
-    if (offsets[size_t(e + 1)] > offsets[size_t(e)])
-      wantActive.push_back(int32_t(e));
-  wantActive.resize(size_t(E), -1);
-  EXPECT_EQ(std::vector<int32_t>(active.begin(), active.begin() + E),
-            wantActive);
+}
 
+TEST(CudaEmuMoE, SortPairsManyExperts) {
+  // More experts than threads (the scans carry across 1024-expert chunks),
+  // a rank's range [lo, lo + E) of them, and empty experts among full ones.
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int32_t> expert(0, 2999);
+  std::vector<int32_t> idx(5000);
+  for (int32_t &e : idx)
+    e = expert(rng) % 7 == 0 ? 2500 : expert(rng);
+  for (int64_t lo : {0, 400}) {
+    const int64_t E = 2500;
+    std::vector<int32_t> offsets(size_t(E + 1)), tiles(size_t(E + 1)),
+        active(size_t(E + 1), 7777), rowOf(idx.size()), slotOf(idx.size());
+    checkSort(idx, lo, E, 64, offsets, tiles, active, rowOf, slotOf);
+  }
+}
+
+/// Gemv: a warp per column; GemvShared: four columns per warp.
+enum class Path { Gemv, GemvShared, Simt, TensorCores };
+
+/// runExperts' launch sequence (MoE.cu) over the emulator.
+template <class WT> std::vector<float> runExperts(const MoECase &m, Path path) {
+  using namespace dsrt::cuda::moe;
+  const int64_t pairs = m.n * m.topK, E = m.count;
+  const int64_t tileRows = path == Path::TensorCores ? kTcBM : kBM;
+  const size_t slots = size_t(E + 1);
+  std::vector<int32_t> offsets(slots), tileOffsets(slots), active(slots, 7777),
+      rowOf(static_cast<size_t>(pairs)), slotOf(static_cast<size_t>(pairs));
+  checkSort(m.idx, m.lo, E, tileRows, offsets, tileOffsets, active, rowOf,
+            slotOf);
   const int64_t rows = offsets[size_t(E)];
   std::vector<float> h(size_t(std::max<int64_t>(rows, 1) * m.inter), NAN),
       yp(size_t(std::max<int64_t>(rows, 1) * m.hidden), NAN),

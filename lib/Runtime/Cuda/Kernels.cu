@@ -130,12 +130,13 @@ void moeRoute(Context &ctx, const float *logits, int64_t ldl, int64_t n,
   if (n <= 0)
     return;
   DeviceState &st = state(ctx);
-  if (routing.nGroup > 256)
+  if (routing.nGroup > kRouteMaxGroups)
     fatal("moeRoute", "more than 256 expert groups");
-  float *work = static_cast<float *>(
-      scratch(st, size_t(n * 2 * routing.experts) * sizeof(float), "moeRoute"));
-  launchKernel(st, "moeRoute", routeKernel, blocksFor(n, 64), 64, 0, logits,
-               ldl, n, bias, routing, idx, weights, work);
+  if (routing.experts > kRouteMaxExperts)
+    fatal("moeRoute", "more than 1024 routed experts");
+  launchKernel(st, "moeRoute", routeKernel, blocksFor(n, kRouteWarps),
+               32 * kRouteWarps, routeSharedBytes(routing.experts), logits, ldl,
+               n, bias, routing, idx, weights);
 }
 
 void moeGate(Context &ctx, const float *x, int64_t ldx, int64_t n,

@@ -100,21 +100,20 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                 bool fp8Act) {
   const int64_t pairs = n * topK;
   auto *ints = static_cast<int32_t *>(
-      scratch(st, size_t(5 * (experts + 1) + 2 * pairs) * sizeof(int32_t),
+      scratch(st, size_t(3 * (experts + 1) + 2 * pairs) * sizeof(int32_t),
               "moeExpertsW"));
-  int32_t *counts = ints, *offsets = counts + experts + 1,
-          *tileOffsets = offsets + experts + 1,
-          *cursor = tileOffsets + experts + 1, *active = cursor + experts + 1,
-          *rowOf = active + experts + 1, *slotOf = rowOf + pairs;
+  int32_t *offsets = ints, *tileOffsets = offsets + experts + 1,
+          *active = tileOffsets + experts + 1, *rowOf = active + experts + 1,
+          *slotOf = rowOf + pairs;
   float *h = static_cast<float *>(
       scratch(st, size_t(pairs * inter) * sizeof(float), "moeExpertsW"));
   float *yp = static_cast<float *>(
       scratch(st, size_t(pairs * hidden) * sizeof(float), "moeExpertsW"));
   constexpr bool tensorCores = std::is_same<WT, __nv_bfloat16>::value;
   const int64_t tileRows = tensorCores ? kTcBM : kBM;
-  launchKernel(st, "moeExpertsW (sort)", sortPairsKernel, 1, 1024, 0, idx,
-               pairs, lo, experts, tileRows, counts, offsets, tileOffsets,
-               cursor, active, rowOf, slotOf);
+  launchKernel(st, "moeExpertsW (sort)", sortPairsKernel, 1, 1024,
+               sortSharedBytes(experts), idx, pairs, lo, experts, tileRows,
+               offsets, tileOffsets, active, rowOf, slotOf);
   if (fp8Act) { // every token's row once, before the gather
     x = fakeQuantE4M3(st, x, ldx, n, hidden);
     ldx = hidden;
@@ -191,6 +190,8 @@ void moeExpertsRange(Context &ctx, const float *x, int64_t ldx, int64_t n,
   if (n <= 0)
     return;
   DeviceState &st = state(ctx);
+  if (experts > kSortMaxExperts)
+    fatal("moeExpertsW", "more than 4096 experts on one rank");
   // FP8 experts are dequantized on the device; ActQuant::Fp8 quantizes
   // their inputs as the CPU backend does.
   const bool fp8Act = act == ActQuant::Fp8 &&

@@ -30,19 +30,67 @@ inline int64_t tileBound(int64_t pairs, int64_t experts, int64_t tileRows) {
   return (pairs + tileRows - 1) / tileRows + experts;
 }
 
-/// counts, offsets (exclusive scan), tile offsets (tiles of tileRows rows),
-/// the experts with rows in order (active [experts], -1 after the last), and
-/// the scatter: rowOf[slot] = pair, slotOf[pair] = slot. Only experts
-/// [lo, lo + experts) are here (expert parallelism): other pairs get slot -1.
+/// Exclusive sums over the block of three counters (blockDim.x a multiple
+/// of 32); every thread gets the block's totals as well.
+__device__ inline void blockScan3(int32_t v[3], int32_t total[3]) {
+  __shared__ int32_t warpSum[32][3];
+  const int lane = int(threadIdx.x % 32), warp = int(threadIdx.x / 32),
+            warps = int(blockDim.x / 32);
+  auto warpInclusive = [&](int32_t s[3]) {
+    for (int d = 1; d < 32; d <<= 1)
+      for (int c = 0; c < 3; ++c) {
+        const int32_t o =
+            __shfl_sync(0xffffffffu, s[c], lane >= d ? lane - d : lane);
+        if (lane >= d)
+          s[c] += o;
+      }
+  };
+  int32_t inc[3] = {v[0], v[1], v[2]};
+  warpInclusive(inc);
+  if (lane == 31)
+    for (int c = 0; c < 3; ++c)
+      warpSum[warp][c] = inc[c];
+  __syncthreads();
+  if (warp == 0) {
+    int32_t s[3];
+    for (int c = 0; c < 3; ++c)
+      s[c] = lane < warps ? warpSum[lane][c] : 0;
+    warpInclusive(s);
+    if (lane < warps)
+      for (int c = 0; c < 3; ++c)
+        warpSum[lane][c] = s[c];
+  }
+  __syncthreads();
+  for (int c = 0; c < 3; ++c) {
+    v[c] = (warp > 0 ? warpSum[warp - 1][c] : 0) + inc[c] - v[c];
+    total[c] = warpSum[warps - 1][c];
+  }
+  __syncthreads(); // warpSum is rewritten by the next call
+}
+
+/// Shared memory of sortPairsKernel: a count and a cursor per expert.
+constexpr int64_t kSortMaxExperts = 4096;
+inline size_t sortSharedBytes(int64_t experts) {
+  return size_t(2 * experts) * sizeof(int32_t);
+}
+
+/// offsets (exclusive scan of the counts), tile offsets (tiles of tileRows
+/// rows), the experts with rows in order (active [experts], -1 after the
+/// last), and the scatter: rowOf[slot] = pair, slotOf[pair] = slot. Only
+/// experts [lo, lo + experts) are here (expert parallelism): other pairs get
+/// slot -1. One block; counts and cursors in shared memory and the scans
+/// block-wide, since a serial pass over the experts (dependent loads of
+/// counts made by atomics in L2) costs microseconds per MoE layer.
 __global__ void sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
                                 int64_t experts, int64_t tileRows,
-                                int32_t *counts, int32_t *offsets,
-                                int32_t *tileOffsets, int32_t *cursor,
+                                int32_t *offsets, int32_t *tileOffsets,
                                 int32_t *active, int32_t *rowOf,
                                 int32_t *slotOf) {
   pdlEnter();
+  DS_DYNAMIC_SHARED(int32_t, sortShared);
+  int32_t *count = sortShared, *cursor = sortShared + experts;
   for (int64_t e = threadIdx.x; e < experts; e += blockDim.x)
-    counts[e] = 0;
+    count[e] = 0;
   __syncthreads();
   auto local = [&](int64_t p) -> int64_t {
     const int64_t e = int64_t(idx[p]) - lo;
@@ -50,23 +98,29 @@ __global__ void sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
   };
   for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x)
     if (local(p) >= 0)
-      atomicAdd(&counts[local(p)], 1);
+      atomicAdd(&count[local(p)], 1);
   __syncthreads();
-  if (threadIdx.x == 0) {
-    int32_t off = 0, tiles = 0, used = 0;
-    for (int64_t e = 0; e < experts; ++e) {
-      offsets[e] = off;
-      tileOffsets[e] = tiles;
-      cursor[e] = off;
-      off += counts[e];
-      tiles += int32_t((counts[e] + tileRows - 1) / tileRows);
-      if (counts[e] > 0)
-        active[used++] = int32_t(e);
+  int32_t carry[3] = {0, 0, 0}; // rows, tiles, active experts so far
+  for (int64_t base = 0; base < experts; base += blockDim.x) {
+    const int64_t e = base + threadIdx.x;
+    const int32_t c = e < experts ? count[e] : 0;
+    int32_t v[3] = {c, int32_t((c + tileRows - 1) / tileRows), c > 0 ? 1 : 0},
+            total[3];
+    blockScan3(v, total);
+    if (e < experts) {
+      offsets[e] = cursor[e] = carry[0] + v[0];
+      tileOffsets[e] = carry[1] + v[1];
+      if (c > 0)
+        active[carry[2] + v[2]] = int32_t(e);
     }
-    for (int64_t i = used; i < experts; ++i)
-      active[i] = -1;
-    offsets[experts] = off;
-    tileOffsets[experts] = tiles;
+    for (int k = 0; k < 3; ++k)
+      carry[k] += total[k];
+  }
+  for (int64_t i = carry[2] + threadIdx.x; i < experts; i += blockDim.x)
+    active[i] = -1;
+  if (threadIdx.x == 0) {
+    offsets[experts] = carry[0];
+    tileOffsets[experts] = carry[1];
   }
   __syncthreads();
   for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {

@@ -3,6 +3,14 @@
 // moeRoute's kernel (Kernels.cu launches it), in a header so that
 // test/Unit/CudaEmuTest.cpp checks it against the CPU backend's routing.
 //
+// A warp per token: every step is a few shuffles instead of a serial loop
+// over the experts (a thread per token took E * (K + 4) dependent steps,
+// tens of microseconds per layer at DeepSeek-V3's 256 experts top-8, on
+// the critical path of every decode step). Selection is the CPU's exactly:
+// descending value, ties to the lower index, for groups and experts alike;
+// the routing weights are summed in top-k order as there. Only a softmax's
+// normalizing sum is a tree, not a serial, sum (scores within an ulp).
+//
 //===----------------------------------------------------------------------===//
 
 #ifndef DS_LIB_RUNTIME_CUDA_ROUTEKERNEL_CUH
@@ -12,93 +20,148 @@
 
 #include "ds/Runtime/Runtime.h"
 
-#include <cfloat>
-
 namespace dsrt {
 namespace cuda {
 
-/// One thread per token: the CPU's routing, serially (experts are few).
-__global__ void routeKernel(const float *logits, int64_t ldl, int64_t n,
-                            const float *bias, MoERouting r, int32_t *idx,
-                            float *weights, float *work) {
+constexpr int kRouteWarps = 4;           // tokens per block
+constexpr int64_t kRouteMaxGroups = 256; // 8 per lane (gScore below)
+constexpr int64_t kRouteMaxExperts = 1024;
+
+/// Shared memory of a routeKernel block: scores and choices per warp.
+inline size_t routeSharedBytes(int64_t experts) {
+  return size_t(kRouteWarps) * size_t(2 * experts) * sizeof(float);
+}
+
+/// (v, i) beats (bv, bi) in the CPU's order: larger, or equal at a lower
+/// index; i < 0 is no candidate (loses to any, beats none).
+__device__ inline bool routeBetter(float v, int32_t i, float bv, int32_t bi) {
+  return i >= 0 && (bi < 0 || v > bv || (v == bv && i < bi));
+}
+
+/// The warp's best (value, index) candidate; every lane gets it.
+__device__ inline void routeWarpBest(float &v, int32_t &i) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int32_t oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (routeBetter(ov, oi, v, i))
+      v = ov, i = oi;
+  }
+}
+
+/// Warp w of block b routes token b * kRouteWarps + w; lane l owns experts
+/// l, l + 32, ... (and groups likewise).
+__global__ void __launch_bounds__(32 * kRouteWarps)
+    routeKernel(const float *logits, int64_t ldl, int64_t n, const float *bias,
+                MoERouting r, int32_t *idx, float *weights) {
   pdlEnter();
-  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= n)
+  DS_DYNAMIC_SHARED(float, routeShared);
+  const int warp = int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
+  const int64_t i = int64_t(blockIdx.x) * kRouteWarps + warp;
+  if (i >= n) // whole warps only
     return;
   const int64_t E = r.experts, K = r.topK;
   const bool grouped = r.method != MoERouting::Greedy && r.nGroup > 1;
   const int64_t G = grouped ? r.nGroup : 1, gs = E / G;
-  float *score = work + i * 2 * E, *choice = score + E;
+  float *score = routeShared + int64_t(warp) * 2 * E, *choice = score + E;
   const float *l = logits + i * ldl;
   if (r.scoring == MoERouting::Sigmoid) {
-    for (int64_t e = 0; e < E; ++e)
+    for (int64_t e = lane; e < E; e += 32)
       score[e] = 1.0f / (1.0f + expf(-l[e]));
   } else {
-    float mx = l[0], sum = 0.0f;
-    for (int64_t e = 1; e < E; ++e)
+    float mx = -INFINITY, sum = 0.0f;
+    for (int64_t e = lane; e < E; e += 32)
       mx = fmaxf(mx, l[e]);
-    for (int64_t e = 0; e < E; ++e)
+    for (int o = 16; o > 0; o >>= 1)
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    for (int64_t e = lane; e < E; e += 32)
       sum += score[e] = expf(l[e] - mx);
-    for (int64_t e = 0; e < E; ++e)
+    for (int o = 16; o > 0; o >>= 1)
+      sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    for (int64_t e = lane; e < E; e += 32)
       score[e] /= sum;
   }
-  for (int64_t e = 0; e < E; ++e)
+  // The bias (noaux_tc) steers the selection only.
+  for (int64_t e = lane; e < E; e += 32)
     choice[e] = score[e] + (bias ? bias[e] : 0.0f);
+  __syncwarp();
+
   if (grouped) {
-    // Keep the topkGroup best groups (ties: lower group), mask the rest.
-    const int64_t keep = r.topkGroup < G ? r.topkGroup : G;
-    uint64_t kept[4] = {0, 0, 0, 0}; // up to 256 groups
-    for (int64_t k = 0; k < keep; ++k) {
-      int64_t best = -1;
-      float bestScore = -FLT_MAX;
-      for (int64_t g = 0; g < G; ++g) {
-        if (kept[g / 64] >> (g % 64) & 1)
-          continue;
-        const float *c = choice + g * gs;
-        float first = -INFINITY, second = -INFINITY;
-        for (int64_t e = 0; e < gs; ++e) {
-          if (c[e] > first) {
-            second = first;
-            first = c[e];
-          } else if (c[e] > second) {
-            second = c[e];
-          }
-        }
-        float s = r.method == MoERouting::NoauxTC
-                      ? first + (gs > 1 ? second : 0.0f)
-                      : first;
-        if (best < 0 || s > bestScore) {
-          best = g;
-          bestScore = s;
+    // Group scores, lane-strided (a lane's groups in registers), then the
+    // topkGroup best groups one warp-wide argmax at a time.
+    constexpr int kPerLane = int(kRouteMaxGroups / 32);
+    float gScore[kPerLane];
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int64_t g = lane + 32 * j;
+      gScore[j] = -INFINITY;
+      if (g >= G)
+        continue;
+      const float *c = choice + g * gs;
+      float first = -INFINITY, second = -INFINITY;
+      for (int64_t e = 0; e < gs; ++e) {
+        if (c[e] > first) {
+          second = first;
+          first = c[e];
+        } else if (c[e] > second) {
+          second = c[e];
         }
       }
-      kept[best / 64] |= uint64_t(1) << (best % 64);
+      gScore[j] = r.method == MoERouting::NoauxTC
+                      ? first + (gs > 1 ? second : 0.0f)
+                      : first;
     }
-    for (int64_t g = 0; g < G; ++g)
-      if (!(kept[g / 64] >> (g % 64) & 1))
-        for (int64_t e = 0; e < gs; ++e)
-          choice[g * gs + e] = -INFINITY;
+    const int64_t keep = r.topkGroup < G ? r.topkGroup : G;
+    unsigned mine = 0; // bit j: group lane + 32 j kept
+    for (int64_t k = 0; k < keep; ++k) {
+      float bv = 0.0f;
+      int32_t bi = -1;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int32_t g = int32_t(lane + 32 * j);
+        if (g < G && !(mine >> j & 1) && routeBetter(gScore[j], g, bv, bi))
+          bv = gScore[j], bi = g;
+      }
+      routeWarpBest(bv, bi);
+      if (bi < 0)
+        break;
+      if (bi % 32 == lane)
+        mine |= 1u << (bi / 32);
+    }
+    __syncwarp(); // every lane read its groups' choices before masking
+    for (int64_t base = 0; base < E; base += 32) { // whole warps: shuffles
+      const int64_t e = base + lane, g = e < E ? e / gs : 0;
+      const unsigned owner = __shfl_sync(0xffffffffu, mine, int(g % 32));
+      if (e < E && !(owner >> (g / 32) & 1))
+        choice[e] = -INFINITY;
+    }
   }
-  // Top-k by (choice descending, index ascending), as the CPU's
-  // partial_sort; a taken expert becomes NaN and is skipped.
+
+  // Top-k, a warp-wide argmax per pick over each lane's own experts; a
+  // taken expert becomes NaN (its owner marks it) and is skipped.
   float sum = 0.0f;
   for (int64_t k = 0; k < K; ++k) {
-    int64_t best = -1;
-    for (int64_t e = 0; e < E; ++e) {
-      if (isnan(choice[e]))
-        continue;
-      if (best < 0 || choice[e] > choice[best])
-        best = e;
+    float bv = 0.0f;
+    int32_t bi = -1;
+    for (int64_t e = lane; e < E; e += 32)
+      if (!isnan(choice[e]) && routeBetter(choice[e], int32_t(e), bv, bi))
+        bv = choice[e], bi = int32_t(e);
+    routeWarpBest(bv, bi);
+    if (bi < 0) // fewer than K experts left (NaN logits): expert 0
+      bi = 0;
+    if (lane == 0) {
+      idx[i * K + k] = bi;
+      weights[i * K + k] = score[bi]; // the unbiased score
+      sum += score[bi];
     }
-    idx[i * K + k] = int32_t(best);
-    weights[i * K + k] = score[best]; // the unbiased score
-    sum += score[best];
-    choice[best] = NAN;
+    if (bi % 32 == lane)
+      choice[bi] = NAN;
   }
-  const float scale = float(r.scale);
-  for (int64_t k = 0; k < K; ++k) {
-    float w = weights[i * K + k];
-    weights[i * K + k] = (r.normTopk ? w / sum : w) * scale;
+  if (lane == 0) {
+    const float scale = float(r.scale);
+    for (int64_t k = 0; k < K; ++k) {
+      const float w = weights[i * K + k];
+      weights[i * K + k] = (r.normTopk ? w / sum : w) * scale;
+    }
   }
 }
 
