@@ -948,9 +948,9 @@ TEST(CudaEmuMLA, PrefillTensorCoresDeepSeekHeads) {
 /// absorbQKernel and absorbOutKernel against double-precision products
 /// over kv_b [heads * (nope + vdim), lora] (W_UK rows, then W_UV rows, per
 /// head), for n tokens with strided q and out.
-void checkAbsorbed(int64_t n, int64_t lora, uint32_t seed) {
+void checkAbsorbed(int64_t n, int64_t lora, uint32_t seed, int64_t nope = 16) {
   using namespace dsrt::cuda::mla;
-  const int64_t heads = 3, nope = 16, rope = 8, vdim = 24;
+  const int64_t heads = 3, rope = 8, vdim = 24;
   const int64_t qHead = nope + rope, kvHead = nope + vdim;
   const int64_t ldq = heads * qHead + 5, ldo = heads * vdim + 3;
   std::mt19937 rng(seed);
@@ -980,11 +980,11 @@ void checkAbsorbed(int64_t n, int64_t lora, uint32_t seed) {
         wantOut[size_t(t * heads * vdim + h * vdim + j)] = float(s);
       }
     }
-  emu::launchShared(dim3(unsigned(heads), unsigned((lora + 255) / 256)),
-                    dim3(256), size_t(n * nope) * sizeof(float), absorbQKernel,
+  emu::launchShared(absorbQGrid(heads, lora), dim3(kAqGroups * kAqSlices),
+                    absorbQSharedBytes(n, nope), absorbQKernel,
                     static_cast<const float *>(q.data()), ldq, qHead, n,
                     static_cast<const float *>(kvB.data()), kvHead, nope, lora,
-                    heads, qLat.data());
+                    heads, qLat.data(), lora % 4 == 0);
   expectClose(qLat, wantQ, 1e-5);
   emu::launch(dim3(unsigned(heads), unsigned((vdim + 7) / 8)), dim3(256),
               absorbOutKernel, static_cast<const float *>(oLat.data()), heads,
@@ -1002,12 +1002,18 @@ void checkAbsorbed(int64_t n, int64_t lora, uint32_t seed) {
 }
 
 TEST(CudaEmuMLA, AbsorbedProductsForFewTokens) {
-  // 16-byte loads (lora 40), then the element-wise path (lora 36); lora
-  // 300 spans two blocks of 256 latent dims; 1, 3 and 8 tokens.
+  // 16-byte loads (lora 40), then the element-wise path of the output
+  // product (lora 36) and of both (lora 30, a partial group of 4 dims);
+  // lora 300 spans five blocks of 64 latent dims, the last partial; 1, 3
+  // and 8 tokens.
   for (int64_t n : {1, 3, 8})
     checkAbsorbed(n, 40, uint32_t(50 + n));
   checkAbsorbed(3, 36, 60);
+  checkAbsorbed(4, 30, 62);
   checkAbsorbed(2, 300, 61);
+  // DeepSeek's nope 128 (8 rows per thread), and 160 (a second pass).
+  checkAbsorbed(8, 64, 63, 128);
+  checkAbsorbed(5, 72, 64, 160);
 }
 
 TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {

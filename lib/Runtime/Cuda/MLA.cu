@@ -107,9 +107,10 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
   // q_lat[t, h] = q_nope[t, h] W_UK[h]: column-major C [lora, n] per head.
   if (few)
     launchKernel(st, "mlaAttentionAbsorbed (q_lat)", absorbQKernel,
-                 dim3(unsigned(heads), unsigned((lora + 255) / 256)), 256,
-                 size_t(n * nope) * sizeof(float), q, ldq, qHead, n, kvB,
-                 kvHead, nope, lora, heads, qLat);
+                 absorbQGrid(heads, lora), kAqGroups * kAqSlices,
+                 absorbQSharedBytes(n, nope), q, ldq, qHead, n, kvB, kvHead,
+                 nope, lora, heads, qLat,
+                 lora % 4 == 0 && reinterpret_cast<uintptr_t>(kvB) % 16 == 0);
   else
     check(cublasSgemmStridedBatched(
               st.blas, CUBLAS_OP_N, CUBLAS_OP_N, int(lora), int(n), int(nope),

@@ -452,41 +452,93 @@ __global__ void mlaCombineKernel(const float *part, int64_t heads,
   }
 }
 
-/// The absorbed products of a few tokens (decode), in place of two
-/// strided-batched SGEMMs. q_lat[t, h] = q_nope[t, h] W_UK[h], where W_UK[h]
-/// is rows [h * kvHead, h * kvHead + nope) of kv_b [heads * kvHead, lora]:
-/// block (head, 256 latent dims), a thread per dim c for all n <= kGemvRows
-/// tokens, so each row of W_UK[h] is read once (coalesced over c); q_nope
-/// of the n tokens in shared memory (n * nope floats).
-__global__ void absorbQKernel(const float *q, int64_t ldq, int64_t qHead,
-                              int64_t n, const float *kvB, int64_t kvHead,
-                              int64_t nope, int64_t lora, int64_t heads,
-                              float *qLat) {
+/// absorbQKernel's block: 16 groups of 4 latent dims (64 dims) x 16 slices
+/// of W_UK's rows, each thread holding up to 8 of its slice's rows.
+constexpr int kAqGroups = 16, kAqSlices = 16, kAqRows = 8;
+constexpr int64_t kAqDims = 4 * kAqGroups;
+
+inline dim3 absorbQGrid(int64_t heads, int64_t lora) {
+  return dim3(unsigned(heads), unsigned((lora + kAqDims - 1) / kAqDims));
+}
+/// q_nope of the n tokens (rounded up to 16 bytes), then the slices'
+/// partial sums.
+inline size_t absorbQSharedBytes(int64_t n, int64_t nope) {
+  return size_t((n * nope + 3) / 4 * 4 + kAqSlices * kGemvRows * kAqDims) *
+         sizeof(float);
+}
+
+/// The absorbed q product of a few tokens (n <= kGemvRows, decode), in place
+/// of a strided-batched SGEMM: q_lat[t, h] = q_nope[t, h] W_UK[h], where
+/// W_UK[h] is rows [h * kvHead, h * kvHead + nope) of kv_b [heads * kvHead,
+/// lora]. Block (head, 64 latent dims): each thread loads its (up to 8)
+/// rows' 4 dims at once (16-byte loads when `vec`: lora % 4 == 0) before
+/// using any, so W_UK is requested in one wave across heads x lora / 64
+/// blocks rather than row by row; the 16 slices' sums meet in shared memory.
+__global__ void __launch_bounds__(kAqGroups *kAqSlices)
+    absorbQKernel(const float *q, int64_t ldq, int64_t qHead, int64_t n,
+                  const float *kvB, int64_t kvHead, int64_t nope, int64_t lora,
+                  int64_t heads, float *qLat, bool vec) {
   pdlEnter();
   DS_DYNAMIC_SHARED(float, smem);
   const int64_t h = blockIdx.x;
+  float *qs = smem, *partial = smem + (n * nope + 3) / 4 * 4;
   for (int64_t e = threadIdx.x; e < n * nope; e += blockDim.x)
-    smem[e] = q[(e / nope) * ldq + h * qHead + e % nope];
+    qs[e] = q[(e / nope) * ldq + h * qHead + e % nope];
   __syncthreads();
-  const int64_t c = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
-  if (c >= lora)
-    return;
-  float acc[kGemvRows];
+  const int g = int(threadIdx.x % kAqGroups), sl = int(threadIdx.x / kAqGroups);
+  const int64_t c0 = int64_t(blockIdx.y) * kAqDims + 4 * g;
+  const float *w = kvB + h * kvHead * lora + c0;
+  float acc[kGemvRows][4];
 #pragma unroll
   for (int t = 0; t < kGemvRows; ++t)
-    acc[t] = 0.0f;
-  const float *w = kvB + h * kvHead * lora + c;
-  for (int64_t i = 0; i < nope; ++i) {
-    const float wv = w[i * lora];
 #pragma unroll
-    for (int t = 0; t < kGemvRows; ++t)
-      if (t < n)
-        acc[t] += smem[t * nope + i] * wv;
+    for (int j = 0; j < 4; ++j)
+      acc[t][j] = 0.0f;
+  for (int64_t i0 = sl; i0 < nope; i0 += kAqSlices * kAqRows) {
+    float wv[kAqRows][4];
+#pragma unroll
+    for (int r = 0; r < kAqRows; ++r) {
+      const int64_t i = i0 + int64_t(r) * kAqSlices;
+      if (i < nope && vec && c0 < lora) {
+        const float4 v = __ldg(reinterpret_cast<const float4 *>(w + i * lora));
+        wv[r][0] = v.x, wv[r][1] = v.y, wv[r][2] = v.z, wv[r][3] = v.w;
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          wv[r][j] = i < nope && c0 + j < lora ? w[i * lora + j] : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kAqRows; ++r) {
+      const int64_t i = i0 + int64_t(r) * kAqSlices;
+      if (i >= nope)
+        break;
+#pragma unroll
+      for (int t = 0; t < kGemvRows; ++t)
+        if (t < n) {
+          const float qv = qs[t * nope + i];
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            acc[t][j] += qv * wv[r][j];
+        }
+    }
   }
 #pragma unroll
-  for (int t = 0; t < kGemvRows; ++t) // static indices: acc stays in registers
-    if (t < n)
-      qLat[(t * heads + h) * lora + c] = acc[t];
+  for (int t = 0; t < kGemvRows; ++t) // static indices: acc in registers
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      partial[(sl * kGemvRows + t) * kAqDims + 4 * g + j] = acc[t][j];
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < n * kAqDims; e += blockDim.x) {
+    const int64_t t = e / kAqDims, d = e % kAqDims,
+                  c = int64_t(blockIdx.y) * kAqDims + d;
+    if (c >= lora)
+      continue;
+    float sum = 0.0f;
+    for (int s2 = 0; s2 < kAqSlices; ++s2)
+      sum += partial[(s2 * kGemvRows + t) * kAqDims + d];
+    qLat[(t * heads + h) * lora + c] = sum;
+  }
 }
 
 /// out[t, h * vdim + j] = o_lat[t, h] . W_UV[h][j], W_UV[h][j] row
