@@ -1067,10 +1067,13 @@ TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {
         want[size_t((t * heads + h) * lora + c)] = float(o / sum);
       }
     }
-  // 7 splits leave the position-5 token's last split empty; 1 is no split.
-  for (int variant = 0; variant < 6; ++variant) {
-    const int splits = std::array<int, 3>{1, 4, 7}[size_t(variant % 3)];
-    const bool bf16 = variant >= 3;
+  // 7 splits leave the position-5 token's last split empty; 1 is no split;
+  // 40 and 64 (the most): two splits per lane of the combine, and a
+  // position-5 token with most of its splits empty.
+  const std::array<int, 5> splitCounts = {1, 4, 7, 40, kMaxSplits};
+  for (size_t variant = 0; variant < 2 * splitCounts.size(); ++variant) {
+    const int splits = splitCounts[variant % splitCounts.size()];
+    const bool bf16 = variant >= splitCounts.size();
     SCOPED_TRACE(std::to_string(splits) +
                  (bf16 ? " splits, bf16 cache" : " splits, float cache"));
     std::vector<float> part(size_t(n * heads * splits * (lora + 2)), std::nanf(""));
@@ -1113,33 +1116,41 @@ int32_t hostArgmax(const float *row, int64_t n) {
 }
 
 TEST(CudaEmuArgmax, MatchesHost) {
-  const int64_t vocab = 1000, ld = 1004;
-  std::vector<std::vector<float>> rows;
-  std::mt19937 rng(7);
-  std::uniform_real_distribution<float> u(-5.0f, 5.0f);
-  const float inf = std::numeric_limits<float>::infinity();
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  for (int r = 0; r < 8; ++r) {
-    std::vector<float> row(static_cast<size_t>(vocab));
-    for (float &v : row)
-      v = u(rng);
-    rows.push_back(row);
+  // 1000: one element per thread at most; 20000: more than one round of
+  // loads per thread, so ties and the maximum fall in different rounds.
+  for (int64_t vocab : {1000, 20000}) {
+    const int64_t ld = vocab + 4;
+    std::vector<std::vector<float>> rows;
+    std::mt19937 rng(uint32_t(7 + vocab));
+    std::uniform_real_distribution<float> u(-5.0f, 5.0f);
+    const float inf = std::numeric_limits<float>::infinity();
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    for (int r = 0; r < 9; ++r) {
+      std::vector<float> row(static_cast<size_t>(vocab));
+      for (float &v : row)
+        v = u(rng);
+      rows.push_back(row);
+    }
+    const size_t last = size_t(vocab - 1), late = size_t(vocab * 7 / 10);
+    rows[1][last] = 100.0f;                    // last element
+    rows[2][3] = rows[2][late] = 100.0f;       // tie: lowest index
+    rows[3].assign(size_t(vocab), -inf);       // all -inf: 0
+    rows[4][10] = nan, rows[4][11] = 50.0f;    // NaN never wins
+    rows[5][0] = nan;                          // NaN first: 0, as on the host
+    rows[6][late] = inf, rows[6][last] = inf;  // +inf tie
+    rows[7].assign(size_t(vocab), 1.0f);       // all equal: 0
+    rows[8][late + 1] = rows[8][late] = 60.0f; // tie, adjacent
+    std::vector<float> logits(size_t(rows.size() * ld), 0.0f);
+    for (size_t r = 0; r < rows.size(); ++r)
+      std::copy(rows[r].begin(), rows[r].end(), logits.begin() + long(r * ld));
+    std::vector<int32_t> out(rows.size(), -1);
+    emu::launch(dim3(unsigned(rows.size())), dim3(kArgmaxThreads), argmaxKernel,
+                static_cast<const float *>(logits.data()), ld, vocab,
+                out.data());
+    for (size_t r = 0; r < rows.size(); ++r)
+      EXPECT_EQ(out[r], hostArgmax(rows[r].data(), vocab))
+          << "vocab " << vocab << " row " << r;
   }
-  rows[1][999] = 100.0f;                      // last element
-  rows[2][3] = rows[2][700] = 100.0f;         // tie: lowest index
-  rows[3].assign(size_t(vocab), -inf);        // all -inf: 0
-  rows[4][10] = nan, rows[4][11] = 50.0f;     // NaN never wins
-  rows[5][0] = nan;                           // NaN first: 0, as on the host
-  rows[6][500] = inf, rows[6][501] = inf;     // +inf tie
-  rows[7].assign(size_t(vocab), 1.0f);        // all equal: 0
-  std::vector<float> logits(size_t(rows.size() * ld), 0.0f);
-  for (size_t r = 0; r < rows.size(); ++r)
-    std::copy(rows[r].begin(), rows[r].end(), logits.begin() + long(r * ld));
-  std::vector<int32_t> out(rows.size(), -1);
-  emu::launch(dim3(unsigned(rows.size())), dim3(kArgmaxThreads), argmaxKernel,
-              static_cast<const float *>(logits.data()), ld, vocab, out.data());
-  for (size_t r = 0; r < rows.size(); ++r)
-    EXPECT_EQ(out[r], hostArgmax(rows[r].data(), vocab)) << "row " << r;
 }
 
 } // namespace

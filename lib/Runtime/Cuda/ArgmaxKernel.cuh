@@ -15,7 +15,7 @@
 namespace dsrt {
 namespace cuda {
 
-constexpr int kArgmaxThreads = 256;
+constexpr int kArgmaxThreads = 1024;
 
 /// (v, i) beats (bv, bi): larger, or equal with a lower index. NaN v never
 /// beats; a NaN best is beaten by nothing either, which only the first
@@ -33,9 +33,23 @@ __global__ void __launch_bounds__(kArgmaxThreads)
   // Start from a candidate every value beats or ties at a lower index.
   float best = -INFINITY;
   int32_t bestIdx = INT32_MAX;
-  for (int64_t i = threadIdx.x; i < vocab; i += kArgmaxThreads)
-    if (argmaxBetter(row[i], int32_t(i), best, bestIdx))
-      best = row[i], bestIdx = int32_t(i);
+  // kLoads loads in flight per thread before any comparison: a row of a
+  // 100k vocabulary is then a dozen round trips to L2, not a hundred.
+  constexpr int kLoads = 8;
+  for (int64_t i0 = threadIdx.x; i0 < vocab; i0 += kLoads * kArgmaxThreads) {
+    float v[kLoads];
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int64_t i = i0 + int64_t(j) * kArgmaxThreads;
+      v[j] = i < vocab ? row[i] : -INFINITY;
+    }
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int64_t i = i0 + int64_t(j) * kArgmaxThreads;
+      if (i < vocab && argmaxBetter(v[j], int32_t(i), best, bestIdx))
+        best = v[j], bestIdx = int32_t(i);
+    }
+  }
   for (int o = 16; o > 0; o >>= 1) {
     const float v = __shfl_xor_sync(0xffffffffu, best, o);
     const int32_t i = __shfl_xor_sync(0xffffffffu, bestIdx, o);

@@ -91,7 +91,7 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
   const int64_t groups = (heads + kHB - 1) / kHB;
   const int64_t wanted = (2 * st.multiprocessors + n * groups - 1) / (n * groups);
   const int splits = int(std::max<int64_t>(
-      1, imin(imin(wanted, 64), (spec.maxSeqLen + 63) / 64)));
+      1, imin(imin(wanted, kMaxSplits), (spec.maxSeqLen + 63) / 64)));
   float *qLat = static_cast<float *>(
       scratch(st, size_t(n * heads * lora) * sizeof(float), "mlaAttentionAbsorbed"));
   float *oLat = static_cast<float *>(

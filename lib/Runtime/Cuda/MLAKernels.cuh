@@ -425,30 +425,44 @@ mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq, int64_t qHead,
   }
 }
 
-/// oLat[t, h] = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+/// Most splits of a decode call (mlaCombineKernel's warp holds two each).
+constexpr int kMaxSplits = 64;
+
+/// oLat[t, h] = sum_s acc_s w_s, w_s = e^(m_s - M) / sum_s l_s e^(m_s - M):
+/// block (token, head); the first warp computes the splits' weights once,
+/// then each thread's dims are independent loads over the splits.
 __global__ void mlaCombineKernel(const float *part, int64_t heads,
                                  int64_t lora, int splits, float *oLat) {
   pdlEnter();
+  __shared__ float weight[kMaxSplits];
   const int64_t t = blockIdx.x, h = blockIdx.y;
   const float *p = part + (t * heads + h) * splits * (lora + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s)
-    M = fmaxf(M, p[s * (lora + 2) + lora]);
-  float L = 0.0f;
-  for (int s = 0; s < splits; ++s) {
-    const float m = p[s * (lora + 2) + lora];
-    if (m != -INFINITY)
-      L += p[s * (lora + 2) + lora + 1] * expf(m - M);
+  if (threadIdx.x < 32) {
+    const int a = int(threadIdx.x), b = a + 32;
+    const float ma = a < splits ? p[a * (lora + 2) + lora] : -INFINITY;
+    const float mb = b < splits ? p[b * (lora + 2) + lora] : -INFINITY;
+    float M = fmaxf(ma, mb);
+    for (int o = 16; o > 0; o >>= 1)
+      M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+    // An empty split (m = -inf) weighs nothing.
+    const float ea = ma != -INFINITY ? expf(ma - M) : 0.0f;
+    const float eb = mb != -INFINITY ? expf(mb - M) : 0.0f;
+    float L = (ea != 0.0f ? p[a * (lora + 2) + lora + 1] * ea : 0.0f) +
+              (eb != 0.0f ? p[b * (lora + 2) + lora + 1] * eb : 0.0f);
+    for (int o = 16; o > 0; o >>= 1)
+      L += __shfl_xor_sync(0xffffffffu, L, o);
+    if (a < splits)
+      weight[a] = ea / L;
+    if (b < splits)
+      weight[b] = eb / L;
   }
-  const float inv = 1.0f / L;
+  __syncthreads();
   for (int64_t c = threadIdx.x; c < lora; c += blockDim.x) {
-    float a = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const float m = p[s * (lora + 2) + lora];
-      if (m != -INFINITY)
-        a += p[s * (lora + 2) + c] * expf(m - M);
-    }
-    oLat[(t * heads + h) * lora + c] = a * inv;
+    float acc = 0.0f;
+    for (int s = 0; s < splits; ++s)
+      if (weight[s] != 0.0f) // an empty split's acc is not read
+        acc += p[s * (lora + 2) + c] * weight[s];
+    oLat[(t * heads + h) * lora + c] = acc;
   }
 }
 
