@@ -22,7 +22,8 @@
 # prefill of 2048 tokens; then torch_baseline.py (phases main, grouped) in
 # the same call; then, time permitting, decode B=1 without programmatic
 # dependent launch (DS_CUDA_PDL=0) and with the dense GEMMs on cuBLASLt
-# (DS_CUDA_GEMV_ROWS=0) for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
+# (DS_CUDA_GEMV_ROWS=0), and decode B=32 with its dense GEMMs on the GEMV
+# kernel (DS_CUDA_GEMV_ROWS=32), for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
 # DS_GPU_CHECK_ONLY=1: correctness only; DS_SKIP_TORCH=1: no PyTorch run.
 set -euo pipefail
 mode=${1:?usage: bench/gpu/run.sh prepare|device DIR}
@@ -273,6 +274,14 @@ PY
       say "decode B=1, $ab: skipped ($SECONDS s used)"
     fi
   done
+  # Decode B=32 with its dense GEMMs (32 rows) on the GEMV kernel instead
+  # of cuBLASLt: which is faster at 32 rows is a measurement, not a guess.
+  if [ "$SECONDS" -lt 450 ]; then
+    (cd "$dir/bench" && DS_CUDA_GEMV_ROWS=32 ./decode --requests requests32.jsonl --max-batch 32 --seed 1 --output /dev/null 2> ab32.err) || true
+    say "decode B=32, DS_CUDA_GEMV_ROWS=32: $(grep '^batch:' "$dir/bench/ab32.err" || tail -3 "$dir/bench/ab32.err")"
+  else
+    say "decode B=32, DS_CUDA_GEMV_ROWS=32: skipped ($SECONDS s used)"
+  fi
   return $failed
 }
 
