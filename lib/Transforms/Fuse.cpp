@@ -22,6 +22,17 @@ static bool onlyUsedBy(Value v, ArrayRef<Operation *> users) {
   });
 }
 
+/// The buffer `v` is a view of (itself if none).
+static Value rootBuffer(Value v) {
+  while (auto view = v.getDefiningOp<memref::SubViewOp>())
+    v = view.getSource();
+  return v;
+}
+
+static int64_t width(Value v) {
+  return cast<MemRefType>(v.getType()).getDimSize(1);
+}
+
 static void eraseIfDead(Value v) {
   if (Operation *def = v.getDefiningOp())
     if (isa<memref::AllocOp>(def) && def->use_empty())
@@ -68,6 +79,47 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
         rope.erase();
         write.erase();
         return {fused, 2};
+      }
+    }
+
+  // RoPE of the query, then the rope key's RoPE and cache write with the
+  // same table and positions: one per-token kernel for all three.
+  if (auto write = dyn_cast<dsk::RoPEKVCacheWriteOp>(op))
+    if (auto rope = dyn_cast_or_null<dsk::RoPEOp>(prev)) {
+      Value q = rope.getInout();
+      if (rope.getPositions() == write.getPositions() &&
+          rope.getConfig() == write.getConfig() &&
+          static_cast<int64_t>(rope.getDim()) == width(write.getKrope()) &&
+          rootBuffer(q) != rootBuffer(write.getLatent()) &&
+          rootBuffer(q) != rootBuffer(write.getKrope())) {
+        Operation *fused = dsk::QKRoPECacheWriteOp::create(
+            b, op->getLoc(), q, write.getLatent(), write.getKrope(),
+            write.getPositions(), write.getConfig(), rope.getHeadsAttr(),
+            rope.getHeadStrideAttr(), rope.getOffsetAttr(),
+            write.getLayerAttr(), /*norm=*/FlatSymbolRefAttr(),
+            /*eps=*/FloatAttr());
+        rope.erase();
+        write.erase();
+        return {fused, 2};
+      }
+    }
+
+  // The latent's RMSNorm, then the prologue, when only the cache reads the
+  // normalized latent (decode): the norm moves into the prologue, which
+  // stores the normalized row without writing it to a buffer.
+  if (auto qk = dyn_cast<dsk::QKRoPECacheWriteOp>(op))
+    if (auto norm = dyn_cast_or_null<dsk::RMSNormOp>(prev)) {
+      Value normed = norm.getOut();
+      if (!qk.getNorm() && normed == qk.getLatent() &&
+          normed.getDefiningOp<memref::AllocOp>() &&
+          onlyUsedBy(normed, {norm, qk}) &&
+          rootBuffer(norm.getInput()) != rootBuffer(qk.getQ())) {
+        qk.getLatentMutable().assign(norm.getInput());
+        qk.setNormAttr(norm.getWeightAttr());
+        qk.setEpsAttr(norm.getEpsAttr());
+        norm.erase();
+        eraseIfDead(normed);
+        return {qk, 2};
       }
     }
 

@@ -47,18 +47,89 @@ module {
 
 // -----
 
-// RoPE of the shared rope key then its cache write -> one kernel; RoPE of the
-// multi-head query is not part of it.
+// RoPE of the shared rope key then its cache write -> one kernel; with the
+// query's RoPE just before (same table and positions) -> the MLA prologue.
+// The latent's norm stays: its output is read again (prefill's kv_b).
 // CHECK-LABEL: func.func @rope_cache
-// CHECK: dsk.rope %[[Q:.+]], %{{.+}} {config = #{{.+}}, dim = 8 : i64, head_stride = 24 : i64, heads = 2 : i64, offset = 16 : i64}
-// CHECK-NEXT: dsk.rope_kv_cache_write %[[LAT:.+]], %[[KR:.+]], %{{.+}} {config = #{{.+}}, layer = 3 : i64}
+// CHECK: dsk.rms_norm
+// CHECK-NEXT: dsk.qk_rope_cache_write %{{.+}}, %[[NORMED:.+]], %{{.+}}, %{{.+}} {config = #{{.+}}, head_stride = 24 : i64, heads = 2 : i64, layer = 3 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+// CHECK-NEXT: dsk.linear %[[NORMED]]
+// CHECK-NOT: dsk.rope
 // CHECK-NOT: dsk.kv_cache_write
 #rope = #ds.rope<theta = 10000.0>
 module {
-  func.func @rope_cache(%ids: memref<?xi32>, %pos: memref<?xi32>, %q: memref<?x48xf32>, %lat: memref<?x8xf32>, %kr: memref<?x8xf32>) attributes {dsk.program = #dsk.program<kind = prefill, max_tokens = 4, arena_bytes = 0>} {
+  ds.weight @norm : tensor<8xf32>
+  ds.weight @kvb : tensor<16x8xf32>
+  func.func @rope_cache(%ids: memref<?xi32>, %pos: memref<?xi32>, %q: memref<?x48xf32>, %raw: memref<?x8xf32>, %kr: memref<?x8xf32>, %kv: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = prefill, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %lat = memref.alloc(%n) : memref<?x8xf32>
+    dsk.rms_norm %raw, %lat {eps = 1.0e-6 : f64, weight = @norm} : memref<?x8xf32>, memref<?x8xf32>
     dsk.rope %q, %pos {config = #rope, dim = 8 : i64, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?xi32>
     dsk.rope %kr, %pos {config = #rope, dim = 8 : i64, heads = 1 : i64, head_stride = 8 : i64, offset = 0 : i64} : memref<?x8xf32>, memref<?xi32>
     dsk.kv_cache_write %lat, %kr, %pos {layer = 3 : i64} : memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+    dsk.linear %lat, %kv {weight = @kvb} : memref<?x8xf32>, memref<?x16xf32>
+    return
+  }
+}
+
+// -----
+
+// Decode: only the cache reads the normalized latent, so the norm joins the
+// prologue (the kv_a output's latent columns in, no normalized buffer).
+// CHECK-LABEL: func.func @decode_prologue
+// CHECK-NOT: memref.alloc
+// CHECK-NOT: dsk.rms_norm
+// CHECK: %[[LAT:.+]] = memref.subview %[[KV:.+]][0, 0] [%{{.+}}, 8] [1, 1]
+// CHECK: %[[KR:.+]] = memref.subview %[[KV]][0, 8] [%{{.+}}, 8] [1, 1]
+// CHECK: dsk.qk_rope_cache_write %{{.+}}, %[[LAT]], %[[KR]], %{{.+}} {config = #{{.+}}, eps = 9.9999999999999995E-7 : f64, head_stride = 24 : i64, heads = 2 : i64, layer = 0 : i64, norm = @norm, offset = 16 : i64}
+// CHECK-NEXT: return
+#rope = #ds.rope<theta = 10000.0>
+module {
+  ds.weight @norm : tensor<8xf32>
+  func.func @decode_prologue(%ids: memref<?xi32>, %pos: memref<?xi32>, %q: memref<?x48xf32>, %kv: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %raw = memref.subview %kv[0, 0] [%n, 8] [1, 1] : memref<?x16xf32> to memref<?x8xf32, strided<[16, 1]>>
+    %kr = memref.subview %kv[0, 8] [%n, 8] [1, 1] : memref<?x16xf32> to memref<?x8xf32, strided<[16, 1], offset: 8>>
+    %lat = memref.alloc(%n) : memref<?x8xf32>
+    dsk.rms_norm %raw, %lat {eps = 1.0e-6 : f64, weight = @norm} : memref<?x8xf32, strided<[16, 1]>>, memref<?x8xf32>
+    dsk.rope %q, %pos {config = #rope, dim = 8 : i64, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?xi32>
+    dsk.rope %kr, %pos {config = #rope, dim = 8 : i64, heads = 1 : i64, head_stride = 8 : i64, offset = 0 : i64} : memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+    dsk.kv_cache_write %lat, %kr, %pos {layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+    return
+  }
+}
+
+// -----
+
+// The query's RoPE stays apart when it is not the key's: other positions,
+// another table, or a view of the key's own buffer.
+// CHECK-LABEL: func.func @rope_not_prologue
+// CHECK: dsk.rope %{{.+}}, %[[OTHER:[^ ]+]]
+// CHECK-NEXT: dsk.rope_kv_cache_write
+// CHECK-NEXT: dsk.rope %{{.+}}, %{{.+}} {config = #rope1,
+// CHECK-NEXT: dsk.rope_kv_cache_write
+// CHECK: dsk.rope %subview,
+// CHECK-NEXT: dsk.rope_kv_cache_write
+// CHECK-NOT: dsk.qk_rope_cache_write
+#rope = #ds.rope<theta = 10000.0>
+#other = #ds.rope<theta = 500.0>
+module {
+  func.func @rope_not_prologue(%ids: memref<?xi32>, %pos: memref<?xi32>, %pos2: memref<?xi32>, %q: memref<?x48xf32>, %lat: memref<?x8xf32>, %kr: memref<?x8xf32>, %qkr: memref<?x56xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    dsk.rope %q, %pos2 {config = #rope, dim = 8 : i64, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?xi32>
+    dsk.rope %kr, %pos {config = #rope, dim = 8 : i64, heads = 1 : i64, head_stride = 8 : i64, offset = 0 : i64} : memref<?x8xf32>, memref<?xi32>
+    dsk.kv_cache_write %lat, %kr, %pos {layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+    dsk.rope %q, %pos {config = #other, dim = 8 : i64, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?xi32>
+    dsk.rope %kr, %pos {config = #rope, dim = 8 : i64, heads = 1 : i64, head_stride = 8 : i64, offset = 0 : i64} : memref<?x8xf32>, memref<?xi32>
+    dsk.kv_cache_write %lat, %kr, %pos {layer = 1 : i64} : memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+    %qv = memref.subview %qkr[0, 0] [%n, 48] [1, 1] : memref<?x56xf32> to memref<?x48xf32, strided<[56, 1]>>
+    %kv = memref.subview %qkr[0, 48] [%n, 8] [1, 1] : memref<?x56xf32> to memref<?x8xf32, strided<[56, 1], offset: 48>>
+    dsk.rope %qv, %pos {config = #rope, dim = 8 : i64, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64} : memref<?x48xf32, strided<[56, 1]>>, memref<?xi32>
+    dsk.rope %kv, %pos {config = #rope, dim = 8 : i64, heads = 1 : i64, head_stride = 8 : i64, offset = 0 : i64} : memref<?x8xf32, strided<[56, 1], offset: 48>>, memref<?xi32>
+    dsk.kv_cache_write %lat, %kv, %pos {layer = 2 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[56, 1], offset: 48>>, memref<?xi32>
     return
   }
 }

@@ -778,41 +778,61 @@ TEST_F(CudaEmuRows, CacheWrites) {
   ctx->setTokenSequences(seq.data(), n);
 
   // The device cache in float32 (f32 mode) and in bf16 (bf16 mode, each
-  // value rounded to nearest even once).
-  for (int variant = 0; variant < 4; ++variant) {
-    const bool fused = variant % 2, bf16 = variant / 2;
-    SCOPED_TRACE(std::string(fused ? "ropeKvCacheWrite" : "kvCacheWrite") +
+  // value rounded to nearest even once); plain, with the key's RoPE, and
+  // the decode prologue (the query's RoPE too, with and without the
+  // latent's RMSNorm).
+  enum Mode { Plain, Rope, QK, QKNorm };
+  const char *names[] = {"kvCacheWrite", "ropeKvCacheWrite", "qkRopeCacheWrite",
+                         "qkRopeCacheWrite with norm"};
+  // The query: 3 heads of 8 + 16 dims, the rotated part at offset 8.
+  const int64_t heads = 3, headStride = 24, offset = 8,
+                ldq = heads * headStride + 5;
+  for (int variant = 0; variant < 8; ++variant) {
+    const Mode mode = Mode(variant % 4);
+    const bool bf16 = variant / 4, roped = mode != Plain;
+    SCOPED_TRACE(std::string(names[mode]) +
                  (bf16 ? ", bf16 cache" : ", float cache"));
-    const int64_t layer = fused ? 1 : 0;
-    std::vector<float> latent = random(n * ldl), krope = random(n * ldk);
-    std::vector<float> kropeWant = krope;
+    const int64_t layer = variant % 2;
+    std::vector<float> latent = random(n * ldl), krope = random(n * ldk),
+                       q = random(n * ldq), normW = random(kLora);
+    std::vector<float> kropeWant = krope, qWant = q;
     const size_t cacheSize = size_t(cache.totalBlocks() * kLayers * 64 * row);
     std::vector<float> device(cacheSize, NAN);
     std::vector<__nv_bfloat16> deviceB(cacheSize, __float2bfloat16(NAN));
-    const float *cosT = fused ? table().cos.data() : nullptr,
-                *sinT = fused ? table().sin.data() : nullptr;
+    const float *cosT = roped ? table().cos.data() : nullptr,
+                *sinT = roped ? table().sin.data() : nullptr;
+    const QRope qr =
+        mode >= QK ? QRope{q.data(), ldq, heads, headStride, offset} : QRope{};
+    const float *w = mode == QKNorm ? normW.data() : nullptr;
     if (bf16)
-      emu::launch(dim3(unsigned(n)), dim3(128), cacheWriteKernel<__nv_bfloat16>,
+      emu::launch(dim3(unsigned(n)), dim3(256), cacheWriteKernel<__nv_bfloat16>,
                   static_cast<const float *>(latent.data()), ldl, krope.data(),
                   ldk, pos.data(), seq.data(),
                   static_cast<const int32_t *>(blockTable.data()), maxBlocks,
-                  deviceB.data(), kLayers, layer, kLora, kRope, cosT, sinT);
+                  deviceB.data(), kLayers, layer, kLora, kRope, cosT, sinT, qr,
+                  w, 1e-6f);
     else
-      emu::launch(dim3(unsigned(n)), dim3(128), cacheWriteKernel<float>,
+      emu::launch(dim3(unsigned(n)), dim3(256), cacheWriteKernel<float>,
                   static_cast<const float *>(latent.data()), ldl, krope.data(),
                   ldk, pos.data(), seq.data(),
                   static_cast<const int32_t *>(blockTable.data()), maxBlocks,
-                  device.data(), kLayers, layer, kLora, kRope, cosT, sinT);
+                  device.data(), kLayers, layer, kLora, kRope, cosT, sinT, qr,
+                  w, 1e-6f);
     if (bf16)
       for (size_t e = 0; e < cacheSize; ++e)
         device[e] = __bfloat162float(deviceB[e]);
-    if (fused)
+    if (mode >= QK)
+      dsrt::cpu::qkRopeCacheWrite(
+          *ctx, layer, qWant.data(), ldq, heads, headStride, offset,
+          latent.data(), ldl, kropeWant.data(), ldk, pos.data(), n, 0, w, 1e-6);
+    else if (mode == Rope)
       dsrt::cpu::ropeKvCacheWrite(*ctx, layer, latent.data(), ldl,
                                   kropeWant.data(), ldk, pos.data(), n, 0);
     else
       dsrt::cpu::kvCacheWrite(*ctx, layer, latent.data(), ldl,
                               kropeWant.data(), ldk, pos.data(), n);
-    expectClose(krope, kropeWant, 1e-6); // rotated in place when fused
+    expectClose(krope, kropeWant, 1e-6); // rotated in place when roped
+    expectClose(q, qWant, 1e-6);         // likewise the query's rope columns
     for (int64_t i = 0; i < n; ++i) {
       const int64_t p = pos[size_t(i)];
       const int64_t block = blockTable[size_t(seq[size_t(i)] * maxBlocks + p / 64)];
@@ -820,13 +840,14 @@ TEST_F(CudaEmuRows, CacheWrites) {
       const float *want = ctx->cacheRow(layer, seq[size_t(i)], p);
       for (int64_t d = 0; d < row; ++d) {
         // bf16: the CPU's value rounded to nearest even: exactly for copied
-        // values, up to a rounding flip for the rotated key (its float value
-        // may differ from the CPU's in the last bit).
-        const float w = bf16 ? bf16Round(want[d]) : want[d];
-        const bool rotated = fused && d >= kLora;
-        const float tol = bf16 ? (rotated ? 4e-3f * std::fabs(want[d]) : 0.0f)
+        // values, up to a rounding flip for computed ones (the rotated key,
+        // the normalized latent: their float value may differ from the
+        // CPU's in the last bit).
+        const float wv = bf16 ? bf16Round(want[d]) : want[d];
+        const bool computed = (roped && d >= kLora) || mode == QKNorm;
+        const float tol = bf16 ? (computed ? 4e-3f * std::fabs(want[d]) : 0.0f)
                                : 1e-6f * std::max(1.0f, std::fabs(want[d]));
-        EXPECT_NEAR(got[d], w, tol) << "token " << i << " dim " << d;
+        EXPECT_NEAR(got[d], wv, tol) << "token " << i << " dim " << d;
       }
     }
   }

@@ -312,7 +312,8 @@ static void explain(ModuleOp module, llvm::raw_ostream &os) {
       count += isa<ds::kernel::DSKDialect>(op.getDialect()) && !isa<ds::kernel::ArenaOp>(op);
       if (program.getKind() != ds::kernel::ProgramKind::decode)
         stage.cacheLayers +=
-            isa<ds::kernel::KVCacheWriteOp, ds::kernel::RoPEKVCacheWriteOp>(op);
+            isa<ds::kernel::KVCacheWriteOp, ds::kernel::RoPEKVCacheWriteOp,
+                ds::kernel::QKRoPECacheWriteOp>(op);
     }
     stage.kernels.push_back({ds::kernel::stringifyProgramKind(program.getKind()), count});
     if (program.getKind() == ds::kernel::ProgramKind::decode)

@@ -107,6 +107,11 @@ void kvCacheWrite(Context &ctx, int64_t layer, const float *latent,
 void ropeKvCacheWrite(Context &ctx, int64_t layer, const float *latent,
                       int64_t ldl, float *krope, int64_t ldk,
                       const int32_t *pos, int64_t n, int64_t ropeIndex);
+void qkRopeCacheWrite(Context &ctx, int64_t layer, float *q, int64_t ldq,
+                      int64_t heads, int64_t headStride, int64_t offset,
+                      const float *latent, int64_t ldl, float *krope,
+                      int64_t ldk, const int32_t *pos, int64_t n,
+                      int64_t ropeIndex, const float *normW, double eps);
 void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act);
 void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,

@@ -453,6 +453,15 @@ void ropeKvCacheWrite(Context &ctx, int64_t layer, const float *latent,
                       int64_t ldl, float *krope, int64_t ldk,
                       const int32_t *pos, int64_t n, int64_t ropeIndex);
 
+/// Fused MLA prologue: rope(q) (heads x headStride columns, rope columns at
+/// offset), then ropeKvCacheWrite; with normW, the cache gets
+/// rmsNorm(latent, normW, eps) instead of latent (computed as rmsNorm does).
+void qkRopeCacheWrite(Context &ctx, int64_t layer, float *q, int64_t ldq,
+                      int64_t heads, int64_t headStride, int64_t offset,
+                      const float *latent, int64_t ldl, float *krope,
+                      int64_t ldk, const int32_t *pos, int64_t n,
+                      int64_t ropeIndex, const float *normW, double eps);
+
 /// Fused gate/up GEMMs with the SwiGLU epilogue:
 /// y = silu(x Wgate^T) * (x Wup^T), y [n, inter].
 void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,

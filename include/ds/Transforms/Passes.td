@@ -166,7 +166,10 @@ def Fuse : Pass<"dsk-fuse", "::mlir::ModuleOp"> {
     - `dsk.add` then `dsk.rms_norm` of the sum -> `dsk.add_rms_norm` (the
       residual add and the next norm of every layer);
     - `dsk.rope` of MLA's shared rope key then `dsk.kv_cache_write` ->
-      `dsk.rope_kv_cache_write`;
+      `dsk.rope_kv_cache_write`; with the query's `dsk.rope` (same table and
+      positions) just before -> `dsk.qk_rope_cache_write`, the MLA prologue
+      of one kernel per token, which also takes in the latent's
+      `dsk.rms_norm` when nothing else reads the normalized latent (decode);
     - gate and up `dsk.linear`s of one input then `dsk.swiglu` of their
       results -> `dsk.gated_up` (two GEMMs, SwiGLU epilogue);
     - the router `dsk.linear` then `dsk.moe_route` of its logits ->

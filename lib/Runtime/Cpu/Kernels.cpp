@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 namespace dsrt {
 namespace cpu {
@@ -239,6 +240,25 @@ void ropeKvCacheWrite(Context &ctx, int64_t layer, const float *latent,
     std::memcpy(row + s.kvLoraRank, krope + i * ldk,
                 sizeof(float) * s.qkRopeDim);
   }
+}
+
+void qkRopeCacheWrite(Context &ctx, int64_t layer, float *q, int64_t ldq,
+                      int64_t heads, int64_t headStride, int64_t offset,
+                      const float *latent, int64_t ldl, float *krope,
+                      int64_t ldk, const int32_t *pos, int64_t n,
+                      int64_t ropeIndex, const float *normW, double eps) {
+  rope(ctx, q, ldq, n, heads, headStride, offset, pos, ropeIndex);
+  if (!normW) {
+    ropeKvCacheWrite(ctx, layer, latent, ldl, krope, ldk, pos, n, ropeIndex);
+    return;
+  }
+  // The normalized rows exist only on their way to the cache.
+  const int64_t lora = ctx.spec().kvLoraRank;
+  std::vector<float> normed(
+      static_cast<size_t>(std::max<int64_t>(n, 1) * lora));
+  rmsNorm(ctx, latent, ldl, normW, n, lora, eps, normed.data(), lora);
+  ropeKvCacheWrite(ctx, layer, normed.data(), lora, krope, ldk, pos, n,
+                   ropeIndex);
 }
 
 } // namespace cpu

@@ -76,51 +76,65 @@ void rope(Context &ctx, float *x, int64_t ldx, int64_t n, int64_t heads,
                heads, headStride, offset, pos, t.cos, t.sin, half, total);
 }
 
+/// The cache kernels address rows through Io's positions (st.pos), which
+/// are the `pos` argument of every emitted call. 256 threads: the norm's
+/// sum is then addRmsNormKernel's, bit for bit.
 static void cacheWrite(Context &ctx, int64_t layer, const float *latent,
-                       int64_t ldl, float *krope, int64_t ldk, int64_t n,
-                       const DeviceState::Rope *t, const char *where) {
+                       int64_t ldl, float *krope, int64_t ldk,
+                       const int32_t *pos, int64_t n,
+                       const DeviceState::Rope *t, QRope qr, const float *normW,
+                       double eps, const char *where) {
   DeviceState &st = state(ctx);
   const ModelSpec &s = ctx.spec();
+  if (pos != st.pos)
+    fatal(where, "positions are not the program's");
   if (layer < 0 || layer >= s.cacheLayers || !st.cache)
     fatal(where, "layer outside the cache");
+  if (t && s.qkRopeDim != t->dim)
+    fatal(where, "rope table width differs from the cache's");
   if (n <= 0)
     return;
   const float *cosT = t ? t->cos : nullptr, *sinT = t ? t->sin : nullptr;
   if (st.cacheBf16)
-    launchKernel(st, where, cacheWriteKernel<__nv_bfloat16>, unsigned(n), 128,
+    launchKernel(st, where, cacheWriteKernel<__nv_bfloat16>, unsigned(n), 256,
                  0, latent, ldl, krope, ldk, st.pos, st.tokenSeq, st.blockTable,
                  st.maxBlocks, static_cast<__nv_bfloat16 *>(st.cache),
-                 st.layers, layer, s.kvLoraRank, s.qkRopeDim, cosT, sinT);
+                 st.layers, layer, s.kvLoraRank, s.qkRopeDim, cosT, sinT, qr,
+                 normW, float(eps));
   else
-    launchKernel(st, where, cacheWriteKernel<float>, unsigned(n), 128, 0,
+    launchKernel(st, where, cacheWriteKernel<float>, unsigned(n), 256, 0,
                  latent, ldl, krope, ldk, st.pos, st.tokenSeq, st.blockTable,
                  st.maxBlocks, static_cast<float *>(st.cache), st.layers, layer,
-                 s.kvLoraRank, s.qkRopeDim, cosT, sinT);
+                 s.kvLoraRank, s.qkRopeDim, cosT, sinT, qr, normW, float(eps));
 }
 
-// The cache kernels address rows through Io's positions (st.pos), which are
-// the `pos` argument of every emitted call.
 void kvCacheWrite(Context &ctx, int64_t layer, const float *latent,
                   int64_t ldl, const float *krope, int64_t ldk,
                   const int32_t *pos, int64_t n) {
   ProfileScope profile(ctx, "kvCacheWrite");
-  if (pos != state(ctx).pos)
-    fatal("kvCacheWrite", "positions are not the program's");
-  cacheWrite(ctx, layer, latent, ldl, const_cast<float *>(krope), ldk, n,
-             nullptr, "kvCacheWrite");
+  cacheWrite(ctx, layer, latent, ldl, const_cast<float *>(krope), ldk, pos, n,
+             nullptr, QRope{}, nullptr, 0.0, "kvCacheWrite");
 }
 
 void ropeKvCacheWrite(Context &ctx, int64_t layer, const float *latent,
                       int64_t ldl, float *krope, int64_t ldk,
                       const int32_t *pos, int64_t n, int64_t ropeIndex) {
   ProfileScope profile(ctx, "ropeKvCacheWrite");
-  DeviceState &st = state(ctx);
-  if (pos != st.pos)
-    fatal("ropeKvCacheWrite", "positions are not the program's");
-  if (ctx.spec().qkRopeDim != st.ropes[size_t(ropeIndex)].dim)
-    fatal("ropeKvCacheWrite", "rope table width differs from the cache's");
-  cacheWrite(ctx, layer, latent, ldl, krope, ldk, n,
-             &st.ropes[size_t(ropeIndex)], "ropeKvCacheWrite");
+  cacheWrite(ctx, layer, latent, ldl, krope, ldk, pos, n,
+             &state(ctx).ropes[size_t(ropeIndex)], QRope{}, nullptr, 0.0,
+             "ropeKvCacheWrite");
+}
+
+void qkRopeCacheWrite(Context &ctx, int64_t layer, float *q, int64_t ldq,
+                      int64_t heads, int64_t headStride, int64_t offset,
+                      const float *latent, int64_t ldl, float *krope,
+                      int64_t ldk, const int32_t *pos, int64_t n,
+                      int64_t ropeIndex, const float *normW, double eps) {
+  ProfileScope profile(ctx, "qkRopeCacheWrite");
+  cacheWrite(ctx, layer, latent, ldl, krope, ldk, pos, n,
+             &state(ctx).ropes[size_t(ropeIndex)],
+             QRope{q, ldq, heads, headStride, offset}, normW, eps,
+             "qkRopeCacheWrite");
 }
 
 void moeRoute(Context &ctx, const float *logits, int64_t ldl, int64_t n,

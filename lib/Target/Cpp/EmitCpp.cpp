@@ -484,6 +484,20 @@ private:
                                      ropeIndex(o.getConfig(), width(o.getKrope())));
                 return success();
               })
+              .Case([&](dsk::QKRoPECacheWriteOp o) {
+                Buf q = buf(o.getQ()), l = buf(o.getLatent()), k = buf(o.getKrope());
+                std::string norm = o.getNorm() ? weight(*o.getNorm()) : "nullptr";
+                double eps = o.getEps() ? o.getEps()->convertToDouble() : 0.0;
+                out << llvm::formatv("  dsrt::cpu::qkRopeCacheWrite(ctx, {0}, {1}, "
+                                     "{2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, "
+                                     "n, {11}, {12}, {13});\n",
+                                     o.getLayer(), q.ptr, q.ld, o.getHeads(),
+                                     o.getHeadStride(), o.getOffset(), l.ptr, l.ld,
+                                     k.ptr, k.ld, buf(o.getPositions()).ptr,
+                                     ropeIndex(o.getConfig(), width(o.getKrope())),
+                                     norm, fp(eps));
+                return success();
+              })
               .Case([&](dsk::MoEGateOp o) {
                 Buf x = buf(o.getInput());
                 std::string r = routing(o.getConfig(), tmp++, out);

@@ -273,6 +273,63 @@ func.func @f(%l: memref<?x8xf32>, %k: memref<?x7xf32>, %p: memref<?xi32>) {
 
 // -----
 
+// qk_rope_cache_write: the rope key has an even width.
+func.func @f(%q: memref<?x48xf32>, %l: memref<?x8xf32>, %k: memref<?x7xf32>, %p: memref<?xi32>) {
+  // expected-error @+1 {{the rope key must have an even width, got 'memref<?x7xf32>'}}
+  dsk.qk_rope_cache_write %q, %l, %k, %p {config = #ds.rope<theta = 1.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x7xf32>, memref<?xi32>
+  return
+}
+
+// -----
+
+// qk_rope_cache_write: the query's rope columns fit its heads.
+func.func @f(%q: memref<?x48xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %p: memref<?xi32>) {
+  // expected-error @+1 {{query columns [20, 28) do not fit a head of 24 columns}}
+  dsk.qk_rope_cache_write %q, %l, %k, %p {config = #ds.rope<theta = 1.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 20 : i64, layer = 0 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+  return
+}
+
+// -----
+
+// qk_rope_cache_write: the heads fit the query.
+func.func @f(%q: memref<?x48xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %p: memref<?xi32>) {
+  // expected-error @+1 {{3 heads of 24 columns exceed the query's 48}}
+  dsk.qk_rope_cache_write %q, %l, %k, %p {config = #ds.rope<theta = 1.0>, heads = 3 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+  return
+}
+
+// -----
+
+// qk_rope_cache_write: a norm weight needs its eps.
+ds.weight @n : tensor<8xf32>
+func.func @f(%q: memref<?x48xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %p: memref<?xi32>) {
+  // expected-error @+1 {{norm and eps go together}}
+  dsk.qk_rope_cache_write %q, %l, %k, %p {config = #ds.rope<theta = 1.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64, norm = @n} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+  return
+}
+
+// -----
+
+// qk_rope_cache_write: eps is positive.
+ds.weight @n : tensor<8xf32>
+func.func @f(%q: memref<?x48xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %p: memref<?xi32>) {
+  // expected-error @+1 {{eps must be positive}}
+  dsk.qk_rope_cache_write %q, %l, %k, %p {config = #ds.rope<theta = 1.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64, norm = @n, eps = 0.0 : f64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+  return
+}
+
+// -----
+
+// qk_rope_cache_write: the norm weight matches the latent.
+ds.weight @n : tensor<16xf32>
+func.func @f(%q: memref<?x48xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %p: memref<?xi32>) {
+  // expected-error @+1 {{weight 'n' has shape [16] but the op implies [8]}}
+  dsk.qk_rope_cache_write %q, %l, %k, %p {config = #ds.rope<theta = 1.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64, norm = @n, eps = 1.0e-6 : f64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+  return
+}
+
+// -----
+
 // gated_up: gate and up are [inter, in].
 ds.weight @g : tensor<8x16xf32>
 ds.weight @u : tensor<8x8xf32>

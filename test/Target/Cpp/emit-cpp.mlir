@@ -77,13 +77,15 @@
 // FUSED: {"model.layers.1.mlp.gate.weight", 2, {16, 64}, dsrt::DType::BF16},
 // FUSED: void prefill(
 // FUSED: dsrt::cpu::linearW(ctx, {{.+}}, 32, {{b[0-9]+}}, 32, dsrt::ActQuant::Fp8);
-// FUSED: dsrt::cpu::ropeKvCacheWrite(ctx, 0, {{.+}}, pos, n, 0);
+// FUSED: dsrt::cpu::qkRopeCacheWrite(ctx, 0, {{b[0-9]+}}, 96, 4, 24, 16, {{.+}}, pos, n, 0, nullptr, 0.0);
 // FUSED: dsrt::cpu::linearW(ctx, {{.+}}, 128, {{b[0-9]+}}, 128, dsrt::ActQuant::None);
 // FUSED: dsrt::cpu::mlaAttentionNaive(
 // FUSED: dsrt::cpu::addRmsNorm(ctx, {{.+}}, n, 64, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07,
 // FUSED: dsrt::cpu::gatedUp(ctx, {{.+}}, n, 64, {{[0-9]+}}, {{[0-9]+}}, 128, {{.+}}, dsrt::ActQuant::Fp8);
 // FUSED: dsrt::cpu::moeGate(ctx, {{.+}}, n, 64, {{[0-9]+}}, ctx.weight({{[0-9]+}}), route{{[0-9]+}},
 // FUSED: dsrt::cpu::moeExpertsW({{.+}}, dsrt::ActQuant::Fp8);
+// FUSED: void decode(
+// FUSED: dsrt::cpu::qkRopeCacheWrite(ctx, 0, {{b[0-9]+}}, 96, 4, 24, 16, ([[KV:b[0-9]+]] + 0), 40, ([[KV]] + 32), 40, pos, n, 0, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07);
 
 // PART: void prefill_stage0_body(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, int64_t n, float *logits, float *hidden) {
 // PART: dsrt::cpu::embedding(

@@ -64,6 +64,7 @@ DSK_VERIFY_SYMBOL_USES(MoEExpertsOp)
 DSK_VERIFY_SYMBOL_USES(AddRMSNormOp)
 DSK_VERIFY_SYMBOL_USES(GatedUpOp)
 DSK_VERIFY_SYMBOL_USES(MoEGateOp)
+DSK_VERIFY_SYMBOL_USES(QKRoPECacheWriteOp)
 #undef DSK_VERIFY_SYMBOL_USES
 
 //===----------------------------------------------------------------------===//
@@ -213,6 +214,30 @@ LogicalResult RoPEKVCacheWriteOp::verify() {
     return emitOpError() << "the rope key must have an even width, got "
                          << getKrope().getType();
   return success();
+}
+
+LogicalResult QKRoPECacheWriteOp::verify() {
+  int64_t dim = width(getKrope()), heads = getHeads(), stride = getHeadStride(),
+          offset = getOffset();
+  if (dim <= 0 || dim % 2 != 0)
+    return emitOpError() << "the rope key must have an even width, got "
+                         << getKrope().getType();
+  if (heads <= 0 || offset < 0 || offset + dim > stride)
+    return emitOpError() << "query columns [" << offset << ", " << offset + dim
+                         << ") do not fit a head of " << stride << " columns";
+  if (heads * stride > width(getQ()))
+    return emitOpError() << heads << " heads of " << stride
+                         << " columns exceed the query's " << width(getQ());
+  if (static_cast<bool>(getNorm()) != static_cast<bool>(getEps()))
+    return emitOpError() << "norm and eps go together";
+  if (getEps() && !(getEps()->convertToDouble() > 0.0))
+    return emitOpError() << "eps must be positive";
+  return success();
+}
+
+void QKRoPECacheWriteOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
+  if (std::optional<StringRef> norm = getNorm())
+    uses.push_back(use(*norm, {width(getLatent())}, false));
 }
 
 void GatedUpOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {

@@ -276,6 +276,32 @@ def DSK_RoPEKVCacheWriteOp : DSK_Op<"rope_kv_cache_write"> {
   let hasVerifier = 1;
 }
 
+def DSK_QKRoPECacheWriteOp : DSK_WeightOp<"qk_rope_cache_write"> {
+  let summary = "RoPE on the query and the shared rope key + latent-cache write";
+  let description = [{
+    MLA's per-token prologue as one kernel: rotates the query's rope columns
+    (`heads` heads of `head_stride` columns from `offset`, as `dsk.rope`)
+    and the shared rope key, then stores the latent and the rotated key in
+    the latent cache (as `dsk.rope_kv_cache_write`). With `norm`, the
+    stored latent is the `dsk.rms_norm` of `latent` with that weight and
+    `eps`; the normalized latent is then written nowhere else (decode, where
+    only the cache reads it).
+  }];
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead, MemWrite]>:$q,
+                       Arg<DSK_Rows, "", [MemRead]>:$latent,
+                       Arg<DSK_Rows, "", [MemRead, MemWrite]>:$krope,
+                       Arg<DSK_Tokens, "", [MemRead]>:$positions,
+                       DS_RoPEConfigAttr:$config, I64Attr:$heads,
+                       I64Attr:$head_stride, I64Attr:$offset, I64Attr:$layer,
+                       OptionalAttr<FlatSymbolRefAttr>:$norm,
+                       OptionalAttr<F64Attr>:$eps);
+  let assemblyFormat = [{
+    $q `,` $latent `,` $krope `,` $positions attr-dict `:` type($q) `,`
+    type($latent) `,` type($krope) `,` type($positions)
+  }];
+  let hasVerifier = 1;
+}
+
 def DSK_GatedUpOp : DSK_WeightOp<"gated_up"> {
   let summary = "gate and up GEMMs with the SwiGLU epilogue";
   let description = [{
