@@ -119,7 +119,7 @@ public:
   LogicalResult lowerStage(StageOp o) {
     if (stage < 0)
       return o.emitOpError("in an unpipelined lowering (no stage given)");
-    if (o.getStage() != stage)
+    if (static_cast<int64_t>(o.getStage()) != stage)
       return success();
     Block &body = o.getBody().front();
     for (auto [input, arg] : llvm::zip(o.getInputs(), body.getArguments())) {
@@ -222,7 +222,7 @@ public:
                 auto last = o.getNumOperands()
                                 ? o.getOperand(0).getDefiningOp<StageOp>()
                                 : StageOp();
-                if (last && last.getStage() != stage) {
+                if (last && static_cast<int64_t>(last.getStage()) != stage) {
                   func::ReturnOp::create(b, loc);
                   return success();
                 }
