@@ -145,6 +145,25 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
     }
   }
 
+  // A GEMM, then the residual add of its result into the other operand, in
+  // place: the GEMM adds into that buffer itself (the shared expert's down
+  // projection into the routed experts' sum). a + b is b + a, bit for bit.
+  if (auto add = dyn_cast<dsk::AddOp>(op))
+    if (auto linear = dyn_cast_or_null<dsk::LinearOp>(prev)) {
+      Value t = linear.getOut();
+      Value other = add.getRhs() == t ? add.getLhs() : add.getRhs();
+      if (!linear.getAccumulate() && (add.getLhs() == t || add.getRhs() == t) &&
+          other != t && add.getOut() == other &&
+          t.getDefiningOp<memref::AllocOp>() && onlyUsedBy(t, {linear, add}) &&
+          rootBuffer(other) != rootBuffer(linear.getInput())) {
+        linear.getOutMutable().assign(other);
+        linear.setAccumulate(true);
+        add.erase();
+        eraseIfDead(t);
+        return {linear, 2};
+      }
+    }
+
   // The router GEMM, then routing on its logits.
   if (auto route = dyn_cast<dsk::MoERouteOp>(op))
     if (auto router = dyn_cast_or_null<dsk::LinearOp>(prev))

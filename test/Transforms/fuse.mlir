@@ -180,6 +180,56 @@ module {
 
 // -----
 
+// A GEMM then the in-place residual add of its result -> the GEMM adds into
+// the other operand itself (either operand order); its buffer goes.
+// CHECK-LABEL: func.func @linear_add
+// CHECK-NOT: memref.alloc
+// CHECK: dsk.linear %[[H:[^,]+]], %[[Y:[^ ]+]] {accumulate, weight = @d} : memref<?x8xf32>, memref<?x16xf32>
+// CHECK-NEXT: dsk.linear %[[H]], %[[Y]] {accumulate, weight = @d}
+// CHECK-NOT: dsk.add
+module {
+  ds.weight @d : tensor<16x8xf32>
+  func.func @linear_add(%ids: memref<?xi32>, %pos: memref<?xi32>, %h: memref<?x8xf32>, %y: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %t = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %h, %t {weight = @d} : memref<?x8xf32>, memref<?x16xf32>
+    dsk.add %y, %t, %y : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    %u = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %h, %u {weight = @d} : memref<?x8xf32>, memref<?x16xf32>
+    dsk.add %u, %y, %y : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    return
+  }
+}
+
+// -----
+
+// Not in place (the sum goes elsewhere), the product read again, or the GEMM
+// reading the buffer it would add into: the add stays.
+// CHECK-LABEL: func.func @linear_add_not
+// CHECK-NOT: accumulate
+// CHECK-COUNT-3: dsk.add
+module {
+  ds.weight @d : tensor<16x16xf32>
+  func.func @linear_add_not(%ids: memref<?xi32>, %pos: memref<?xi32>, %h: memref<?x16xf32>, %y: memref<?x16xf32>, %z: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %t = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %h, %t {weight = @d} : memref<?x16xf32>, memref<?x16xf32>
+    dsk.add %y, %t, %z : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    %u = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %h, %u {weight = @d} : memref<?x16xf32>, memref<?x16xf32>
+    dsk.add %y, %u, %y : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.linear %u, %z {weight = @d} : memref<?x16xf32>, memref<?x16xf32>
+    %v = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %y, %v {weight = @d} : memref<?x16xf32>, memref<?x16xf32>
+    dsk.add %y, %v, %y : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    return
+  }
+}
+
+// -----
+
 // The router GEMM then routing -> moe_gate; the logits buffer goes.
 // CHECK-LABEL: func.func @router
 // CHECK-NOT: memref<?x4xf32>

@@ -27,7 +27,7 @@
 // CHECK: dsk.moe_gate %{{.+}} {bias = @m.gate.e_score_correction_bias, config = #{{.+}}, weight = @m.gate.weight}
 // CHECK: dsk.moe_experts %{{.+}} {experts = 4 : i64, fp8, inter = 8 : i64, prefix = "m"}
 // CHECK: dsk.gated_up %{{.+}}, %{{.+}} {fp8, gate = @m.shared_experts.gate_proj.weight, up = @m.shared_experts.up_proj.weight}
-// CHECK: dsk.linear %{{.+}}, %{{.+}} {fp8, weight = @m.shared_experts.down_proj.weight}
+// CHECK: dsk.linear %{{.+}}, %{{.+}} {accumulate, fp8, weight = @m.shared_experts.down_proj.weight}
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {weight = @head}
 // CHECK-LABEL: func.func @decode
 // CHECK: dsk.mla_attention_absorbed %{{.+}} kv_b = @a.kv_b_proj.weight

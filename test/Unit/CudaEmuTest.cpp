@@ -532,10 +532,11 @@ TEST(CudaEmuMoE, TensorCoreGemmManyRowsPerExpert) {
 
 /// denseGemvKernel over n rows of x [n, ldx] (K used) and weights [N, K]
 /// (values exact in bf16, held as WT), against a double-precision product;
-/// output columns ldo > N keep their NaN.
+/// output columns ldo > N keep their NaN. accumulate: the product is added
+/// to what the output held.
 template <class WT, bool GATED, int LANES>
-void checkDenseGemv(int64_t n, int64_t K, int64_t N, int64_t ldx,
-                    uint32_t seed) {
+void checkDenseGemv(int64_t n, int64_t K, int64_t N, int64_t ldx, uint32_t seed,
+                    bool accumulate = false) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<float> x(size_t(n * ldx), NAN), wa(size_t(N * K)),
@@ -552,19 +553,24 @@ void checkDenseGemv(int64_t n, int64_t K, int64_t N, int64_t ldx,
   std::vector<float> out(size_t(n * ldo), NAN), want(size_t(n * N));
   for (int64_t t = 0; t < n; ++t)
     for (int64_t c = 0; c < N; ++c) {
+      const float base = 8.0f * u(rng);
+      if (accumulate)
+        out[size_t(t * ldo + c)] = base;
       double p = 0, q = 0;
       for (int64_t k = 0; k < K; ++k) {
         p += double(x[size_t(t * ldx + k)]) * wa[size_t(c * K + k)];
         q += double(x[size_t(t * ldx + k)]) * wb[size_t(c * K + k)];
       }
-      want[size_t(t * N + c)] = GATED ? silu(float(p)) * float(q) : float(p);
+      want[size_t(t * N + c)] = (accumulate ? base : 0.0f) +
+                                (GATED ? silu(float(p)) * float(q) : float(p));
     }
   const bool vec = K % 8 == 0 && ldx % 4 == 0;
   const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
   emu::launch(dim3(unsigned((N + perBlock - 1) / perBlock)), dim3(256),
               denseGemvKernel<WT, GATED, LANES>,
               Rows{x.data(), ldx, nullptr, 1}, a.data(),
-              GATED ? b.data() : nullptr, n, K, N, out.data(), ldo, vec);
+              GATED ? b.data() : nullptr, n, K, N, out.data(), ldo, vec,
+              accumulate);
   std::vector<float> got(size_t(n * N));
   for (int64_t t = 0; t < n; ++t)
     for (int64_t c = 0; c < ldo; ++c) {
@@ -602,6 +608,13 @@ TEST(CudaEmuGemv, DenseSharedInputs) {
                                             uint32_t(20 + n));
   checkDenseGemv<float, true, 8>(3, 264, 21, 268, 14);
   checkDenseGemv<__nv_bfloat16, true, 8>(2, 70, 19, 70, 15);
+}
+
+TEST(CudaEmuGemv, DenseAccumulate) {
+  // y += x W^T (linearAddW): both lane layouts, both load paths.
+  checkDenseGemv<__nv_bfloat16, false, 32>(1, 1032, 37, 1036, 30, true);
+  checkDenseGemv<float, false, 8>(5, 264, 21, 268, 31, true);
+  checkDenseGemv<__nv_bfloat16, false, 32>(2, 70, 19, 70, 32, true);
 }
 
 //===----------------------------------------------------------------------===//

@@ -406,6 +406,12 @@ void moeExperts(Context &ctx, const float *x, int64_t ldx, int64_t n,
 void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act);
 
+/// Fused GEMM + residual add: y += x * W^T, as linearW into a buffer and
+/// add(y, that) would compute it.
+void linearAddW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                int64_t in, int64_t weight, int64_t out, float *y, int64_t ldy,
+                ActQuant act);
+
 /// moeExperts with expert weights by index (gate/up/down[experts]).
 void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                  int64_t hidden, int64_t inter, const int32_t *idx,

@@ -173,11 +173,15 @@ def Fuse : Pass<"dsk-fuse", "::mlir::ModuleOp"> {
     - gate and up `dsk.linear`s of one input then `dsk.swiglu` of their
       results -> `dsk.gated_up` (two GEMMs, SwiGLU epilogue);
     - the router `dsk.linear` then `dsk.moe_route` of its logits ->
-      `dsk.moe_gate` (router GEMM, scoring, bias, group top-k).
+      `dsk.moe_gate` (router GEMM, scoring, bias, group top-k);
+    - a `dsk.linear` then the in-place `dsk.add` of its result into another
+      buffer -> the linear with `accumulate` (the shared expert's down
+      projection adds into the routed experts' sum).
 
     Intermediate buffers only the group used disappear. Softmax epilogues are
-    already inside the attention kernels. Fused kernels compute exactly what
-    their parts did, in the same order.
+    already inside the attention kernels. On the CPU backend fused kernels
+    compute exactly what their parts did, in the same order; the GPU's may
+    round differently (a GEMM adding into its output in cuBLASLt's epilogue).
   }];
   let dependentDialects = ["::ds::kernel::DSKDialect"];
 }

@@ -356,6 +356,18 @@ void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
   linearRef(ctx, x, ldx, n, in, w, out, y, ldy, act);
 }
 
+void linearAddW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                int64_t in, int64_t weight, int64_t out, float *y, int64_t ldy,
+                ActQuant act) {
+  // The unfused pair, literally: BLAS with beta = 1 would add the product
+  // into y in K blocks, a different rounding.
+  if (n <= 0 || out <= 0)
+    return;
+  std::vector<float> t(size_t(n * out));
+  linearW(ctx, x, ldx, n, in, weight, out, t.data(), out, act);
+  add(ctx, y, ldy, t.data(), out, n, out, y, ldy);
+}
+
 void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t gate, int64_t up, int64_t inter, float *y, int64_t ldy,
              ActQuant act) {

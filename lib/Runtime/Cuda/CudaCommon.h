@@ -237,10 +237,11 @@ inline int blocksFor(int64_t n, int threads) {
 }
 
 /// y [n, out] = x [n, in] W^T for a device weight (float32 x; W f32 or
-/// bf16: in bf16 x is converted first); float32 accumulation.
+/// bf16: in bf16 x is converted first); float32 accumulation. accumulate:
+/// y += x W^T.
 void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
                 int64_t in, const DeviceWeight &w, float *y, int64_t ldy,
-                const char *where);
+                const char *where, bool accumulate = false);
 
 /// DeepSeek-V3's FP8 activation quantization, kept in float: a scratch
 /// copy [n, cols] (ld cols) of x with each row's 128-wide tiles as

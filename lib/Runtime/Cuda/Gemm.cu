@@ -86,33 +86,36 @@ DeviceState::Plan &planFor(DeviceState &st, int64_t m, int64_t n, int64_t k,
 template <class WT, bool GATED, int LANES>
 void denseGemv(DeviceState &st, const char *where, const Rows &rows,
                const DeviceWeight &wa, const DeviceWeight *wb, int64_t n,
-               int64_t in, float *y, int64_t ldy, bool vec) {
+               int64_t in, float *y, int64_t ldy, bool vec, bool accumulate) {
   const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
   launchKernel(st, where, denseGemvKernel<WT, GATED, LANES>,
                unsigned((wa.rows + perBlock - 1) / perBlock), 256, 0, rows,
                static_cast<const WT *>(wa.ptr),
                GATED ? static_cast<const WT *>(wb->ptr) : nullptr, n, in,
-               wa.rows, y, ldy, vec);
+               wa.rows, y, ldy, vec, accumulate);
 }
 
 template <class WT, bool GATED>
 void denseGemv(DeviceState &st, const char *where, const Rows &rows,
                const DeviceWeight &wa, const DeviceWeight *wb, int64_t n,
-               int64_t in, float *y, int64_t ldy, bool vec) {
+               int64_t in, float *y, int64_t ldy, bool vec, bool accumulate) {
   // Several rows: four columns per warp share each input load, when that
   // still leaves 4 warps per multiprocessor (one row: a warp per column).
   if (n >= 2 && wa.rows / gemvColumnsPerWarp<8>() >= 4 * st.multiprocessors)
-    denseGemv<WT, GATED, 8>(st, where, rows, wa, wb, n, in, y, ldy, vec);
+    denseGemv<WT, GATED, 8>(st, where, rows, wa, wb, n, in, y, ldy, vec,
+                            accumulate);
   else
-    denseGemv<WT, GATED, 32>(st, where, rows, wa, wb, n, in, y, ldy, vec);
+    denseGemv<WT, GATED, 32>(st, where, rows, wa, wb, n, in, y, ldy, vec,
+                             accumulate);
 }
 
-/// y = x W^T (GATED: silu(x Wa^T) * (x Wb^T)) as a GEMV, or false when the
-/// rows are too many for one.
+/// y = x W^T (GATED: silu(x Wa^T) * (x Wb^T); accumulate: y += that) as a
+/// GEMV, or false when the rows are too many for one.
 template <bool GATED>
 bool tryGemv(DeviceState &st, const float *x, int64_t ldx, int64_t n,
              int64_t in, const DeviceWeight &wa, const DeviceWeight *wb,
-             float *y, int64_t ldy, const char *where) {
+             float *y, int64_t ldy, const char *where,
+             bool accumulate = false) {
   if (n > st.gemvMaxRows)
     return false;
   if (n <= 0 || wa.rows <= 0)
@@ -122,10 +125,11 @@ bool tryGemv(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   const bool vec = vecRows(x, ldx, in, 4) && vecRows(wa.ptr, in, in, elt) &&
                    (!GATED || vecRows(wb->ptr, in, in, elt));
   if (wa.bf16)
-    denseGemv<__nv_bfloat16, GATED>(st, where, rows, wa, wb, n, in, y, ldy,
-                                    vec);
+    denseGemv<__nv_bfloat16, GATED>(st, where, rows, wa, wb, n, in, y, ldy, vec,
+                                    accumulate);
   else
-    denseGemv<float, GATED>(st, where, rows, wa, wb, n, in, y, ldy, vec);
+    denseGemv<float, GATED>(st, where, rows, wa, wb, n, in, y, ldy, vec,
+                            accumulate);
   return true;
 }
 
@@ -133,13 +137,13 @@ bool tryGemv(DeviceState &st, const float *x, int64_t ldx, int64_t n,
 
 void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
                 int64_t in, const DeviceWeight &w, float *y, int64_t ldy,
-                const char *where) {
+                const char *where, bool accumulate) {
   if (n <= 0 || w.rows <= 0)
     return;
   if (w.cols != in)
     fatal(where, "weight width differs from the input's");
   DeviceState &st = state(ctx);
-  if (tryGemv<false>(st, x, ldx, n, in, w, nullptr, y, ldy, where))
+  if (tryGemv<false>(st, x, ldx, n, in, w, nullptr, y, ldy, where, accumulate))
     return;
   const void *b = x;
   int64_t ldb = ldx;
@@ -155,7 +159,7 @@ void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
   DeviceState::Plan &p =
       planFor(st, w.rows, n, in, ldb, ldy, w.bf16, alignmentOf(w.ptr, in, elt),
               alignmentOf(b, ldb, elt), alignmentOf(y, ldy, 4), where);
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   check(cublasLtMatmul(st.lt, p.op, &alpha, w.ptr, p.a, b, p.b, &beta, y, p.c,
                        y, p.c, &p.algo, st.ltWorkspace, st.ltWorkspaceBytes,
                        st.stream),
@@ -186,8 +190,9 @@ static const float *actInput(Context &ctx, const float *x, int64_t *ldx,
   return q;
 }
 
-void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
-             int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act) {
+static void linear(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                   int64_t in, int64_t weight, int64_t out, float *y,
+                   int64_t ldy, ActQuant act, bool accumulate) {
   DeviceState &st = state(ctx);
   // The profile shows lm_head (the largest single weight) on its own row.
   ProfileScope profile(
@@ -198,7 +203,18 @@ void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
   if (w.rows != out)
     fatal("linearW", "weight height differs from the output's");
   x = actInput(ctx, x, &ldx, n, in, weight, act);
-  gemmWeight(ctx, x, ldx, n, in, w, y, ldy, "linearW");
+  gemmWeight(ctx, x, ldx, n, in, w, y, ldy, "linearW", accumulate);
+}
+
+void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+             int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act) {
+  linear(ctx, x, ldx, n, in, weight, out, y, ldy, act, false);
+}
+
+void linearAddW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                int64_t in, int64_t weight, int64_t out, float *y, int64_t ldy,
+                ActQuant act) {
+  linear(ctx, x, ldx, n, in, weight, out, y, ldy, act, true);
 }
 
 void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,

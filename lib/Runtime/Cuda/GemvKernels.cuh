@@ -72,11 +72,13 @@ template <int LANES> __host__ __device__ constexpr int gemvColumnsPerWarp() {
 /// [first, first + count) of `rows`: out[r, c] = x_r . wa[c] (GATED:
 /// silu(x_r . wa[c]) * (x_r . wb[c])), wa and wb [N, K]. kGemvRows rows at
 /// a time (the weight rows are re-read from cache for each further group).
+/// With `accumulate`, out[r, c] += the product instead (one lane owns each
+/// output element, so reading it back races with nothing).
 template <class WT, bool GATED, int LANES>
-__device__ inline void gemvColumns(const Rows &rows, const WT *wa, const WT *wb,
-                                   int64_t first, int64_t count, int64_t K,
-                                   int64_t N, int64_t col0, float *out,
-                                   int64_t ldo, bool vec) {
+__device__ inline void
+gemvColumns(const Rows &rows, const WT *wa, const WT *wb, int64_t first,
+            int64_t count, int64_t K, int64_t N, int64_t col0, float *out,
+            int64_t ldo, bool vec, bool accumulate = false) {
   const int lane = threadIdx.x % 32, sub = lane % LANES;
   const int64_t col = col0 + lane / LANES;
   // A column past N still takes part in the shuffles, over no K.
@@ -156,26 +158,31 @@ __device__ inline void gemvColumns(const Rows &rows, const WT *wa, const WT *wb,
         if (GATED)
           s2 += __shfl_xor_sync(0xffffffffu, s2, o);
       }
-      if (sub == 0 && r < here && col < N)
-        out[(r0 + r) * ldo + col] = GATED ? s1 / (1.0f + expf(-s1)) * s2 : s1;
+      if (sub == 0 && r < here && col < N) {
+        float *o = out + (r0 + r) * ldo + col;
+        const float v = GATED ? s1 / (1.0f + expf(-s1)) * s2 : s1;
+        *o = accumulate ? *o + v : v;
+      }
     }
   }
 }
 
 /// Dense GEMV for a few rows (decode): y [n, N] = x W^T (GATED: the SwiGLU
 /// of the two products); 8 warps per block, 32 / LANES columns per warp; x
-/// read in float32 as it is (no conversion pass before the product).
+/// read in float32 as it is (no conversion pass before the product);
+/// `accumulate`: y += the product.
 template <class WT, bool GATED, int LANES>
 __global__ void denseGemvKernel(Rows rows, const WT *wa, const WT *wb,
                                 int64_t n, int64_t K, int64_t N, float *out,
-                                int64_t ldo, bool vec) {
+                                int64_t ldo, bool vec, bool accumulate) {
   pdlEnter();
   const int64_t col0 =
       (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) *
       gemvColumnsPerWarp<LANES>();
   if (col0 >= N)
     return;
-  gemvColumns<WT, GATED, LANES>(rows, wa, wb, 0, n, K, N, col0, out, ldo, vec);
+  gemvColumns<WT, GATED, LANES>(rows, wa, wb, 0, n, K, N, col0, out, ldo, vec,
+                                accumulate);
 }
 
 } // namespace cuda

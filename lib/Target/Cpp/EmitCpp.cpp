@@ -447,11 +447,12 @@ private:
               })
               .Case([&](dsk::LinearOp o) {
                 Buf x = buf(o.getInput()), y = buf(o.getOut());
-                out << llvm::formatv("  dsrt::cpu::linearW(ctx, {0}, {1}, n, {2}, "
-                                     "{3}, {4}, {5}, {6}, {7});\n",
-                                     x.ptr, x.ld, width(o.getInput()),
-                                     index(o.getWeight()), width(o.getOut()),
-                                     y.ptr, y.ld, act(o.getFp8()));
+                out << llvm::formatv(
+                    "  dsrt::cpu::{8}(ctx, {0}, {1}, n, {2}, "
+                    "{3}, {4}, {5}, {6}, {7});\n",
+                    x.ptr, x.ld, width(o.getInput()), index(o.getWeight()),
+                    width(o.getOut()), y.ptr, y.ld, act(o.getFp8()),
+                    o.getAccumulate() ? "linearAddW" : "linearW");
                 return success();
               })
               .Case([&](dsk::GatedUpOp o) {

@@ -103,11 +103,14 @@ def DSK_LinearOp : DSK_WeightOp<"linear"> {
   let summary = "out = input * weight^T (GEMM through BLAS / cuBLASLt)";
   let description = [{
     With `fp8`, the input is quantized to e4m3 per row per 128 columns
-    before the product (DeepSeek-V3's FP8 GEMM; the weight is FP8).
+    before the product (DeepSeek-V3's FP8 GEMM; the weight is FP8). With
+    `accumulate`, `out += input * weight^T` (a residual add in the GEMM's
+    epilogue, as `dsk-fuse` forms it).
   }];
   let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
-                       Arg<DSK_Rows, "", [MemWrite]>:$out,
-                       FlatSymbolRefAttr:$weight, UnitAttr:$fp8);
+                       Arg<DSK_Rows, "", [MemRead, MemWrite]>:$out,
+                       FlatSymbolRefAttr:$weight, UnitAttr:$fp8,
+                       UnitAttr:$accumulate);
   let assemblyFormat = "$input `,` $out attr-dict `:` type($input) `,` type($out)";
 }
 
