@@ -182,6 +182,37 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
   return {};
 }
 
+/// Two GEMMs of one input, each into its own buffer (neither the input's).
+static bool pairable(dsk::LinearOp a, dsk::LinearOp b) {
+  Value in = rootBuffer(a.getInput());
+  return a.getInput() == b.getInput() && !a.getAccumulate() &&
+         !b.getAccumulate() && a.getFp8() == b.getFp8() &&
+         rootBuffer(a.getOut()) != rootBuffer(b.getOut()) &&
+         rootBuffer(a.getOut()) != in && rootBuffer(b.getOut()) != in;
+}
+
+/// Adjacent GEMMs of one input -> dsk.linear_pair. A separate sweep after
+/// the others, so that gate and up GEMMs became gated_up first.
+static void pairLinears(func::FuncOp fn) {
+  Operation *prev = nullptr;
+  for (Operation &op : llvm::make_early_inc_range(fn.getBody().front())) {
+    if (!isa<dsk::DSKDialect>(op.getDialect()) || isa<dsk::ArenaOp>(op))
+      continue;
+    auto a = dyn_cast_or_null<dsk::LinearOp>(prev);
+    auto b = dyn_cast<dsk::LinearOp>(&op);
+    if (a && b && pairable(a, b)) {
+      OpBuilder builder(b); // after both outputs' allocations
+      prev = dsk::LinearPairOp::create(
+          builder, b.getLoc(), a.getInput(), a.getOut(), b.getOut(),
+          a.getWeightAttr(), b.getWeightAttr(), a.getFp8Attr());
+      a.erase();
+      b.erase();
+      continue;
+    }
+    prev = &op;
+  }
+}
+
 struct FusePass : public ds::impl::FuseBase<FusePass> {
   void runOnOperation() override {
     for (auto fn : getOperation().getOps<func::FuncOp>()) {
@@ -201,6 +232,7 @@ struct FusePass : public ds::impl::FuseBase<FusePass> {
           sequence.push_back(f.op);
         }
       }
+      pairLinears(fn);
     }
   }
 };

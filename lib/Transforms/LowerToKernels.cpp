@@ -326,15 +326,17 @@ private:
     int64_t layer = firstLayer + mlaLayers.size();
     mlaLayers.push_back(o);
 
-    Value q;
+    // The two projections of x first, side by side (dsk-fuse pairs them).
+    Value q, kva;
     if (c.getQLoraRank() > 0) {
       Value qa = linear(x, sym(p + ".q_a_proj.weight"), c.getQLoraRank());
+      kva = linear(x, sym(p + ".kv_a_proj_with_mqa.weight"), kvl + rope);
       Value qan = rmsNorm(qa, sym(p + ".q_a_layernorm.weight"), eps);
       q = linear(qan, sym(p + ".q_b_proj.weight"), heads * qhd);
     } else {
       q = linear(x, sym(p + ".q_proj.weight"), heads * qhd);
+      kva = linear(x, sym(p + ".kv_a_proj_with_mqa.weight"), kvl + rope);
     }
-    Value kva = linear(x, sym(p + ".kv_a_proj_with_mqa.weight"), kvl + rope);
     Value latent = rmsNorm(columns(kva, 0, kvl),
                            sym(p + ".kv_a_layernorm.weight"), eps);
     Value krope = columns(kva, kvl, rope);

@@ -160,11 +160,11 @@ module {
 
 // -----
 
-// The gate output is read again later: not fused.
+// The gate output is read again later: not gated_up; the two GEMMs of one
+// input still become a pair.
 // CHECK-LABEL: func.func @gate_reused
-// CHECK: dsk.linear
-// CHECK: dsk.linear
-// CHECK: dsk.swiglu
+// CHECK: dsk.linear_pair %{{.+}}, %[[G:.+]], %[[U:.+]] {weight_a = @g, weight_b = @u}
+// CHECK-NEXT: dsk.swiglu %[[G]], %[[U]]
 // CHECK-NOT: dsk.gated_up
 module {
   ds.weight @g : tensor<8x16xf32>
@@ -224,6 +224,41 @@ module {
     %v = memref.alloc(%n) : memref<?x16xf32>
     dsk.linear %y, %v {weight = @d} : memref<?x16xf32>, memref<?x16xf32>
     dsk.add %y, %v, %y : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    return
+  }
+}
+
+// -----
+
+// Adjacent GEMMs of one input -> linear_pair at the second's place (after
+// its output's allocation); a third of the same input is left alone, as are
+// two writing one buffer, and one writing into its own input's buffer.
+// CHECK-LABEL: func.func @pairs
+// CHECK: %[[KV:.+]] = memref.alloc
+// CHECK-NEXT: dsk.linear_pair %[[X:[^,]+]], %[[Q:[^,]+]], %[[KV]] {weight_a = @q, weight_b = @kv}
+// CHECK-NEXT: dsk.linear %[[X]], %{{.+}} {weight = @q}
+// CHECK-NEXT: dsk.linear %[[Q]], %{{.+}} {weight = @kv}
+// CHECK-NEXT: dsk.linear %[[Q]], %{{.+}} {weight = @kv}
+// CHECK: dsk.linear %[[W:[^,]+]], %{{.+}} {weight = @w}
+// CHECK-NEXT: dsk.linear %[[W]], %{{.+}} {weight = @w}
+// CHECK-NOT: dsk.linear_pair
+module {
+  ds.weight @q : tensor<16x16xf32>
+  ds.weight @kv : tensor<8x16xf32>
+  ds.weight @w : tensor<8x16xf32>
+  func.func @pairs(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x16xf32>, %q: memref<?x16xf32>, %o: memref<?x16xf32>, %p: memref<?x8xf32>, %r: memref<?x8xf32>, %wide: memref<?x24xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    dsk.linear %x, %q {weight = @q} : memref<?x16xf32>, memref<?x16xf32>
+    %kv = memref.alloc(%n) : memref<?x8xf32>
+    dsk.linear %x, %kv {weight = @kv} : memref<?x16xf32>, memref<?x8xf32>
+    dsk.linear %x, %o {weight = @q} : memref<?x16xf32>, memref<?x16xf32>
+    dsk.linear %q, %p {weight = @kv} : memref<?x16xf32>, memref<?x8xf32>
+    dsk.linear %q, %p {weight = @kv} : memref<?x16xf32>, memref<?x8xf32>
+    %in = memref.subview %wide[0, 0] [%n, 16] [1, 1] : memref<?x24xf32> to memref<?x16xf32, strided<[24, 1]>>
+    %out = memref.subview %wide[0, 16] [%n, 8] [1, 1] : memref<?x24xf32> to memref<?x8xf32, strided<[24, 1], offset: 16>>
+    dsk.linear %in, %out {weight = @w} : memref<?x16xf32, strided<[24, 1]>>, memref<?x8xf32, strided<[24, 1], offset: 16>>
+    dsk.linear %in, %r {weight = @w} : memref<?x16xf32, strided<[24, 1]>>, memref<?x8xf32>
     return
   }
 }

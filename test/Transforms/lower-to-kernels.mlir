@@ -16,9 +16,9 @@
 // CHECK: dsk.embedding %[[IDS]], %[[X]] {weight = @emb}
 // CHECK: dsk.rms_norm %[[X]], %[[XN:.+]] {eps = {{.+}}, weight = @n0}
 // CHECK: dsk.linear %[[XN]], %[[QA:.+]] {weight = @a.q_a_proj.weight} : memref<?x16xf32>, memref<?x4xf32>
+// CHECK: dsk.linear %[[XN]], %[[KVA:.+]] {weight = @a.kv_a_proj_with_mqa.weight} : memref<?x16xf32>, memref<?x16xf32>
 // CHECK: dsk.rms_norm %[[QA]], %[[QAN:.+]] {eps = {{.+}}, weight = @a.q_a_layernorm.weight}
 // CHECK: dsk.linear %[[QAN]], %[[Q:.+]] {weight = @a.q_b_proj.weight} : memref<?x4xf32>, memref<?x48xf32>
-// CHECK: dsk.linear %[[XN]], %[[KVA:.+]] {weight = @a.kv_a_proj_with_mqa.weight} : memref<?x16xf32>, memref<?x16xf32>
 // CHECK: %[[LAT_IN:.+]] = memref.subview %[[KVA]][0, 0] [%[[N]], 8] [1, 1]
 // CHECK: dsk.rms_norm %[[LAT_IN]], %[[LAT:.+]] {eps = {{.+}}, weight = @a.kv_a_layernorm.weight}
 // CHECK: %[[KROPE:.+]] = memref.subview %[[KVA]][0, 8] [%[[N]], 8] [1, 1]

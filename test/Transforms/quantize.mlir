@@ -18,9 +18,8 @@
 // CHECK-DAG: ds.weight @m.experts.3.down_proj.weight_scale_inv : tensor<1x1xf32>
 // CHECK-DAG: ds.weight @m.shared_experts.up_proj.weight : tensor<8x16xf8E4M3FN>
 // CHECK-LABEL: func.func @prefill
-// CHECK: dsk.linear %{{.+}}, %{{.+}} {fp8, weight = @a.q_a_proj.weight}
+// CHECK: dsk.linear_pair %{{.+}}, %{{.+}}, %{{.+}} {fp8, weight_a = @a.q_a_proj.weight, weight_b = @a.kv_a_proj_with_mqa.weight}
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {fp8, weight = @a.q_b_proj.weight}
-// CHECK: dsk.linear %{{.+}}, %{{.+}} {fp8, weight = @a.kv_a_proj_with_mqa.weight}
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {weight = @a.kv_b_proj.weight}
 // CHECK: dsk.mla_attention_naive
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {fp8, weight = @a.o_proj.weight}

@@ -617,6 +617,64 @@ TEST(CudaEmuGemv, DenseAccumulate) {
   checkDenseGemv<__nv_bfloat16, false, 32>(2, 70, 19, 70, 32, true);
 }
 
+/// denseGemvPairKernel: the two products of one input, each against the
+/// single-matrix kernel's result (the same code per column, so bit for bit),
+/// with column counts ending mid-block.
+template <class WT, int LANES>
+void checkGemvPair(int64_t n, int64_t K, int64_t Na, int64_t Nb,
+                   uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int64_t ldx = K + 4;
+  std::vector<float> x(size_t(n * ldx));
+  for (float &v : x)
+    v = u(rng);
+  std::vector<WT> a(size_t(Na * K)), b(size_t(Nb * K));
+  for (WT &v : a)
+    v = WT(bf16Round(u(rng)));
+  for (WT &v : b)
+    v = WT(bf16Round(u(rng)));
+  const int64_t ldA = Na + 1, ldB = Nb + 2;
+  std::vector<float> ya(size_t(n * ldA), NAN), yb(size_t(n * ldB), NAN),
+      wantA(ya), wantB(yb);
+  const bool vec = K % 8 == 0;
+  const Rows rows{x.data(), ldx, nullptr, 1};
+  const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
+  const unsigned blocksA = unsigned((Na + perBlock - 1) / perBlock),
+                 blocksB = unsigned((Nb + perBlock - 1) / perBlock);
+  emu::launch(dim3(blocksA + blocksB), dim3(256),
+              denseGemvPairKernel<WT, LANES>, rows,
+              static_cast<const WT *>(a.data()), Na, ya.data(), ldA,
+              static_cast<const WT *>(b.data()), Nb, yb.data(), ldB, blocksA, n,
+              K, vec);
+  emu::launch(dim3(blocksA), dim3(256), denseGemvKernel<WT, false, LANES>, rows,
+              static_cast<const WT *>(a.data()),
+              static_cast<const WT *>(nullptr), n, K, Na, wantA.data(), ldA,
+              vec, false);
+  emu::launch(dim3(blocksB), dim3(256), denseGemvKernel<WT, false, LANES>, rows,
+              static_cast<const WT *>(b.data()),
+              static_cast<const WT *>(nullptr), n, K, Nb, wantB.data(), ldB,
+              vec, false);
+  auto same = [](const std::vector<float> &got,
+                 const std::vector<float> &want) {
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i)
+      if (std::isnan(want[i]))
+        EXPECT_TRUE(std::isnan(got[i])) << "element " << i << " written";
+      else
+        EXPECT_EQ(got[i], want[i]) << "element " << i;
+  };
+  same(ya, wantA);
+  same(yb, wantB);
+}
+
+TEST(CudaEmuGemv, DensePair) {
+  // q (37 columns, a partial block) then kv_a (21); one row and several.
+  checkGemvPair<__nv_bfloat16, 32>(1, 264, 37, 21, 40);
+  checkGemvPair<float, 8>(3, 72, 37, 21, 41);
+  checkGemvPair<__nv_bfloat16, 8>(2, 70, 40, 9, 42);
+}
+
 //===----------------------------------------------------------------------===//
 // GEMM input conversions: against the CPU backend's (Convert.h)
 //===----------------------------------------------------------------------===//

@@ -406,6 +406,13 @@ void moeExperts(Context &ctx, const float *x, int64_t ldx, int64_t n,
 void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act);
 
+/// Two GEMMs of one input: ya = x * Wa^T, yb = x * Wb^T (one launch where
+/// the backend can).
+void linearPairW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                 int64_t in, int64_t wa, int64_t outA, float *ya, int64_t ldya,
+                 int64_t wb, int64_t outB, float *yb, int64_t ldyb,
+                 ActQuant act);
+
 /// Fused GEMM + residual add: y += x * W^T, as linearW into a buffer and
 /// add(y, that) would compute it.
 void linearAddW(Context &ctx, const float *x, int64_t ldx, int64_t n,

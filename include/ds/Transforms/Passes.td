@@ -176,7 +176,9 @@ def Fuse : Pass<"dsk-fuse", "::mlir::ModuleOp"> {
       `dsk.moe_gate` (router GEMM, scoring, bias, group top-k);
     - a `dsk.linear` then the in-place `dsk.add` of its result into another
       buffer -> the linear with `accumulate` (the shared expert's down
-      projection adds into the routed experts' sum).
+      projection adds into the routed experts' sum);
+    - then, two adjacent `dsk.linear`s of one input -> `dsk.linear_pair`
+      (MLA's query and latent projections of the normalized row).
 
     Intermediate buffers only the group used disappear. Softmax epilogues are
     already inside the attention kernels. On the CPU backend fused kernels

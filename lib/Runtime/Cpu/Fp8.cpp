@@ -356,6 +356,14 @@ void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
   linearRef(ctx, x, ldx, n, in, w, out, y, ldy, act);
 }
 
+void linearPairW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                 int64_t in, int64_t wa, int64_t outA, float *ya, int64_t ldya,
+                 int64_t wb, int64_t outB, float *yb, int64_t ldyb,
+                 ActQuant act) {
+  linearW(ctx, x, ldx, n, in, wa, outA, ya, ldya, act);
+  linearW(ctx, x, ldx, n, in, wb, outB, yb, ldyb, act);
+}
+
 void linearAddW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                 int64_t in, int64_t weight, int64_t out, float *y, int64_t ldy,
                 ActQuant act) {

@@ -211,6 +211,60 @@ void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
   linear(ctx, x, ldx, n, in, weight, out, y, ldy, act, false);
 }
 
+template <class WT, int LANES>
+static void denseGemvPair(DeviceState &st, const Rows &rows,
+                          const DeviceWeight &a, float *ya, int64_t ldya,
+                          const DeviceWeight &b, float *yb, int64_t ldyb,
+                          int64_t n, int64_t in, bool vec) {
+  const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
+  const unsigned blocksA = unsigned((a.rows + perBlock - 1) / perBlock),
+                 blocksB = unsigned((b.rows + perBlock - 1) / perBlock);
+  launchKernel(st, "linearPairW", denseGemvPairKernel<WT, LANES>,
+               blocksA + blocksB, 256, 0, rows, static_cast<const WT *>(a.ptr),
+               a.rows, ya, ldya, static_cast<const WT *>(b.ptr), b.rows, yb,
+               ldyb, blocksA, n, in, vec);
+}
+
+void linearPairW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                 int64_t in, int64_t wa, int64_t outA, float *ya, int64_t ldya,
+                 int64_t wb, int64_t outB, float *yb, int64_t ldyb,
+                 ActQuant act) {
+  ProfileScope profile(ctx, "linearPairW");
+  DeviceState &st = state(ctx);
+  const DeviceWeight &a = st.weights[size_t(wa)], &b = st.weights[size_t(wb)];
+  if (a.rows != outA || b.rows != outB)
+    fatal("linearPairW", "weight height differs from the output's");
+  if (a.cols != in || b.cols != in)
+    fatal("linearPairW", "weight width differs from the input's");
+  const ModelSpec &spec = ctx.spec();
+  // One GEMV launch over both weights' columns when one input serves both
+  // (same storage, so the same activation quantization); else two GEMMs.
+  if (n > 0 && n <= st.gemvMaxRows && outA > 0 && outB > 0 &&
+      a.bf16 == b.bf16 && spec.weights[wa].dtype == spec.weights[wb].dtype) {
+    int64_t ldq = ldx;
+    const float *q = actInput(ctx, x, &ldq, n, in, wa, act);
+    const Rows rows{q, ldq, nullptr, 1};
+    const size_t elt = a.bf16 ? 2 : 4;
+    const bool vec = vecRows(q, ldq, in, 4) && vecRows(a.ptr, in, in, elt) &&
+                     vecRows(b.ptr, in, in, elt);
+    const bool share = n >= 2 && (outA + outB) / gemvColumnsPerWarp<8>() >=
+                                     4 * st.multiprocessors;
+    if (a.bf16 && share)
+      denseGemvPair<__nv_bfloat16, 8>(st, rows, a, ya, ldya, b, yb, ldyb, n, in,
+                                      vec);
+    else if (a.bf16)
+      denseGemvPair<__nv_bfloat16, 32>(st, rows, a, ya, ldya, b, yb, ldyb, n,
+                                       in, vec);
+    else if (share)
+      denseGemvPair<float, 8>(st, rows, a, ya, ldya, b, yb, ldyb, n, in, vec);
+    else
+      denseGemvPair<float, 32>(st, rows, a, ya, ldya, b, yb, ldyb, n, in, vec);
+    return;
+  }
+  linearW(ctx, x, ldx, n, in, wa, outA, ya, ldya, act);
+  linearW(ctx, x, ldx, n, in, wb, outB, yb, ldyb, act);
+}
+
 void linearAddW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                 int64_t in, int64_t weight, int64_t out, float *y, int64_t ldy,
                 ActQuant act) {

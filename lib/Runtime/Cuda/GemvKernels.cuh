@@ -185,6 +185,27 @@ __global__ void denseGemvKernel(Rows rows, const WT *wa, const WT *wb,
                                 accumulate);
 }
 
+/// Two dense GEMVs of one input in one launch: blocks [0, blocksA) compute
+/// outA = x Wa^T [n, Na], the rest outB = x Wb^T [n, Nb].
+template <class WT, int LANES>
+__global__ void denseGemvPairKernel(Rows rows, const WT *wa, int64_t Na,
+                                    float *outA, int64_t ldoA, const WT *wb,
+                                    int64_t Nb, float *outB, int64_t ldoB,
+                                    unsigned blocksA, int64_t n, int64_t K,
+                                    bool vec) {
+  pdlEnter();
+  const bool second = blockIdx.x >= blocksA;
+  const int64_t block = second ? blockIdx.x - blocksA : blockIdx.x;
+  const int64_t N = second ? Nb : Na;
+  const int64_t col0 = (block * (blockDim.x / 32) + threadIdx.x / 32) *
+                       gemvColumnsPerWarp<LANES>();
+  if (col0 >= N)
+    return;
+  gemvColumns<WT, false, LANES>(rows, second ? wb : wa, nullptr, 0, n, K, N,
+                                col0, second ? outB : outA,
+                                second ? ldoB : ldoA, vec);
+}
+
 } // namespace cuda
 } // namespace dsrt
 

@@ -455,6 +455,17 @@ private:
                     o.getAccumulate() ? "linearAddW" : "linearW");
                 return success();
               })
+              .Case([&](dsk::LinearPairOp o) {
+                Buf x = buf(o.getInput()), ya = buf(o.getOutA()),
+                    yb = buf(o.getOutB());
+                out << llvm::formatv(
+                    "  dsrt::cpu::linearPairW(ctx, {0}, {1}, n, {2}, {3}, {4}, "
+                    "{5}, {6}, {7}, {8}, {9}, {10}, {11});\n",
+                    x.ptr, x.ld, width(o.getInput()), index(o.getWeightA()),
+                    width(o.getOutA()), ya.ptr, ya.ld, index(o.getWeightB()),
+                    width(o.getOutB()), yb.ptr, yb.ld, act(o.getFp8()));
+                return success();
+              })
               .Case([&](dsk::GatedUpOp o) {
                 Buf x = buf(o.getInput()), y = buf(o.getOut());
                 out << llvm::formatv("  dsrt::cpu::gatedUp(ctx, {0}, {1}, n, {2}, "

@@ -273,6 +273,17 @@ func.func @f(%l: memref<?x8xf32>, %k: memref<?x7xf32>, %p: memref<?xi32>) {
 
 // -----
 
+// linear_pair: each weight is [out, in] of its own output.
+ds.weight @a : tensor<8x16xf32>
+ds.weight @b : tensor<8x16xf32>
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>, %z: memref<?x4xf32>) {
+  // expected-error @+1 {{weight 'b' has shape [8, 16] but the op implies [4, 16]}}
+  dsk.linear_pair %x, %y, %z {weight_a = @a, weight_b = @b} : memref<?x16xf32>, memref<?x8xf32>, memref<?x4xf32>
+  return
+}
+
+// -----
+
 // qk_rope_cache_write: the rope key has an even width.
 func.func @f(%q: memref<?x48xf32>, %l: memref<?x8xf32>, %k: memref<?x7xf32>, %p: memref<?xi32>) {
   // expected-error @+1 {{the rope key must have an even width, got 'memref<?x7xf32>'}}

@@ -20,6 +20,8 @@
 // CHECK: dsk.moe_experts %{{.+}} {experts = 2 : i64, fp8, inter = 4 : i64, prefix = "m"}
 // CHECK: dsk.add_rms_norm %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {eps = 1.000000e-05 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
 // CHECK: dsk.rope_kv_cache_write %{{.+}}, %{{.+}}, %{{.+}} {config = #{{.+}}, layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+// CHECK: dsk.linear_pair %{{.+}}, %{{.+}}, %{{.+}} {fp8, weight_a = @q, weight_b = @w16} : memref<?x16xf32>, memref<?x48xf32>, memref<?x16xf32>
+// CHECK: dsk.linear %{{.+}}, %{{.+}} {accumulate, weight = @w16}
 // CHECK: dsk.qk_rope_cache_write %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {config = #{{.+}}, head_stride = 24 : i64, heads = 2 : i64, layer = 0 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
 // CHECK: dsk.qk_rope_cache_write %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {config = #{{.+}}, eps = 9.9999999999999995E-7 : f64, head_stride = 24 : i64, heads = 2 : i64, layer = 0 : i64, norm = @latnorm, offset = 16 : i64}
 // CHECK: dsk.gated_up %{{.+}}, %{{.+}} {fp8, gate = @m.experts.0.gate_proj.weight, up = @m.experts.0.up_proj.weight} : memref<?x16xf32>, memref<?x4xf32>
@@ -28,6 +30,7 @@ module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers =
   ds.weight @emb : tensor<8x16xf32>
   ds.weight @norm : tensor<16xf32>
   ds.weight @latnorm : tensor<8xf32>
+  ds.weight @w16 : tensor<16x16xf32>
   ds.weight @q : tensor<48x16xf32>
   ds.weight @kvb : tensor<64x8xf32>
   ds.weight @bias : tensor<2xf32>
@@ -61,6 +64,8 @@ module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers =
     dsk.moe_experts %x, %idx, %w, %x {prefix = "m", experts = 2 : i64, inter = 4 : i64, fp8} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
     dsk.add_rms_norm %x, %x, %x, %x {eps = 1.0e-5 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
     dsk.rope_kv_cache_write %lat, %kr, %pos {config = #ds.rope<theta = 10000.0>, layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+    dsk.linear_pair %x, %q, %x {weight_a = @q, weight_b = @w16, fp8} : memref<?x16xf32>, memref<?x48xf32>, memref<?x16xf32>
+    dsk.linear %x, %x {weight = @w16, accumulate} : memref<?x16xf32>, memref<?x16xf32>
     dsk.qk_rope_cache_write %q, %lat, %kr, %pos {config = #ds.rope<theta = 10000.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
     dsk.qk_rope_cache_write %q, %lat, %kr, %pos {config = #ds.rope<theta = 10000.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64, norm = @latnorm, eps = 1.0e-6 : f64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
     %h = memref.alloc(%n) : memref<?x4xf32>

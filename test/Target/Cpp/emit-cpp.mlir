@@ -76,7 +76,7 @@
 // FUSED: {"model.layers.0.self_attn.q_a_proj.weight", 2, {32, 64}, dsrt::DType::F8E4M3, dsrt::WeightSpec::kGemmOnly},
 // FUSED: {"model.layers.1.mlp.gate.weight", 2, {16, 64}, dsrt::DType::BF16},
 // FUSED: void prefill(
-// FUSED: dsrt::cpu::linearW(ctx, {{.+}}, 32, {{b[0-9]+}}, 32, dsrt::ActQuant::Fp8);
+// FUSED: dsrt::cpu::linearPairW(ctx, {{b[0-9]+}}, 64, n, 64, {{[0-9]+}}, 32, {{b[0-9]+}}, 32, {{[0-9]+}}, 40, {{b[0-9]+}}, 40, dsrt::ActQuant::Fp8);
 // FUSED: dsrt::cpu::qkRopeCacheWrite(ctx, 0, {{b[0-9]+}}, 96, 4, 24, 16, {{.+}}, pos, n, 0, nullptr, 0.0);
 // FUSED: dsrt::cpu::linearW(ctx, {{.+}}, 128, {{b[0-9]+}}, 128, dsrt::ActQuant::None);
 // FUSED: dsrt::cpu::mlaAttentionNaive(

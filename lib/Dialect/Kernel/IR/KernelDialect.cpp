@@ -65,6 +65,7 @@ DSK_VERIFY_SYMBOL_USES(AddRMSNormOp)
 DSK_VERIFY_SYMBOL_USES(GatedUpOp)
 DSK_VERIFY_SYMBOL_USES(MoEGateOp)
 DSK_VERIFY_SYMBOL_USES(QKRoPECacheWriteOp)
+DSK_VERIFY_SYMBOL_USES(LinearPairOp)
 #undef DSK_VERIFY_SYMBOL_USES
 
 //===----------------------------------------------------------------------===//
@@ -87,6 +88,13 @@ void RMSNormOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
 
 void LinearOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
   uses.push_back(use(getWeight(), {width(getOut()), width(getInput())}, true));
+}
+
+void LinearPairOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
+  uses.push_back(
+      use(getWeightA(), {width(getOutA()), width(getInput())}, true));
+  uses.push_back(
+      use(getWeightB(), {width(getOutB()), width(getInput())}, true));
 }
 
 LogicalResult AddOp::verify() {

@@ -27,7 +27,7 @@ inline constexpr llvm::StringLiteral kModelAttrName = "dsk.model";
 
 /// GEMM kernels that can read FP8 weights (and quantize their activations).
 inline bool isFP8CapableGemm(mlir::Operation *op) {
-  return llvm::isa<LinearOp, GatedUpOp, MoEExpertsOp>(op);
+  return llvm::isa<LinearOp, LinearPairOp, GatedUpOp, MoEExpertsOp>(op);
 }
 } // namespace ds::kernel
 

@@ -114,6 +114,26 @@ def DSK_LinearOp : DSK_WeightOp<"linear"> {
   let assemblyFormat = "$input `,` $out attr-dict `:` type($input) `,` type($out)";
 }
 
+def DSK_LinearPairOp : DSK_WeightOp<"linear_pair"> {
+  let summary = "two GEMMs of one input: out_a = input * weight_a^T, out_b = input * weight_b^T";
+  let description = [{
+    One launch for both where the runtime can (a GEMV over both weights'
+    columns at decode); `fp8` as for `dsk.linear`, the input quantized once.
+    MLA's query and latent projections of the same normalized row
+    (`q_proj` or `q_a_proj`, and `kv_a_proj_with_mqa`), as `dsk-fuse` forms
+    it.
+  }];
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out_a,
+                       Arg<DSK_Rows, "", [MemWrite]>:$out_b,
+                       FlatSymbolRefAttr:$weight_a, FlatSymbolRefAttr:$weight_b,
+                       UnitAttr:$fp8);
+  let assemblyFormat = [{
+    $input `,` $out_a `,` $out_b attr-dict `:` type($input) `,` type($out_a)
+    `,` type($out_b)
+  }];
+}
+
 def DSK_AddOp : DSK_Op<"add"> {
   let summary = "out = lhs + rhs";
   let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$lhs,
