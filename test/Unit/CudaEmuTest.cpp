@@ -1034,9 +1034,6 @@ TEST(CudaEmuMLA, PrefillTensorCoresDeepSeekHeads) {
   expectClose(c.run(true), c.reference(true), 4e-3);
 }
 
-/// An absorbed-form (decode) call over a paged latent cache: tokens of
-/// different sequences and positions (two of one sequence, as MTP verifies),
-/// blocks in scattered order, the layer not the first.
 /// absorbQKernel and absorbOutKernel against double-precision products
 /// over kv_b [heads * (nope + vdim), lora] (W_UK rows, then W_UV rows, per
 /// head), for n tokens with strided q and out.
@@ -1108,6 +1105,9 @@ TEST(CudaEmuMLA, AbsorbedProductsForFewTokens) {
   checkAbsorbed(5, 72, 64, 160);
 }
 
+/// An absorbed-form (decode) call over a paged latent cache: tokens of
+/// different sequences and positions (two of one sequence, as MTP verifies),
+/// blocks in scattered order, the layer not the first.
 TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {
   using namespace dsrt::cuda::mla;
   // 20 heads: a full head group of kHB and a partial one.
