@@ -33,6 +33,22 @@ static int64_t width(Value v) {
   return cast<MemRefType>(v.getType()).getDimSize(1);
 }
 
+/// `a` and `b` share no element: other buffers, or column views of one
+/// buffer at static, non-overlapping column ranges.
+static bool disjoint(Value a, Value b) {
+  if (rootBuffer(a) != rootBuffer(b))
+    return true;
+  auto va = a.getDefiningOp<memref::SubViewOp>();
+  auto vb = b.getDefiningOp<memref::SubViewOp>();
+  if (!va || !vb || va.getSource() != vb.getSource())
+    return false;
+  ArrayRef<int64_t> oa = va.getStaticOffsets(), ob = vb.getStaticOffsets();
+  if (oa.size() != 2 || ob.size() != 2 || ShapedType::isDynamic(oa[1]) ||
+      ShapedType::isDynamic(ob[1]))
+    return false;
+  return oa[1] + width(a) <= ob[1] || ob[1] + width(b) <= oa[1];
+}
+
 static void eraseIfDead(Value v) {
   if (Operation *def = v.getDefiningOp())
     if (isa<memref::AllocOp>(def) && def->use_empty())
@@ -113,7 +129,8 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
       if (!qk.getNorm() && normed == qk.getLatent() &&
           normed.getDefiningOp<memref::AllocOp>() &&
           onlyUsedBy(normed, {norm, qk}) &&
-          rootBuffer(norm.getInput()) != rootBuffer(qk.getQ())) {
+          rootBuffer(norm.getInput()) != rootBuffer(qk.getQ()) &&
+          disjoint(norm.getInput(), qk.getKrope())) {
         qk.getLatentMutable().assign(norm.getInput());
         qk.setNormAttr(norm.getWeightAttr());
         qk.setEpsAttr(norm.getEpsAttr());

@@ -60,7 +60,11 @@ struct QuantizePass : public ds::impl::QuantizeBase<QuantizePass> {
         return;
       SmallVector<ds::WeightUse> uses;
       cast<ds::WeightUserInterface>(op).getWeightUses(uses);
-      if (llvm::all_of(uses, [&](const ds::WeightUse &u) { return fp8Weight(u.name); }))
+      auto isFp8 = [&](const ds::WeightUse &u) { return fp8Weight(u.name); };
+      // A pair is two GEMMs: each quantizes its input if its weight is FP8
+      // (the runtimes apply ActQuant per weight), as it would unpaired.
+      if (isa<dsk::LinearPairOp>(op) ? llvm::any_of(uses, isFp8)
+                                     : llvm::all_of(uses, isFp8))
         op->setAttr("fp8", UnitAttr::get(ctx));
     });
 

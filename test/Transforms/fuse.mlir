@@ -103,6 +103,31 @@ module {
 
 // -----
 
+// The norm stays apart when its input overlaps the rope key's columns (the
+// prologue rotates the key before it reads the latent).
+// CHECK-LABEL: func.func @norm_overlaps_key
+// CHECK: dsk.rms_norm
+// CHECK-NEXT: dsk.qk_rope_cache_write
+// CHECK-NOT: norm = @norm
+#rope = #ds.rope<theta = 10000.0>
+module {
+  ds.weight @norm : tensor<8xf32>
+  func.func @norm_overlaps_key(%ids: memref<?xi32>, %pos: memref<?xi32>, %q: memref<?x48xf32>, %kv: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %raw = memref.subview %kv[0, 4] [%n, 8] [1, 1] : memref<?x16xf32> to memref<?x8xf32, strided<[16, 1], offset: 4>>
+    %kr = memref.subview %kv[0, 8] [%n, 8] [1, 1] : memref<?x16xf32> to memref<?x8xf32, strided<[16, 1], offset: 8>>
+    %lat = memref.alloc(%n) : memref<?x8xf32>
+    dsk.rms_norm %raw, %lat {eps = 1.0e-6 : f64, weight = @norm} : memref<?x8xf32, strided<[16, 1], offset: 4>>, memref<?x8xf32>
+    dsk.rope %q, %pos {config = #rope, dim = 8 : i64, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?xi32>
+    dsk.rope %kr, %pos {config = #rope, dim = 8 : i64, heads = 1 : i64, head_stride = 8 : i64, offset = 0 : i64} : memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+    dsk.kv_cache_write %lat, %kr, %pos {layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+    return
+  }
+}
+
+// -----
+
 // The query's RoPE stays apart when it is not the key's: other positions,
 // another table, or a view of the key's own buffer.
 // CHECK-LABEL: func.func @rope_not_prologue

@@ -106,6 +106,9 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
   const bool few = n <= imin(st.gemvMaxRows, kGemvRows);
   // q_lat[t, h] = q_nope[t, h] W_UK[h]: column-major C [lora, n] per head.
   if (few)
+    raiseSmem((const void *)absorbQKernel, absorbQSharedBytes(n, nope),
+              "mlaAttentionAbsorbed");
+  if (few)
     launchKernel(st, "mlaAttentionAbsorbed (q_lat)", absorbQKernel,
                  absorbQGrid(heads, lora), kAqGroups * kAqSlices,
                  absorbQSharedBytes(n, nope), q, ldq, qHead, n, kvB, kvHead,

@@ -140,6 +140,17 @@ cacheWriteKernel(const float *latent, int64_t ldl, float *krope, int64_t ldk,
       cache + ((int64_t(block) * layers + layer) * 64 + p % 64) * rowFloats;
   float *kr = krope + i * ldk;
   const int64_t half = ropeDim / 2;
+  if (qr.q) { // the query first, then the key: the unfused order
+    for (int64_t e = threadIdx.x; e < qr.heads * half; e += blockDim.x) {
+      const int64_t h = e / half, j = e % half;
+      const float c = cosT[p * half + j], s = sinT[p * half + j];
+      float *v = qr.q + i * qr.ldq + h * qr.headStride + qr.offset + 2 * j;
+      const float a = v[0], b = v[1];
+      v[0] = a * c - b * s;
+      v[1] = a * s + b * c;
+    }
+    __syncthreads();
+  }
   if (cosT) {
     for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
       const float c = cosT[p * half + j], s = sinT[p * half + j];
@@ -149,15 +160,6 @@ cacheWriteKernel(const float *latent, int64_t ldl, float *krope, int64_t ldk,
     }
     __syncthreads();
   }
-  if (qr.q)
-    for (int64_t e = threadIdx.x; e < qr.heads * half; e += blockDim.x) {
-      const int64_t h = e / half, j = e % half;
-      const float c = cosT[p * half + j], s = sinT[p * half + j];
-      float *v = qr.q + i * qr.ldq + h * qr.headStride + qr.offset + 2 * j;
-      const float a = v[0], b = v[1];
-      v[0] = a * c - b * s;
-      v[1] = a * s + b * c;
-    }
   const float *li = latent + i * ldl;
   if (normW) {
     float ss = 0.0f;

@@ -284,6 +284,28 @@ func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>, %z: memref<?x4xf32>) {
 
 // -----
 
+// linear_pair: two outputs, neither the input.
+ds.weight @a : tensor<16x16xf32>
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x16xf32>) {
+  // expected-error @+1 {{the outputs and the input must be different buffers}}
+  dsk.linear_pair %x, %y, %y {weight_a = @a, weight_b = @a} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// qk_rope_cache_write: the query is rotated in place, apart from the latent
+// and the key it stores.
+func.func @f(%kv: memref<?x56xf32>, %l: memref<?x8xf32>, %p: memref<?xi32>, %n: index) {
+  %q = memref.subview %kv[0, 0] [%n, 48] [1, 1] : memref<?x56xf32> to memref<?x48xf32, strided<[56, 1]>>
+  %k = memref.subview %kv[0, 48] [%n, 8] [1, 1] : memref<?x56xf32> to memref<?x8xf32, strided<[56, 1], offset: 48>>
+  // expected-error @+1 {{the query shares a buffer with the latent or the rope key}}
+  dsk.qk_rope_cache_write %q, %l, %k, %p {config = #ds.rope<theta = 1.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64} : memref<?x48xf32, strided<[56, 1]>>, memref<?x8xf32>, memref<?x8xf32, strided<[56, 1], offset: 48>>, memref<?xi32>
+  return
+}
+
+// -----
+
 // qk_rope_cache_write: the rope key has an even width.
 func.func @f(%q: memref<?x48xf32>, %l: memref<?x8xf32>, %k: memref<?x7xf32>, %p: memref<?xi32>) {
   // expected-error @+1 {{the rope key must have an even width, got 'memref<?x7xf32>'}}

@@ -64,7 +64,7 @@ module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers =
     dsk.moe_experts %x, %idx, %w, %x {prefix = "m", experts = 2 : i64, inter = 4 : i64, fp8} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
     dsk.add_rms_norm %x, %x, %x, %x {eps = 1.0e-5 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
     dsk.rope_kv_cache_write %lat, %kr, %pos {config = #ds.rope<theta = 10000.0>, layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
-    dsk.linear_pair %x, %q, %x {weight_a = @q, weight_b = @w16, fp8} : memref<?x16xf32>, memref<?x48xf32>, memref<?x16xf32>
+    dsk.linear_pair %x, %q, %kva {weight_a = @q, weight_b = @w16, fp8} : memref<?x16xf32>, memref<?x48xf32>, memref<?x16xf32>
     dsk.linear %x, %x {weight = @w16, accumulate} : memref<?x16xf32>, memref<?x16xf32>
     dsk.qk_rope_cache_write %q, %lat, %kr, %pos {config = #ds.rope<theta = 10000.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
     dsk.qk_rope_cache_write %q, %lat, %kr, %pos {config = #ds.rope<theta = 10000.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64, norm = @latnorm, eps = 1.0e-6 : f64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>

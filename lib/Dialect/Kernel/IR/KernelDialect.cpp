@@ -37,6 +37,13 @@ void DSKDialect::initialize() {
 /// Static row width of a [tokens, width] buffer.
 static int64_t width(Value v) { return cast<MemRefType>(v.getType()).getDimSize(1); }
 
+/// The buffer `v` is a view of (itself if none).
+static Value rootBuffer(Value v) {
+  while (auto view = v.getDefiningOp<memref::SubViewOp>())
+    v = view.getSource();
+  return v;
+}
+
 static LogicalResult verifyWidth(Operation *op, Value v, int64_t expected,
                                  StringRef what) {
   int64_t w = width(v);
@@ -88,6 +95,15 @@ void RMSNormOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
 
 void LinearOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
   uses.push_back(use(getWeight(), {width(getOut()), width(getInput())}, true));
+}
+
+LogicalResult LinearPairOp::verify() {
+  Value in = rootBuffer(getInput()), a = rootBuffer(getOutA()),
+        b = rootBuffer(getOutB());
+  if (a == b || a == in || b == in)
+    return emitOpError() << "the outputs and the input must be different "
+                            "buffers";
+  return success();
 }
 
 void LinearPairOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
@@ -236,6 +252,10 @@ LogicalResult QKRoPECacheWriteOp::verify() {
   if (heads * stride > width(getQ()))
     return emitOpError() << heads << " heads of " << stride
                          << " columns exceed the query's " << width(getQ());
+  if (rootBuffer(getQ()) == rootBuffer(getLatent()) ||
+      rootBuffer(getQ()) == rootBuffer(getKrope()))
+    return emitOpError() << "the query shares a buffer with the latent or "
+                            "the rope key";
   if (static_cast<bool>(getNorm()) != static_cast<bool>(getEps()))
     return emitOpError() << "norm and eps go together";
   if (getEps() && !(getEps()->convertToDouble() > 0.0))

@@ -118,7 +118,8 @@ def DSK_LinearPairOp : DSK_WeightOp<"linear_pair"> {
   let summary = "two GEMMs of one input: out_a = input * weight_a^T, out_b = input * weight_b^T";
   let description = [{
     One launch for both where the runtime can (a GEMV over both weights'
-    columns at decode); `fp8` as for `dsk.linear`, the input quantized once.
+    columns at decode); with `fp8`, the input of each FP8 weight's product
+    is quantized as for `dsk.linear`.
     MLA's query and latent projections of the same normalized row
     (`q_proj` or `q_a_proj`, and `kv_a_proj_with_mqa`), as `dsk-fuse` forms
     it.
@@ -132,6 +133,7 @@ def DSK_LinearPairOp : DSK_WeightOp<"linear_pair"> {
     $input `,` $out_a `,` $out_b attr-dict `:` type($input) `,` type($out_a)
     `,` type($out_b)
   }];
+  let hasVerifier = 1;
 }
 
 def DSK_AddOp : DSK_Op<"add"> {
