@@ -22,13 +22,6 @@ static bool onlyUsedBy(Value v, ArrayRef<Operation *> users) {
   });
 }
 
-/// The buffer `v` is a view of (itself if none).
-static Value rootBuffer(Value v) {
-  while (auto view = v.getDefiningOp<memref::SubViewOp>())
-    v = view.getSource();
-  return v;
-}
-
 static int64_t width(Value v) {
   return cast<MemRefType>(v.getType()).getDimSize(1);
 }
@@ -36,7 +29,7 @@ static int64_t width(Value v) {
 /// `a` and `b` share no element: other buffers, or column views of one
 /// buffer at static, non-overlapping column ranges.
 static bool disjoint(Value a, Value b) {
-  if (rootBuffer(a) != rootBuffer(b))
+  if (dsk::rootBuffer(a) != dsk::rootBuffer(b))
     return true;
   auto va = a.getDefiningOp<memref::SubViewOp>();
   auto vb = b.getDefiningOp<memref::SubViewOp>();
@@ -106,8 +99,8 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
       if (rope.getPositions() == write.getPositions() &&
           rope.getConfig() == write.getConfig() &&
           static_cast<int64_t>(rope.getDim()) == width(write.getKrope()) &&
-          rootBuffer(q) != rootBuffer(write.getLatent()) &&
-          rootBuffer(q) != rootBuffer(write.getKrope())) {
+          dsk::rootBuffer(q) != dsk::rootBuffer(write.getLatent()) &&
+          dsk::rootBuffer(q) != dsk::rootBuffer(write.getKrope())) {
         Operation *fused = dsk::QKRoPECacheWriteOp::create(
             b, op->getLoc(), q, write.getLatent(), write.getKrope(),
             write.getPositions(), write.getConfig(), rope.getHeadsAttr(),
@@ -129,7 +122,7 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
       if (!qk.getNorm() && normed == qk.getLatent() &&
           normed.getDefiningOp<memref::AllocOp>() &&
           onlyUsedBy(normed, {norm, qk}) &&
-          rootBuffer(norm.getInput()) != rootBuffer(qk.getQ()) &&
+          dsk::rootBuffer(norm.getInput()) != dsk::rootBuffer(qk.getQ()) &&
           disjoint(norm.getInput(), qk.getKrope())) {
         qk.getLatentMutable().assign(norm.getInput());
         qk.setNormAttr(norm.getWeightAttr());
@@ -172,7 +165,7 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
       if (!linear.getAccumulate() && (add.getLhs() == t || add.getRhs() == t) &&
           other != t && add.getOut() == other &&
           t.getDefiningOp<memref::AllocOp>() && onlyUsedBy(t, {linear, add}) &&
-          rootBuffer(other) != rootBuffer(linear.getInput())) {
+          dsk::rootBuffer(other) != dsk::rootBuffer(linear.getInput())) {
         linear.getOutMutable().assign(other);
         linear.setAccumulate(true);
         add.erase();
@@ -201,11 +194,11 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
 
 /// Two GEMMs of one input, each into its own buffer (neither the input's).
 static bool pairable(dsk::LinearOp a, dsk::LinearOp b) {
-  Value in = rootBuffer(a.getInput());
+  Value in = dsk::rootBuffer(a.getInput());
   return a.getInput() == b.getInput() && !a.getAccumulate() &&
          !b.getAccumulate() && a.getFp8() == b.getFp8() &&
-         rootBuffer(a.getOut()) != rootBuffer(b.getOut()) &&
-         rootBuffer(a.getOut()) != in && rootBuffer(b.getOut()) != in;
+         dsk::rootBuffer(a.getOut()) != dsk::rootBuffer(b.getOut()) &&
+         dsk::rootBuffer(a.getOut()) != in && dsk::rootBuffer(b.getOut()) != in;
 }
 
 /// Adjacent GEMMs of one input -> dsk.linear_pair. A separate sweep after

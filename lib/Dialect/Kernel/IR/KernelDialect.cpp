@@ -37,13 +37,6 @@ void DSKDialect::initialize() {
 /// Static row width of a [tokens, width] buffer.
 static int64_t width(Value v) { return cast<MemRefType>(v.getType()).getDimSize(1); }
 
-/// The buffer `v` is a view of (itself if none).
-static Value rootBuffer(Value v) {
-  while (auto view = v.getDefiningOp<memref::SubViewOp>())
-    v = view.getSource();
-  return v;
-}
-
 static LogicalResult verifyWidth(Operation *op, Value v, int64_t expected,
                                  StringRef what) {
   int64_t w = width(v);

@@ -29,6 +29,13 @@ inline constexpr llvm::StringLiteral kModelAttrName = "dsk.model";
 inline bool isFP8CapableGemm(mlir::Operation *op) {
   return llvm::isa<LinearOp, LinearPairOp, GatedUpOp, MoEExpertsOp>(op);
 }
+
+/// The buffer `v` is a column view (memref.subview) of, or `v` itself.
+inline mlir::Value rootBuffer(mlir::Value v) {
+  while (auto view = v.getDefiningOp<mlir::memref::SubViewOp>())
+    v = view.getSource();
+  return v;
+}
 } // namespace ds::kernel
 
 #endif // DS_DIALECT_KERNEL_IR_KERNELDIALECT_H
