@@ -1,5 +1,12 @@
 // RUN: ds-opt --ds-lower-to-kernels="max-seq-len=64" --dsk-fuse --dsk-quantize %s | FileCheck %s
 // RUN: ds-opt --ds-lower-to-kernels="max-seq-len=64" --dsk-quantize %s | FileCheck %s --check-prefix=UNFUSED
+// RUN: ds-opt --dsk-quantize %S/Inputs/quantize-pair.mlir | FileCheck %s --check-prefix=PAIR
+
+// A pair is two GEMMs: its input is quantized for the FP8 one even when the
+// other weight stays f32 (the runtimes quantize per weight), as unpaired.
+// PAIR-DAG: ds.weight @a.q_proj.weight : tensor<16x16xf8E4M3FN>
+// PAIR-DAG: ds.weight @a.kv_a_proj_with_mqa.weight : tensor<16x16xf32>
+// PAIR: dsk.linear_pair %{{.+}} {fp8, weight_a = @a.q_proj.weight, weight_b = @a.kv_a_proj_with_mqa.weight}
 
 // Which GEMMs run in FP8 is the pass's decision: the linear-layer weights of
 // DeepSeek-V3's FP8 checkpoint (q_a/q_b, kv_a_proj_with_mqa, o_proj, experts,
