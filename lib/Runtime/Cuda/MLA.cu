@@ -105,21 +105,21 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
   // strided-batched SGEMMs.
   const bool few = n <= imin(st.gemvMaxRows, kGemvRows);
   // q_lat[t, h] = q_nope[t, h] W_UK[h]: column-major C [lora, n] per head.
-  if (few)
-    raiseSmem((const void *)absorbQKernel, absorbQSharedBytes(n, nope),
-              "mlaAttentionAbsorbed");
-  if (few)
+  if (few) {
+    const size_t qBytes =
+        raiseSmem((const void *)absorbQKernel, absorbQSharedBytes(n, nope),
+                  "mlaAttentionAbsorbed");
     launchKernel(st, "mlaAttentionAbsorbed (q_lat)", absorbQKernel,
-                 absorbQGrid(heads, lora), kAqGroups * kAqSlices,
-                 absorbQSharedBytes(n, nope), q, ldq, qHead, n, kvB, kvHead,
-                 nope, lora, heads, qLat,
+                 absorbQGrid(heads, lora), kAqGroups * kAqSlices, qBytes, q,
+                 ldq, qHead, n, kvB, kvHead, nope, lora, heads, qLat,
                  lora % 4 == 0 && reinterpret_cast<uintptr_t>(kvB) % 16 == 0);
-  else
+  } else {
     check(cublasSgemmStridedBatched(
               st.blas, CUBLAS_OP_N, CUBLAS_OP_N, int(lora), int(n), int(nope),
               &one, kvB, int(lora), kvHead * lora, q, int(ldq), qHead, &zero,
               qLat, int(heads * lora), lora, int(heads)),
           "mlaAttentionAbsorbed (q_lat)");
+  }
   const int64_t row = lora + rope;
   const size_t bytes = decodeSharedBytes(row);
   dim3 grid(unsigned(n), unsigned((heads + kHB - 1) / kHB), unsigned(splits));
