@@ -174,6 +174,34 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
       }
     }
 
+  // The routed experts, then the shared expert of the same input adding into
+  // their sum: one kernel (the GPU runs the shared expert in the routed
+  // experts' launches; the sum stays routed first, then shared).
+  if (auto down = dyn_cast<dsk::LinearOp>(op)) {
+    auto gated = dyn_cast_or_null<dsk::GatedUpOp>(prev);
+    auto experts = dyn_cast_or_null<dsk::MoEExpertsOp>(prev2);
+    if (gated && experts && down.getAccumulate() &&
+        down.getOut() == experts.getOut() &&
+        down.getInput() == gated.getOut() &&
+        gated.getInput() == experts.getInput() && experts.getEp() == 1 &&
+        !experts.getSharedHidden() && gated.getFp8() == down.getFp8() &&
+        gated.getFp8() == experts.getFp8() &&
+        gated.getOut().getDefiningOp<memref::AllocOp>() &&
+        onlyUsedBy(gated.getOut(), {gated, down})) {
+      // At the GEMM's place: after the intermediate buffer's allocation.
+      Operation *fused = dsk::MoEExpertsOp::create(
+          b, op->getLoc(), experts.getInput(), experts.getIndices(),
+          experts.getWeights(), experts.getOut(), gated.getOut(),
+          experts.getPrefixAttr(), experts.getExpertsAttr(),
+          experts.getInterAttr(), experts.getFp8Attr(), experts.getEpAttr(),
+          gated.getGateAttr(), gated.getUpAttr(), down.getWeightAttr());
+      down.erase();
+      gated.erase();
+      experts.erase();
+      return {fused, 3};
+    }
+  }
+
   // The router GEMM, then routing on its logits.
   if (auto route = dyn_cast<dsk::MoERouteOp>(op))
     if (auto router = dyn_cast_or_null<dsk::LinearOp>(prev))

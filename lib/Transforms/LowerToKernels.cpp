@@ -417,11 +417,12 @@ private:
       bias = sym(p + ".gate.e_score_correction_bias");
     dsk::MoERouteOp::create(b, loc, logits, indices, weights, c, bias);
     Value out = outFor(o.getResult(), width(x));
-    dsk::MoEExpertsOp::create(b, loc, x, indices, weights, out,
-                              b.getStringAttr(p),
-                              b.getI64IntegerAttr(c.getExperts()),
-                              b.getI64IntegerAttr(c.getInter()),
-                              /*fp8=*/UnitAttr(), b.getI64IntegerAttr(o.getEp()));
+    dsk::MoEExpertsOp::create(
+        b, loc, x, indices, weights, out, /*shared_hidden=*/Value(),
+        b.getStringAttr(p), b.getI64IntegerAttr(c.getExperts()),
+        b.getI64IntegerAttr(c.getInter()), /*fp8=*/UnitAttr(),
+        b.getI64IntegerAttr(o.getEp()), FlatSymbolRefAttr(),
+        FlatSymbolRefAttr(), FlatSymbolRefAttr());
     if (c.getShared() > 0) {
       Value shared =
           mlp(x, p + ".shared_experts", c.getShared() * c.getInter());

@@ -61,10 +61,13 @@ struct QuantizePass : public ds::impl::QuantizeBase<QuantizePass> {
       SmallVector<ds::WeightUse> uses;
       cast<ds::WeightUserInterface>(op).getWeightUses(uses);
       auto isFp8 = [&](const ds::WeightUse &u) { return fp8Weight(u.name); };
-      // A pair is two GEMMs: each quantizes its input if its weight is FP8
-      // (the runtimes apply ActQuant per weight), as it would unpaired.
-      if (isa<dsk::LinearPairOp>(op) ? llvm::any_of(uses, isFp8)
-                                     : llvm::all_of(uses, isFp8))
+      // A pair is two GEMMs, and routed experts with their shared expert two
+      // parts: each part quantizes its input if its weights are FP8 (the
+      // runtimes apply ActQuant per weight), as it would unfused.
+      auto experts = dyn_cast<dsk::MoEExpertsOp>(op);
+      bool parts =
+          isa<dsk::LinearPairOp>(op) || (experts && experts.getSharedHidden());
+      if (parts ? llvm::any_of(uses, isFp8) : llvm::all_of(uses, isFp8))
         op->setAttr("fp8", UnitAttr::get(ctx));
     });
 

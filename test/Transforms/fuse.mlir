@@ -322,3 +322,76 @@ module {
     return
   }
 }
+
+// -----
+
+// The routed experts, then the shared expert of the same input adding into
+// their sum (gate/up, then the accumulating down GEMM) -> moe_experts with
+// the shared expert, at the down GEMM's place (after the intermediate's
+// allocation, which stays: the kernel's scratch).
+// CHECK-LABEL: func.func @moe_shared
+// CHECK: %[[H:.+]] = memref.alloc
+// CHECK-NEXT: dsk.moe_experts %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}}, %[[H]] {experts = 2 : i64, inter = 4 : i64, prefix = "m", shared_down = @sd, shared_gate = @sg, shared_up = @su}
+// CHECK-NOT: dsk.gated_up
+// CHECK-NOT: dsk.linear
+module {
+  ds.weight @sg : tensor<8x16xf32>
+  ds.weight @su : tensor<8x16xf32>
+  ds.weight @sd : tensor<16x8xf32>
+  ds.weight @m.experts.0.gate_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.0.up_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.0.down_proj.weight : tensor<16x4xf32>
+  ds.weight @m.experts.1.gate_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.1.up_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.1.down_proj.weight : tensor<16x4xf32>
+  func.func @moe_shared(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    dsk.moe_experts %x, %i, %w, %y {prefix = "m", experts = 2 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+    %h = memref.alloc(%n) : memref<?x8xf32>
+    dsk.gated_up %x, %h {gate = @sg, up = @su} : memref<?x16xf32>, memref<?x8xf32>
+    dsk.linear %h, %y {accumulate, weight = @sd} : memref<?x8xf32>, memref<?x16xf32>
+    return
+  }
+}
+
+// -----
+
+// Left apart: experts over ep ranks; the shared expert of another input; its
+// intermediate read again; its FP8 GEMMs with f32 experts.
+// CHECK-LABEL: func.func @moe_shared_not
+// CHECK-NOT: shared_gate
+// CHECK-COUNT-4: dsk.gated_up
+module {
+  ds.weight @sg : tensor<8x16xf32>
+  ds.weight @su : tensor<8x16xf32>
+  ds.weight @sd : tensor<16x8xf32>
+  ds.weight @m.experts.0.gate_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.0.up_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.0.down_proj.weight : tensor<16x4xf32>
+  ds.weight @m.experts.1.gate_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.1.up_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.1.down_proj.weight : tensor<16x4xf32>
+  func.func @moe_shared_not(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x16xf32>, %z: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %o: memref<?x8xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    dsk.moe_experts %x, %i, %w, %y {prefix = "m", experts = 2 : i64, inter = 4 : i64, ep = 2 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+    %h = memref.alloc(%n) : memref<?x8xf32>
+    dsk.gated_up %x, %h {gate = @sg, up = @su} : memref<?x16xf32>, memref<?x8xf32>
+    dsk.linear %h, %y {accumulate, weight = @sd} : memref<?x8xf32>, memref<?x16xf32>
+    dsk.moe_experts %x, %i, %w, %y {prefix = "m", experts = 2 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+    %h2 = memref.alloc(%n) : memref<?x8xf32>
+    dsk.gated_up %z, %h2 {gate = @sg, up = @su} : memref<?x16xf32>, memref<?x8xf32>
+    dsk.linear %h2, %y {accumulate, weight = @sd} : memref<?x8xf32>, memref<?x16xf32>
+    dsk.moe_experts %x, %i, %w, %y {prefix = "m", experts = 2 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+    %h3 = memref.alloc(%n) : memref<?x8xf32>
+    dsk.gated_up %x, %h3 {gate = @sg, up = @su} : memref<?x16xf32>, memref<?x8xf32>
+    dsk.linear %h3, %y {accumulate, weight = @sd} : memref<?x8xf32>, memref<?x16xf32>
+    dsk.add %h3, %h3, %o : memref<?x8xf32>, memref<?x8xf32>, memref<?x8xf32>
+    dsk.moe_experts %x, %i, %w, %y {prefix = "m", experts = 2 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+    %h4 = memref.alloc(%n) : memref<?x8xf32>
+    dsk.gated_up %x, %h4 {gate = @sg, up = @su, fp8} : memref<?x16xf32>, memref<?x8xf32>
+    dsk.linear %h4, %y {accumulate, fp8, weight = @sd} : memref<?x8xf32>, memref<?x16xf32>
+    return
+  }
+}

@@ -5,8 +5,12 @@
 // A pair is two GEMMs: its input is quantized for the FP8 one even when the
 // other weight stays f32 (the runtimes quantize per weight), as unpaired.
 // PAIR-DAG: ds.weight @a.q_proj.weight : tensor<16x16xf8E4M3FN>
+// Experts with their shared expert likewise: FP8 if any part's weights are.
 // PAIR-DAG: ds.weight @a.kv_a_proj_with_mqa.weight : tensor<16x16xf32>
+// PAIR-DAG: ds.weight @m.shared_experts.gate_proj.weight : tensor<8x16xf8E4M3FN>
+// PAIR-DAG: ds.weight @m.shared_experts.down_proj.weight : tensor<16x8xf32>
 // PAIR: dsk.linear_pair %{{.+}} {fp8, weight_a = @a.q_proj.weight, weight_b = @a.kv_a_proj_with_mqa.weight}
+// PAIR: dsk.moe_experts %{{.+}} {experts = 1 : i64, fp8, inter = 4 : i64
 
 // Which GEMMs run in FP8 is the pass's decision: the linear-layer weights of
 // DeepSeek-V3's FP8 checkpoint (q_a/q_b, kv_a_proj_with_mqa, o_proj, experts,
@@ -31,9 +35,7 @@
 // CHECK: dsk.mla_attention_naive
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {fp8, weight = @a.o_proj.weight}
 // CHECK: dsk.moe_gate %{{.+}} {bias = @m.gate.e_score_correction_bias, config = #{{.+}}, weight = @m.gate.weight}
-// CHECK: dsk.moe_experts %{{.+}} {experts = 4 : i64, fp8, inter = 8 : i64, prefix = "m"}
-// CHECK: dsk.gated_up %{{.+}}, %{{.+}} {fp8, gate = @m.shared_experts.gate_proj.weight, up = @m.shared_experts.up_proj.weight}
-// CHECK: dsk.linear %{{.+}}, %{{.+}} {accumulate, fp8, weight = @m.shared_experts.down_proj.weight}
+// CHECK: dsk.moe_experts %{{.+}} {experts = 4 : i64, fp8, inter = 8 : i64, prefix = "m", shared_down = @m.shared_experts.down_proj.weight, shared_gate = @m.shared_experts.gate_proj.weight, shared_up = @m.shared_experts.up_proj.weight}
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {weight = @head}
 // CHECK-LABEL: func.func @decode
 // CHECK: dsk.mla_attention_absorbed %{{.+}} kv_b = @a.kv_b_proj.weight

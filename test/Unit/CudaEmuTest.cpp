@@ -371,8 +371,65 @@ TEST(CudaEmuMoE, SortPairsManyExperts) {
 /// Gemv: a warp per column; GemvShared: four columns per warp.
 enum class Path { Gemv, GemvShared, Simt, TensorCores };
 
-/// runExperts' launch sequence (MoE.cu) over the emulator.
-template <class WT> std::vector<float> runExperts(const MoECase &m, Path path) {
+/// A shared expert for runExperts' GEMV paths: gate/up [inter, hidden],
+/// down [hidden, inter], in the routed experts' storage.
+struct SharedCase {
+  int64_t inter;
+  std::vector<float> gate, up, down; // float values
+  std::vector<__nv_bfloat16> gateB, upB, downB;
+
+  SharedCase(int64_t inter, int64_t hidden, uint32_t seed) : inter(inter) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-0.3f, 0.3f);
+    auto matrix = [&](int64_t n) {
+      std::vector<float> m(static_cast<size_t>(n));
+      for (float &v : m)
+        v = bf16Round(u(rng));
+      return m;
+    };
+    gate = matrix(inter * hidden);
+    up = matrix(inter * hidden);
+    down = matrix(hidden * inter);
+    for (const float v : gate)
+      gateB.push_back(__float2bfloat16(v));
+    for (const float v : up)
+      upB.push_back(__float2bfloat16(v));
+    for (const float v : down)
+      downB.push_back(__float2bfloat16(v));
+  }
+  const void *ptr(const std::vector<float> &f,
+                  const std::vector<__nv_bfloat16> &b, bool bf16) const {
+    return bf16 ? static_cast<const void *>(b.data()) : f.data();
+  }
+
+  /// y [n, hidden] += the shared expert of x.
+  void addTo(const MoECase &m, std::vector<float> &y) const {
+    for (int64_t t = 0; t < m.n; ++t) {
+      std::vector<float> h(static_cast<size_t>(inter));
+      for (int64_t j = 0; j < inter; ++j) {
+        double g = 0, v = 0;
+        for (int64_t c = 0; c < m.hidden; ++c) {
+          const double xv = m.x[size_t(t * m.ldx + c)];
+          g += xv * gate[size_t(j * m.hidden + c)];
+          v += xv * up[size_t(j * m.hidden + c)];
+        }
+        h[size_t(j)] = silu(float(g)) * float(v);
+      }
+      for (int64_t c = 0; c < m.hidden; ++c) {
+        double o = 0;
+        for (int64_t j = 0; j < inter; ++j)
+          o += double(h[size_t(j)]) * down[size_t(c * inter + j)];
+        y[size_t(t * m.hidden + c)] += float(o);
+      }
+    }
+  }
+};
+
+/// runExperts' launch sequence (MoE.cu) over the emulator; with `shared`
+/// (GEMV paths), the shared expert's blocks ride in the GEMV launches.
+template <class WT>
+std::vector<float> runExperts(const MoECase &m, Path path,
+                              const SharedCase *shared = nullptr) {
   using namespace dsrt::cuda::moe;
   const int64_t pairs = m.n * m.topK, E = m.count;
   const int64_t tileRows = path == Path::TensorCores ? kTcBM : kBM;
@@ -391,19 +448,52 @@ template <class WT> std::vector<float> runExperts(const MoECase &m, Path path) {
   const Rows hRows{h.data(), m.inter, nullptr, 1};
   const bool vecX = m.hidden % 8 == 0 && m.ldx % 4 == 0,
              vecH = m.inter % 8 == 0;
+  const int64_t si = shared ? shared->inter : 0;
+  std::vector<float> sh(size_t(m.n * std::max<int64_t>(si, 1)), NAN),
+      ys(size_t(m.n * m.hidden), NAN);
   if (path == Path::Gemv || path == Path::GemvShared) {
     const unsigned blocks = unsigned(std::min(E, pairs));
+    const bool bf16 = std::is_same<WT, __nv_bfloat16>::value;
+    DenseGemv up1{}, down1{};
+    if (shared) {
+      up1 = {Rows{m.x.data(), m.ldx, nullptr, 1},
+             shared->ptr(shared->gate, shared->gateB, bf16),
+             shared->ptr(shared->up, shared->upB, bf16),
+             m.n,
+             m.hidden,
+             si,
+             sh.data(),
+             si,
+             vecX,
+             blocks};
+      down1 = {Rows{sh.data(), si, nullptr, 1},
+               shared->ptr(shared->down, shared->downB, bf16),
+               nullptr,
+               m.n,
+               si,
+               m.hidden,
+               ys.data(),
+               m.hidden,
+               si % 8 == 0,
+               blocks};
+    } else {
+      up1.firstBlock = down1.firstBlock = blocks;
+    }
     auto gemvs = [&](auto lanes) {
       constexpr int L = decltype(lanes)::value;
       const int64_t perBlock = 8 * gemvColumnsPerWarp<L>();
-      emu::launch(dim3(blocks, unsigned((m.inter + perBlock - 1) / perBlock)),
-                  dim3(256), groupedGemvKernel<WT, true, L>, xRows, gate, up,
+      const unsigned yUp = unsigned((m.inter + perBlock - 1) / perBlock),
+                     yDown = unsigned((m.hidden + perBlock - 1) / perBlock);
+      const unsigned xUp = shared ? denseGemvBlocks<L>(si, yUp) : 0,
+                     xDown = shared ? denseGemvBlocks<L>(m.hidden, yDown) : 0;
+      emu::launch(dim3(blocks + xUp, yUp), dim3(256),
+                  groupedGemvKernel<WT, true, L>, xRows, gate, up,
                   offsets.data(), active.data(), m.hidden, m.inter, h.data(),
-                  m.inter, vecX);
-      emu::launch(dim3(blocks, unsigned((m.hidden + perBlock - 1) / perBlock)),
-                  dim3(256), groupedGemvKernel<WT, false, L>, hRows, down,
-                  nullptr, offsets.data(), active.data(), m.inter, m.hidden,
-                  yp.data(), m.hidden, vecH);
+                  m.inter, vecX, up1);
+      emu::launch(dim3(blocks + xDown, yDown), dim3(256),
+                  groupedGemvKernel<WT, false, L>, hRows, down, nullptr,
+                  offsets.data(), active.data(), m.inter, m.hidden, yp.data(),
+                  m.hidden, vecH, down1);
     };
     if (path == Path::Gemv)
       gemvs(std::integral_constant<int, 32>());
@@ -432,7 +522,9 @@ template <class WT> std::vector<float> runExperts(const MoECase &m, Path path) {
   emu::launch(dim3(unsigned(std::min<int64_t>((m.hidden + 255) / 256, 16)),
                    unsigned(m.n)),
               dim3(256), combineKernel, yp.data(), m.hidden, slotOf.data(),
-              m.weights.data(), m.topK, y.data(), m.hidden);
+              m.weights.data(), m.topK,
+              shared ? static_cast<const float *>(ys.data()) : nullptr,
+              m.hidden, y.data(), m.hidden);
   return y;
 }
 
@@ -497,6 +589,28 @@ TEST(CudaEmuMoE, GroupedGemvFewerPairsThanExperts) {
   m.idx = {6, 2, 0}; // expert 0 is another rank's
   expectClose(runExperts<__nv_bfloat16>(m, Path::Gemv), m.reference(false),
               1e-5);
+}
+
+TEST(CudaEmuMoE, GroupedGemvWithSharedExpert) {
+  // The shared expert's blocks beside the routed ones (moeExpertsSharedW at
+  // decode): inter 200 needs more column chunks than the routed grid's
+  // height (two extra x-blocks for gate/up), and its width differs from the
+  // routed experts'; n = 3 and 1 token.
+  for (int64_t n : {3, 1})
+    for (bool bf16 : {false, true}) {
+      MoECase m = makeCase(n, 2, 8, 0, 8, 64, 40, 64, bf16, uint32_t(20 + n));
+      const SharedCase shared(200, 64, uint32_t(30 + n));
+      std::vector<float> want = m.reference(false);
+      shared.addTo(m, want);
+      for (Path p : {Path::Gemv, Path::GemvShared}) {
+        SCOPED_TRACE(testing::Message()
+                     << "n " << n << " bf16 " << bf16 << " shared inputs "
+                     << (p == Path::GemvShared));
+        expectClose(bf16 ? runExperts<__nv_bfloat16>(m, p, &shared)
+                         : runExperts<float>(m, p, &shared),
+                    want, 1e-5);
+      }
+    }
 }
 
 TEST(CudaEmuMoE, SimtGemmFloat32) {

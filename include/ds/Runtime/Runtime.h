@@ -106,6 +106,15 @@ struct MoERouting {
   double scale; ///< routed_scaling_factor
 };
 
+/// A MoE layer's shared expert, run by moeExpertsSharedW: SwiGLU weights by
+/// index (gate/up [inter, hidden], down [hidden, inter]) and a scratch
+/// buffer [n, inter] for its intermediate.
+struct SharedExpert {
+  int64_t gate, up, down, inter;
+  float *hidden;
+  int64_t ldh;
+};
+
 class Comm;
 class Context;
 class KVCache;
@@ -425,6 +434,16 @@ void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                  const float *weights, int64_t topK, const int64_t *gate,
                  const int64_t *up, const int64_t *down, int64_t experts,
                  float *y, int64_t ldy, ActQuant act);
+
+/// moeExpertsW, then the shared expert's output added: y = routed sum +
+/// down(silu(x Wgate^T) * (x Wup^T)), in that order (as moeExpertsW, gatedUp
+/// into shared.hidden and linearAddW compute it).
+void moeExpertsSharedW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                       int64_t hidden, int64_t inter, const int32_t *idx,
+                       const float *weights, int64_t topK, const int64_t *gate,
+                       const int64_t *up, const int64_t *down, int64_t experts,
+                       const SharedExpert &shared, float *y, int64_t ldy,
+                       ActQuant act);
 
 /// moeExpertsW over the ranks of Context::expertComm (ep x dp), rank g
 /// holding the weights of experts [g * E / G, (g + 1) * E / G). The ep ranks

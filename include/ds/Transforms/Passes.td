@@ -177,6 +177,10 @@ def Fuse : Pass<"dsk-fuse", "::mlir::ModuleOp"> {
     - a `dsk.linear` then the in-place `dsk.add` of its result into another
       buffer -> the linear with `accumulate` (the shared expert's down
       projection adds into the routed experts' sum);
+    - `dsk.moe_experts` (ep = 1), then the shared expert of its input
+      (`dsk.gated_up`, then the down `dsk.linear` accumulating into the
+      routed sum) -> `dsk.moe_experts` with the shared expert (the GPU runs
+      it in the routed experts' launches; its intermediate buffer stays);
     - then, two adjacent `dsk.linear`s of one input -> `dsk.linear_pair`
       (MLA's query and latent projections of the normalized row).
 

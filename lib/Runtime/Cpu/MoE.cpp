@@ -262,5 +262,20 @@ void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
              ldy, local, project);
 }
 
+void moeExpertsSharedW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                       int64_t hidden, int64_t inter, const int32_t *idx,
+                       const float *weights, int64_t topK, const int64_t *gate,
+                       const int64_t *up, const int64_t *down, int64_t experts,
+                       const SharedExpert &shared, float *y, int64_t ldy,
+                       ActQuant act) {
+  // The unfused sequence itself, so the result is bit for bit the same.
+  moeExpertsW(ctx, x, ldx, n, hidden, inter, idx, weights, topK, gate, up, down,
+              experts, y, ldy, act);
+  gatedUp(ctx, x, ldx, n, hidden, shared.gate, shared.up, shared.inter,
+          shared.hidden, shared.ldh, act);
+  linearAddW(ctx, shared.hidden, shared.ldh, n, shared.inter, shared.down,
+             hidden, y, ldy, act);
+}
+
 } // namespace cpu
 } // namespace dsrt

@@ -62,16 +62,21 @@ const void **expertTable(DeviceState &st, const int64_t *gate,
 }
 
 /// groupedGemvKernel with LANES lanes per column, over `blocks` active
-/// experts x N columns.
+/// experts x N columns, and `dense` (if its N > 0) in blocks beside them.
 template <class WT, bool GATED, int LANES>
 void groupedGemv(DeviceState &st, const char *where, unsigned blocks,
                  const Rows &rows, const void *const *wa, const void *const *wb,
                  const int32_t *offsets, const int32_t *active, int64_t K,
-                 int64_t N, float *out, int64_t ldo, bool vec) {
+                 int64_t N, float *out, int64_t ldo, bool vec,
+                 DenseGemv dense) {
   const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
+  const unsigned gridY = unsigned((N + perBlock - 1) / perBlock);
+  dense.firstBlock = blocks;
+  const unsigned extra =
+      dense.N > 0 && dense.n > 0 ? denseGemvBlocks<LANES>(dense.N, gridY) : 0;
   launchKernel(st, where, groupedGemvKernel<WT, GATED, LANES>,
-               dim3(blocks, unsigned((N + perBlock - 1) / perBlock)), 256, 0,
-               rows, wa, wb, offsets, active, K, N, out, ldo, vec);
+               dim3(blocks + extra, gridY), 256, 0, rows, wa, wb, offsets,
+               active, K, N, out, ldo, vec, dense);
 }
 
 /// Four columns per warp (sharing each input load) when the experts hold
@@ -83,21 +88,31 @@ void groupedGemv(DeviceState &st, const char *where, bool shareInputs,
                  unsigned blocks, const Rows &rows, const void *const *wa,
                  const void *const *wb, const int32_t *offsets,
                  const int32_t *active, int64_t K, int64_t N, float *out,
-                 int64_t ldo, bool vec) {
+                 int64_t ldo, bool vec, const DenseGemv &dense) {
   if (shareInputs)
     groupedGemv<WT, GATED, 8>(st, where, blocks, rows, wa, wb, offsets, active,
-                              K, N, out, ldo, vec);
+                              K, N, out, ldo, vec, dense);
   else
     groupedGemv<WT, GATED, 32>(st, where, blocks, rows, wa, wb, offsets, active,
-                               K, N, out, ldo, vec);
+                               K, N, out, ldo, vec, dense);
 }
+
+/// The shared expert's part of runExperts' GEMV launches: its weights (of
+/// the routed experts' storage), its intermediate and its output.
+struct SharedPart {
+  const void *gate, *up, *down;
+  int64_t inter;
+  float *h;
+  int64_t ldh;
+  float *y; // [n, hidden]
+};
 
 template <class WT>
 void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                 int64_t hidden, int64_t inter, const int32_t *idx,
                 const float *weights, int64_t topK, const void **table,
-                int64_t lo, int64_t experts, float *y, int64_t ldy,
-                bool fp8Act) {
+                int64_t lo, int64_t experts, float *y, int64_t ldy, bool fp8Act,
+                const SharedPart *shared = nullptr) {
   const int64_t pairs = n * topK;
   auto *ints = static_cast<int32_t *>(
       scratch(st, size_t(3 * (experts + 1) + 2 * pairs) * sizeof(int32_t),
@@ -127,6 +142,35 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   auto vec = [](const float *p, int64_t ld, int64_t k) {
     return vecRows(p, ld, k, sizeof(float));
   };
+  // The shared expert (decode only: runExperts' caller keeps it apart
+  // otherwise) as dense blocks of the same launches, with no FP8 here.
+  DenseGemv sharedUp{}, sharedDown{};
+  if (shared) {
+    sharedUp = {Rows{x, ldx, nullptr, 1},
+                shared->gate,
+                shared->up,
+                n,
+                hidden,
+                shared->inter,
+                shared->h,
+                shared->ldh,
+                vec(x, ldx, hidden) &&
+                    vecRows(shared->gate, hidden, hidden, sizeof(WT)) &&
+                    vecRows(shared->up, hidden, hidden, sizeof(WT)),
+                0};
+    sharedDown = {
+        Rows{shared->h, shared->ldh, nullptr, 1},
+        shared->down,
+        nullptr,
+        n,
+        shared->inter,
+        hidden,
+        shared->y,
+        hidden,
+        vec(shared->h, shared->ldh, shared->inter) &&
+            vecRows(shared->down, shared->inter, shared->inter, sizeof(WT)),
+        0};
+  }
   if (n <= kGemvTokens) {
     // Blocks for the active experts only (at most one per pair): at batch 1
     // 6 of 64 experts, not 64 mostly empty ones.
@@ -134,12 +178,12 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
     const bool shareInputs = pairs >= 2 * int64_t(blocks);
     groupedGemv<WT, true>(st, "moeExpertsW (gate/up)", shareInputs, blocks,
                           xRows, gate, up, offsets, active, hidden, inter, h,
-                          inter, vec(xRows.x, xRows.ldx, hidden));
+                          inter, vec(xRows.x, xRows.ldx, hidden), sharedUp);
     if (fp8Act)
       hRows.x = fakeQuantE4M3(st, h, inter, pairs, inter);
     groupedGemv<WT, false>(st, "moeExpertsW (down)", shareInputs, blocks, hRows,
                            down, nullptr, offsets, active, inter, hidden, yp,
-                           hidden, vec(hRows.x, hRows.ldx, inter));
+                           hidden, vec(hRows.x, hRows.ldx, inter), sharedDown);
   } else if (tensorCores) {
     const unsigned tiles = unsigned(tileBound(pairs, experts, kTcBM));
     launchKernel(st, "moeExpertsW (gate/up)", groupedGemmTcKernel<true>,
@@ -167,7 +211,9 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   }
   dim3 grid(unsigned(imin(blocksFor(hidden, 256), 16)), unsigned(n));
   launchKernel(st, "moeExpertsW (combine)", combineKernel, grid, 256, 0, yp,
-               hidden, slotOf, weights, topK, y, ldy);
+               hidden, slotOf, weights, topK,
+               shared ? static_cast<const float *>(shared->y) : nullptr, hidden,
+               y, ldy);
 }
 
 } // namespace
@@ -179,6 +225,73 @@ void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                  float *y, int64_t ldy, ActQuant act) {
   moeExpertsRange(ctx, x, ldx, n, hidden, inter, idx, weights, topK, gate, up,
                   down, 0, experts, y, ldy, act);
+}
+
+/// moeExpertsRange, and the shared expert (weights by index) in the same
+/// GEMV launches where it can: decode-sized n, no FP8 activations, and its
+/// weights stored as the routed experts' are. Else false, with nothing done.
+static bool expertsWithShared(Context &ctx, const float *x, int64_t ldx,
+                              int64_t n, int64_t hidden, int64_t inter,
+                              const int32_t *idx, const float *weights,
+                              int64_t topK, const int64_t *gate,
+                              const int64_t *up, const int64_t *down,
+                              int64_t experts, const SharedExpert &shared,
+                              float *y, int64_t ldy, ActQuant act) {
+  DeviceState &st = state(ctx);
+  const ModelSpec &spec = ctx.spec();
+  if (n > moe::kGemvTokens || experts > kSortMaxExperts)
+    return false;
+  const bool fp8 = [&] {
+    for (int64_t w : {gate[0], shared.gate, shared.up, shared.down})
+      if (spec.weights[w].dtype == DType::F8E4M3)
+        return true;
+    return false;
+  }();
+  if (fp8 && act == ActQuant::Fp8)
+    return false;
+  bool bf16 = false;
+  const void **table = expertTable(st, gate, up, down, experts, &bf16);
+  const DeviceWeight &g = st.weights[size_t(shared.gate)],
+                     &u = st.weights[size_t(shared.up)],
+                     &d = st.weights[size_t(shared.down)];
+  const int64_t si = shared.inter;
+  if (g.bf16 != bf16 || u.bf16 != bf16 || d.bf16 != bf16 || g.rows != si ||
+      u.rows != si || d.cols != si || g.cols != hidden || u.cols != hidden ||
+      d.rows != hidden)
+    return false;
+  float *ys = static_cast<float *>(
+      scratch(st, size_t(n * hidden) * sizeof(float), "moeExpertsW"));
+  const SharedPart part{g.ptr, u.ptr, d.ptr, si, shared.hidden, shared.ldh, ys};
+  if (bf16)
+    runExperts<__nv_bfloat16>(st, x, ldx, n, hidden, inter, idx, weights, topK,
+                              table, 0, experts, y, ldy, false, &part);
+  else
+    runExperts<float>(st, x, ldx, n, hidden, inter, idx, weights, topK, table,
+                      0, experts, y, ldy, false, &part);
+  return true;
+}
+
+void moeExpertsSharedW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                       int64_t hidden, int64_t inter, const int32_t *idx,
+                       const float *weights, int64_t topK, const int64_t *gate,
+                       const int64_t *up, const int64_t *down, int64_t experts,
+                       const SharedExpert &shared, float *y, int64_t ldy,
+                       ActQuant act) {
+  {
+    ProfileScope profile(ctx, "moeExpertsW");
+    if (n <= 0)
+      return;
+    if (expertsWithShared(ctx, x, ldx, n, hidden, inter, idx, weights, topK,
+                          gate, up, down, experts, shared, y, ldy, act))
+      return;
+  }
+  // Prefill (or FP8 activations): the unfused sequence.
+  moeExpertsW(ctx, x, ldx, n, hidden, inter, idx, weights, topK, gate, up, down,
+              experts, y, ldy, act);
+  gatedUp(ctx, x, ldx, n, hidden, shared.gate, shared.up, shared.inter,
+          shared.hidden, shared.ldh, act);
+  linearAddW(ctx, shared.hidden, shared.ldh, n, shared.inter, shared.down,
+             hidden, y, ldy, act);
 }
 
 void moeExpertsRange(Context &ctx, const float *x, int64_t ldx, int64_t n,

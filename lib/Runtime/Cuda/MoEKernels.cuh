@@ -132,28 +132,62 @@ __global__ void sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
   }
 }
 
+/// A dense GEMV in a grouped GEMV's launch (the shared expert beside the
+/// routed ones, so that its weights stream in the same wave): blocks
+/// x >= firstBlock compute out = rows [0, n) * wa^T (GATED: the SwiGLU with
+/// wb), block (x, y) the columns of chunk (x - firstBlock) * gridDim.y + y.
+struct DenseGemv {
+  Rows rows;
+  const void *wa, *wb;
+  int64_t n, K, N;
+  float *out;
+  int64_t ldo;
+  bool vec;
+  unsigned firstBlock; // past the grid: none
+};
+
+/// The x-blocks a DenseGemv of N columns needs beside a grid of `gridY`.
+template <int LANES>
+inline unsigned denseGemvBlocks(int64_t N, unsigned gridY) {
+  const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
+  const int64_t chunks = (N + perBlock - 1) / perBlock;
+  return unsigned((chunks + gridY - 1) / gridY);
+}
+
 /// Grouped GEMV: block (i-th active expert, 8 warps of 32 / LANES
 /// columns). active[i] is the i-th expert with rows (sortPairsKernel), -1
 /// past the last: the grid needs only min(experts, pairs) expert blocks.
+/// Blocks from dense.firstBlock on compute `dense` instead.
 template <class WT, bool GATED, int LANES>
 __global__ void groupedGemvKernel(Rows rows, const void *const *wa,
                                   const void *const *wb, const int32_t *offsets,
                                   const int32_t *active, int64_t K, int64_t N,
-                                  float *out, int64_t ldo, bool vec) {
+                                  float *out, int64_t ldo, bool vec,
+                                  DenseGemv dense) {
   pdlEnter();
-  const int32_t e = active[blockIdx.x];
-  if (e < 0)
-    return;
-  const int64_t first = offsets[e], count = offsets[e + 1] - first;
-  const int64_t col0 =
-      (int64_t(blockIdx.y) * (blockDim.x / 32) + threadIdx.x / 32) *
-      gemvColumnsPerWarp<LANES>();
+  // One call of gemvColumns for both kinds of block (two inlined copies
+  // cost ~20 registers, and with them blocks per multiprocessor).
+  const bool isDense = blockIdx.x >= dense.firstBlock;
+  int64_t chunk = blockIdx.y, first = 0, count = dense.n;
+  const void *w1 = dense.wa, *w2 = dense.wb;
+  if (isDense) {
+    chunk += int64_t(blockIdx.x - dense.firstBlock) * gridDim.y;
+    rows = dense.rows, K = dense.K, N = dense.N, out = dense.out;
+    ldo = dense.ldo, vec = dense.vec;
+  } else {
+    const int32_t e = active[blockIdx.x];
+    if (e < 0)
+      return;
+    first = offsets[e], count = offsets[e + 1] - first;
+    w1 = wa[e], w2 = GATED ? wb[e] : nullptr;
+  }
+  const int64_t col0 = (chunk * (blockDim.x / 32) + threadIdx.x / 32) *
+                       gemvColumnsPerWarp<LANES>();
   if (col0 >= N)
     return;
-  gemvColumns<WT, GATED, LANES>(rows, static_cast<const WT *>(wa[e]),
-                                GATED ? static_cast<const WT *>(wb[e])
-                                      : nullptr,
-                                first, count, K, N, col0, out, ldo, vec);
+  gemvColumns<WT, GATED, LANES>(rows, static_cast<const WT *>(w1),
+                                static_cast<const WT *>(w2), first, count, K, N,
+                                col0, out, ldo, vec);
 }
 
 /// A grouped GEMM block's output tile: rows [r0, r0 + rows) of `expert`'s
@@ -380,10 +414,12 @@ __global__ void __launch_bounds__(256)
   }
 }
 
-/// y[t] = sum_k w[t, k] * yp[slotOf[t * K + k]], in k order from zero.
+/// y[t] = sum_k w[t, k] * yp[slotOf[t * K + k]], in k order from zero,
+/// then + shared[t] (the shared expert's output) where shared is not null.
 __global__ void combineKernel(const float *yp, int64_t hidden,
                               const int32_t *slotOf, const float *w,
-                              int64_t topK, float *y, int64_t ldy) {
+                              int64_t topK, const float *shared, int64_t lds,
+                              float *y, int64_t ldy) {
   pdlEnter();
   const int64_t t = blockIdx.y;
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < hidden;
@@ -394,6 +430,8 @@ __global__ void combineKernel(const float *yp, int64_t hidden,
       if (slot >= 0)
         acc += w[t * topK + k] * yp[int64_t(slot) * hidden + c];
     }
+    if (shared)
+      acc += shared[t * lds + c];
     y[t * ldy + c] = acc;
   }
 }

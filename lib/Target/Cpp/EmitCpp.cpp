@@ -599,14 +599,27 @@ private:
                                   proj + "_proj.weight").str());
                   out << "};\n";
                 }
+                std::string fn = o.getEp() > 1 ? "moeExpertsEP" : "moeExpertsW",
+                            shared;
+                if (Value sh = o.getSharedHidden()) {
+                  Buf h = buf(sh);
+                  fn = "moeExpertsSharedW";
+                  shared = llvm::formatv("dsrt::SharedExpert{{{0}, {1}, {2}, "
+                                         "{3}, {4}, {5}}, ",
+                                         index(*o.getSharedGate()),
+                                         index(*o.getSharedUp()),
+                                         index(*o.getSharedDown()), width(sh),
+                                         h.ptr, h.ld)
+                               .str();
+                }
                 out << llvm::formatv(
                     "  dsrt::cpu::{12}(ctx, {0}, {1}, n, {2}, {3}, {4}, {5}, "
-                    "{6}, {7}gate, {7}up, {7}down, {8}, {9}, {10}, {11});\n",
+                    "{6}, {7}gate, {7}up, {7}down, {8}, {13}{9}, {10}, "
+                    "{11});\n",
                     x.ptr, x.ld, width(o.getInput()), o.getInter(),
                     buf(o.getIndices()).ptr, buf(o.getWeights()).ptr,
                     width(o.getWeights()), e, experts, y.ptr, y.ld,
-                    act(o.getFp8()),
-                    o.getEp() > 1 ? "moeExpertsEP" : "moeExpertsW");
+                    act(o.getFp8()), fn, shared);
                 return success();
               })
               .Case([&](dsk::AllReduceOp o) -> LogicalResult {

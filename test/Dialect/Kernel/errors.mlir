@@ -225,6 +225,56 @@ func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y:
 
 // -----
 
+// moe_experts: a shared expert has all three weights and its buffer.
+ds.weight @sg : tensor<8x16xf32>
+ds.weight @su : tensor<8x16xf32>
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %h: memref<?x8xf32>) {
+  // expected-error @+1 {{shared_gate, shared_up, shared_down and the shared_hidden buffer go together}}
+  dsk.moe_experts %x, %i, %w, %y, %h {prefix = "m", experts = 1 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32>
+  return
+}
+
+// -----
+
+// moe_experts: the shared expert is fused on one expert-parallel rank only.
+ds.weight @sg : tensor<8x16xf32>
+ds.weight @su : tensor<8x16xf32>
+ds.weight @sd : tensor<16x8xf32>
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %h: memref<?x8xf32>) {
+  // expected-error @+1 {{a shared expert needs ep = 1, got ep = 2}}
+  dsk.moe_experts %x, %i, %w, %y, %h {prefix = "m", experts = 2 : i64, inter = 4 : i64, ep = 2 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32>
+  return
+}
+
+// -----
+
+// moe_experts: the shared expert's intermediate is a buffer of its own.
+ds.weight @sg : tensor<16x16xf32>
+ds.weight @su : tensor<16x16xf32>
+ds.weight @sd : tensor<16x16xf32>
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>) {
+  // expected-error @+1 {{shared_hidden must be a buffer of its own}}
+  dsk.moe_experts %x, %i, %w, %y, %y {prefix = "m", experts = 1 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// moe_experts: the shared expert's weights have its intermediate's width.
+ds.weight @m.experts.0.gate_proj.weight : tensor<4x16xf32>
+ds.weight @m.experts.0.up_proj.weight : tensor<4x16xf32>
+ds.weight @m.experts.0.down_proj.weight : tensor<16x4xf32>
+ds.weight @sg : tensor<4x16xf32>
+ds.weight @su : tensor<8x16xf32>
+ds.weight @sd : tensor<16x8xf32>
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %h: memref<?x8xf32>) {
+  // expected-error @+1 {{weight 'sg' has shape [4, 16] but the op implies [8, 16]}}
+  dsk.moe_experts %x, %i, %w, %y, %h {prefix = "m", experts = 1 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32>
+  return
+}
+
+// -----
+
 // moe_experts: every expert's weights exist.
 func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>) {
   // expected-error @+1 {{weight 'm.experts.0.gate_proj.weight' is not defined by a ds.weight}}

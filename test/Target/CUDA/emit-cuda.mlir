@@ -30,7 +30,7 @@
 // CHECK-NEXT: float *logits = io.logits, *hidden = io.hidden;
 // CHECK: dsrt::cuda::embedding(ctx, dsrt::cuda::weight(ctx, 0), 1024, 64, ids, n, b0, 64);
 // CHECK: dsrt::cuda::mlaAttentionNaive(ctx,
-// CHECK: dsrt::cuda::moeExpertsW(ctx,
+// CHECK: dsrt::cuda::moeExpertsSharedW(ctx,
 // CHECK-NOT: dsrt::cpu::
 // CHECK: void prefill(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, int64_t n, float *logits, float *hidden) {
 // CHECK-NEXT: dsrt::cuda::runProgram(ctx, dsrt::cuda::Program::Prefill, prefillBody, nullptr, ids, pos, n, logits, hidden);

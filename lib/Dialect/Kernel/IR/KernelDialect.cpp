@@ -186,6 +186,20 @@ LogicalResult MoEExpertsOp::verify() {
   if (getEp() < 1 || getExperts() % getEp() != 0)
     return emitOpError() << "ep (" << getEp() << ") must divide experts ("
                          << getExperts() << ")";
+  int shared = int(bool(getSharedGate())) + int(bool(getSharedUp())) +
+               int(bool(getSharedDown())) + int(bool(getSharedHidden()));
+  if (shared != 0 && shared != 4)
+    return emitOpError() << "shared_gate, shared_up, shared_down and the "
+                            "shared_hidden buffer go together";
+  if (shared && getEp() != 1)
+    return emitOpError() << "a shared expert needs ep = 1, got ep = "
+                         << getEp();
+  if (shared) {
+    Value h = rootBuffer(getSharedHidden());
+    if (h == rootBuffer(getInput()) || h == rootBuffer(getOut()) ||
+        h == rootBuffer(getWeights()))
+      return emitOpError() << "shared_hidden must be a buffer of its own";
+  }
   return verifyWidth(*this, getOut(), width(getInput()), "out");
 }
 
@@ -197,6 +211,13 @@ void MoEExpertsOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
     uses.push_back(use(p + ".up_proj.weight", {inter, h}, true));
     uses.push_back(use(p + ".down_proj.weight", {h, inter}, true));
   }
+  if (!getSharedHidden() || !getSharedGate() || !getSharedUp() ||
+      !getSharedDown())
+    return;
+  int64_t si = width(getSharedHidden());
+  uses.push_back(use(*getSharedGate(), {si, h}, true));
+  uses.push_back(use(*getSharedUp(), {si, h}, true));
+  uses.push_back(use(*getSharedDown(), {h, si}, true));
 }
 
 LogicalResult AllGatherOp::verify() {

@@ -225,16 +225,29 @@ def DSK_MoEExpertsOp : DSK_WeightOp<"moe_experts"> {
     that hold its chosen experts (all-to-all of only those rows), computes
     what it receives, returns the weighted sums (all-to-all) and all-gathers
     the finished rows.
+
+    With `shared_gate`, `shared_up` and `shared_down` (and `ep = 1`), the
+    shared expert is part of the kernel, as `dsk-fuse` forms it from the
+    `dsk.gated_up` into `shared_hidden` and the accumulating `dsk.linear`
+    that follow: `out` is then the routed sum plus the shared expert's
+    output, added in that order. The GPU computes the shared expert in the
+    routed experts' launches; `shared_hidden` is its intermediate buffer
+    (`[tokens, shared inter]`) where a backend needs one.
   }];
   let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
                        Arg<DSK_IntRows, "", [MemRead]>:$indices,
                        Arg<DSK_Rows, "", [MemRead]>:$weights,
                        Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       Arg<Optional<DSK_Rows>, "", [MemRead, MemWrite]>:$shared_hidden,
                        StrAttr:$prefix, I64Attr:$experts, I64Attr:$inter,
-                       UnitAttr:$fp8, DefaultValuedAttr<I64Attr, "1">:$ep);
+                       UnitAttr:$fp8, DefaultValuedAttr<I64Attr, "1">:$ep,
+                       OptionalAttr<FlatSymbolRefAttr>:$shared_gate,
+                       OptionalAttr<FlatSymbolRefAttr>:$shared_up,
+                       OptionalAttr<FlatSymbolRefAttr>:$shared_down);
   let assemblyFormat = [{
-    $input `,` $indices `,` $weights `,` $out attr-dict `:` type($input) `,`
-    type($indices) `,` type($weights) `,` type($out)
+    $input `,` $indices `,` $weights `,` $out (`,` $shared_hidden^)? attr-dict
+    `:` type($input) `,` type($indices) `,` type($weights) `,` type($out)
+    (`,` type($shared_hidden)^)?
   }];
   let hasVerifier = 1;
 }
