@@ -324,6 +324,9 @@ template <class T> T atomicMax(T *p, T v) {
   return old;
 }
 template <class T> T __ldg(const T *p) { return *p; }
+template <class T> T __ldcg(const T *p) { return *p; }
+// Blocks run one after another: every write is visible to later blocks.
+inline void __threadfence() {}
 // CUDA's math functions are global; the host's are in std.
 using std::isinf;
 using std::isnan;

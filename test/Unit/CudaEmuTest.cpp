@@ -113,6 +113,9 @@ TEST(CudaEmuDeathTest, ReportsFaults) {
 // Router: the device kernel against the CPU backend's moeRoute
 //===----------------------------------------------------------------------===//
 
+float bf16Round(float v) { return __bfloat162float(__float2bfloat16(v)); }
+float silu(float g) { return g / (1.0f + std::exp(-g)); }
+
 MoERouting makeRouting(int64_t experts, int64_t topK, int64_t nGroup,
                        int64_t topkGroup, MoERouting::Scoring scoring,
                        MoERouting::Method method, bool norm, double scale) {
@@ -194,12 +197,81 @@ TEST(CudaEmuRoute, V2SoftmaxGreedyAndGroupLimited) {
                false, 14);
 }
 
+/// gateRouteKernel (moeGate at decode): its logits against a double
+/// product, its routing against the CPU's on those logits; twice, so the
+/// finished-block counter must have been reset by the first launch.
+template <class WT>
+void checkGateRoute(const MoERouting &r, int64_t n, int64_t hidden,
+                    uint32_t seed) {
+  const int64_t E = r.experts, K = r.topK, ldx = hidden + 4;
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(size_t(n * ldx)), wf(size_t(E * hidden)),
+      bias(static_cast<size_t>(E));
+  for (float &v : x)
+    v = u(rng);
+  for (float &v : wf)
+    v = bf16Round(0.2f * u(rng));
+  for (float &v : bias)
+    v = 0.05f * u(rng);
+  std::vector<WT> w(wf.size());
+  for (size_t i = 0; i < wf.size(); ++i)
+    w[i] = WT(wf[i]);
+  unsigned counter = 0;
+  const bool vec = hidden % 8 == 0 && ldx % 4 == 0;
+  for (int launch = 0; launch < 2; ++launch) {
+    SCOPED_TRACE(testing::Message() << "launch " << launch);
+    std::vector<float> logits(size_t(n * E), NAN), weights(size_t(n * K), NAN),
+        wantW(size_t(n * K), NAN);
+    std::vector<int32_t> idx(size_t(n * K), -1), wantIdx(size_t(n * K), -1);
+    emu::launchShared(
+        dim3(unsigned((E + 7) / 8)), dim3(256), gateRouteSharedBytes(E),
+        gateRouteKernel<WT, 32>, Rows{x.data(), ldx, nullptr, 1},
+        static_cast<const WT *>(w.data()), n, hidden, logits.data(), vec,
+        static_cast<const float *>(bias.data()), r, idx.data(), weights.data(),
+        &counter);
+    EXPECT_EQ(counter, 0u);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t e = 0; e < E; ++e) {
+        double want = 0;
+        for (int64_t c = 0; c < hidden; ++c)
+          want += double(x[size_t(t * ldx + c)]) * wf[size_t(e * hidden + c)];
+        ASSERT_NEAR(logits[size_t(t * E + e)], want, 1e-5)
+            << "token " << t << " expert " << e;
+      }
+    ModelSpec spec{};
+    spec.name = "route";
+    spec.vocabSize = 16;
+    spec.hiddenSize = 8;
+    spec.maxSeqLen = 64;
+    spec.arenaBytes = 64;
+    dsrt::Context ctx(spec, 1);
+    dsrt::cpu::moeRoute(ctx, logits.data(), E, n, bias.data(), r,
+                        wantIdx.data(), wantW.data());
+    EXPECT_EQ(idx, wantIdx);
+    for (size_t i = 0; i < weights.size(); ++i)
+      EXPECT_NEAR(weights[i], wantW[i],
+                  1e-6 * std::max(1.0f, std::fabs(wantW[i])))
+          << "pair " << i;
+  }
+}
+
+TEST(CudaEmuRoute, GateAndRouteInOneLaunch) {
+  // V3's routing at 64 and 256 experts; 12 tokens (more than the last
+  // block's 8 warps) and 1; K unaligned (70: the scalar path).
+  const MoERouting v3 = makeRouting(64, 6, 8, 4, MoERouting::Sigmoid,
+                                    MoERouting::NoauxTC, true, 2.5);
+  checkGateRoute<float>(v3, 12, 72, 31);
+  checkGateRoute<__nv_bfloat16>(v3, 1, 72, 32);
+  checkGateRoute<__nv_bfloat16>(v3, 3, 70, 33);
+  checkGateRoute<__nv_bfloat16>(makeRouting(256, 8, 8, 4, MoERouting::Sigmoid,
+                                            MoERouting::NoauxTC, true, 2.5),
+                                2, 64, 34);
+}
+
 //===----------------------------------------------------------------------===//
 // Routed experts
 //===----------------------------------------------------------------------===//
-
-float bf16Round(float v) { return __bfloat162float(__float2bfloat16(v)); }
-float silu(float g) { return g / (1.0f + std::exp(-g)); }
 
 /// One moeExpertsRange call's data: n tokens of x [n, ldx], topK experts
 /// each of E, gate/up [N, K], down [K, N] (here K = hidden, N = inter).

@@ -63,6 +63,8 @@ struct DeviceState {
   int32_t *hostIn = nullptr;
   /// Each logits row's argmax (Context::Outputs), on the device and pinned.
   int32_t *argmax = nullptr, *hostArgmax = nullptr;
+  /// gateRouteKernel's count of finished blocks (0 between launches).
+  unsigned *gateCounter = nullptr;
 
   /// The latent cache: pool[block][layer][64][rowFloats] like KVCache's
   /// (rows of rowFloats elements: bf16 in bf16 mode, which halves the bytes

@@ -163,8 +163,28 @@ void moeGate(Context &ctx, const float *x, int64_t ldx, int64_t n,
   const int64_t E = routing.experts;
   float *logits = static_cast<float *>(
       scratch(st, size_t(n * E) * sizeof(float), "moeGate"));
-  gemmWeight(ctx, x, ldx, n, hidden, st.weights[size_t(weight)], logits, E,
-             "moeGate");
+  const DeviceWeight &w = st.weights[size_t(weight)];
+  // Decode: the GEMV and the routing in one launch (gateRouteKernel), a
+  // launch and a kernel boundary fewer on every MoE layer's critical path.
+  if (n <= st.gemvMaxRows && E <= kGateRouteMaxExperts &&
+      routing.nGroup <= kRouteMaxGroups && w.rows == E && w.cols == hidden) {
+    const Rows rows{x, ldx, nullptr, 1};
+    const bool vec = vecRows(x, ldx, hidden, 4) &&
+                     vecRows(w.ptr, hidden, hidden, w.bf16 ? 2 : 4);
+    const unsigned blocks = unsigned((E + 7) / 8);
+    if (w.bf16)
+      launchKernel(st, "moeGate", gateRouteKernel<__nv_bfloat16, 32>, blocks,
+                   256, gateRouteSharedBytes(E), rows,
+                   static_cast<const __nv_bfloat16 *>(w.ptr), n, hidden, logits,
+                   vec, bias, routing, idx, weights, st.gateCounter);
+    else
+      launchKernel(st, "moeGate", gateRouteKernel<float, 32>, blocks, 256,
+                   gateRouteSharedBytes(E), rows,
+                   static_cast<const float *>(w.ptr), n, hidden, logits, vec,
+                   bias, routing, idx, weights, st.gateCounter);
+    return;
+  }
+  gemmWeight(ctx, x, ldx, n, hidden, w, logits, E, "moeGate");
   moeRoute(ctx, logits, E, n, bias, routing, idx, weights);
 }
 

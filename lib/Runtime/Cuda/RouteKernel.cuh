@@ -16,7 +16,7 @@
 #ifndef DS_LIB_RUNTIME_CUDA_ROUTEKERNEL_CUH
 #define DS_LIB_RUNTIME_CUDA_ROUTEKERNEL_CUH
 
-#include "KernelCommon.cuh"
+#include "GemvKernels.cuh"
 
 #include "ds/Runtime/Runtime.h"
 
@@ -48,33 +48,29 @@ __device__ inline void routeWarpBest(float &v, int32_t &i) {
   }
 }
 
-/// Warp w of block b routes token b * kRouteWarps + w; lane l owns experts
-/// l, l + 32, ... (and groups likewise).
-__global__ void __launch_bounds__(32 * kRouteWarps)
-    routeKernel(const float *logits, int64_t ldl, int64_t n, const float *bias,
-                MoERouting r, int32_t *idx, float *weights) {
-  pdlEnter();
-  DS_DYNAMIC_SHARED(float, routeShared);
-  const int warp = int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
-  const int64_t i = int64_t(blockIdx.x) * kRouteWarps + warp;
-  if (i >= n) // whole warps only
-    return;
+/// One warp routes token i (whole warps only): lane l owns experts l,
+/// l + 32, ... (and groups likewise); `score` is the warp's 2 * E floats of
+/// shared memory. Logits are read past L1 (__ldcg): gateRouteKernel's last
+/// block reads what other blocks wrote in the same launch.
+__device__ inline void routeToken(const float *l, int64_t i, const float *bias,
+                                  const MoERouting &r, int32_t *idx,
+                                  float *weights, float *score) {
+  const int lane = int(threadIdx.x % 32);
   const int64_t E = r.experts, K = r.topK;
   const bool grouped = r.method != MoERouting::Greedy && r.nGroup > 1;
   const int64_t G = grouped ? r.nGroup : 1, gs = E / G;
-  float *score = routeShared + int64_t(warp) * 2 * E, *choice = score + E;
-  const float *l = logits + i * ldl;
+  float *choice = score + E;
   if (r.scoring == MoERouting::Sigmoid) {
     for (int64_t e = lane; e < E; e += 32)
-      score[e] = 1.0f / (1.0f + expf(-l[e]));
+      score[e] = 1.0f / (1.0f + expf(-__ldcg(l + e)));
   } else {
     float mx = -INFINITY, sum = 0.0f;
     for (int64_t e = lane; e < E; e += 32)
-      mx = fmaxf(mx, l[e]);
+      mx = fmaxf(mx, __ldcg(l + e));
     for (int o = 16; o > 0; o >>= 1)
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
     for (int64_t e = lane; e < E; e += 32)
-      sum += score[e] = expf(l[e] - mx);
+      sum += score[e] = expf(__ldcg(l + e) - mx);
     for (int o = 16; o > 0; o >>= 1)
       sum += __shfl_xor_sync(0xffffffffu, sum, o);
     for (int64_t e = lane; e < E; e += 32)
@@ -163,6 +159,60 @@ __global__ void __launch_bounds__(32 * kRouteWarps)
       weights[i * K + k] = (r.normTopk ? w / sum : w) * scale;
     }
   }
+  __syncwarp(); // the warp's shared memory is free again
+}
+
+/// Warp w of block b routes token b * kRouteWarps + w.
+__global__ void __launch_bounds__(32 * kRouteWarps)
+    routeKernel(const float *logits, int64_t ldl, int64_t n, const float *bias,
+                MoERouting r, int32_t *idx, float *weights) {
+  pdlEnter();
+  DS_DYNAMIC_SHARED(float, routeShared);
+  const int warp = int(threadIdx.x / 32);
+  const int64_t i = int64_t(blockIdx.x) * kRouteWarps + warp;
+  if (i >= n) // whole warps only
+    return;
+  routeToken(logits + i * ldl, i, bias, r, idx, weights,
+             routeShared + int64_t(warp) * 2 * r.experts);
+}
+
+/// The router's GEMV and the routing in one launch (decode): every block
+/// computes 8 warps' logits columns as denseGemvKernel does; the last block
+/// to finish (a counter in global memory, reset by that block for the next
+/// launch) routes all n tokens, a warp per token. Dynamic shared memory:
+/// gateRouteSharedBytes.
+constexpr int64_t kGateRouteMaxExperts = 256;
+inline size_t gateRouteSharedBytes(int64_t experts) {
+  return size_t(8 * 2 * experts) * sizeof(float);
+}
+template <class WT, int LANES>
+__global__ void __launch_bounds__(256)
+    gateRouteKernel(Rows rows, const WT *w, int64_t n, int64_t K, float *logits,
+                    bool vec, const float *bias, MoERouting r, int32_t *idx,
+                    float *weights, unsigned *counter) {
+  pdlEnter();
+  DS_DYNAMIC_SHARED(float, gateShared);
+  __shared__ bool last;
+  const int64_t E = r.experts;
+  const int warp = int(threadIdx.x / 32);
+  const int64_t col0 =
+      (int64_t(blockIdx.x) * 8 + warp) * gemvColumnsPerWarp<LANES>();
+  if (col0 < E) // no early return: every thread meets the barriers below
+    gemvColumns<WT, false, LANES>(rows, w, nullptr, 0, n, K, E, col0, logits, E,
+                                  vec);
+  __threadfence(); // this block's logits, visible before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0)
+    last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last)
+    return;
+  __threadfence();
+  if (threadIdx.x == 0)
+    *counter = 0; // every block has counted: ready for the next launch
+  for (int64_t i = warp; i < n; i += 8)
+    routeToken(logits + i * E, i, bias, r, idx, weights,
+               gateShared + int64_t(warp) * 2 * E);
 }
 
 } // namespace cuda
