@@ -74,11 +74,23 @@ template <int LANES> __host__ __device__ constexpr int gemvColumnsPerWarp() {
 /// a time (the weight rows are re-read from cache for each further group).
 /// With `accumulate`, out[r, c] += the product instead (one lane owns each
 /// output element, so reading it back races with nothing).
+/// With `deferWait` the caller has not yet waited for the previous kernel
+/// (pdlEnter): the first weight loads are issued before the wait, so that
+/// they overlap that kernel's tail (weights are never written; the inputs
+/// and outputs are touched only after the wait). `rows` must then be dense
+/// (no rowOf to read).
 template <class WT, bool GATED, int LANES>
 __device__ inline void
 gemvColumns(const Rows &rows, const WT *wa, const WT *wb, int64_t first,
             int64_t count, int64_t K, int64_t N, int64_t col0, float *out,
-            int64_t ldo, bool vec, bool accumulate = false) {
+            int64_t ldo, bool vec, bool accumulate = false,
+            bool deferWait = false) {
+  bool waited = !deferWait;
+  auto wait = [&] {
+    if (!waited)
+      pdlEnter();
+    waited = true;
+  };
   const int lane = threadIdx.x % 32, sub = lane % LANES;
   const int64_t col = col0 + lane / LANES;
   // A column past N still takes part in the shuffles, over no K.
@@ -86,6 +98,8 @@ gemvColumns(const Rows &rows, const WT *wa, const WT *wb, int64_t first,
   const WT *w1 = wa + (col < N ? col : 0) * K;
   const WT *w2 = GATED ? wb + (col < N ? col : 0) * K : nullptr;
   constexpr int kSpan = LANES * 8; // elements the lanes of a column cover
+  if (!vec)
+    wait();
   for (int64_t r0 = first; r0 < first + count; r0 += kGemvRows) {
     const int64_t here = imin(kGemvRows, first + count - r0);
     const float *xr[kGemvRows];
@@ -111,6 +125,7 @@ gemvColumns(const Rows &rows, const WT *wa, const WT *wb, int64_t first,
               loadRaw(w2 + k, p2[u]);
           }
         }
+        wait(); // first pass: the loads above are in flight meanwhile
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           const int64_t k = k0 + kSpan * u;
@@ -150,6 +165,7 @@ gemvColumns(const Rows &rows, const WT *wa, const WT *wb, int64_t first,
         }
       }
     }
+    wait(); // a column with no K (past N) loaded nothing
 #pragma unroll
     for (int r = 0; r < kGemvRows; ++r) {
       float s1 = a1[r], s2 = a2[r];
@@ -175,14 +191,14 @@ template <class WT, bool GATED, int LANES>
 __global__ void denseGemvKernel(Rows rows, const WT *wa, const WT *wb,
                                 int64_t n, int64_t K, int64_t N, float *out,
                                 int64_t ldo, bool vec, bool accumulate) {
-  pdlEnter();
+  // No pdlEnter here: gemvColumns waits after its first weight loads.
   const int64_t col0 =
       (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) *
       gemvColumnsPerWarp<LANES>();
   if (col0 >= N)
     return;
   gemvColumns<WT, GATED, LANES>(rows, wa, wb, 0, n, K, N, col0, out, ldo, vec,
-                                accumulate);
+                                accumulate, /*deferWait=*/true);
 }
 
 /// Two dense GEMVs of one input in one launch: blocks [0, blocksA) compute
@@ -193,7 +209,7 @@ __global__ void denseGemvPairKernel(Rows rows, const WT *wa, int64_t Na,
                                     int64_t Nb, float *outB, int64_t ldoB,
                                     unsigned blocksA, int64_t n, int64_t K,
                                     bool vec) {
-  pdlEnter();
+  // No pdlEnter here: gemvColumns waits after its first weight loads.
   const bool second = blockIdx.x >= blocksA;
   const int64_t block = second ? blockIdx.x - blocksA : blockIdx.x;
   const int64_t N = second ? Nb : Na;
@@ -203,7 +219,8 @@ __global__ void denseGemvPairKernel(Rows rows, const WT *wa, int64_t Na,
     return;
   gemvColumns<WT, false, LANES>(rows, second ? wb : wa, nullptr, 0, n, K, N,
                                 col0, second ? outB : outA,
-                                second ? ldoB : ldoA, vec);
+                                second ? ldoB : ldoA, vec, false,
+                                /*deferWait=*/true);
 }
 
 } // namespace cuda

@@ -37,12 +37,14 @@ __host__ __device__ inline int64_t imin(int64_t a, int64_t b) {
 }
 
 /// Programmatic dependent launch (sm_90+, DeviceState::pdl): the first
-/// statement of every kernel. It waits until the kernels before this one in
-/// the stream have completed with their writes visible (at once when this
-/// launch did not ask for an early start), then lets the next kernel's
-/// blocks be scheduled, so that its launch overlaps this kernel's work
-/// instead of following it: decode steps are hundreds of small dependent
-/// kernels. Nothing before it may read or write global memory.
+/// statement of every kernel but the GEMVs. It waits until the kernels
+/// before this one in the stream have completed with their writes visible
+/// (at once when this launch did not ask for an early start), then lets the
+/// next kernel's blocks be scheduled, so that its launch overlaps this
+/// kernel's work instead of following it: decode steps are hundreds of
+/// small dependent kernels. Nothing before it may read or write global
+/// memory but the weights (written once, before any program runs): the
+/// GEMVs issue their first weight loads before it (gemvColumns' deferWait).
 __device__ inline void pdlEnter() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");

@@ -164,10 +164,13 @@ __global__ void groupedGemvKernel(Rows rows, const void *const *wa,
                                   const int32_t *active, int64_t K, int64_t N,
                                   float *out, int64_t ldo, bool vec,
                                   DenseGemv dense) {
-  pdlEnter();
   // One call of gemvColumns for both kinds of block (two inlined copies
-  // cost ~20 registers, and with them blocks per multiprocessor).
+  // cost ~20 registers, and with them blocks per multiprocessor). Expert
+  // blocks wait for the sort first; dense blocks issue their first weight
+  // loads before they wait (gemvColumns' deferWait).
   const bool isDense = blockIdx.x >= dense.firstBlock;
+  if (!isDense)
+    pdlEnter();
   int64_t chunk = blockIdx.y, first = 0, count = dense.n;
   const void *w1 = dense.wa, *w2 = dense.wb;
   if (isDense) {
@@ -187,7 +190,8 @@ __global__ void groupedGemvKernel(Rows rows, const void *const *wa,
     return;
   gemvColumns<WT, GATED, LANES>(rows, static_cast<const WT *>(w1),
                                 static_cast<const WT *>(w2), first, count, K, N,
-                                col0, out, ldo, vec);
+                                col0, out, ldo, vec, false,
+                                /*deferWait=*/isDense);
 }
 
 /// A grouped GEMM block's output tile: rows [r0, r0 + rows) of `expert`'s

@@ -190,16 +190,20 @@ __global__ void __launch_bounds__(256)
     gateRouteKernel(Rows rows, const WT *w, int64_t n, int64_t K, float *logits,
                     bool vec, const float *bias, MoERouting r, int32_t *idx,
                     float *weights, unsigned *counter) {
-  pdlEnter();
   DS_DYNAMIC_SHARED(float, gateShared);
   __shared__ bool last;
   const int64_t E = r.experts;
   const int warp = int(threadIdx.x / 32);
   const int64_t col0 =
       (int64_t(blockIdx.x) * 8 + warp) * gemvColumnsPerWarp<LANES>();
-  if (col0 < E) // no early return: every thread meets the barriers below
+  // No early return: every thread meets the barriers below. Each waits
+  // for the previous kernel once: in gemvColumns, after its first weight
+  // loads, or here.
+  if (col0 < E)
     gemvColumns<WT, false, LANES>(rows, w, nullptr, 0, n, K, E, col0, logits, E,
-                                  vec);
+                                  vec, false, /*deferWait=*/true);
+  else
+    pdlEnter();
   __threadfence(); // this block's logits, visible before it is counted
   __syncthreads();
   if (threadIdx.x == 0)
