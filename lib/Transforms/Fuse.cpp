@@ -176,7 +176,8 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
 
   // The routed experts, then the shared expert of the same input adding into
   // their sum: one kernel (the GPU runs the shared expert in the routed
-  // experts' launches; the sum stays routed first, then shared).
+  // experts' launches; the sum stays routed first, then shared). Only when
+  // the sum does not overwrite the input, which the shared expert reads.
   if (auto down = dyn_cast<dsk::LinearOp>(op)) {
     auto gated = dyn_cast_or_null<dsk::GatedUpOp>(prev);
     auto experts = dyn_cast_or_null<dsk::MoEExpertsOp>(prev2);
@@ -184,6 +185,7 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
         down.getOut() == experts.getOut() &&
         down.getInput() == gated.getOut() &&
         gated.getInput() == experts.getInput() && experts.getEp() == 1 &&
+        disjoint(experts.getOut(), experts.getInput()) &&
         !experts.getSharedHidden() && gated.getFp8() == down.getFp8() &&
         gated.getFp8() == experts.getFp8() &&
         gated.getOut().getDefiningOp<memref::AllocOp>() &&

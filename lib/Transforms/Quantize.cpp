@@ -62,8 +62,9 @@ struct QuantizePass : public ds::impl::QuantizeBase<QuantizePass> {
       cast<ds::WeightUserInterface>(op).getWeightUses(uses);
       auto isFp8 = [&](const ds::WeightUse &u) { return fp8Weight(u.name); };
       // A pair is two GEMMs, and routed experts with their shared expert two
-      // parts: each part quantizes its input if its weights are FP8 (the
-      // runtimes apply ActQuant per weight), as it would unfused.
+      // parts: marked if any weight is FP8, since the runtimes apply
+      // ActQuant per weight (each FP8 weight's input is quantized, as it
+      // would be unfused when its part's weights are all FP8).
       auto experts = dyn_cast<dsk::MoEExpertsOp>(op);
       bool parts =
           isa<dsk::LinearPairOp>(op) || (experts && experts.getSharedHidden());

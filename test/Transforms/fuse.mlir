@@ -330,8 +330,9 @@ module {
 // the shared expert, at the down GEMM's place (after the intermediate's
 // allocation, which stays: the kernel's scratch).
 // CHECK-LABEL: func.func @moe_shared
+// CHECK-SAME: %[[X:[^:]+]]: memref<?x16xf32>, %[[I:[^:]+]]: memref<?x1xi32>, %[[W:[^:]+]]: memref<?x1xf32>, %[[Y:[^:]+]]: memref<?x16xf32>)
 // CHECK: %[[H:.+]] = memref.alloc
-// CHECK-NEXT: dsk.moe_experts %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}}, %[[H]] {experts = 2 : i64, inter = 4 : i64, prefix = "m", shared_down = @sd, shared_gate = @sg, shared_up = @su}
+// CHECK-NEXT: dsk.moe_experts %[[X]], %[[I]], %[[W]], %[[Y]], %[[H]] {experts = 2 : i64, inter = 4 : i64, prefix = "m", shared_down = @sd, shared_gate = @sg, shared_up = @su}
 // CHECK-NOT: dsk.gated_up
 // CHECK-NOT: dsk.linear
 module {
@@ -358,10 +359,11 @@ module {
 // -----
 
 // Left apart: experts over ep ranks; the shared expert of another input; its
-// intermediate read again; its FP8 GEMMs with f32 experts.
+// intermediate read again; its FP8 GEMMs with f32 experts; the routed sum
+// overwriting the input the shared expert then reads.
 // CHECK-LABEL: func.func @moe_shared_not
+// CHECK-COUNT-5: dsk.gated_up
 // CHECK-NOT: shared_gate
-// CHECK-COUNT-4: dsk.gated_up
 module {
   ds.weight @sg : tensor<8x16xf32>
   ds.weight @su : tensor<8x16xf32>
@@ -392,6 +394,10 @@ module {
     %h4 = memref.alloc(%n) : memref<?x8xf32>
     dsk.gated_up %x, %h4 {gate = @sg, up = @su, fp8} : memref<?x16xf32>, memref<?x8xf32>
     dsk.linear %h4, %y {accumulate, fp8, weight = @sd} : memref<?x8xf32>, memref<?x16xf32>
+    dsk.moe_experts %x, %i, %w, %x {prefix = "m", experts = 2 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+    %h5 = memref.alloc(%n) : memref<?x8xf32>
+    dsk.gated_up %x, %h5 {gate = @sg, up = @su} : memref<?x16xf32>, memref<?x8xf32>
+    dsk.linear %h5, %x {accumulate, weight = @sd} : memref<?x8xf32>, memref<?x16xf32>
     return
   }
 }

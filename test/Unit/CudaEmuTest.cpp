@@ -666,8 +666,9 @@ TEST(CudaEmuMoE, GroupedGemvFewerPairsThanExperts) {
 TEST(CudaEmuMoE, GroupedGemvWithSharedExpert) {
   // The shared expert's blocks beside the routed ones (moeExpertsSharedW at
   // decode): inter 200 needs more column chunks than the routed grid's
-  // height (two extra x-blocks for gate/up), and its width differs from the
-  // routed experts'; n = 3 and 1 token.
+  // height (extra x-blocks: 5 for gate/up at a warp per column, 4 at four
+  // columns per warp), and its width differs from the routed experts';
+  // n = 3 and 1 token.
   for (int64_t n : {3, 1})
     for (bool bf16 : {false, true}) {
       MoECase m = makeCase(n, 2, 8, 0, 8, 64, 40, 64, bf16, uint32_t(20 + n));

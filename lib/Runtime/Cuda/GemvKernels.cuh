@@ -77,8 +77,8 @@ template <int LANES> __host__ __device__ constexpr int gemvColumnsPerWarp() {
 /// With `deferWait` the caller has not yet waited for the previous kernel
 /// (pdlEnter): the first weight loads are issued before the wait, so that
 /// they overlap that kernel's tail (weights are never written; the inputs
-/// and outputs are touched only after the wait). `rows` must then be dense
-/// (no rowOf to read).
+/// and outputs are touched only after the wait; with a rowOf, or without
+/// 16-byte loads, it waits first).
 template <class WT, bool GATED, int LANES>
 __device__ inline void
 gemvColumns(const Rows &rows, const WT *wa, const WT *wb, int64_t first,
@@ -98,7 +98,7 @@ gemvColumns(const Rows &rows, const WT *wa, const WT *wb, int64_t first,
   const WT *w1 = wa + (col < N ? col : 0) * K;
   const WT *w2 = GATED ? wb + (col < N ? col : 0) * K : nullptr;
   constexpr int kSpan = LANES * 8; // elements the lanes of a column cover
-  if (!vec)
+  if (!vec || rows.rowOf)          // rowOf is another kernel's output
     wait();
   for (int64_t r0 = first; r0 < first + count; r0 += kGemvRows) {
     const int64_t here = imin(kGemvRows, first + count - r0);

@@ -228,8 +228,10 @@ void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
 }
 
 /// moeExpertsRange, and the shared expert (weights by index) in the same
-/// GEMV launches where it can: decode-sized n, no FP8 activations, and its
-/// weights stored as the routed experts' are. Else false, with nothing done.
+/// GEMV launches where it can: n within the dense GEMV's rows (the shared
+/// expert is a dense MLP: DS_CUDA_GEMV_ROWS decides for it as for the
+/// others), no FP8 activations, and its weights stored as the routed
+/// experts' are. Else false, with nothing launched.
 static bool expertsWithShared(Context &ctx, const float *x, int64_t ldx,
                               int64_t n, int64_t hidden, int64_t inter,
                               const int32_t *idx, const float *weights,
@@ -239,7 +241,7 @@ static bool expertsWithShared(Context &ctx, const float *x, int64_t ldx,
                               float *y, int64_t ldy, ActQuant act) {
   DeviceState &st = state(ctx);
   const ModelSpec &spec = ctx.spec();
-  if (n > moe::kGemvTokens || experts > kSortMaxExperts)
+  if (n > st.gemvMaxRows || n > moe::kGemvTokens || experts > kSortMaxExperts)
     return false;
   const bool fp8 = [&] {
     for (int64_t w : {gate[0], shared.gate, shared.up, shared.down})

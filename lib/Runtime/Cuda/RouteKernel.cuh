@@ -180,7 +180,8 @@ __global__ void __launch_bounds__(32 * kRouteWarps)
 /// computes 8 warps' logits columns as denseGemvKernel does; the last block
 /// to finish (a counter in global memory, reset by that block for the next
 /// launch) routes all n tokens, a warp per token. Dynamic shared memory:
-/// gateRouteSharedBytes.
+/// gateRouteSharedBytes. The counter is the device's one: these launches
+/// must stay ordered on one stream (they are: DeviceState::stream).
 constexpr int64_t kGateRouteMaxExperts = 256;
 inline size_t gateRouteSharedBytes(int64_t experts) {
   return size_t(8 * 2 * experts) * sizeof(float);
@@ -206,8 +207,10 @@ __global__ void __launch_bounds__(256)
     pdlEnter();
   __threadfence(); // this block's logits, visible before it is counted
   __syncthreads();
-  if (threadIdx.x == 0)
+  if (threadIdx.x == 0) {
+    __threadfence(); // cumulative: the block's fenced writes come first
     last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  }
   __syncthreads();
   if (!last)
     return;

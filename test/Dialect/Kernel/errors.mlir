@@ -260,6 +260,18 @@ func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y:
 
 // -----
 
+// moe_experts: with a shared expert, the sum does not overwrite the input.
+ds.weight @sg : tensor<8x16xf32>
+ds.weight @su : tensor<8x16xf32>
+ds.weight @sd : tensor<16x8xf32>
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %h: memref<?x8xf32>) {
+  // expected-error @+1 {{with a shared expert, out must not share a buffer with the input}}
+  dsk.moe_experts %x, %i, %w, %x, %h {prefix = "m", experts = 1 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32>
+  return
+}
+
+// -----
+
 // moe_experts: the shared expert's weights have its intermediate's width.
 ds.weight @m.experts.0.gate_proj.weight : tensor<4x16xf32>
 ds.weight @m.experts.0.up_proj.weight : tensor<4x16xf32>

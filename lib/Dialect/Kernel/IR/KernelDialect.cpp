@@ -199,6 +199,11 @@ LogicalResult MoEExpertsOp::verify() {
     if (h == rootBuffer(getInput()) || h == rootBuffer(getOut()) ||
         h == rootBuffer(getWeights()))
       return emitOpError() << "shared_hidden must be a buffer of its own";
+    // Unfused, the shared expert reads the input after the routed sum is
+    // written: they must not share a buffer.
+    if (rootBuffer(getOut()) == rootBuffer(getInput()))
+      return emitOpError() << "with a shared expert, out must not share a "
+                              "buffer with the input";
   }
   return verifyWidth(*this, getOut(), width(getInput()), "out");
 }

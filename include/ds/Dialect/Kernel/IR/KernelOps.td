@@ -230,9 +230,11 @@ def DSK_MoEExpertsOp : DSK_WeightOp<"moe_experts"> {
     shared expert is part of the kernel, as `dsk-fuse` forms it from the
     `dsk.gated_up` into `shared_hidden` and the accumulating `dsk.linear`
     that follow: `out` is then the routed sum plus the shared expert's
-    output, added in that order. The GPU computes the shared expert in the
-    routed experts' launches; `shared_hidden` is its intermediate buffer
-    (`[tokens, shared inter]`) where a backend needs one.
+    output, added in that order; `out` must not share a buffer with
+    `input`. The GPU computes the shared expert in the routed experts'
+    launches at decode (GEMV-sized batches, no FP8 activations), else as
+    the unfused kernels; `shared_hidden` is its intermediate buffer
+    (`[tokens, shared inter]`).
   }];
   let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
                        Arg<DSK_IntRows, "", [MemRead]>:$indices,
