@@ -492,24 +492,14 @@ __global__ void __launch_bounds__(kAqGroups *kAqSlices)
     absorbQKernel(const float *q, int64_t ldq, int64_t qHead, int64_t n,
                   const float *kvB, int64_t kvHead, int64_t nope, int64_t lora,
                   int64_t heads, float *qLat, bool vec) {
-  pdlEnter();
   DS_DYNAMIC_SHARED(float, smem);
   const int64_t h = blockIdx.x;
   float *qs = smem, *partial = smem + (n * nope + 3) / 4 * 4;
-  for (int64_t e = threadIdx.x; e < n * nope; e += blockDim.x)
-    qs[e] = q[(e / nope) * ldq + h * qHead + e % nope];
-  __syncthreads();
   const int g = int(threadIdx.x % kAqGroups), sl = int(threadIdx.x / kAqGroups);
   const int64_t c0 = int64_t(blockIdx.y) * kAqDims + 4 * g;
   const float *w = kvB + h * kvHead * lora + c0;
-  float acc[kGemvRows][4];
-#pragma unroll
-  for (int t = 0; t < kGemvRows; ++t)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      acc[t][j] = 0.0f;
-  for (int64_t i0 = sl; i0 < nope; i0 += kAqSlices * kAqRows) {
-    float wv[kAqRows][4];
+  float wv[kAqRows][4];
+  auto loadW = [&](int64_t i0) {
 #pragma unroll
     for (int r = 0; r < kAqRows; ++r) {
       const int64_t i = i0 + int64_t(r) * kAqSlices;
@@ -522,6 +512,24 @@ __global__ void __launch_bounds__(kAqGroups *kAqSlices)
           wv[r][j] = i < nope && c0 + j < lora ? w[i * lora + j] : 0.0f;
       }
     }
+  };
+  // The first rows of W_UK (a weight: never written) are requested before
+  // the wait for the previous kernel, so they arrive during its tail.
+  constexpr int64_t kStep = kAqSlices * kAqRows;
+  loadW(sl);
+  pdlEnter();
+  for (int64_t e = threadIdx.x; e < n * nope; e += blockDim.x)
+    qs[e] = q[(e / nope) * ldq + h * qHead + e % nope];
+  __syncthreads();
+  float acc[kGemvRows][4];
+#pragma unroll
+  for (int t = 0; t < kGemvRows; ++t)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      acc[t][j] = 0.0f;
+  for (int64_t i0 = sl; i0 < nope; i0 += kStep) {
+    if (i0 > sl)
+      loadW(i0);
 #pragma unroll
     for (int r = 0; r < kAqRows; ++r) {
       const int64_t i = i0 + int64_t(r) * kAqSlices;
@@ -562,7 +570,7 @@ __global__ void absorbOutKernel(const float *oLat, int64_t heads, int64_t lora,
                                 const float *kvB, int64_t kvHead, int64_t nope,
                                 int64_t vdim, int64_t n, float *out,
                                 int64_t ldo, bool vec) {
-  pdlEnter();
+  // No pdlEnter here: gemvColumns waits after its first W_UV loads.
   const int64_t h = blockIdx.x;
   const int64_t col0 =
       int64_t(blockIdx.y) * (blockDim.x / 32) + threadIdx.x / 32;
@@ -570,7 +578,8 @@ __global__ void absorbOutKernel(const float *oLat, int64_t heads, int64_t lora,
     return;
   gemvColumns<float, false, 32>(Rows{oLat + h * lora, heads * lora, nullptr, 1},
                                 kvB + (h * kvHead + nope) * lora, nullptr, 0, n,
-                                lora, vdim, col0, out + h * vdim, ldo, vec);
+                                lora, vdim, col0, out + h * vdim, ldo, vec,
+                                false, /*deferWait=*/true);
 }
 
 } // namespace mla
