@@ -126,6 +126,19 @@ MoERouting makeRouting(int64_t experts, int64_t topK, int64_t nGroup,
   return r;
 }
 
+/// The CPU backend's moeRoute, the reference of the device's routing.
+void cpuRoute(const float *logits, int64_t ldl, int64_t n, const float *bias,
+              const MoERouting &r, int32_t *idx, float *weights) {
+  ModelSpec spec{};
+  spec.name = "route";
+  spec.vocabSize = 16;
+  spec.hiddenSize = 8;
+  spec.maxSeqLen = 64;
+  spec.arenaBytes = 64;
+  dsrt::Context ctx(spec, 1);
+  dsrt::cpu::moeRoute(ctx, logits, ldl, n, bias, r, idx, weights);
+}
+
 void checkRouting(const MoERouting &r, bool withBias, uint32_t seed) {
   const int64_t n = 70, E = r.experts, K = r.topK, ldl = E + 3;
   std::mt19937 rng(seed);
@@ -147,15 +160,7 @@ void checkRouting(const MoERouting &r, bool withBias, uint32_t seed) {
                     static_cast<const float *>(logits.data()), ldl, n, b, r,
                     idx.data(), w.data());
 
-  ModelSpec spec{};
-  spec.name = "route";
-  spec.vocabSize = 16;
-  spec.hiddenSize = 8;
-  spec.maxSeqLen = 64;
-  spec.arenaBytes = 64;
-  dsrt::Context ctx(spec, 1);
-  dsrt::cpu::moeRoute(ctx, logits.data(), ldl, n, b, r, wantIdx.data(),
-                      wantW.data());
+  cpuRoute(logits.data(), ldl, n, b, r, wantIdx.data(), wantW.data());
   EXPECT_EQ(idx, wantIdx);
   for (size_t i = 0; i < w.size(); ++i)
     EXPECT_NEAR(w[i], wantW[i], 1e-6 * std::max(1.0f, std::fabs(wantW[i])))
@@ -239,15 +244,7 @@ void checkGateRoute(const MoERouting &r, int64_t n, int64_t hidden,
         ASSERT_NEAR(logits[size_t(t * E + e)], want, 1e-5)
             << "token " << t << " expert " << e;
       }
-    ModelSpec spec{};
-    spec.name = "route";
-    spec.vocabSize = 16;
-    spec.hiddenSize = 8;
-    spec.maxSeqLen = 64;
-    spec.arenaBytes = 64;
-    dsrt::Context ctx(spec, 1);
-    dsrt::cpu::moeRoute(ctx, logits.data(), E, n, bias.data(), r,
-                        wantIdx.data(), wantW.data());
+    cpuRoute(logits.data(), E, n, bias.data(), r, wantIdx.data(), wantW.data());
     EXPECT_EQ(idx, wantIdx);
     for (size_t i = 0; i < weights.size(); ++i)
       EXPECT_NEAR(weights[i], wantW[i],
