@@ -15,15 +15,17 @@
 # greedy tokens, batch mode and MTP speculation too; a failing case is re-run
 # with each of DS_CUDA_PDL=0, DS_CUDA_GEMV_ROWS=0, DS_CUDA_GRAPHS=0 to name
 # the path at fault), bf16 on the tiny models
-# (rel < 2e-2; v3-long's 120-token prefill takes the grouped-GEMM experts),
+# (rel < 2e-2; v3-long's 120-token prefill takes the grouped-GEMM experts,
+# and again as cuBLAS batches: DS_CUDA_MOE_GEMM=batched),
 # compute-sanitizer memcheck on tiny. Benchmark
 # (bench/gpu/model.json = ../shared/bench/torch_baseline.py's model, random
 # bf16 weights): decode ms/step at batch 1 and 32 with a 1024-token context,
 # prefill of 2048 tokens; then torch_baseline.py (phases main, grouped) in
 # the same call; then, time permitting, decode B=1 without programmatic
 # dependent launch (DS_CUDA_PDL=0) and with the dense GEMMs on cuBLASLt
-# (DS_CUDA_GEMV_ROWS=0), and decode B=32 with its dense GEMMs on the GEMV
-# kernel (DS_CUDA_GEMV_ROWS=32), for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
+# (DS_CUDA_GEMV_ROWS=0), decode B=32 with its dense GEMMs on the GEMV
+# kernel (DS_CUDA_GEMV_ROWS=32), and prefill with the routed experts on the
+# tiled kernel (DS_CUDA_MOE_GEMM=tiled), for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
 # DS_GPU_CHECK_ONLY=1: correctness only; DS_SKIP_TORCH=1: no PyTorch run.
 set -euo pipefail
 mode=${1:?usage: bench/gpu/run.sh prepare|device DIR}
@@ -189,6 +191,27 @@ device() {
       fi
     fi
   done < <(cases)
+  # The prefill's routed experts as cuBLAS batches of tiles, which auto
+  # takes at larger batches only: v3-long with DS_CUDA_MOE_GEMM=batched,
+  # against the CPU backend, and (report) against the tiled kernels' run.
+  if [ -d "$dir/e2e/v3-long" ]; then
+    local d="$dir/e2e/v3-long" weights prompt new
+    IFS='|' read -r weights prompt new < "$d/args"
+    for prec in f32 bf16; do
+      [ -x "$d/$prec" ] || continue
+      local tol=1e-4 tokflag=(--tokens "$d/$prec-batched.txt" "$d/cpu.txt")
+      [ "$prec" = bf16 ] && tol=2e-2 && tokflag=()
+      if (cd "$d" && DS_CUDA_MOE_GEMM=batched ./$prec --weights "$weights" --prompt-ids "$prompt" \
+            --max-new-tokens "$new" --dump-logits $prec-batched.npy > $prec-batched.txt 2> $prec-batched.err) &&
+         ! grep -q refused "$d/$prec-batched.err" &&
+         r=$($py "$dir/compare.py" "$d/$prec-batched.npy" "$d/cpu.npy" --rtol $tol "${tokflag[@]}" 2>&1); then
+        say "PASS v3-long $prec, experts batched: $r (vs tiled: $($py "$dir/compare.py" "$d/$prec-batched.npy" "$d/$prec.npy" --report 2>&1))"
+      else
+        say "FAIL v3-long $prec, experts batched: ${r:-} $(tail -3 "$d/$prec-batched.err")"
+        failed=1
+      fi
+    done
+  fi
   if [ -x "$dir/dsrt-comm-nccl-test" ]; then
     say "== NCCL: collectives on device buffers, a one-rank job end to end"
     # Open MPI as a singleton (no mpirun here), its components from the
@@ -247,6 +270,7 @@ PY
   ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range(2048)))")
   (cd "$dir/bench" && ./prefill --prompt-ids "$ids" --max-new-tokens 1 --seed 1 > prefill.txt 2> prefill.err) || failed=1
   say "prefill 2048: $(grep '^timing:' "$dir/bench/prefill.txt" || tail -3 "$dir/bench/prefill.err")"
+  grep -h refused "$dir/bench/prefill.err" | tee -a "$report" || true
   grep -h '^cuda:' "$dir/bench/decode1.err" | head -1 | tee -a "$report" || true
   # Where the time goes: every kernel call timed alone (DS_CUDA_PROFILE).
   say "== profile (DS_CUDA_PROFILE=1: synchronized per call, no graphs)"
@@ -281,6 +305,15 @@ PY
     say "decode B=32, DS_CUDA_GEMV_ROWS=32: $(grep '^batch:' "$dir/bench/ab32.err" || tail -3 "$dir/bench/ab32.err")"
   else
     say "decode B=32, DS_CUDA_GEMV_ROWS=32: skipped ($SECONDS s used)"
+  fi
+  # Prefill with the routed experts on the tiled tensor-core kernel instead
+  # of the cuBLAS batches (auto's choice at 2048 tokens).
+  if [ "$SECONDS" -lt 520 ]; then
+    ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range(2048)))")
+    (cd "$dir/bench" && DS_CUDA_MOE_GEMM=tiled ./prefill --prompt-ids "$ids" --max-new-tokens 1 --seed 1 > ab-tiled.txt 2> ab-tiled.err) || true
+    say "prefill 2048, DS_CUDA_MOE_GEMM=tiled: $(grep '^timing:' "$dir/bench/ab-tiled.txt" || tail -3 "$dir/bench/ab-tiled.err")"
+  else
+    say "prefill 2048, DS_CUDA_MOE_GEMM=tiled: skipped ($SECONDS s used)"
   fi
   return $failed
 }

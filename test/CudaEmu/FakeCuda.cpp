@@ -252,6 +252,31 @@ cublasSgemmStridedBatched(cublasHandle_t, cublasOperation_t transa,
   return CUBLAS_STATUS_SUCCESS;
 }
 
+/// The pointer arrays are device memory, read when the stream runs the
+/// call (a kernel before it writes them): here, inside the enqueued op.
+cublasStatus_t cublasGemmBatchedEx(
+    cublasHandle_t, cublasOperation_t transa, cublasOperation_t transb, int m,
+    int n, int k, const void *alpha, const void *const Aarray[],
+    cudaDataType Atype, int lda, const void *const Barray[], cudaDataType Btype,
+    int ldb, const void *beta, void *const Carray[], cudaDataType Ctype,
+    int ldc, int batchCount, cublasComputeType_t computeType,
+    cublasGemmAlgo_t) {
+  if (computeType != CUBLAS_COMPUTE_32F || Ctype != CUDA_R_32F)
+    unsupported("cublasGemmBatchedEx other than float32 compute and output");
+  if (m < 0 || n < 0 || k < 0 || batchCount < 0)
+    return CUBLAS_STATUS_INVALID_VALUE;
+  const float a = *static_cast<const float *>(alpha),
+              b = *static_cast<const float *>(beta);
+  emu::enqueue(blasStream, [=] {
+    for (int batch = 0; batch < batchCount; ++batch)
+      gemm(m, n, k, a,
+           Operand{Aarray[batch], Atype, lda, transa != CUBLAS_OP_N},
+           Operand{Barray[batch], Btype, ldb, transb != CUBLAS_OP_N}, b,
+           static_cast<float *>(Carray[batch]), ldc);
+  });
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 //===--- cuBLASLt ---------------------------------------------------------===//
 
 cublasStatus_t cublasLtCreate(cublasLtHandle_t *handle) {

@@ -438,7 +438,27 @@ TEST(CudaEmuMoE, SortPairsManyExperts) {
 }
 
 /// Gemv: a warp per column; GemvShared: four columns per warp.
-enum class Path { Gemv, GemvShared, Simt, TensorCores };
+enum class Path { Gemv, GemvShared, Simt, TensorCores, Batched };
+
+/// What cublasGemmBatchedEx computes for runBatch (MoE.cu), over the
+/// pointer arrays at a, b, c: entry i, C_i [rows, N] (row-major) = B_i
+/// [rows, K] (row-major, the tile) times A_i [N, K]^T (the weight).
+template <class WT>
+void hostBatch(const void *const *a, const void *const *b, void *const *c,
+               int64_t count, int64_t rows, int64_t N, int64_t K) {
+  for (int64_t i = 0; i < count; ++i) {
+    const WT *w = static_cast<const WT *>(a[i]);
+    const WT *t = static_cast<const WT *>(b[i]);
+    float *out = static_cast<float *>(c[i]);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t col = 0; col < N; ++col) {
+        double acc = 0;
+        for (int64_t k = 0; k < K; ++k)
+          acc += double(toFloat(t[r * K + k])) * toFloat(w[col * K + k]);
+        out[r * N + col] = float(acc);
+      }
+  }
+}
 
 /// A shared expert for runExperts' GEMV paths: gate/up [inter, hidden],
 /// down [hidden, inter], in the routed experts' storage.
@@ -501,7 +521,10 @@ std::vector<float> runExperts(const MoECase &m, Path path,
                               const SharedCase *shared = nullptr) {
   using namespace dsrt::cuda::moe;
   const int64_t pairs = m.n * m.topK, E = m.count;
-  const int64_t tileRows = path == Path::TensorCores ? kTcBM : kBM;
+  constexpr bool bf16W = std::is_same<WT, __nv_bfloat16>::value;
+  const int64_t tileRows =
+      path == Path::TensorCores || (path == Path::Batched && bf16W) ? kTcBM
+                                                                    : kBM;
   const size_t slots = size_t(E + 1);
   std::vector<int32_t> offsets(slots), tileOffsets(slots), active(slots, 7777),
       rowOf(static_cast<size_t>(pairs)), slotOf(static_cast<size_t>(pairs));
@@ -511,6 +534,7 @@ std::vector<float> runExperts(const MoECase &m, Path path,
   std::vector<float> h(size_t(std::max<int64_t>(rows, 1) * m.inter), NAN),
       yp(size_t(std::max<int64_t>(rows, 1) * m.hidden), NAN),
       y(size_t(m.n * m.hidden), NAN);
+  std::vector<int32_t> padOf;
   const void *const *gate = m.table.data(), *const *up = gate + E,
                     *const *down = gate + 2 * E;
   const Rows xRows{m.x.data(), m.ldx, rowOf.data(), m.topK};
@@ -568,6 +592,38 @@ std::vector<float> runExperts(const MoECase &m, Path path,
       gemvs(std::integral_constant<int, 32>());
     else
       gemvs(std::integral_constant<int, 8>());
+  } else if (path == Path::Batched) {
+    // runBatch's sequence, cuBLAS's batches as hostBatch over the pointer
+    // arrays the gather kernel wrote. Every padded row of the tiles must be
+    // written (zeros past an expert's rows and in the tiles past the last).
+    const int64_t bound = tileBound(pairs, E, tileRows), R = bound * tileRows;
+    std::vector<WT> xs(size_t(R * m.hidden), WT(NAN)),
+        hs(size_t(R * m.inter), WT(NAN));
+    std::vector<float> gu(size_t(2 * R * m.inter), NAN);
+    yp.assign(size_t(R * m.hidden), NAN);
+    std::vector<const void *> ptr(size_t(9 * bound), nullptr);
+    padOf.assign(size_t(pairs), -7);
+    TileBatch b{xs.data(), gu.data(), gu.data() + R * m.inter,
+                hs.data(), yp.data(), m.hidden,
+                m.inter,   bound,     tileRows,
+                ptr.data()};
+    emu::launch(dim3(unsigned(bound)), dim3(256), tileGatherKernel<WT>, xRows,
+                offsets.data(), tileOffsets.data(), E, m.table.data(), b,
+                padOf.data(), m.hidden % 4 == 0 && m.ldx % 4 == 0);
+    EXPECT_EQ(std::count_if(xs.begin(), xs.end(),
+                            [](WT v) { return std::isnan(toFloat(v)); }),
+              0)
+        << "padded rows of x left unwritten";
+    const void *const *p = ptr.data();
+    void *const *pc = const_cast<void *const *>(p);
+    hostBatch<WT>(p, p + 2 * bound, pc + 4 * bound, 2 * bound, tileRows,
+                  m.inter, m.hidden);
+    emu::launch(dim3(3), dim3(64), tileSwigluKernel<WT>, gu.data(),
+                gu.data() + R * m.inter, R * m.inter, hs.data());
+    hostBatch<WT>(p + 6 * bound, p + 7 * bound, pc + 8 * bound, bound, tileRows,
+                  m.hidden, m.inter);
+    EXPECT_EQ(std::count(padOf.begin(), padOf.begin() + rows, -7), 0)
+        << "sorted slots without a padded row";
   } else if (path == Path::TensorCores) {
     const unsigned tiles = unsigned(tileBound(pairs, E, kTcBM));
     emu::launch(dim3(unsigned((m.inter + kTcBN - 1) / kTcBN), tiles), dim3(256),
@@ -591,8 +647,8 @@ std::vector<float> runExperts(const MoECase &m, Path path,
   emu::launch(dim3(unsigned(std::min<int64_t>((m.hidden + 255) / 256, 16)),
                    unsigned(m.n)),
               dim3(256), combineKernel, yp.data(), m.hidden, slotOf.data(),
-              m.weights.data(), m.topK,
-              shared ? static_cast<const float *>(ys.data()) : nullptr,
+              path == Path::Batched ? padOf.data() : nullptr, m.weights.data(),
+              m.topK, shared ? static_cast<const float *>(ys.data()) : nullptr,
               m.hidden, y.data(), m.hidden);
   return y;
 }
@@ -699,6 +755,33 @@ TEST(CudaEmuMoE, TensorCoreGemmUnalignedK) {
   MoECase m = smallCase(true, 70, 5);
   expectClose(runExperts<__nv_bfloat16>(m, Path::TensorCores),
               m.reference(true), 1e-4);
+}
+
+TEST(CudaEmuMoE, BatchedFloat32) {
+  // f32 tiles of 32 rows; the expert range leaves pairs to other ranks
+  // (their slots stay -1, and no padded row); x rows wider than hidden.
+  MoECase m = smallCase(false, 72, 11);
+  expectClose(runExperts<float>(m, Path::Batched), m.reference(false), 1e-5);
+}
+
+TEST(CudaEmuMoE, BatchedBf16Weights) {
+  // bf16: x and h rounded as the tensor cores' inputs are; hidden 70: the
+  // gather's element-wise path.
+  for (int64_t hidden : {72, 70}) {
+    MoECase m = smallCase(true, hidden, uint32_t(12 + hidden));
+    expectClose(runExperts<__nv_bfloat16>(m, Path::Batched), m.reference(true),
+                1e-4);
+  }
+}
+
+TEST(CudaEmuMoE, BatchedManyRowsPerExpert) {
+  // Experts of several 64-row tiles, one expert with none: tile i's expert
+  // is found past the empty one; tiles past the last multiply zeros.
+  MoECase m = makeCase(150, 2, 3, 0, 3, 64, 64, 64, true, 13);
+  for (int64_t t = 0; t < m.n; ++t)
+    m.idx[size_t(t * 2)] = 0, m.idx[size_t(t * 2 + 1)] = 1;
+  expectClose(runExperts<__nv_bfloat16>(m, Path::Batched), m.reference(true),
+              1e-4);
 }
 
 TEST(CudaEmuMoE, TensorCoreGemmManyRowsPerExpert) {

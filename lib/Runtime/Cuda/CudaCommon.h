@@ -117,6 +117,14 @@ struct DeviceState {
   /// through cuBLASLt (DS_CUDA_GEMV_ROWS; 0: always cuBLASLt).
   int64_t gemvMaxRows = kGemvRows;
 
+  /// Routed experts above the GEMV's token count (prefill): a cuBLAS
+  /// pointer-array batch of per-tile GEMMs, or our tiled kernels
+  /// (DS_CUDA_MOE_GEMM=auto|batched|tiled; auto: batched where the batch's
+  /// padding at most doubles the rows). moeBatchedFailed: cuBLAS refused
+  /// the batch once (its message on stderr); the tiled kernels from then on.
+  enum class MoeGemm { Auto, Batched, Tiled } moeGemm = MoeGemm::Auto;
+  bool moeBatchedFailed = false;
+
   /// Multi-rank (prepareNccl): one NCCL communicator per MeshAxis, and the
   /// DS_COMM_TIMEOUT bound of waits on the stream (0: plain synchronize).
   std::unique_ptr<Comm> comms[4];

@@ -370,6 +370,20 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
     }
     st.gemvMaxRows = v;
   }
+  if (const char *m = std::getenv("DS_CUDA_MOE_GEMM")) {
+    if (std::strcmp(m, "auto") == 0)
+      st.moeGemm = DeviceState::MoeGemm::Auto;
+    else if (std::strcmp(m, "batched") == 0)
+      st.moeGemm = DeviceState::MoeGemm::Batched;
+    else if (std::strcmp(m, "tiled") == 0)
+      st.moeGemm = DeviceState::MoeGemm::Tiled;
+    else {
+      *error = std::string("DS_CUDA_MOE_GEMM: expected auto, batched or "
+                           "tiled, got '") +
+               m + "'";
+      return false;
+    }
+  }
 
   st.maxTokens = std::max<int64_t>(
       {spec.prefillMaxTokens, spec.decodeMaxTokens, spec.mtpMaxTokens, 1});

@@ -10,7 +10,10 @@
 //    tile), with the tile list computed on the device so the grid is sized
 //    from n alone: on tensor cores (WMMA, 64-row tiles) for bf16 weights,
 //    in float32 FMAs (32-row tiles) for float32 weights (--compute-dtype=f32,
-//    which must match the CPU backend to 1e-4).
+//    which must match the CPU backend to 1e-4); or, where padding the tiles
+//    at most doubles the rows (DS_CUDA_MOE_GEMM), the same tiles as cuBLAS
+//    pointer-array batches (a GEMM per tile; the batch is sized from n
+//    alone, so its entries past the last tile multiply zeros).
 // gate/up are one pass with the SwiGLU epilogue; down writes one row per
 // pair; the combine sums each token's pairs in top-k order from zero (the
 // CPU backend's order). Each output element is a fixed-order sum, so results
@@ -21,6 +24,7 @@
 #include "CudaCommon.h"
 #include "MoEKernels.cuh"
 
+#include <cstdio>
 #include <type_traits>
 
 namespace dsrt {
@@ -107,6 +111,83 @@ struct SharedPart {
   float *y; // [n, hidden]
 };
 
+/// Whether `pairs` rows of experts run as a cuBLAS batch of tiles
+/// (TileBatch) rather than the tiled kernels: not with FP8 activations
+/// (their h is quantized in float32 between the GEMMs); by
+/// DS_CUDA_MOE_GEMM; auto: where the batch's fixed entry count (tileBound,
+/// from pairs alone) at most doubles the rows it multiplies.
+bool useBatch(const DeviceState &st, int64_t pairs, int64_t experts,
+              int64_t tileRows, bool fp8Act) {
+  using M = DeviceState::MoeGemm;
+  if (fp8Act || st.moeGemm == M::Tiled || st.moeBatchedFailed)
+    return false;
+  return st.moeGemm == M::Batched ||
+         tileBound(pairs, experts, tileRows) * tileRows <= 2 * pairs;
+}
+
+/// The experts as two cuBLAS pointer-array batches (MoEKernels.cuh's
+/// TileBatch): gather, gate and up in one batch, the SwiGLU, down. Returns
+/// the padded y for the combine (with padOf), or null, with nothing but the
+/// gather launched, where cuBLAS refuses the batch: the caller then runs
+/// the tiled kernels over the same sort.
+template <class WT>
+float *runBatch(DeviceState &st, const Rows &xRows, int64_t hidden,
+                int64_t inter, const int32_t *offsets,
+                const int32_t *tileOffsets, int64_t experts, int64_t pairs,
+                int64_t tileRows, const void *const *table, int32_t *padOf) {
+  const char *where = "moeExpertsW (batched)";
+  const int64_t bound = tileBound(pairs, experts, tileRows),
+                rows = bound * tileRows;
+  TileBatch b;
+  b.xs = scratch(st, size_t(rows * hidden) * sizeof(WT), where);
+  b.g = static_cast<float *>(
+      scratch(st, size_t(2 * rows * inter) * sizeof(float), where));
+  b.u = b.g + rows * inter;
+  b.h = scratch(st, size_t(rows * inter) * sizeof(WT), where);
+  b.y = static_cast<float *>(
+      scratch(st, size_t(rows * hidden) * sizeof(float), where));
+  b.hidden = hidden, b.inter = inter, b.bound = bound, b.tileRows = tileRows;
+  b.ptr = static_cast<const void **>(
+      scratch(st, size_t(9 * bound) * sizeof(void *), where));
+  const bool vec = hidden % 4 == 0 &&
+                   (xRows.ldx * int64_t(sizeof(float))) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(xRows.x) % 16 == 0;
+  launchKernel(st, "moeExpertsW (gather)", tileGatherKernel<WT>,
+               unsigned(bound), 256, 0, xRows, offsets, tileOffsets, experts,
+               table, b, padOf, vec);
+  // Row-major [tileRows, k] tiles times [N, k] weights: column-major
+  // C [N, tileRows] = op T of the weight (k x N, ld k) times the tile.
+  const cudaDataType_t type =
+      std::is_same<WT, float>::value ? CUDA_R_32F : CUDA_R_16BF;
+  const float one = 1.0f, zero = 0.0f;
+  const void *const *p = b.ptr;
+  cublasStatus_t s = cublasGemmBatchedEx(
+      st.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(inter), int(tileRows), int(hidden),
+      &one, p, type, int(hidden), p + 2 * bound, type, int(hidden), &zero,
+      const_cast<void *const *>(p + 4 * bound), CUDA_R_32F, int(inter),
+      int(2 * bound), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    std::fprintf(stderr,
+                 "cuda: cublasGemmBatchedEx refused the routed experts' "
+                 "batch (cuBLAS status %d); the tiled kernels run them from "
+                 "now on\n",
+                 int(s));
+    st.moeBatchedFailed = true;
+    return nullptr;
+  }
+  launchKernel(st, "moeExpertsW (swiglu)", tileSwigluKernel<WT>,
+               unsigned(imin(blocksFor(rows * inter, 256), 4096)), 256, 0, b.g,
+               b.u, rows * inter, static_cast<WT *>(b.h));
+  check(cublasGemmBatchedEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(hidden),
+                            int(tileRows), int(inter), &one, p + 6 * bound,
+                            type, int(inter), p + 7 * bound, type, int(inter),
+                            &zero, const_cast<void *const *>(p + 8 * bound),
+                            CUDA_R_32F, int(hidden), int(bound),
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        where);
+  return b.y;
+}
+
 template <class WT>
 void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                 int64_t hidden, int64_t inter, const int32_t *idx,
@@ -120,10 +201,6 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   int32_t *offsets = ints, *tileOffsets = offsets + experts + 1,
           *active = tileOffsets + experts + 1, *rowOf = active + experts + 1,
           *slotOf = rowOf + pairs;
-  float *h = static_cast<float *>(
-      scratch(st, size_t(pairs * inter) * sizeof(float), "moeExpertsW"));
-  float *yp = static_cast<float *>(
-      scratch(st, size_t(pairs * hidden) * sizeof(float), "moeExpertsW"));
   constexpr bool tensorCores = std::is_same<WT, __nv_bfloat16>::value;
   const int64_t tileRows = tensorCores ? kTcBM : kBM;
   launchKernel(st, "moeExpertsW (sort)", sortPairsKernel, 1, 1024,
@@ -136,6 +213,23 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   const void *const *gate = table, *const *up = table + experts,
                     *const *down = table + 2 * experts;
   const Rows xRows{x, ldx, rowOf, topK};
+  // Prefill may run as a cuBLAS batch: its y has padded rows, which padOf
+  // maps the slots to.
+  float *yb = nullptr;
+  int32_t *padOf = nullptr;
+  if (n > kGemvTokens && useBatch(st, pairs, experts, tileRows, fp8Act)) {
+    padOf = static_cast<int32_t *>(
+        scratch(st, size_t(pairs) * sizeof(int32_t), "moeExpertsW"));
+    yb = runBatch<WT>(st, xRows, hidden, inter, offsets, tileOffsets, experts,
+                      pairs, tileRows, table, padOf);
+  }
+  float *h = nullptr, *yp = yb;
+  if (!yb) {
+    h = static_cast<float *>(
+        scratch(st, size_t(pairs * inter) * sizeof(float), "moeExpertsW"));
+    yp = static_cast<float *>(
+        scratch(st, size_t(pairs * hidden) * sizeof(float), "moeExpertsW"));
+  }
   Rows hRows{h, inter, nullptr, 1};
   // 16-byte loads: 8-element rows of weights and inputs, 16-byte aligned
   // (the expert weights are whole allocations, rows of k % 8 == 0).
@@ -171,7 +265,9 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
             vecRows(shared->down, shared->inter, shared->inter, sizeof(WT)),
         0};
   }
-  if (n <= kGemvTokens) {
+  if (yb) {
+    // Done above.
+  } else if (n <= kGemvTokens) {
     // Blocks for the active experts only (at most one per pair): at batch 1
     // 6 of 64 experts, not 64 mostly empty ones.
     const unsigned blocks = unsigned(imin(experts, pairs));
@@ -211,7 +307,7 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   }
   dim3 grid(unsigned(imin(blocksFor(hidden, 256), 16)), unsigned(n));
   launchKernel(st, "moeExpertsW (combine)", combineKernel, grid, 256, 0, yp,
-               hidden, slotOf, weights, topK,
+               hidden, slotOf, yb ? padOf : nullptr, weights, topK,
                shared ? static_cast<const float *>(shared->y) : nullptr, hidden,
                y, ldy);
 }

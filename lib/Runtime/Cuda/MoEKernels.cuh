@@ -200,6 +200,22 @@ struct GemmTile {
   int64_t expert, r0, rows, c0;
 };
 
+/// The expert whose tiles hold `tile` (< tileOffsets[experts]): the last
+/// one whose first tile is at or before it (experts without rows share
+/// their successor's tile offset and are passed over).
+__device__ inline int64_t tileExpert(const int32_t *tileOffsets,
+                                     int64_t experts, int64_t tile) {
+  int64_t lo = 0, hi = experts;
+  while (hi - lo > 1) {
+    const int64_t mid = (lo + hi) / 2;
+    if (tileOffsets[mid] <= tile)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 /// The tile of block (blockIdx.x: column tile, blockIdx.y: tile index);
 /// false for a block past the last tile (the grid is an upper bound).
 __device__ inline bool gemmTile(const int32_t *offsets,
@@ -209,17 +225,10 @@ __device__ inline bool gemmTile(const int32_t *offsets,
   const int64_t tile = blockIdx.y;
   if (tile >= tileOffsets[experts])
     return false;
-  int64_t lo = 0, hi = experts; // the expert whose tiles hold `tile`
-  while (hi - lo > 1) {
-    const int64_t mid = (lo + hi) / 2;
-    if (tileOffsets[mid] <= tile)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  t->expert = lo;
-  t->r0 = offsets[lo] + (tile - tileOffsets[lo]) * tileRows;
-  t->rows = imin(tileRows, offsets[lo + 1] - t->r0);
+  const int64_t e = tileExpert(tileOffsets, experts, tile);
+  t->expert = e;
+  t->r0 = offsets[e] + (tile - tileOffsets[e]) * tileRows;
+  t->rows = imin(tileRows, offsets[e + 1] - t->r0);
   t->c0 = int64_t(blockIdx.x) * tileCols;
   return true;
 }
@@ -418,19 +427,100 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+/// The batched-GEMM form of the experts (prefill; MoE.cu): each tile of
+/// the sort (tileRows rows of one expert) is a GEMM of a cuBLAS pointer-
+/// array batch of `bound` entries (tileBound: the count must be known on
+/// the host; entries past the last tile multiply zeros and are not read).
+/// Rows are padded: tile i holds rows [i * tileRows, (i + 1) * tileRows).
+/// The pointer arrays, `bound` each: gate/up's A (gate weights, then up
+/// weights), B (x tiles, twice) and C (g tiles, then u tiles); down's A,
+/// B (h tiles) and C (y tiles).
+struct TileBatch {
+  void *xs;     // [bound * tileRows, hidden] in the weights' type
+  float *g, *u; // [bound * tileRows, inter]
+  void *h;      // [bound * tileRows, inter] in the weights' type
+  float *y;     // [bound * tileRows, hidden]
+  int64_t hidden, inter, bound, tileRows;
+  const void **ptr; // [9 * bound]
+};
+
+/// Block i: tile i's batch pointers, and its rows of x (gathered through
+/// rowOf, rounded to WT; zeros past the expert's rows and in tiles past the
+/// last), and padOf[slot] = the padded row of each of its sorted slots.
+/// A warp per row, 16-byte loads where `vec`.
+template <class WT>
+__global__ void tileGatherKernel(Rows rows, const int32_t *offsets,
+                                 const int32_t *tileOffsets, int64_t experts,
+                                 const void *const *table, TileBatch b,
+                                 int32_t *padOf, bool vec) {
+  pdlEnter();
+  const int64_t i = blockIdx.x, B = b.bound, R = b.tileRows, K = b.hidden;
+  int64_t e = 0, r0 = 0, rowsHere = 0;
+  if (i < tileOffsets[experts]) {
+    e = tileExpert(tileOffsets, experts, i);
+    r0 = offsets[e] + (i - tileOffsets[e]) * R;
+    rowsHere = imin(R, offsets[e + 1] - r0);
+  }
+  WT *xs = static_cast<WT *>(b.xs) + i * R * K;
+  if (threadIdx.x == 0) {
+    b.ptr[i] = table[e];
+    b.ptr[B + i] = table[experts + e];
+    b.ptr[2 * B + i] = b.ptr[3 * B + i] = xs;
+    b.ptr[4 * B + i] = b.g + i * R * b.inter;
+    b.ptr[5 * B + i] = b.u + i * R * b.inter;
+    b.ptr[6 * B + i] = table[2 * experts + e];
+    b.ptr[7 * B + i] = static_cast<WT *>(b.h) + i * R * b.inter;
+    b.ptr[8 * B + i] = b.y + i * R * K;
+  }
+  const int lane = int(threadIdx.x % 32), warps = int(blockDim.x / 32);
+  for (int64_t r = threadIdx.x / 32; r < R; r += warps) {
+    const float *src = r < rowsHere ? rows.row(r0 + r) : nullptr;
+    WT *dst = xs + r * K;
+    if (src && lane == 0)
+      padOf[r0 + r] = int32_t(i * R + r);
+    if (vec) {
+      for (int64_t c = 4 * lane; c < K; c += 128) {
+        const float4 v = src ? *reinterpret_cast<const float4 *>(src + c)
+                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        storeAs(dst + c, v.x), storeAs(dst + c + 1, v.y);
+        storeAs(dst + c + 2, v.z), storeAs(dst + c + 3, v.w);
+      }
+    } else {
+      for (int64_t c = lane; c < K; c += 32)
+        storeAs(dst + c, src ? src[c] : 0.0f);
+    }
+  }
+}
+
+/// h = silu(g) * u over `count` elements, rounded to WT (the down GEMM's
+/// input type; the tiled kernels round h the same way as they stage it).
+template <class WT>
+__global__ void tileSwigluKernel(const float *g, const float *u, int64_t count,
+                                 WT *h) {
+  pdlEnter();
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float gv = g[i];
+    storeAs(h + i, gv / (1.0f + expf(-gv)) * u[i]);
+  }
+}
+
 /// y[t] = sum_k w[t, k] * yp[slotOf[t * K + k]], in k order from zero,
 /// then + shared[t] (the shared expert's output) where shared is not null.
+/// padOf (not null: the batched form) maps a slot to its padded row of yp.
 __global__ void combineKernel(const float *yp, int64_t hidden,
-                              const int32_t *slotOf, const float *w,
-                              int64_t topK, const float *shared, int64_t lds,
-                              float *y, int64_t ldy) {
+                              const int32_t *slotOf, const int32_t *padOf,
+                              const float *w, int64_t topK, const float *shared,
+                              int64_t lds, float *y, int64_t ldy) {
   pdlEnter();
   const int64_t t = blockIdx.y;
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < hidden;
        c += int64_t(gridDim.x) * blockDim.x) {
     float acc = 0.0f;
     for (int64_t k = 0; k < topK; ++k) {
-      const int32_t slot = slotOf[t * topK + k];
+      int32_t slot = slotOf[t * topK + k];
+      if (slot >= 0 && padOf)
+        slot = padOf[slot];
       if (slot >= 0)
         acc += w[t * topK + k] * yp[int64_t(slot) * hidden + c];
     }
