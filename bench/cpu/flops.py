@@ -3,8 +3,9 @@
   flops.py CONFIG PROMPT NEW -> prints "prefill_flops N", "decode_flops N" and
   "decode_bytes N" (float32 weights and latent cache read by the decode steps)
 
-Counts 2*m*n*k for every GEMM the lowering emits (including lm_head on every
-prompt position, MoE at top_k experts + shared) and the attention products:
+Counts 2*m*n*k for every GEMM the programs run (lm_head on the last prompt
+position only, as a run without --dump-logits computes it; MoE at top_k
+experts + shared) and the attention products:
 prefill (naive MLA) causal QK^T and PV over the prompt; decode (absorbed MLA)
 the W_UK/W_UV absorption plus scores and weighted sums over the latent cache.
 Elementwise work (norms, RoPE, SwiGLU, routing) is not counted.
@@ -32,7 +33,7 @@ def main():
         else:
             ffn += 3 * H * cfg["intermediate_size"]
     per_token = L * (attn + kvb) + ffn  # kv_b: up-projection (prefill) or absorption (decode)
-    prefill = 2 * n * (per_token + V * H)
+    prefill = 2 * n * per_token + 2 * V * H
     pairs = n * (n + 1) // 2
     prefill += L * 2 * pairs * h * (nope + rope + v)
     decode = 0

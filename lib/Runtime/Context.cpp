@@ -238,6 +238,13 @@ void Context::setArgmaxDone() { impl_->argmaxDone = true; }
 
 bool Context::argmaxDone() const { return impl_->argmaxDone; }
 
+int64_t Context::logitsRowsFrom(int64_t n) const {
+  const Outputs &o = impl_->outputs;
+  if (o.logits || !o.argmax)
+    return 0;
+  return std::max<int64_t>(0, std::min(n, o.argmaxFrom));
+}
+
 //===----------------------------------------------------------------------===//
 // The device mesh
 //===----------------------------------------------------------------------===//

@@ -389,6 +389,36 @@ TEST(Fp8Linear, FloatWeightIsLinear) {
   EXPECT_EQ(a, b);
 }
 
+TEST(Fp8Linear, LogitsWComputesTheRowsRead) {
+  // A greedy prefill reads its last logits row only: logitsW leaves the
+  // rows before it as they were and computes that one as linearW does
+  // (per-row activation quantization: the same values with FP8 too).
+  LinearModel lm(300, 200);
+  Context ctx(lm.m.spec, 2);
+  ctx.randomWeights(4);
+  const int64_t n = 9;
+  std::vector<float> x = randomVector(n * 200, 8);
+  for (int64_t weight : {lm.f, lm.q})
+    for (ActQuant act : {ActQuant::None, ActQuant::Fp8}) {
+      std::vector<float> all(n * 300), some(n * 300, 12345.0f);
+      cpu::linearW(ctx, x.data(), 200, n, 200, weight, 300, all.data(), 300,
+                   act);
+      int32_t tokens[n];
+      Context::Outputs o;
+      o.logits = false;
+      o.argmax = tokens;
+      o.argmaxFrom = n - 1;
+      ctx.setOutputs(o);
+      cpu::logitsW(ctx, x.data(), 200, n, 200, weight, 300, some.data(), 300,
+                   act);
+      ctx.setOutputs(Context::Outputs());
+      for (int64_t i = 0; i < (n - 1) * 300; ++i)
+        ASSERT_EQ(some[size_t(i)], 12345.0f) << i;
+      for (int64_t i = (n - 1) * 300; i < n * 300; ++i)
+        ASSERT_EQ(some[size_t(i)], all[size_t(i)]) << i;
+    }
+}
+
 TEST(Fp8Linear, ThreadCountDoesNotChangeResults) {
   LinearModel lm(300, 200);
   for (int64_t n : {1, 17, 300}) {

@@ -171,6 +171,31 @@ TEST(Context, ArenaCacheAndParallelFor) {
     EXPECT_EQ(v, 1);
 }
 
+TEST(Context, LogitsRowsFrom) {
+  TestSpec ts({plainRope(4)}, 1, 6, 4, 10);
+  Context ctx(ts.spec, 1);
+  EXPECT_EQ(ctx.logitsRowsFrom(5), 0); // default: logits wanted
+  int32_t tokens[5];
+  Context::Outputs o;
+  o.logits = false;
+  o.argmax = tokens;
+  o.argmaxFrom = 4; // a greedy prefill: its last row
+  ctx.setOutputs(o);
+  EXPECT_EQ(ctx.logitsRowsFrom(5), 4);
+  EXPECT_EQ(ctx.logitsRowsFrom(3), 3); // past n: no row
+  o.argmaxFrom = -2;
+  ctx.setOutputs(o);
+  EXPECT_EQ(ctx.logitsRowsFrom(5), 0);
+  o.argmaxFrom = 4;
+  o.logits = true; // --dump-logits: every row
+  ctx.setOutputs(o);
+  EXPECT_EQ(ctx.logitsRowsFrom(5), 0);
+  o.logits = false;
+  o.argmax = nullptr; // nothing asks for a row: keep them all
+  ctx.setOutputs(o);
+  EXPECT_EQ(ctx.logitsRowsFrom(5), 0);
+}
+
 //===----------------------------------------------------------------------===//
 // Dense kernels
 //===----------------------------------------------------------------------===//

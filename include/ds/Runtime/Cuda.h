@@ -114,6 +114,8 @@ void qkRopeCacheWrite(Context &ctx, int64_t layer, float *q, int64_t ldq,
                       int64_t ropeIndex, const float *normW, double eps);
 void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act);
+void logitsW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+             int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act);
 void linearPairW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                  int64_t in, int64_t wa, int64_t outA, float *ya, int64_t ldya,
                  int64_t wb, int64_t outB, float *yb, int64_t ldyb,

@@ -270,6 +270,12 @@ public:
   const Outputs &outputs() const;
   void setArgmaxDone();
   bool argmaxDone() const;
+  /// The first of a program call's n logits rows anyone reads: 0 when the
+  /// logits are wanted (or no argmax is), else argmaxFrom. A program's
+  /// lm_head (logitsW) computes rows from here on only: a greedy prefill
+  /// without --dump-logits needs its last row, not a vocab-wide row per
+  /// prompt token.
+  int64_t logitsRowsFrom(int64_t n) const;
 
   /// Places this Context on the device mesh: `world` (not owned; it must
   /// outlive the Context) has exactly as many ranks as spec().mesh
@@ -413,6 +419,11 @@ void moeExperts(Context &ctx, const float *x, int64_t ldx, int64_t n,
 /// y[n, out] = x[n, in] * W^T, W = weight `weight` ([out, in]); float32
 /// accumulation in every case.
 void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+             int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act);
+
+/// linearW into a program's logits output: rows [ctx.logitsRowsFrom(n), n)
+/// only; the rows before are left as they are (nobody reads them).
+void logitsW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act);
 
 /// Two GEMMs of one input: ya = x * Wa^T, yb = x * Wb^T (one launch where

@@ -356,6 +356,13 @@ void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
   linearRef(ctx, x, ldx, n, in, w, out, y, ldy, act);
 }
 
+void logitsW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+             int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act) {
+  const int64_t from = ctx.logitsRowsFrom(n);
+  linearW(ctx, x + from * ldx, ldx, n - from, in, weight, out, y + from * ldy,
+          ldy, act);
+}
+
 void linearPairW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                  int64_t in, int64_t wa, int64_t outA, float *ya, int64_t ldya,
                  int64_t wb, int64_t outB, float *yb, int64_t ldyb,

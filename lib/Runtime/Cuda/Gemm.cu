@@ -211,6 +211,15 @@ void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
   linear(ctx, x, ldx, n, in, weight, out, y, ldy, act, false);
 }
 
+void logitsW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+             int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act) {
+  // A captured graph replays for every later call: all rows there (decode
+  // steps want all of them anyway).
+  const int64_t from = state(ctx).capturing ? 0 : ctx.logitsRowsFrom(n);
+  linearW(ctx, x + from * ldx, ldx, n - from, in, weight, out, y + from * ldy,
+          ldy, act);
+}
+
 template <class WT, int LANES>
 static void denseGemvPair(DeviceState &st, const Rows &rows,
                           const DeviceWeight &a, float *ya, int64_t ldya,

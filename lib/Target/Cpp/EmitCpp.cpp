@@ -335,6 +335,7 @@ private:
     Value idsArg = fn.getArgument(a);
     bufs[fn.getArgument(a++)] = {"ids", 1};
     bufs[fn.getArgument(a++)] = {"pos", 1};
+    logitsArg = fn.getArgument(a);
     bufs[fn.getArgument(a)] = {"logits", width(fn.getArgument(a))};
     ++a;
     bufs[fn.getArgument(a)] = {"hidden", width(fn.getArgument(a))};
@@ -447,12 +448,16 @@ private:
               })
               .Case([&](dsk::LinearOp o) {
                 Buf x = buf(o.getInput()), y = buf(o.getOut());
-                out << llvm::formatv(
-                    "  dsrt::cpu::{8}(ctx, {0}, {1}, n, {2}, "
-                    "{3}, {4}, {5}, {6}, {7});\n",
-                    x.ptr, x.ld, width(o.getInput()), index(o.getWeight()),
-                    width(o.getOut()), y.ptr, y.ld, act(o.getFp8()),
-                    o.getAccumulate() ? "linearAddW" : "linearW");
+                // Into the program's logits: logitsW computes only the
+                // rows the caller reads (Context::logitsRowsFrom).
+                const char *fnName = o.getAccumulate()         ? "linearAddW"
+                                     : o.getOut() == logitsArg ? "logitsW"
+                                                               : "linearW";
+                out << llvm::formatv("  dsrt::cpu::{8}(ctx, {0}, {1}, n, {2}, "
+                                     "{3}, {4}, {5}, {6}, {7});\n",
+                                     x.ptr, x.ld, width(o.getInput()),
+                                     index(o.getWeight()), width(o.getOut()),
+                                     y.ptr, y.ld, act(o.getFp8()), fnName);
                 return success();
               })
               .Case([&](dsk::LinearPairOp o) {
@@ -704,6 +709,8 @@ private:
   SmallVector<std::pair<RoPEConfigAttr, int64_t>> ropeList;
   DenseMap<Value, Buf> bufs;
   DenseMap<Value, std::string> scalars;
+  /// The current program's logits argument (its lm_head writes it).
+  Value logitsArg;
 };
 
 } // namespace

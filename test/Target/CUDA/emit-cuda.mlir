@@ -31,6 +31,7 @@
 // CHECK: dsrt::cuda::embedding(ctx, dsrt::cuda::weight(ctx, 0), 1024, 64, ids, n, b0, 64);
 // CHECK: dsrt::cuda::mlaAttentionNaive(ctx,
 // CHECK: dsrt::cuda::moeExpertsSharedW(ctx,
+// CHECK: dsrt::cuda::logitsW(ctx, hidden, 64, n, 64, {{[0-9]+}}, 1024, logits, 1024, dsrt::ActQuant::None);
 // CHECK-NOT: dsrt::cpu::
 // CHECK: void prefill(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, int64_t n, float *logits, float *hidden) {
 // CHECK-NEXT: dsrt::cuda::runProgram(ctx, dsrt::cuda::Program::Prefill, prefillBody, nullptr, ids, pos, n, logits, hidden);

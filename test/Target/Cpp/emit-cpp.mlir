@@ -54,7 +54,10 @@
 // CHECK: static const int64_t e{{[0-9]+}}gate[16] = {{{[0-9]+}}, {{[0-9]+}},
 // CHECK: dsrt::cpu::moeExpertsW(ctx, {{.+}}, n, 64, 32, {{.+}}, 4, e{{[0-9]+}}gate, e{{[0-9]+}}up, e{{[0-9]+}}down, 16, {{.+}}, dsrt::ActQuant::None);
 // CHECK: dsrt::cpu::rmsNorm(ctx, {{.+}}, hidden, 64);
-// CHECK: dsrt::cpu::linearW(ctx, hidden, 64, n, 64, {{[0-9]+}}, 1024, logits, 1024, dsrt::ActQuant::None);
+// The lm_head writes the program's logits: logitsW, which computes only
+// the rows the caller reads.
+// CHECK-NOT: logits,
+// CHECK: dsrt::cpu::logitsW(ctx, hidden, 64, n, 64, {{[0-9]+}}, 1024, logits, 1024, dsrt::ActQuant::None);
 // CHECK: void decode(
 // CHECK-NOT: mlaAttentionNaive
 // CHECK: dsrt::cpu::mlaAttentionAbsorbed(ctx, 0, {{b[0-9]+}}, 96, ctx.weight({{[0-9]+}}), pos, n, 4, 16, 8, 16, 0.26464225796422675,
