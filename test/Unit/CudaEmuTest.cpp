@@ -594,23 +594,27 @@ std::vector<float> runExperts(const MoECase &m, Path path,
       gemvs(std::integral_constant<int, 8>());
   } else if (path == Path::Batched) {
     // runBatch's sequence, cuBLAS's batches as hostBatch over the pointer
-    // arrays the gather kernel wrote. Every padded row of the tiles must be
-    // written (zeros past an expert's rows and in the tiles past the last).
-    const int64_t bound = tileBound(pairs, E, tileRows), R = bound * tileRows;
+    // arrays the gather kernel wrote. Every padded row of the sort's tiles
+    // must be written (zeros past an expert's rows); the entries past the
+    // last tile write only the trash tile.
+    const int64_t bound = tileBound(pairs, E, tileRows), R = bound * tileRows,
+                  used = tileOffsets[size_t(E)] * tileRows;
     std::vector<WT> xs(size_t(R * m.hidden), WT(NAN)),
         hs(size_t(R * m.inter), WT(NAN));
-    std::vector<float> gu(size_t(2 * R * m.inter), NAN);
+    std::vector<float> gu(size_t(2 * R * m.inter), NAN),
+        trash(size_t(tileRows * std::max(m.hidden, m.inter)), NAN);
     yp.assign(size_t(R * m.hidden), NAN);
     std::vector<const void *> ptr(size_t(9 * bound), nullptr);
     padOf.assign(size_t(pairs), -7);
     TileBatch b{xs.data(), gu.data(), gu.data() + R * m.inter,
-                hs.data(), yp.data(), m.hidden,
-                m.inter,   bound,     tileRows,
-                ptr.data()};
+                hs.data(), yp.data(), trash.data(),
+                m.hidden,  m.inter,   bound,
+                tileRows,  ptr.data()};
     emu::launch(dim3(unsigned(bound)), dim3(256), tileGatherKernel<WT>, xRows,
                 offsets.data(), tileOffsets.data(), E, m.table.data(), b,
                 padOf.data(), m.hidden % 4 == 0 && m.ldx % 4 == 0);
-    EXPECT_EQ(std::count_if(xs.begin(), xs.end(),
+    EXPECT_LT(used, R) << "no entry past the last tile";
+    EXPECT_EQ(std::count_if(xs.begin(), xs.begin() + used * m.hidden,
                             [](WT v) { return std::isnan(toFloat(v)); }),
               0)
         << "padded rows of x left unwritten";
@@ -619,7 +623,8 @@ std::vector<float> runExperts(const MoECase &m, Path path,
     hostBatch<WT>(p, p + 2 * bound, pc + 4 * bound, 2 * bound, tileRows,
                   m.inter, m.hidden);
     emu::launch(dim3(3), dim3(64), tileSwigluKernel<WT>, gu.data(),
-                gu.data() + R * m.inter, R * m.inter, hs.data());
+                gu.data() + R * m.inter, tileOffsets.data() + E,
+                tileRows * m.inter, hs.data());
     hostBatch<WT>(p + 6 * bound, p + 7 * bound, pc + 8 * bound, bound, tileRows,
                   m.hidden, m.inter);
     EXPECT_EQ(std::count(padOf.begin(), padOf.begin() + rows, -7), 0)

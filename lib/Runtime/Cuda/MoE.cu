@@ -13,7 +13,7 @@
 //    which must match the CPU backend to 1e-4); or, where padding the tiles
 //    at most doubles the rows (DS_CUDA_MOE_GEMM), the same tiles as cuBLAS
 //    pointer-array batches (a GEMM per tile; the batch is sized from n
-//    alone, so its entries past the last tile multiply zeros).
+//    alone, so its entries past the last tile compute into a trash tile).
 // gate/up are one pass with the SwiGLU epilogue; down writes one row per
 // pair; the combine sums each token's pairs in top-k order from zero (the
 // CPU backend's order). Each output element is a fixed-order sum, so results
@@ -24,6 +24,7 @@
 #include "CudaCommon.h"
 #include "MoEKernels.cuh"
 
+#include <algorithm>
 #include <cstdio>
 #include <type_traits>
 
@@ -146,6 +147,8 @@ float *runBatch(DeviceState &st, const Rows &xRows, int64_t hidden,
   b.h = scratch(st, size_t(rows * inter) * sizeof(WT), where);
   b.y = static_cast<float *>(
       scratch(st, size_t(rows * hidden) * sizeof(float), where));
+  b.trash = static_cast<float *>(scratch(
+      st, size_t(tileRows * std::max(hidden, inter)) * sizeof(float), where));
   b.hidden = hidden, b.inter = inter, b.bound = bound, b.tileRows = tileRows;
   b.ptr = static_cast<const void **>(
       scratch(st, size_t(9 * bound) * sizeof(void *), where));
@@ -177,7 +180,8 @@ float *runBatch(DeviceState &st, const Rows &xRows, int64_t hidden,
   }
   launchKernel(st, "moeExpertsW (swiglu)", tileSwigluKernel<WT>,
                unsigned(imin(blocksFor(rows * inter, 256), 4096)), 256, 0, b.g,
-               b.u, rows * inter, static_cast<WT *>(b.h));
+               b.u, tileOffsets + experts, tileRows * inter,
+               static_cast<WT *>(b.h));
   check(cublasGemmBatchedEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(hidden),
                             int(tileRows), int(inter), &one, p + 6 * bound,
                             type, int(inter), p + 7 * bound, type, int(inter),

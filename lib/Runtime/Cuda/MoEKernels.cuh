@@ -430,8 +430,10 @@ __global__ void __launch_bounds__(256)
 /// The batched-GEMM form of the experts (prefill; MoE.cu): each tile of
 /// the sort (tileRows rows of one expert) is a GEMM of a cuBLAS pointer-
 /// array batch of `bound` entries (tileBound: the count must be known on
-/// the host; entries past the last tile multiply zeros and are not read).
-/// Rows are padded: tile i holds rows [i * tileRows, (i + 1) * tileRows).
+/// the host). Rows are padded: tile i holds rows [i * tileRows, (i + 1) *
+/// tileRows). Entries past the last tile read tile 0 and expert 0's
+/// weights and all write `trash`: their work cannot be skipped, but what
+/// they read is in L2 and what they write stays there, and nobody reads it.
 /// The pointer arrays, `bound` each: gate/up's A (gate weights, then up
 /// weights), B (x tiles, twice) and C (g tiles, then u tiles); down's A,
 /// B (h tiles) and C (y tiles).
@@ -440,13 +442,14 @@ struct TileBatch {
   float *g, *u; // [bound * tileRows, inter]
   void *h;      // [bound * tileRows, inter] in the weights' type
   float *y;     // [bound * tileRows, hidden]
+  float *trash; // [tileRows, max(hidden, inter)]
   int64_t hidden, inter, bound, tileRows;
   const void **ptr; // [9 * bound]
 };
 
-/// Block i: tile i's batch pointers, and its rows of x (gathered through
-/// rowOf, rounded to WT; zeros past the expert's rows and in tiles past the
-/// last), and padOf[slot] = the padded row of each of its sorted slots.
+/// Block i: tile i's batch pointers and, for a tile of the sort, its rows
+/// of x (gathered through rowOf, rounded to WT, zeros past the expert's
+/// rows) and padOf[slot] = the padded row of each of its sorted slots.
 /// A warp per row, 16-byte loads where `vec`.
 template <class WT>
 __global__ void tileGatherKernel(Rows rows, const int32_t *offsets,
@@ -455,13 +458,22 @@ __global__ void tileGatherKernel(Rows rows, const int32_t *offsets,
                                  int32_t *padOf, bool vec) {
   pdlEnter();
   const int64_t i = blockIdx.x, B = b.bound, R = b.tileRows, K = b.hidden;
-  int64_t e = 0, r0 = 0, rowsHere = 0;
-  if (i < tileOffsets[experts]) {
-    e = tileExpert(tileOffsets, experts, i);
-    r0 = offsets[e] + (i - tileOffsets[e]) * R;
-    rowsHere = imin(R, offsets[e + 1] - r0);
-  }
   WT *xs = static_cast<WT *>(b.xs) + i * R * K;
+  if (i >= tileOffsets[experts]) { // past the last tile
+    if (threadIdx.x == 0) {
+      b.ptr[i] = table[0];
+      b.ptr[B + i] = table[experts];
+      b.ptr[2 * B + i] = b.ptr[3 * B + i] = b.xs;
+      b.ptr[4 * B + i] = b.ptr[5 * B + i] = b.trash;
+      b.ptr[6 * B + i] = table[2 * experts];
+      b.ptr[7 * B + i] = b.h;
+      b.ptr[8 * B + i] = b.trash;
+    }
+    return;
+  }
+  const int64_t e = tileExpert(tileOffsets, experts, i),
+                r0 = offsets[e] + (i - tileOffsets[e]) * R,
+                rowsHere = imin(R, offsets[e + 1] - r0);
   if (threadIdx.x == 0) {
     b.ptr[i] = table[e];
     b.ptr[B + i] = table[experts + e];
@@ -492,12 +504,15 @@ __global__ void tileGatherKernel(Rows rows, const int32_t *offsets,
   }
 }
 
-/// h = silu(g) * u over `count` elements, rounded to WT (the down GEMM's
-/// input type; the tiled kernels round h the same way as they stage it).
+/// h = silu(g) * u over the rows of the sort's tiles (*tiles of them, of
+/// `rowElems` elements each), rounded to WT (the down GEMM's input type;
+/// the tiled kernels round h the same way as they stage it).
 template <class WT>
-__global__ void tileSwigluKernel(const float *g, const float *u, int64_t count,
+__global__ void tileSwigluKernel(const float *g, const float *u,
+                                 const int32_t *tiles, int64_t tileElems,
                                  WT *h) {
   pdlEnter();
+  const int64_t count = int64_t(*tiles) * tileElems;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float gv = g[i];
