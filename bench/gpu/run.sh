@@ -199,6 +199,7 @@ device() {
     IFS='|' read -r weights prompt new < "$d/args"
     for prec in f32 bf16; do
       [ -x "$d/$prec" ] || continue
+      r=""
       local tol=1e-4 tokflag=(--tokens "$d/$prec-batched.txt" "$d/cpu.txt")
       [ "$prec" = bf16 ] && tol=2e-2 && tokflag=()
       if (cd "$d" && DS_CUDA_MOE_GEMM=batched ./$prec --weights "$weights" --prompt-ids "$prompt" \

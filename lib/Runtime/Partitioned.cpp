@@ -130,6 +130,31 @@ void complete(Context &ctx, Share &share, int64_t n, float *logits,
   }
 }
 
+/// Context::Outputs' argmaxFrom indexes the rows of the whole call, so a
+/// stage program over a replica's subset, or over one of several
+/// micro-batches, would misread it (its lm_head computes rows from
+/// logitsRowsFrom): there every row is computed, as Outputs' logits asks.
+class EveryLogitsRow {
+public:
+  EveryLogitsRow(Context &ctx, bool needed)
+      : ctx(ctx), saved(ctx.outputs()), needed(needed && !saved.logits) {
+    if (this->needed) {
+      Context::Outputs all = saved;
+      all.logits = true;
+      ctx.setOutputs(all);
+    }
+  }
+  ~EveryLogitsRow() {
+    if (needed)
+      ctx.setOutputs(saved);
+  }
+
+private:
+  Context &ctx;
+  Context::Outputs saved;
+  bool needed;
+};
+
 } // namespace
 
 void runPartitioned(Context &ctx, const ProgramFn *stages, const int32_t *ids,
@@ -144,6 +169,7 @@ void runPartitioned(Context &ctx, const ProgramFn *stages, const int32_t *ids,
   const int pp = ctx.meshSize(MeshAxis::PP);
   ProgramFn stage = stages[ctx.meshCoord(MeshAxis::PP)];
   std::vector<int64_t> bounds = microBatches(share.seq, pp);
+  EveryLogitsRow rows(ctx, !share.whole || bounds.size() > 2);
   for (size_t b = 0; b + 1 < bounds.size(); ++b) {
     const int64_t r0 = bounds[b], rows = bounds[b + 1] - r0;
     ctx.setTokenSequences(share.seq.data() + r0, rows);
@@ -165,6 +191,7 @@ void runPartitionedMtp(Context &ctx, MtpFn lastStage, const float *hiddenIn,
       myHiddenIn.insert(myHiddenIn.end(), hiddenIn + i * spec.hiddenSize,
                         hiddenIn + (i + 1) * spec.hiddenSize);
   if (ctx.meshCoord(MeshAxis::PP) == ctx.meshSize(MeshAxis::PP) - 1) {
+    EveryLogitsRow rows(ctx, !share.whole);
     ctx.setTokenSequences(share.seq.data(), share.size());
     lastStage(ctx, share.whole ? hiddenIn : myHiddenIn.data(),
               share.whole ? ids : share.ids.data(),

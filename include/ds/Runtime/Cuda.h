@@ -40,7 +40,7 @@ struct Io {
   char *arena;
   const int32_t *ids, *pos; ///< [n]
   int64_t n;
-  float *logits;         ///< [n, vocab]
+  float *logits;         ///< [n, vocab] (rows from Context::logitsRowsFrom)
   float *hidden;         ///< [n, hidden]
   const float *hiddenIn; ///< [n, hidden] (mtp only)
 };

@@ -121,7 +121,8 @@ class KVCache;
 
 /// One emitted program: `n` tokens with ids `ids[0..n)` at positions
 /// `pos[0..n)`, token i of sequence slot ctx.tokenSequence(i); writes logits
-/// [n, vocab] and the final-normed hidden states [n, hidden] (the input of
+/// [n, vocab] (the rows from ctx.logitsRowsFrom(n) on: the rest are not
+/// computed) and the final-normed hidden states [n, hidden] (the input of
 /// the MTP module).
 using ProgramFn = void (*)(Context &ctx, const int32_t *ids, const int32_t *pos,
                            int64_t n, float *logits, float *hidden);
@@ -252,13 +253,15 @@ public:
   int32_t tokenSequence(int64_t i) const;
 
   /// What the caller of the next program calls needs back. A program
-  /// always computes logits and hidden states; a backend whose results live
-  /// elsewhere (the CUDA backend: on the device) copies them out only when
-  /// wanted. With `argmax` set, each logits row's argmax (runMain's rule:
-  /// lowest index of the largest value, NaN never wins) is wanted in
-  /// argmax[i] for rows i >= argmaxFrom: a backend that computes it itself
-  /// sets argmaxDone(); one that does not delivers the logits whatever
-  /// `logits` says, and the caller takes the argmax (the CPU backend).
+  /// always computes hidden states, and the logits rows from
+  /// logitsRowsFrom(n) on (every row unless only the argmax of rows from
+  /// argmaxFrom is wanted); a backend whose results live elsewhere (the
+  /// CUDA backend: on the device) copies them out only when wanted. With
+  /// `argmax` set, each logits row's argmax (runMain's rule: lowest index
+  /// of the largest value, NaN never wins) is wanted in argmax[i] for rows
+  /// i >= argmaxFrom: a backend that computes it itself sets argmaxDone();
+  /// one that does not delivers those logits rows whatever `logits` says,
+  /// and the caller takes the argmax (the CPU backend).
   struct Outputs {
     bool logits = true;
     bool hidden = true;

@@ -112,7 +112,7 @@ void moeExpertsEP(Context &ctx, const float *x, int64_t ldx, int64_t n,
     fatal("moeExpertsEP", "experts not divisible by the expert-parallel ranks");
   const int64_t per = experts / ranks;
   moeExpertsRange(ctx, x, ldx, n, hidden, inter, idx, weights, topK, gate, up,
-                  down, ep.rank() * per, per, y, ldy, act);
+                  down, ep.rank() * per, per, experts, y, ldy, act);
   allReduce(ctx, MeshAxis::EP, y, ldy, n, hidden);
 }
 

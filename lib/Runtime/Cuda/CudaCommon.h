@@ -156,13 +156,15 @@ void waitStream(DeviceState &st, const char *where);
 /// and the command line is not --help.
 bool haveDevice(int argc, char **argv);
 
-/// moeExpertsW over the experts [lo, lo + count) of the index arrays only:
-/// pairs routed elsewhere contribute nothing (y is this rank's partial sum).
+/// moeExpertsW over the experts [lo, lo + count) of the index arrays'
+/// allExperts only: pairs routed elsewhere contribute nothing (y is this
+/// rank's partial sum).
 void moeExpertsRange(Context &ctx, const float *x, int64_t ldx, int64_t n,
                      int64_t hidden, int64_t inter, const int32_t *idx,
                      const float *weights, int64_t topK, const int64_t *gate,
                      const int64_t *up, const int64_t *down, int64_t lo,
-                     int64_t count, float *y, int64_t ldy, ActQuant act);
+                     int64_t count, int64_t allExperts, float *y, int64_t ldy,
+                     ActQuant act);
 
 /// Times one kernel call under DS_CUDA_PROFILE (nested calls count once,
 /// in the outermost).
@@ -248,10 +250,12 @@ inline int blocksFor(int64_t n, int threads) {
 
 /// y [n, out] = x [n, in] W^T for a device weight (float32 x; W f32 or
 /// bf16: in bf16 x is converted first); float32 accumulation. accumulate:
-/// y += x W^T.
+/// y += x W^T. pathRows (default n) picks the GEMV or the GEMM: logitsW
+/// computes some rows of a call as the whole call would.
 void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
                 int64_t in, const DeviceWeight &w, float *y, int64_t ldy,
-                const char *where, bool accumulate = false);
+                const char *where, bool accumulate = false,
+                int64_t pathRows = -1);
 
 /// DeepSeek-V3's FP8 activation quantization, kept in float: a scratch
 /// copy [n, cols] (ld cols) of x with each row's 128-wide tiles as

@@ -137,13 +137,14 @@ bool tryGemv(DeviceState &st, const float *x, int64_t ldx, int64_t n,
 
 void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
                 int64_t in, const DeviceWeight &w, float *y, int64_t ldy,
-                const char *where, bool accumulate) {
+                const char *where, bool accumulate, int64_t pathRows) {
   if (n <= 0 || w.rows <= 0)
     return;
   if (w.cols != in)
     fatal(where, "weight width differs from the input's");
   DeviceState &st = state(ctx);
-  if (tryGemv<false>(st, x, ldx, n, in, w, nullptr, y, ldy, where, accumulate))
+  if (std::max(n, pathRows) <= st.gemvMaxRows &&
+      tryGemv<false>(st, x, ldx, n, in, w, nullptr, y, ldy, where, accumulate))
     return;
   const void *b = x;
   int64_t ldb = ldx;
@@ -192,7 +193,8 @@ static const float *actInput(Context &ctx, const float *x, int64_t *ldx,
 
 static void linear(Context &ctx, const float *x, int64_t ldx, int64_t n,
                    int64_t in, int64_t weight, int64_t out, float *y,
-                   int64_t ldy, ActQuant act, bool accumulate) {
+                   int64_t ldy, ActQuant act, bool accumulate,
+                   int64_t pathRows = -1) {
   DeviceState &st = state(ctx);
   // The profile shows lm_head (the largest single weight) on its own row.
   ProfileScope profile(
@@ -203,7 +205,7 @@ static void linear(Context &ctx, const float *x, int64_t ldx, int64_t n,
   if (w.rows != out)
     fatal("linearW", "weight height differs from the output's");
   x = actInput(ctx, x, &ldx, n, in, weight, act);
-  gemmWeight(ctx, x, ldx, n, in, w, y, ldy, "linearW", accumulate);
+  gemmWeight(ctx, x, ldx, n, in, w, y, ldy, "linearW", accumulate, pathRows);
 }
 
 void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
@@ -214,10 +216,12 @@ void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
 void logitsW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act) {
   // A captured graph replays for every later call: all rows there (decode
-  // steps want all of them anyway).
+  // steps want all of them anyway). The rows computed take the kernel the
+  // whole call would (GEMV or bf16-input GEMM), so --dump-logits does not
+  // change them.
   const int64_t from = state(ctx).capturing ? 0 : ctx.logitsRowsFrom(n);
-  linearW(ctx, x + from * ldx, ldx, n - from, in, weight, out, y + from * ldy,
-          ldy, act);
+  linear(ctx, x + from * ldx, ldx, n - from, in, weight, out, y + from * ldy,
+         ldy, act, false, n);
 }
 
 template <class WT, int LANES>

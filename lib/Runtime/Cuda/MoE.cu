@@ -112,25 +112,27 @@ struct SharedPart {
   float *y; // [n, hidden]
 };
 
-/// Whether `pairs` rows of experts run as a cuBLAS batch of tiles
-/// (TileBatch) rather than the tiled kernels: not with FP8 activations
-/// (their h is quantized in float32 between the GEMMs); by
-/// DS_CUDA_MOE_GEMM; auto: where the batch's fixed entry count (tileBound,
-/// from pairs alone) at most doubles the rows it multiplies.
+/// Whether `pairs` rows of experts (`experts` of `allExperts` here) run
+/// as a cuBLAS batch of tiles (TileBatch) rather than the tiled kernels:
+/// not with FP8 activations (their h is quantized in float32 between the
+/// GEMMs); by DS_CUDA_MOE_GEMM; auto: where the batch's fixed entry count
+/// (tileBound, from pairs alone) at most doubles the rows it multiplies,
+/// this rank's expected share of the pairs under expert parallelism.
 bool useBatch(const DeviceState &st, int64_t pairs, int64_t experts,
-              int64_t tileRows, bool fp8Act) {
+              int64_t allExperts, int64_t tileRows, bool fp8Act) {
   using M = DeviceState::MoeGemm;
   if (fp8Act || st.moeGemm == M::Tiled || st.moeBatchedFailed)
     return false;
   return st.moeGemm == M::Batched ||
-         tileBound(pairs, experts, tileRows) * tileRows <= 2 * pairs;
+         double(tileBound(pairs, experts, tileRows) * tileRows) <=
+             2.0 * double(pairs) * double(experts) / double(allExperts);
 }
 
 /// The experts as two cuBLAS pointer-array batches (MoEKernels.cuh's
 /// TileBatch): gather, gate and up in one batch, the SwiGLU, down. Returns
-/// the padded y for the combine (with padOf), or null, with nothing but the
-/// gather launched, where cuBLAS refuses the batch: the caller then runs
-/// the tiled kernels over the same sort.
+/// the padded y for the combine (with padOf), or null where cuBLAS refuses
+/// a batch (nothing is then computed that the caller reads): the caller
+/// runs the tiled kernels over the same sort.
 template <class WT>
 float *runBatch(DeviceState &st, const Rows &xRows, int64_t hidden,
                 int64_t inter, const int32_t *offsets,
@@ -164,31 +166,37 @@ float *runBatch(DeviceState &st, const Rows &xRows, int64_t hidden,
       std::is_same<WT, float>::value ? CUDA_R_32F : CUDA_R_16BF;
   const float one = 1.0f, zero = 0.0f;
   const void *const *p = b.ptr;
-  cublasStatus_t s = cublasGemmBatchedEx(
-      st.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(inter), int(tileRows), int(hidden),
-      &one, p, type, int(hidden), p + 2 * bound, type, int(hidden), &zero,
-      const_cast<void *const *>(p + 4 * bound), CUDA_R_32F, int(inter),
-      int(2 * bound), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-  if (s != CUBLAS_STATUS_SUCCESS) {
+  // A refusal (cuBLAS checks its arguments before launching anything) is
+  // remembered for the whole run: the tiled kernels from then on.
+  auto refused = [&](cublasStatus_t s) {
+    if (s == CUBLAS_STATUS_SUCCESS)
+      return false;
     std::fprintf(stderr,
                  "cuda: cublasGemmBatchedEx refused the routed experts' "
                  "batch (cuBLAS status %d); the tiled kernels run them from "
                  "now on\n",
                  int(s));
     st.moeBatchedFailed = true;
+    return true;
+  };
+  if (refused(cublasGemmBatchedEx(
+          st.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(inter), int(tileRows),
+          int(hidden), &one, p, type, int(hidden), p + 2 * bound, type,
+          int(hidden), &zero, const_cast<void *const *>(p + 4 * bound),
+          CUDA_R_32F, int(inter), int(2 * bound), CUBLAS_COMPUTE_32F,
+          CUBLAS_GEMM_DEFAULT)))
     return nullptr;
-  }
   launchKernel(st, "moeExpertsW (swiglu)", tileSwigluKernel<WT>,
                unsigned(imin(blocksFor(rows * inter, 256), 4096)), 256, 0, b.g,
                b.u, tileOffsets + experts, tileRows * inter,
                static_cast<WT *>(b.h));
-  check(cublasGemmBatchedEx(st.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(hidden),
-                            int(tileRows), int(inter), &one, p + 6 * bound,
-                            type, int(inter), p + 7 * bound, type, int(inter),
-                            &zero, const_cast<void *const *>(p + 8 * bound),
-                            CUDA_R_32F, int(hidden), int(bound),
-                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        where);
+  if (refused(cublasGemmBatchedEx(
+          st.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(hidden), int(tileRows),
+          int(inter), &one, p + 6 * bound, type, int(inter), p + 7 * bound,
+          type, int(inter), &zero, const_cast<void *const *>(p + 8 * bound),
+          CUDA_R_32F, int(hidden), int(bound), CUBLAS_COMPUTE_32F,
+          CUBLAS_GEMM_DEFAULT)))
+    return nullptr;
   return b.y;
 }
 
@@ -196,8 +204,8 @@ template <class WT>
 void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                 int64_t hidden, int64_t inter, const int32_t *idx,
                 const float *weights, int64_t topK, const void **table,
-                int64_t lo, int64_t experts, float *y, int64_t ldy, bool fp8Act,
-                const SharedPart *shared = nullptr) {
+                int64_t lo, int64_t experts, int64_t allExperts, float *y,
+                int64_t ldy, bool fp8Act, const SharedPart *shared = nullptr) {
   const int64_t pairs = n * topK;
   auto *ints = static_cast<int32_t *>(
       scratch(st, size_t(3 * (experts + 1) + 2 * pairs) * sizeof(int32_t),
@@ -221,7 +229,9 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   // maps the slots to.
   float *yb = nullptr;
   int32_t *padOf = nullptr;
-  if (n > kGemvTokens && useBatch(st, pairs, experts, tileRows, fp8Act)) {
+  // (The shared expert rides only in the GEMV launches.)
+  if (n > kGemvTokens && !shared &&
+      useBatch(st, pairs, experts, allExperts, tileRows, fp8Act)) {
     padOf = static_cast<int32_t *>(
         scratch(st, size_t(pairs) * sizeof(int32_t), "moeExpertsW"));
     yb = runBatch<WT>(st, xRows, hidden, inter, offsets, tileOffsets, experts,
@@ -324,7 +334,7 @@ void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                  const int64_t *up, const int64_t *down, int64_t experts,
                  float *y, int64_t ldy, ActQuant act) {
   moeExpertsRange(ctx, x, ldx, n, hidden, inter, idx, weights, topK, gate, up,
-                  down, 0, experts, y, ldy, act);
+                  down, 0, experts, experts, y, ldy, act);
 }
 
 /// moeExpertsRange, and the shared expert (weights by index) in the same
@@ -366,10 +376,10 @@ static bool expertsWithShared(Context &ctx, const float *x, int64_t ldx,
   const SharedPart part{g.ptr, u.ptr, d.ptr, si, shared.hidden, shared.ldh, ys};
   if (bf16)
     runExperts<__nv_bfloat16>(st, x, ldx, n, hidden, inter, idx, weights, topK,
-                              table, 0, experts, y, ldy, false, &part);
+                              table, 0, experts, experts, y, ldy, false, &part);
   else
     runExperts<float>(st, x, ldx, n, hidden, inter, idx, weights, topK, table,
-                      0, experts, y, ldy, false, &part);
+                      0, experts, experts, y, ldy, false, &part);
   return true;
 }
 
@@ -400,7 +410,8 @@ void moeExpertsRange(Context &ctx, const float *x, int64_t ldx, int64_t n,
                      int64_t hidden, int64_t inter, const int32_t *idx,
                      const float *weights, int64_t topK, const int64_t *gate,
                      const int64_t *up, const int64_t *down, int64_t lo,
-                     int64_t experts, float *y, int64_t ldy, ActQuant act) {
+                     int64_t experts, int64_t allExperts, float *y, int64_t ldy,
+                     ActQuant act) {
   ProfileScope profile(ctx, "moeExpertsW");
   if (n <= 0)
     return;
@@ -416,10 +427,10 @@ void moeExpertsRange(Context &ctx, const float *x, int64_t ldx, int64_t n,
       expertTable(st, gate + lo, up + lo, down + lo, experts, &bf16);
   if (bf16)
     runExperts<__nv_bfloat16>(st, x, ldx, n, hidden, inter, idx, weights, topK,
-                              table, lo, experts, y, ldy, fp8Act);
+                              table, lo, experts, allExperts, y, ldy, fp8Act);
   else
     runExperts<float>(st, x, ldx, n, hidden, inter, idx, weights, topK, table,
-                      lo, experts, y, ldy, fp8Act);
+                      lo, experts, allExperts, y, ldy, fp8Act);
 }
 
 } // namespace cuda
