@@ -133,6 +133,54 @@ bool tryGemv(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   return true;
 }
 
+/// The B operand of a cuBLASLt GEMM on x: x itself for float32 weights,
+/// else a bf16 copy in scratch (*ldb set accordingly).
+const void *gemmInput(DeviceState &st, const float *x, int64_t ldx, int64_t n,
+                      int64_t in, bool bf16, int64_t *ldb, const char *where) {
+  *ldb = ldx;
+  if (!bf16)
+    return x;
+  auto *xb = static_cast<__nv_bfloat16 *>(
+      scratch(st, size_t(n * in) * sizeof(__nv_bfloat16), where));
+  dim3 grid(unsigned(std::min<int64_t>(blocksFor(in, 256), 64)), unsigned(n));
+  launchKernel(st, where, toBf16Kernel, grid, 256, 0, x, ldx, in, xb);
+  *ldb = in;
+  return xb;
+}
+
+/// y (+)= b W^T through cuBLASLt, b as gemmInput made it.
+void ltMatmul(DeviceState &st, const void *b, int64_t ldb, int64_t n,
+              int64_t in, const DeviceWeight &w, float *y, int64_t ldy,
+              const char *where, bool accumulate) {
+  const size_t elt = w.bf16 ? 2 : 4;
+  DeviceState::Plan &p =
+      planFor(st, w.rows, n, in, ldb, ldy, w.bf16, alignmentOf(w.ptr, in, elt),
+              alignmentOf(b, ldb, elt), alignmentOf(y, ldy, 4), where);
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  check(cublasLtMatmul(st.lt, p.op, &alpha, w.ptr, p.a, b, p.b, &beta, y, p.c,
+                       y, p.c, &p.algo, st.ltWorkspace, st.ltWorkspaceBytes,
+                       st.stream),
+        where);
+}
+
+/// ya = x Wa^T and yb = x Wb^T through cuBLASLt (more rows than the GEMV
+/// takes), one bf16 copy of x for both where both weights are bf16.
+void gemmPair(DeviceState &st, const float *x, int64_t ldx, int64_t n,
+              int64_t in, const DeviceWeight &a, float *ya, int64_t ldya,
+              const DeviceWeight &b, float *yb, int64_t ldyb,
+              const char *where) {
+  if (a.cols != in || b.cols != in)
+    fatal(where, "weight width differs from the input's");
+  int64_t ldq = 0;
+  const void *q = gemmInput(st, x, ldx, n, in, a.bf16, &ldq, where);
+  if (a.rows > 0)
+    ltMatmul(st, q, ldq, n, in, a, ya, ldya, where, false);
+  if (b.bf16 != a.bf16)
+    q = gemmInput(st, x, ldx, n, in, b.bf16, &ldq, where);
+  if (b.rows > 0)
+    ltMatmul(st, q, ldq, n, in, b, yb, ldyb, where, false);
+}
+
 } // namespace
 
 void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
@@ -146,25 +194,9 @@ void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
   if (std::max(n, pathRows) <= st.gemvMaxRows &&
       tryGemv<false>(st, x, ldx, n, in, w, nullptr, y, ldy, where, accumulate))
     return;
-  const void *b = x;
-  int64_t ldb = ldx;
-  if (w.bf16) {
-    auto *xb = static_cast<__nv_bfloat16 *>(
-        scratch(st, size_t(n * in) * sizeof(__nv_bfloat16), where));
-    dim3 grid(unsigned(std::min<int64_t>(blocksFor(in, 256), 64)), unsigned(n));
-    launchKernel(st, where, toBf16Kernel, grid, 256, 0, x, ldx, in, xb);
-    b = xb;
-    ldb = in;
-  }
-  const size_t elt = w.bf16 ? 2 : 4;
-  DeviceState::Plan &p =
-      planFor(st, w.rows, n, in, ldb, ldy, w.bf16, alignmentOf(w.ptr, in, elt),
-              alignmentOf(b, ldb, elt), alignmentOf(y, ldy, 4), where);
-  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  check(cublasLtMatmul(st.lt, p.op, &alpha, w.ptr, p.a, b, p.b, &beta, y, p.c,
-                       y, p.c, &p.algo, st.ltWorkspace, st.ltWorkspaceBytes,
-                       st.stream),
-        where);
+  int64_t ldb = 0;
+  const void *b = gemmInput(st, x, ldx, n, in, w.bf16, &ldb, where);
+  ltMatmul(st, b, ldb, n, in, w, y, ldy, where, accumulate);
 }
 
 float *fakeQuantE4M3(DeviceState &st, const float *x, int64_t ldx, int64_t n,
@@ -274,6 +306,13 @@ void linearPairW(Context &ctx, const float *x, int64_t ldx, int64_t n,
       denseGemvPair<float, 32>(st, rows, a, ya, ldya, b, yb, ldyb, n, in, vec);
     return;
   }
+  // Prefill: two GEMMs of one bf16 copy (one quantization) of x.
+  if (n > st.gemvMaxRows && spec.weights[wa].dtype == spec.weights[wb].dtype) {
+    int64_t ldq = ldx;
+    const float *q = actInput(ctx, x, &ldq, n, in, wa, act);
+    gemmPair(st, q, ldq, n, in, a, ya, ldya, b, yb, ldyb, "linearPairW");
+    return;
+  }
   linearW(ctx, x, ldx, n, in, wa, outA, ya, ldya, act);
   linearW(ctx, x, ldx, n, in, wb, outB, yb, ldyb, act);
 }
@@ -307,8 +346,16 @@ void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
   float *g = static_cast<float *>(
       scratch(st, size_t(2 * n * inter) * sizeof(float), "gatedUp"));
   float *u = g + n * inter;
-  linearW(ctx, x, ldx, n, in, gate, inter, g, inter, act);
-  linearW(ctx, x, ldx, n, in, up, inter, u, inter, act);
+  if (n > st.gemvMaxRows && wg.rows == inter && wu.rows == inter &&
+      ctx.spec().weights[gate].dtype == ctx.spec().weights[up].dtype) {
+    // One bf16 copy (one quantization) of x for both GEMMs.
+    int64_t ldq = ldx;
+    const float *q = actInput(ctx, x, &ldq, n, in, gate, act);
+    gemmPair(st, q, ldq, n, in, wg, g, inter, wu, u, inter, "gatedUp");
+  } else {
+    linearW(ctx, x, ldx, n, in, gate, inter, g, inter, act);
+    linearW(ctx, x, ldx, n, in, up, inter, u, inter, act);
+  }
   swiglu(ctx, g, inter, u, inter, n, inter, y, ldy);
 }
 
