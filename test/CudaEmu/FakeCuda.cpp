@@ -265,6 +265,11 @@ cublasStatus_t cublasGemmBatchedEx(
     unsupported("cublasGemmBatchedEx other than float32 compute and output");
   if (m < 0 || n < 0 || k < 0 || batchCount < 0)
     return CUBLAS_STATUS_INVALID_VALUE;
+  // DS_CUDA_EMU_REFUSE=batched: refuse, as cuBLAS does a combination it
+  // does not support (the backend's fallback path).
+  if (const char *r = std::getenv("DS_CUDA_EMU_REFUSE"))
+    if (std::strcmp(r, "batched") == 0)
+      return CUBLAS_STATUS_NOT_SUPPORTED;
   const float a = *static_cast<const float *>(alpha),
               b = *static_cast<const float *>(beta);
   emu::enqueue(blasStream, [=] {
