@@ -194,15 +194,41 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
       Operation *fused = dsk::MoEExpertsOp::create(
           b, op->getLoc(), experts.getInput(), experts.getIndices(),
           experts.getWeights(), experts.getOut(), gated.getOut(),
+          /*residual=*/Value(), /*sum=*/Value(), /*normed=*/Value(),
           experts.getPrefixAttr(), experts.getExpertsAttr(),
           experts.getInterAttr(), experts.getFp8Attr(), experts.getEpAttr(),
-          gated.getGateAttr(), gated.getUpAttr(), down.getWeightAttr());
+          gated.getGateAttr(), gated.getUpAttr(), down.getWeightAttr(),
+          /*norm=*/FlatSymbolRefAttr(), /*eps=*/FloatAttr());
       down.erase();
       gated.erase();
       experts.erase();
       return {fused, 3};
     }
   }
+
+  // The routed and shared experts, then the residual add and RMSNorm of
+  // their sum: the norm becomes the experts' epilogue (the GPU's combine
+  // does it at decode). out is still written; a + b is b + a, bit for bit.
+  if (auto norm = dyn_cast<dsk::AddRMSNormOp>(op))
+    if (auto experts = dyn_cast_or_null<dsk::MoEExpertsOp>(prev)) {
+      Value out = experts.getOut();
+      Value residual = norm.getLhs() == out ? norm.getRhs() : norm.getLhs();
+      if (experts.getSharedHidden() && !experts.getNorm() &&
+          (norm.getLhs() == out || norm.getRhs() == out) && residual != out) {
+        Operation *fused = dsk::MoEExpertsOp::create(
+            b, op->getLoc(), experts.getInput(), experts.getIndices(),
+            experts.getWeights(), out, experts.getSharedHidden(), residual,
+            norm.getSum(), norm.getOut(), experts.getPrefixAttr(),
+            experts.getExpertsAttr(), experts.getInterAttr(),
+            experts.getFp8Attr(), experts.getEpAttr(),
+            experts.getSharedGateAttr(), experts.getSharedUpAttr(),
+            experts.getSharedDownAttr(), norm.getWeightAttr(),
+            norm.getEpsAttr());
+        norm.erase();
+        experts.erase();
+        return {fused, 2};
+      }
+    }
 
   // The router GEMM, then routing on its logits.
   if (auto route = dyn_cast<dsk::MoERouteOp>(op))

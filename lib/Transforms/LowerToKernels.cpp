@@ -419,10 +419,12 @@ private:
     Value out = outFor(o.getResult(), width(x));
     dsk::MoEExpertsOp::create(
         b, loc, x, indices, weights, out, /*shared_hidden=*/Value(),
+        /*residual=*/Value(), /*sum=*/Value(), /*normed=*/Value(),
         b.getStringAttr(p), b.getI64IntegerAttr(c.getExperts()),
         b.getI64IntegerAttr(c.getInter()), /*fp8=*/UnitAttr(),
         b.getI64IntegerAttr(o.getEp()), FlatSymbolRefAttr(),
-        FlatSymbolRefAttr(), FlatSymbolRefAttr());
+        FlatSymbolRefAttr(), FlatSymbolRefAttr(), /*norm=*/FlatSymbolRefAttr(),
+        /*eps=*/FloatAttr());
     if (c.getShared() > 0) {
       Value shared =
           mlp(x, p + ".shared_experts", c.getShared() * c.getInter());

@@ -358,6 +358,74 @@ module {
 
 // -----
 
+// The routed and shared experts, then the residual add + RMSNorm of their
+// sum (with the sum on either side) -> the norm is the experts' epilogue.
+// CHECK-LABEL: func.func @moe_norm
+// CHECK-SAME: %[[X:[^:]+]]: memref<?x16xf32>, %[[I:[^:]+]]: memref<?x1xi32>, %[[W:[^:]+]]: memref<?x1xf32>, %[[Y:[^:]+]]: memref<?x16xf32>, %[[R:[^:]+]]: memref<?x16xf32>, %[[S:[^:]+]]: memref<?x16xf32>, %[[N:[^:]+]]: memref<?x16xf32>)
+// CHECK: %[[H:.+]] = memref.alloc
+// CHECK-NEXT: dsk.moe_experts %[[X]], %[[I]], %[[W]], %[[Y]], %[[H]] norm(%[[R]], %[[S]], %[[N]]) {eps = 9.9999999999999995E-7 : f64, experts = 2 : i64, inter = 4 : i64, norm = @nw, prefix = "m", shared_down = @sd, shared_gate = @sg, shared_up = @su}
+// CHECK-NEXT: dsk.moe_experts %[[X]], %[[I]], %[[W]], %[[Y]], %[[H]] norm(%[[R]], %[[S]], %[[N]])
+// CHECK-NOT: dsk.add_rms_norm
+module {
+  ds.weight @sg : tensor<8x16xf32>
+  ds.weight @su : tensor<8x16xf32>
+  ds.weight @sd : tensor<16x8xf32>
+  ds.weight @nw : tensor<16xf32>
+  ds.weight @m.experts.0.gate_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.0.up_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.0.down_proj.weight : tensor<16x4xf32>
+  ds.weight @m.experts.1.gate_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.1.up_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.1.down_proj.weight : tensor<16x4xf32>
+  func.func @moe_norm(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %r: memref<?x16xf32>, %s: memref<?x16xf32>, %o: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %h = memref.alloc(%n) : memref<?x8xf32>
+    dsk.moe_experts %x, %i, %w, %y, %h {prefix = "m", experts = 2 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32>
+    dsk.add_rms_norm %r, %y, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.moe_experts %x, %i, %w, %y, %h {prefix = "m", experts = 2 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32>
+    dsk.add_rms_norm %y, %r, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    return
+  }
+}
+
+// -----
+
+// Left apart: experts without their shared expert; a norm of another sum;
+// the sum doubled (both operands the experts' output); a kernel between.
+// CHECK-LABEL: func.func @moe_norm_not
+// CHECK-NOT: norm(
+// CHECK-COUNT-4: dsk.add_rms_norm
+module {
+  ds.weight @sg : tensor<8x16xf32>
+  ds.weight @su : tensor<8x16xf32>
+  ds.weight @sd : tensor<16x8xf32>
+  ds.weight @nw : tensor<16xf32>
+  ds.weight @m.experts.0.gate_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.0.up_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.0.down_proj.weight : tensor<16x4xf32>
+  ds.weight @m.experts.1.gate_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.1.up_proj.weight : tensor<4x16xf32>
+  ds.weight @m.experts.1.down_proj.weight : tensor<16x4xf32>
+  func.func @moe_norm_not(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %r: memref<?x16xf32>, %s: memref<?x16xf32>, %o: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %h = memref.alloc(%n) : memref<?x8xf32>
+    dsk.moe_experts %x, %i, %w, %y {prefix = "m", experts = 2 : i64, inter = 4 : i64, ep = 2 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
+    dsk.add_rms_norm %r, %y, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.moe_experts %x, %i, %w, %y, %h {prefix = "m", experts = 2 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32>
+    dsk.add_rms_norm %r, %x, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.moe_experts %x, %i, %w, %y, %h {prefix = "m", experts = 2 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32>
+    dsk.add_rms_norm %y, %y, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.moe_experts %x, %i, %w, %y, %h {prefix = "m", experts = 2 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32>
+    dsk.add %x, %x, %r : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.add_rms_norm %r, %y, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    return
+  }
+}
+
+// -----
+
 // Left apart: experts over ep ranks; the shared expert of another input; its
 // intermediate read again; its FP8 GEMMs with f32 experts; the routed sum
 // overwriting the input the shared expert then reads.

@@ -35,7 +35,7 @@
 // CHECK: dsk.mla_attention_naive
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {fp8, weight = @a.o_proj.weight}
 // CHECK: dsk.moe_gate %{{.+}} {bias = @m.gate.e_score_correction_bias, config = #{{.+}}, weight = @m.gate.weight}
-// CHECK: dsk.moe_experts %{{.+}} {experts = 4 : i64, fp8, inter = 8 : i64, prefix = "m", shared_down = @m.shared_experts.down_proj.weight, shared_gate = @m.shared_experts.gate_proj.weight, shared_up = @m.shared_experts.up_proj.weight}
+// CHECK: dsk.moe_experts %{{.+}} norm(%{{.+}}) {eps = {{.+}}, experts = 4 : i64, fp8, inter = 8 : i64, norm = @nf, prefix = "m", shared_down = @m.shared_experts.down_proj.weight, shared_gate = @m.shared_experts.gate_proj.weight, shared_up = @m.shared_experts.up_proj.weight}
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {weight = @head}
 // CHECK-LABEL: func.func @decode
 // CHECK: dsk.mla_attention_absorbed %{{.+}} kv_b = @a.kv_b_proj.weight

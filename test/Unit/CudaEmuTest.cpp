@@ -789,6 +789,52 @@ TEST(CudaEmuMoE, BatchedManyRowsPerExpert) {
               1e-4);
 }
 
+TEST(CudaEmuMoE, CombineWithNormEqualsCombineThenAddRmsNorm) {
+  // moeExpertsSharedNormW's combine at decode: bit for bit the combine
+  // followed by addRmsNormKernel; hidden 300 > 256 threads, a pair of
+  // another rank (slot -1), and the sum written over the residual.
+  using namespace dsrt::cuda::moe;
+  const int64_t n = 3, hidden = 300, K = 2, ld = hidden + 2;
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  auto random = [&](int64_t count) {
+    std::vector<float> v(static_cast<size_t>(count));
+    for (float &x : v)
+      x = u(rng);
+    return v;
+  };
+  const std::vector<float> yp = random(5 * hidden), w = random(n * K),
+                           shared = random(n * hidden), res = random(n * ld),
+                           normW = random(hidden);
+  const std::vector<int32_t> slotOf = {4, 0, -1, 2, 3, 1};
+  std::vector<float> y(size_t(n * ld), NAN), sum(size_t(n * ld), NAN),
+      normed(size_t(n * ld), NAN);
+  emu::launch(dim3(2, unsigned(n)), dim3(256), combineKernel, yp.data(), hidden,
+              slotOf.data(), static_cast<const int32_t *>(nullptr), w.data(), K,
+              shared.data(), hidden, y.data(), ld);
+  emu::launch(dim3(unsigned(n)), dim3(256), dsrt::cuda::rowk::addRmsNormKernel,
+              res.data(), ld, static_cast<const float *>(y.data()), ld, hidden,
+              normW.data(), 1e-6f, sum.data(), ld, normed.data(), ld);
+  for (bool inPlace : {false, true}) {
+    SCOPED_TRACE(inPlace ? "sum over the residual" : "sum apart");
+    std::vector<float> r2 = res, y2(size_t(n * ld), NAN),
+                       s2(size_t(n * ld), NAN), n2(size_t(n * ld), NAN);
+    float *sumOut = inPlace ? r2.data() : s2.data();
+    const NormEpilogue e{r2.data(), ld, normW.data(), 1e-6f,
+                         sumOut,    ld, n2.data(),    ld};
+    emu::launch(dim3(unsigned(n)), dim3(256), combineNormKernel, yp.data(),
+                hidden, slotOf.data(), w.data(), K, shared.data(), hidden,
+                y2.data(), ld, e);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t c = 0; c < hidden; ++c) {
+        const size_t i = size_t(t * ld + c);
+        ASSERT_EQ(y2[i], y[i]) << t << "," << c;
+        ASSERT_EQ(sumOut[i], sum[i]) << t << "," << c;
+        ASSERT_EQ(n2[i], normed[i]) << t << "," << c;
+      }
+  }
+}
+
 TEST(CudaEmuMoE, TensorCoreGemmManyRowsPerExpert) {
   // More than one 64-row tile per expert, one expert with no rows.
   MoECase m = makeCase(150, 2, 3, 0, 3, 64, 64, 64, true, 6);

@@ -152,6 +152,13 @@ void moeExpertsSharedW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                        const int64_t *up, const int64_t *down, int64_t experts,
                        const SharedExpert &shared, float *y, int64_t ldy,
                        ActQuant act);
+void moeExpertsSharedNormW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                           int64_t hidden, int64_t inter, const int32_t *idx,
+                           const float *weights, int64_t topK,
+                           const int64_t *gate, const int64_t *up,
+                           const int64_t *down, int64_t experts,
+                           const SharedExpert &shared, float *y, int64_t ldy,
+                           const AddNorm &norm, ActQuant act);
 
 // Collectives (dsrt-nccl): dsrt::cpu's namesakes on device buffers.
 void allReduce(Context &ctx, MeshAxis axis, float *x, int64_t ldx, int64_t n,

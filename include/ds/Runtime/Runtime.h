@@ -115,6 +115,19 @@ struct SharedExpert {
   int64_t ldh;
 };
 
+/// The residual add + RMSNorm after a MoE layer (moeExpertsSharedNormW):
+/// sum = residual + y, normed = rmsNorm(sum, weight, eps), as addRmsNorm.
+struct AddNorm {
+  const float *residual;
+  int64_t ldr;
+  const float *weight;
+  double eps;
+  float *sum;
+  int64_t lds;
+  float *normed;
+  int64_t ldn;
+};
+
 class Comm;
 class Context;
 class KVCache;
@@ -458,6 +471,17 @@ void moeExpertsSharedW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                        const int64_t *up, const int64_t *down, int64_t experts,
                        const SharedExpert &shared, float *y, int64_t ldy,
                        ActQuant act);
+
+/// moeExpertsSharedW, then addRmsNorm(norm.residual, y) into norm.sum and
+/// norm.normed (dsk-fuse's moe_experts with its norm epilogue); y is
+/// written too.
+void moeExpertsSharedNormW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                           int64_t hidden, int64_t inter, const int32_t *idx,
+                           const float *weights, int64_t topK,
+                           const int64_t *gate, const int64_t *up,
+                           const int64_t *down, int64_t experts,
+                           const SharedExpert &shared, float *y, int64_t ldy,
+                           const AddNorm &norm, ActQuant act);
 
 /// moeExpertsW over the ranks of Context::expertComm (ep x dp), rank g
 /// holding the weights of experts [g * E / G, (g + 1) * E / G). The ep ranks

@@ -181,6 +181,9 @@ def Fuse : Pass<"dsk-fuse", "::mlir::ModuleOp"> {
       (`dsk.gated_up`, then the down `dsk.linear` accumulating into the
       routed sum) -> `dsk.moe_experts` with the shared expert (the GPU runs
       it in the routed experts' launches; its intermediate buffer stays);
+    - that `dsk.moe_experts`, then the `dsk.add_rms_norm` of its output and
+      another buffer -> the experts with that norm as their epilogue (the
+      GPU's combine does the add and the norm at decode);
     - then, two adjacent `dsk.linear`s of one input -> `dsk.linear_pair`
       (MLA's query and latent projections of the normalized row).
 

@@ -277,5 +277,19 @@ void moeExpertsSharedW(Context &ctx, const float *x, int64_t ldx, int64_t n,
              hidden, y, ldy, act);
 }
 
+void moeExpertsSharedNormW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                           int64_t hidden, int64_t inter, const int32_t *idx,
+                           const float *weights, int64_t topK,
+                           const int64_t *gate, const int64_t *up,
+                           const int64_t *down, int64_t experts,
+                           const SharedExpert &shared, float *y, int64_t ldy,
+                           const AddNorm &norm, ActQuant act) {
+  // The unfused sequence, bit for bit.
+  moeExpertsSharedW(ctx, x, ldx, n, hidden, inter, idx, weights, topK, gate, up,
+                    down, experts, shared, y, ldy, act);
+  addRmsNorm(ctx, norm.residual, norm.ldr, y, ldy, n, hidden, norm.weight,
+             norm.eps, norm.sum, norm.lds, norm.normed, norm.ldn);
+}
+
 } // namespace cpu
 } // namespace dsrt

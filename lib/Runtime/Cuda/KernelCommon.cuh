@@ -52,6 +52,28 @@ __device__ inline void pdlEnter() {
 #endif
 }
 
+/// The sum of v over the block (every thread gets it); `shared` holds 32
+/// floats.
+__device__ inline float blockSum(float v, float *shared) {
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0)
+    shared[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x / 32;
+  v = lane < warps ? shared[lane] : 0.0f;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1)
+      v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x == 0)
+    shared[0] = v;
+  __syncthreads();
+  v = shared[0];
+  __syncthreads();
+  return v;
+}
+
 __device__ inline float toFloat(float v) { return v; }
 __device__ inline float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 

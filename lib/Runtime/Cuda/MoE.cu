@@ -205,7 +205,8 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                 int64_t hidden, int64_t inter, const int32_t *idx,
                 const float *weights, int64_t topK, const void **table,
                 int64_t lo, int64_t experts, int64_t allExperts, float *y,
-                int64_t ldy, bool fp8Act, const SharedPart *shared = nullptr) {
+                int64_t ldy, bool fp8Act, const SharedPart *shared = nullptr,
+                const NormEpilogue *norm = nullptr) {
   const int64_t pairs = n * topK;
   auto *ints = static_cast<int32_t *>(
       scratch(st, size_t(3 * (experts + 1) + 2 * pairs) * sizeof(int32_t),
@@ -319,11 +320,19 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                  down, nullptr, offsets, tileOffsets, experts, inter, hidden,
                  yp, hidden);
   }
+  const float *sharedY = shared ? shared->y : nullptr;
+  if (norm) { // with the residual add + RMSNorm that follows: a block a row
+    if (yb)
+      fatal("moeExpertsW", "the norm epilogue on the batched form");
+    launchKernel(st, "moeExpertsW (combine + norm)", combineNormKernel,
+                 unsigned(n), 256, 0, yp, hidden, slotOf, weights, topK,
+                 sharedY, hidden, y, ldy, *norm);
+    return;
+  }
   dim3 grid(unsigned(imin(blocksFor(hidden, 256), 16)), unsigned(n));
   launchKernel(st, "moeExpertsW (combine)", combineKernel, grid, 256, 0, yp,
-               hidden, slotOf, yb ? padOf : nullptr, weights, topK,
-               shared ? static_cast<const float *>(shared->y) : nullptr, hidden,
-               y, ldy);
+               hidden, slotOf, yb ? padOf : nullptr, weights, topK, sharedY,
+               hidden, y, ldy);
 }
 
 } // namespace
@@ -348,7 +357,8 @@ static bool expertsWithShared(Context &ctx, const float *x, int64_t ldx,
                               int64_t topK, const int64_t *gate,
                               const int64_t *up, const int64_t *down,
                               int64_t experts, const SharedExpert &shared,
-                              float *y, int64_t ldy, ActQuant act) {
+                              float *y, int64_t ldy, ActQuant act,
+                              const AddNorm *norm = nullptr) {
   DeviceState &st = state(ctx);
   const ModelSpec &spec = ctx.spec();
   if (n > st.gemvMaxRows || n > moe::kGemvTokens || experts > kSortMaxExperts)
@@ -374,12 +384,18 @@ static bool expertsWithShared(Context &ctx, const float *x, int64_t ldx,
   float *ys = static_cast<float *>(
       scratch(st, size_t(n * hidden) * sizeof(float), "moeExpertsW"));
   const SharedPart part{g.ptr, u.ptr, d.ptr, si, shared.hidden, shared.ldh, ys};
+  NormEpilogue epilogue{};
+  if (norm)
+    epilogue = {norm->residual, norm->ldr, norm->weight, float(norm->eps),
+                norm->sum,      norm->lds, norm->normed, norm->ldn};
   if (bf16)
     runExperts<__nv_bfloat16>(st, x, ldx, n, hidden, inter, idx, weights, topK,
-                              table, 0, experts, experts, y, ldy, false, &part);
+                              table, 0, experts, experts, y, ldy, false, &part,
+                              norm ? &epilogue : nullptr);
   else
     runExperts<float>(st, x, ldx, n, hidden, inter, idx, weights, topK, table,
-                      0, experts, experts, y, ldy, false, &part);
+                      0, experts, experts, y, ldy, false, &part,
+                      norm ? &epilogue : nullptr);
   return true;
 }
 
@@ -404,6 +420,28 @@ void moeExpertsSharedW(Context &ctx, const float *x, int64_t ldx, int64_t n,
           shared.hidden, shared.ldh, act);
   linearAddW(ctx, shared.hidden, shared.ldh, n, shared.inter, shared.down,
              hidden, y, ldy, act);
+}
+
+void moeExpertsSharedNormW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                           int64_t hidden, int64_t inter, const int32_t *idx,
+                           const float *weights, int64_t topK,
+                           const int64_t *gate, const int64_t *up,
+                           const int64_t *down, int64_t experts,
+                           const SharedExpert &shared, float *y, int64_t ldy,
+                           const AddNorm &norm, ActQuant act) {
+  {
+    ProfileScope profile(ctx, "moeExpertsW");
+    if (n <= 0)
+      return;
+    // At decode the combine does the add and the norm too.
+    if (expertsWithShared(ctx, x, ldx, n, hidden, inter, idx, weights, topK,
+                          gate, up, down, experts, shared, y, ldy, act, &norm))
+      return;
+  }
+  moeExpertsSharedW(ctx, x, ldx, n, hidden, inter, idx, weights, topK, gate, up,
+                    down, experts, shared, y, ldy, act);
+  addRmsNorm(ctx, norm.residual, norm.ldr, y, ldy, n, hidden, norm.weight,
+             norm.eps, norm.sum, norm.lds, norm.normed, norm.ldn);
 }
 
 void moeExpertsRange(Context &ctx, const float *x, int64_t ldx, int64_t n,

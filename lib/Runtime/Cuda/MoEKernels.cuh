@@ -545,6 +545,53 @@ __global__ void combineKernel(const float *yp, int64_t hidden,
   }
 }
 
+/// The residual add + RMSNorm that follows a MoE layer (device pointers).
+struct NormEpilogue {
+  const float *residual;
+  int64_t ldr;
+  const float *weight;
+  float eps;
+  float *sum;
+  int64_t lds;
+  float *normed;
+  int64_t ldn;
+};
+
+/// combineKernel for the whole row of token blockIdx.x, then, as
+/// addRmsNormKernel (same order of sums), sum = residual + y and normed =
+/// rmsNorm(sum): one launch instead of two after a MoE layer at decode. A
+/// thread reads and writes the same elements of y, sum and the residual
+/// only, so sum may alias the residual (in-place residual streams).
+__global__ void combineNormKernel(const float *yp, int64_t hidden,
+                                  const int32_t *slotOf, const float *w,
+                                  int64_t topK, const float *shared,
+                                  int64_t lds, float *y, int64_t ldy,
+                                  NormEpilogue e) {
+  pdlEnter();
+  __shared__ float red[32];
+  const int64_t t = blockIdx.x;
+  float *sum = e.sum + t * e.lds;
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t k = 0; k < topK; ++k) {
+      const int32_t slot = slotOf[t * topK + k];
+      if (slot >= 0)
+        acc += w[t * topK + k] * yp[int64_t(slot) * hidden + c];
+    }
+    if (shared)
+      acc += shared[t * lds + c];
+    y[t * ldy + c] = acc;
+    const float v = e.residual[t * e.ldr + c] + acc;
+    sum[c] = v;
+    ss += v * v;
+  }
+  ss = blockSum(ss, red);
+  const float r = 1.0f / sqrtf(ss / float(hidden) + e.eps);
+  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x)
+    e.normed[t * e.ldn + c] = sum[c] * r * e.weight[c];
+}
+
 } // namespace moe
 } // namespace cuda
 } // namespace dsrt

@@ -617,14 +617,26 @@ private:
                                          h.ptr, h.ld)
                                .str();
                 }
+                std::string norm;
+                if (o.getNorm()) {
+                  Buf r = buf(o.getResidual()), s = buf(o.getSum()),
+                      nd = buf(o.getNormed());
+                  fn = "moeExpertsSharedNormW";
+                  norm = llvm::formatv("dsrt::AddNorm{{{0}, {1}, {2}, {3}, "
+                                       "{4}, {5}, {6}, {7}}, ",
+                                       r.ptr, r.ld, weight(*o.getNorm()),
+                                       fp(o.getEps()->convertToDouble()), s.ptr,
+                                       s.ld, nd.ptr, nd.ld)
+                             .str();
+                }
                 out << llvm::formatv(
                     "  dsrt::cpu::{12}(ctx, {0}, {1}, n, {2}, {3}, {4}, {5}, "
                     "{6}, {7}gate, {7}up, {7}down, {8}, {13}{9}, {10}, "
-                    "{11});\n",
+                    "{14}{11});\n",
                     x.ptr, x.ld, width(o.getInput()), o.getInter(),
                     buf(o.getIndices()).ptr, buf(o.getWeights()).ptr,
                     width(o.getWeights()), e, experts, y.ptr, y.ld,
-                    act(o.getFp8()), fn, shared);
+                    act(o.getFp8()), fn, shared, norm);
                 return success();
               })
               .Case([&](dsk::AllReduceOp o) -> LogicalResult {

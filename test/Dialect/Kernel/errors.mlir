@@ -287,6 +287,41 @@ func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y:
 
 // -----
 
+// moe_experts: the norm epilogue's buffers and attributes go together.
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %h: memref<?x8xf32>, %r: memref<?x16xf32>, %s: memref<?x16xf32>, %o: memref<?x16xf32>) {
+  // expected-error @+1 {{the norm's residual, sum and normed buffers and its norm and eps attributes go together}}
+  dsk.moe_experts %x, %i, %w, %y, %h norm(%r, %s, %o) {prefix = "m", experts = 1 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32> norm(memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>)
+  return
+}
+
+// -----
+
+// moe_experts: the norm epilogue comes with the shared expert.
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %r: memref<?x16xf32>, %s: memref<?x16xf32>, %o: memref<?x16xf32>) {
+  // expected-error @+1 {{a norm epilogue needs the shared expert}}
+  dsk.moe_experts %x, %i, %w, %y norm(%r, %s, %o) {prefix = "m", experts = 1 : i64, inter = 4 : i64, norm = @n, eps = 1.0e-6 : f64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32> norm(memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>)
+  return
+}
+
+// -----
+
+// moe_experts: the norm epilogue's rows are the hidden width; eps > 0.
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %h: memref<?x8xf32>, %r: memref<?x16xf32>, %s: memref<?x8xf32>, %o: memref<?x16xf32>) {
+  // expected-error @+1 {{sum}}
+  dsk.moe_experts %x, %i, %w, %y, %h norm(%r, %s, %o) {prefix = "m", experts = 1 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd, norm = @n, eps = 1.0e-6 : f64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32> norm(memref<?x16xf32>, memref<?x8xf32>, memref<?x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %h: memref<?x8xf32>, %r: memref<?x16xf32>, %s: memref<?x16xf32>, %o: memref<?x16xf32>) {
+  // expected-error @+1 {{eps must be positive}}
+  dsk.moe_experts %x, %i, %w, %y, %h norm(%r, %s, %o) {prefix = "m", experts = 1 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd, norm = @n, eps = 0.0 : f64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32> norm(memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>)
+  return
+}
+
+// -----
+
 // moe_experts: every expert's weights exist.
 func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>) {
   // expected-error @+1 {{weight 'm.experts.0.gate_proj.weight' is not defined by a ds.weight}}

@@ -27,6 +27,7 @@
 // CHECK: dsk.gated_up %{{.+}}, %{{.+}} {fp8, gate = @m.experts.0.gate_proj.weight, up = @m.experts.0.up_proj.weight} : memref<?x16xf32>, memref<?x4xf32>
 // CHECK: dsk.moe_gate %{{.+}}, %{{.+}}, %{{.+}} {bias = @bias, config = #{{.+}}, weight = @router} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>
 // CHECK: dsk.moe_experts %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {experts = 2 : i64, inter = 4 : i64, prefix = "m", shared_down = @m.experts.0.down_proj.weight, shared_gate = @m.experts.0.gate_proj.weight, shared_up = @m.experts.0.up_proj.weight} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x4xf32>
+// CHECK: dsk.moe_experts %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} norm(%{{.+}}, %{{.+}}, %{{.+}}) {eps = 9.9999999999999995E-7 : f64, experts = 2 : i64, inter = 4 : i64, norm = @norm, prefix = "m", shared_down = @m.experts.0.down_proj.weight, shared_gate = @m.experts.0.gate_proj.weight, shared_up = @m.experts.0.up_proj.weight} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x4xf32> norm(memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>)
 module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers = 1, kv_lora_rank = 8, qk_rope = 8, max_seq_len = 32>} {
   ds.weight @emb : tensor<8x16xf32>
   ds.weight @norm : tensor<16xf32>
@@ -73,6 +74,9 @@ module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers =
     dsk.gated_up %x, %h {gate = @m.experts.0.gate_proj.weight, up = @m.experts.0.up_proj.weight, fp8} : memref<?x16xf32>, memref<?x4xf32>
     dsk.moe_gate %x, %idx, %w {weight = @router, config = #ds.moe<experts = 2, shared = 0, top_k = 1, inter = 4, scoring = sigmoid, topk_method = noaux_tc, n_group = 1, topk_group = 1, norm_topk = true, scale = 1.0>, bias = @bias} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>
     dsk.moe_experts %x, %idx, %w, %kva, %h {prefix = "m", experts = 2 : i64, inter = 4 : i64, shared_gate = @m.experts.0.gate_proj.weight, shared_up = @m.experts.0.up_proj.weight, shared_down = @m.experts.0.down_proj.weight} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x4xf32>
+    %sum = memref.alloc(%n) : memref<?x16xf32>
+    %normed = memref.alloc(%n) : memref<?x16xf32>
+    dsk.moe_experts %x, %idx, %w, %kva, %h norm(%x, %sum, %normed) {prefix = "m", experts = 2 : i64, inter = 4 : i64, shared_gate = @m.experts.0.gate_proj.weight, shared_up = @m.experts.0.up_proj.weight, shared_down = @m.experts.0.down_proj.weight, norm = @norm, eps = 1.0e-6 : f64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x4xf32> norm(memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>)
     // CHECK: dsk.all_reduce %{{.+}} {axis = #ds.axis<tp>} : memref<?x16xf32>
     // CHECK: dsk.all_gather %{{.+}}, %{{.+}} {axis = #ds.axis<tp>} : memref<?x16xf32>, memref<?x32xf32>
     %wide = memref.alloc(%n) : memref<?x32xf32>

@@ -30,7 +30,7 @@
 // CHECK-NEXT: float *logits = io.logits, *hidden = io.hidden;
 // CHECK: dsrt::cuda::embedding(ctx, dsrt::cuda::weight(ctx, 0), 1024, 64, ids, n, b0, 64);
 // CHECK: dsrt::cuda::mlaAttentionNaive(ctx,
-// CHECK: dsrt::cuda::moeExpertsSharedW(ctx,
+// CHECK: dsrt::cuda::moeExpertsSharedNormW(ctx, {{.+}}, dsrt::AddNorm{{[{]b[0-9]+}}, 64, dsrt::cuda::weight(ctx, {{[0-9]+}}),
 // CHECK: dsrt::cuda::logitsW(ctx, hidden, 64, n, 64, {{[0-9]+}}, 1024, logits, 1024, dsrt::ActQuant::None);
 // CHECK-NOT: dsrt::cpu::
 // CHECK: void prefill(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, int64_t n, float *logits, float *hidden) {

@@ -86,7 +86,10 @@
 // FUSED: dsrt::cpu::addRmsNorm(ctx, {{.+}}, n, 64, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07,
 // FUSED: dsrt::cpu::gatedUp(ctx, {{.+}}, n, 64, {{[0-9]+}}, {{[0-9]+}}, 128, {{.+}}, dsrt::ActQuant::Fp8);
 // FUSED: dsrt::cpu::moeGate(ctx, {{.+}}, n, 64, {{[0-9]+}}, ctx.weight({{[0-9]+}}), route{{[0-9]+}},
-// FUSED: dsrt::cpu::moeExpertsSharedW(ctx, {{.+}}, 16, dsrt::SharedExpert{{[{][0-9]+}}, {{[0-9]+}}, {{[0-9]+}}, 32, {{b[0-9]+}}, 32}, {{b[0-9]+}}, 64, dsrt::ActQuant::Fp8);
+// The next layer's add + norm rides with the experts; the last layer's
+// writes the hidden states.
+// FUSED: dsrt::cpu::moeExpertsSharedNormW(ctx, {{.+}}, 16, dsrt::SharedExpert{{[{][0-9]+}}, {{[0-9]+}}, {{[0-9]+}}, 32, {{b[0-9]+}}, 32}, {{b[0-9]+}}, 64, dsrt::AddNorm{{[{]b[0-9]+}}, 64, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07, {{b[0-9]+}}, 64, {{b[0-9]+}}, 64}, dsrt::ActQuant::Fp8);
+// FUSED: dsrt::cpu::moeExpertsSharedNormW(ctx, {{.+}}, dsrt::AddNorm{{[{]b[0-9]+}}, 64, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07, {{b[0-9]+}}, 64, hidden, 64}, dsrt::ActQuant::Fp8);
 // FUSED: void decode(
 // FUSED: dsrt::cpu::qkRopeCacheWrite(ctx, 0, {{b[0-9]+}}, 96, 4, 24, 16, ([[KV:b[0-9]+]] + 0), 40, ([[KV]] + 32), 40, pos, n, 0, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07);
 

@@ -205,7 +205,24 @@ LogicalResult MoEExpertsOp::verify() {
       return emitOpError() << "with a shared expert, out must not share a "
                               "buffer with the input";
   }
-  return verifyWidth(*this, getOut(), width(getInput()), "out");
+  int norm = int(bool(getResidual())) + int(bool(getSum())) +
+             int(bool(getNormed())) + int(bool(getNorm())) +
+             int(bool(getEps()));
+  if (norm != 0 && norm != 5)
+    return emitOpError() << "the norm's residual, sum and normed buffers and "
+                            "its norm and eps attributes go together";
+  if (norm && !shared)
+    return emitOpError() << "a norm epilogue needs the shared expert";
+  const int64_t h = width(getInput());
+  if (norm) {
+    if (!(getEps()->convertToDouble() > 0.0))
+      return emitOpError() << "eps must be positive";
+    if (failed(verifyWidth(*this, getResidual(), h, "residual")) ||
+        failed(verifyWidth(*this, getSum(), h, "sum")) ||
+        failed(verifyWidth(*this, getNormed(), h, "normed")))
+      return failure();
+  }
+  return verifyWidth(*this, getOut(), h, "out");
 }
 
 void MoEExpertsOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
@@ -223,6 +240,8 @@ void MoEExpertsOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
   uses.push_back(use(*getSharedGate(), {si, h}, true));
   uses.push_back(use(*getSharedUp(), {si, h}, true));
   uses.push_back(use(*getSharedDown(), {h, si}, true));
+  if (getNorm())
+    uses.push_back(use(*getNorm(), {h}, false));
 }
 
 LogicalResult AllGatherOp::verify() {

@@ -216,7 +216,7 @@ def DSK_MoERouteOp : DSK_WeightOp<"moe_route"> {
   let hasVerifier = 1;
 }
 
-def DSK_MoEExpertsOp : DSK_WeightOp<"moe_experts"> {
+def DSK_MoEExpertsOp : DSK_WeightOp<"moe_experts", [AttrSizedOperandSegments]> {
   let summary = "weighted sum of each token's routed SwiGLU experts";
   let description = [{
     With `ep = N > 1` each of the N expert-parallel ranks holds `experts / N`
@@ -235,21 +235,34 @@ def DSK_MoEExpertsOp : DSK_WeightOp<"moe_experts"> {
     launches at decode (GEMV-sized batches, no FP8 activations), else as
     the unfused kernels; `shared_hidden` is its intermediate buffer
     (`[tokens, shared inter]`).
+
+    With a shared expert, `norm(residual, sum, normed)` and the `norm` and
+    `eps` attributes add the `dsk.add_rms_norm` that reads `out` next, as
+    `dsk-fuse` forms it: `out` is written as before, then `sum = residual +
+    out` and `normed = rms_norm(sum)`. The GPU does the add and the norm in
+    the experts' combine at decode, one launch fewer per MoE layer.
   }];
   let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
                        Arg<DSK_IntRows, "", [MemRead]>:$indices,
                        Arg<DSK_Rows, "", [MemRead]>:$weights,
                        Arg<DSK_Rows, "", [MemWrite]>:$out,
                        Arg<Optional<DSK_Rows>, "", [MemRead, MemWrite]>:$shared_hidden,
+                       Arg<Optional<DSK_Rows>, "", [MemRead]>:$residual,
+                       Arg<Optional<DSK_Rows>, "", [MemWrite]>:$sum,
+                       Arg<Optional<DSK_Rows>, "", [MemWrite]>:$normed,
                        StrAttr:$prefix, I64Attr:$experts, I64Attr:$inter,
                        UnitAttr:$fp8, DefaultValuedAttr<I64Attr, "1">:$ep,
                        OptionalAttr<FlatSymbolRefAttr>:$shared_gate,
                        OptionalAttr<FlatSymbolRefAttr>:$shared_up,
-                       OptionalAttr<FlatSymbolRefAttr>:$shared_down);
+                       OptionalAttr<FlatSymbolRefAttr>:$shared_down,
+                       OptionalAttr<FlatSymbolRefAttr>:$norm,
+                       OptionalAttr<F64Attr>:$eps);
   let assemblyFormat = [{
-    $input `,` $indices `,` $weights `,` $out (`,` $shared_hidden^)? attr-dict
+    $input `,` $indices `,` $weights `,` $out (`,` $shared_hidden^)?
+    (`norm` `(` $residual^ `,` $sum `,` $normed `)`)? attr-dict
     `:` type($input) `,` type($indices) `,` type($weights) `,` type($out)
     (`,` type($shared_hidden)^)?
+    (`norm` `(` type($residual)^ `,` type($sum) `,` type($normed) `)`)?
   }];
   let hasVerifier = 1;
 }
