@@ -213,8 +213,17 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
     if (auto experts = dyn_cast_or_null<dsk::MoEExpertsOp>(prev)) {
       Value out = experts.getOut();
       Value residual = norm.getLhs() == out ? norm.getRhs() : norm.getLhs();
+      // Other blocks of the GPU's combine read the routing weights and
+      // indices: the new outputs must not overlap them (nor the residual
+      // overlap out but as the same buffer).
+      auto apart = [&](Value v) {
+        return disjoint(v, experts.getWeights()) &&
+               disjoint(v, experts.getIndices());
+      };
       if (experts.getSharedHidden() && !experts.getNorm() &&
-          (norm.getLhs() == out || norm.getRhs() == out) && residual != out) {
+          (norm.getLhs() == out || norm.getRhs() == out) && residual != out &&
+          disjoint(residual, out) && apart(norm.getSum()) &&
+          apart(norm.getOut())) {
         Operation *fused = dsk::MoEExpertsOp::create(
             b, op->getLoc(), experts.getInput(), experts.getIndices(),
             experts.getWeights(), out, experts.getSharedHidden(), residual,

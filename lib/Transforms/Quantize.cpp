@@ -42,8 +42,8 @@ struct QuantizePass : public ds::impl::QuantizeBase<QuantizePass> {
         return;
       SmallVector<ds::WeightUse> uses;
       op.getWeightUses(uses);
-      bool gemm = dsk::isFP8CapableGemm(op);
       for (const ds::WeightUse &u : uses) {
+        const bool gemm = dsk::isGemmWeightUse(op, u);
         auto [it, inserted] = onlyGemms.insert({u.name, gemm});
         if (!inserted)
           it->second &= gemm;

@@ -222,8 +222,8 @@ private:
     module.walk([&](WeightUserInterface op) {
       SmallVector<WeightUse> uses;
       op.getWeightUses(uses);
-      bool gemm = dsk::isFP8CapableGemm(op);
       for (const WeightUse &u : uses) {
+        const bool gemm = dsk::isGemmWeightUse(op, u);
         used.insert(u.name);
         auto [it, inserted] = onlyGemms.insert({u.name, gemm});
         if (!inserted)

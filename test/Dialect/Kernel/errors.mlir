@@ -307,7 +307,7 @@ func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y:
 
 // moe_experts: the norm epilogue's rows are the hidden width; eps > 0.
 func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %h: memref<?x8xf32>, %r: memref<?x16xf32>, %s: memref<?x8xf32>, %o: memref<?x16xf32>) {
-  // expected-error @+1 {{sum}}
+  // expected-error @+1 {{sum must have 16 columns}}
   dsk.moe_experts %x, %i, %w, %y, %h norm(%r, %s, %o) {prefix = "m", experts = 1 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd, norm = @n, eps = 1.0e-6 : f64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32> norm(memref<?x16xf32>, memref<?x8xf32>, memref<?x16xf32>)
   return
 }

@@ -78,6 +78,9 @@
 // FUSED: {"model.layers.0.self_attn.kv_b_proj.weight", 2, {128, 32}, dsrt::DType::BF16},
 // FUSED: {"model.layers.0.self_attn.q_a_proj.weight", 2, {32, 64}, dsrt::DType::F8E4M3, dsrt::WeightSpec::kGemmOnly},
 // FUSED: {"model.layers.1.mlp.gate.weight", 2, {16, 64}, dsrt::DType::BF16},
+// The final norm's weight, read by the last experts' epilogue, is no GEMM
+// weight: kept in float32 for ctx.weight().
+// FUSED: {"model.norm.weight", 1, {64, 0}, dsrt::DType::BF16},{{$}}
 // FUSED: void prefill(
 // FUSED: dsrt::cpu::linearPairW(ctx, {{b[0-9]+}}, 64, n, 64, {{[0-9]+}}, 32, {{b[0-9]+}}, 32, {{[0-9]+}}, 40, {{b[0-9]+}}, 40, dsrt::ActQuant::Fp8);
 // FUSED: dsrt::cpu::qkRopeCacheWrite(ctx, 0, {{b[0-9]+}}, 96, 4, 24, 16, {{.+}}, pos, n, 0, nullptr, 0.0);

@@ -30,6 +30,13 @@ inline bool isFP8CapableGemm(mlir::Operation *op) {
   return llvm::isa<LinearOp, LinearPairOp, GatedUpOp, MoEExpertsOp>(op);
 }
 
+/// Whether `op` reads the weight of `use` as a GEMM operand: a linear-layer
+/// weight of an FP8-capable GEMM kernel (not, e.g., the norm weight of the
+/// experts' epilogue).
+inline bool isGemmWeightUse(mlir::Operation *op, const ::ds::WeightUse &use) {
+  return use.quantizable && isFP8CapableGemm(op);
+}
+
 /// The buffer `v` is a column view (memref.subview) of, or `v` itself.
 inline mlir::Value rootBuffer(mlir::Value v) {
   while (auto view = v.getDefiningOp<mlir::memref::SubViewOp>())
