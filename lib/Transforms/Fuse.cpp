@@ -42,6 +42,13 @@ static bool disjoint(Value a, Value b) {
   return oa[1] + width(a) <= ob[1] || ob[1] + width(b) <= oa[1];
 }
 
+/// A GEMM with nothing folded in (no accumulation, no norm epilogue): what
+/// the rules that rebuild a dsk.linear from its input, output and weight
+/// alone may consume.
+static bool plain(dsk::LinearOp l) {
+  return !l.getAccumulate() && !l.getNorm();
+}
+
 static void eraseIfDead(Value v) {
   if (Operation *def = v.getDefiningOp())
     if (isa<memref::AllocOp>(def) && def->use_empty())
@@ -137,9 +144,9 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
   if (auto act = dyn_cast<dsk::SwiGLUOp>(op)) {
     auto gate = dyn_cast_or_null<dsk::LinearOp>(prev2);
     auto up = dyn_cast_or_null<dsk::LinearOp>(prev);
-    if (gate && up && gate.getInput() == up.getInput() &&
-        act.getGate() == gate.getOut() && act.getUp() == up.getOut() &&
-        gate.getFp8() == up.getFp8() &&
+    if (gate && up && plain(gate) && plain(up) &&
+        gate.getInput() == up.getInput() && act.getGate() == gate.getOut() &&
+        act.getUp() == up.getOut() && gate.getFp8() == up.getFp8() &&
         onlyUsedBy(gate.getOut(), {gate, act}) &&
         onlyUsedBy(up.getOut(), {up, act})) {
       Value g = gate.getOut(), u = up.getOut();
@@ -162,7 +169,7 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
     if (auto linear = dyn_cast_or_null<dsk::LinearOp>(prev)) {
       Value t = linear.getOut();
       Value other = add.getRhs() == t ? add.getLhs() : add.getRhs();
-      if (!linear.getAccumulate() && (add.getLhs() == t || add.getRhs() == t) &&
+      if (plain(linear) && (add.getLhs() == t || add.getRhs() == t) &&
           other != t && add.getOut() == other &&
           t.getDefiningOp<memref::AllocOp>() && onlyUsedBy(t, {linear, add}) &&
           dsk::rootBuffer(other) != dsk::rootBuffer(linear.getInput())) {
@@ -181,7 +188,7 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
   if (auto down = dyn_cast<dsk::LinearOp>(op)) {
     auto gated = dyn_cast_or_null<dsk::GatedUpOp>(prev);
     auto experts = dyn_cast_or_null<dsk::MoEExpertsOp>(prev2);
-    if (gated && experts && down.getAccumulate() &&
+    if (gated && experts && down.getAccumulate() && !down.getNorm() &&
         down.getOut() == experts.getOut() &&
         down.getInput() == gated.getOut() &&
         gated.getInput() == experts.getInput() && experts.getEp() == 1 &&
@@ -239,11 +246,37 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
       }
     }
 
+  // A GEMM, then the residual add and RMSNorm of its result (the attention
+  // output or the dense MLP's down projection, then the next norm): the norm
+  // becomes the GEMM's epilogue (the GPU's GEMV does it in its last block at
+  // decode). out is still written, and must be a buffer of the program's
+  // own, not one of its arguments (the logits, of which a call may compute
+  // some rows only); a + b is b + a, bit for bit.
+  if (auto norm = dyn_cast<dsk::AddRMSNormOp>(op))
+    if (auto linear = dyn_cast_or_null<dsk::LinearOp>(prev)) {
+      Value out = linear.getOut();
+      Value residual = norm.getLhs() == out ? norm.getRhs() : norm.getLhs();
+      if (plain(linear) && (norm.getLhs() == out || norm.getRhs() == out) &&
+          residual != out && disjoint(residual, out) &&
+          !isa<BlockArgument>(dsk::rootBuffer(out))) {
+        linear.getResidualMutable().assign(residual);
+        linear.getSumMutable().assign(norm.getSum());
+        linear.getNormedMutable().assign(norm.getOut());
+        linear.setNormAttr(norm.getWeightAttr());
+        linear.setEpsAttr(norm.getEpsAttr());
+        // The norm's outputs may be allocated after the GEMM: the fused
+        // kernel goes where the norm was.
+        linear->moveBefore(norm);
+        norm.erase();
+        return {linear, 2};
+      }
+    }
+
   // The router GEMM, then routing on its logits.
   if (auto route = dyn_cast<dsk::MoERouteOp>(op))
     if (auto router = dyn_cast_or_null<dsk::LinearOp>(prev))
-      if (route.getLogits() == router.getOut() && !router.getFp8() &&
-          onlyUsedBy(router.getOut(), {router, route})) {
+      if (plain(router) && route.getLogits() == router.getOut() &&
+          !router.getFp8() && onlyUsedBy(router.getOut(), {router, route})) {
         Value logits = router.getOut();
         Operation *fused = dsk::MoEGateOp::create(
             b, op->getLoc(), router.getInput(), route.getIndices(),
@@ -257,11 +290,12 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
   return {};
 }
 
-/// Two GEMMs of one input, each into its own buffer (neither the input's).
+/// Two plain GEMMs (no accumulation, no norm epilogue) of one input, each
+/// into its own buffer (neither the input's).
 static bool pairable(dsk::LinearOp a, dsk::LinearOp b) {
   Value in = dsk::rootBuffer(a.getInput());
-  return a.getInput() == b.getInput() && !a.getAccumulate() &&
-         !b.getAccumulate() && a.getFp8() == b.getFp8() &&
+  return a.getInput() == b.getInput() && plain(a) && plain(b) &&
+         a.getFp8() == b.getFp8() &&
          dsk::rootBuffer(a.getOut()) != dsk::rootBuffer(b.getOut()) &&
          dsk::rootBuffer(a.getOut()) != in && dsk::rootBuffer(b.getOut()) != in;
 }

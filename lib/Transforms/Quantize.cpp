@@ -58,8 +58,12 @@ struct QuantizePass : public ds::impl::QuantizeBase<QuantizePass> {
     module.walk([&](Operation *op) {
       if (!dsk::isFP8CapableGemm(op))
         return;
-      SmallVector<ds::WeightUse> uses;
-      cast<ds::WeightUserInterface>(op).getWeightUses(uses);
+      SmallVector<ds::WeightUse> all, uses;
+      cast<ds::WeightUserInterface>(op).getWeightUses(all);
+      // The GEMM operands only (not, e.g., a norm epilogue's weight).
+      for (ds::WeightUse &u : all)
+        if (dsk::isGemmWeightUse(op, u))
+          uses.push_back(std::move(u));
       auto isFp8 = [&](const ds::WeightUse &u) { return fp8Weight(u.name); };
       // A pair is two GEMMs, and routed experts with their shared expert two
       // parts: marked if any weight is FP8, since the runtimes apply

@@ -469,3 +469,112 @@ module {
     return
   }
 }
+
+// -----
+
+// A GEMM, then the residual add + RMSNorm of its output (on either side)
+// -> the norm is the GEMM's epilogue, placed where the norm was (after the
+// allocation of its sum). Two such GEMMs of one input are no pair: a
+// dsk.linear_pair has no epilogue.
+// CHECK-LABEL: func.func @linear_norm
+// CHECK-SAME: %[[X:[^:]+]]: memref<?x32xf32>, %[[R:[^:]+]]: memref<?x16xf32>, %[[S:[^:]+]]: memref<?x16xf32>, %[[N:[^:]+]]: memref<?x16xf32>)
+// CHECK: %[[Y:.+]] = memref.alloc
+// CHECK-NEXT: dsk.linear %[[X]], %[[Y]] norm(%[[R]], %[[S]], %[[N]]) {eps = 9.9999999999999995E-7 : f64, norm = @nw, weight = @w} : memref<?x32xf32>, memref<?x16xf32> norm(memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>)
+// CHECK-NEXT: %[[Y2:.+]] = memref.alloc
+// CHECK-NEXT: %[[S2:.+]] = memref.alloc
+// CHECK-NEXT: dsk.linear %[[X]], %[[Y2]] norm(%[[R]], %[[S2]], %[[N]]) {eps
+// CHECK-NEXT: dsk.linear %[[S2]], %[[Y]] {weight = @v}
+// CHECK-NOT: dsk.add_rms_norm
+module {
+  ds.weight @w : tensor<16x32xf32>
+  ds.weight @v : tensor<16x16xf32>
+  ds.weight @nw : tensor<16xf32>
+  func.func @linear_norm(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x32xf32>, %r: memref<?x16xf32>, %s: memref<?x16xf32>, %o: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %y = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %x, %y {weight = @w} : memref<?x32xf32>, memref<?x16xf32>
+    dsk.add_rms_norm %r, %y, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    %y2 = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %x, %y2 {weight = @w} : memref<?x32xf32>, memref<?x16xf32>
+    %s2 = memref.alloc(%n) : memref<?x16xf32>
+    dsk.add_rms_norm %y2, %r, %s2, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.linear %s2, %y {weight = @v} : memref<?x16xf32>, memref<?x16xf32>
+    return
+  }
+}
+
+// -----
+
+// Not folded: a GEMM into the program's logits (a call may compute some of
+// its rows only), one that accumulates, a norm of the output with itself,
+// and a kernel in between.
+// CHECK-LABEL: func.func @no_linear_norm
+// CHECK: dsk.linear %{{[^ ]+}}, %{{[^ ]+}} {weight = @w}
+// CHECK-NEXT: dsk.add_rms_norm
+// CHECK: dsk.linear %{{[^ ]+}}, %{{[^ ]+}} {accumulate, weight = @w}
+// CHECK-NEXT: dsk.add_rms_norm
+// CHECK: dsk.linear %{{[^ ]+}}, %{{[^ ]+}} {weight = @w}
+// CHECK-NEXT: dsk.add_rms_norm
+// CHECK: dsk.linear %{{[^ ]+}}, %{{[^ ]+}} {weight = @w}
+// CHECK-NEXT: dsk.rms_norm
+// CHECK-NEXT: dsk.add_rms_norm
+module {
+  ds.weight @w : tensor<16x32xf32>
+  ds.weight @nw : tensor<16xf32>
+  func.func @no_linear_norm(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x32xf32>, %r: memref<?x16xf32>, %s: memref<?x16xf32>, %o: memref<?x16xf32>, %logits: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    dsk.linear %x, %logits {weight = @w} : memref<?x32xf32>, memref<?x16xf32>
+    dsk.add_rms_norm %r, %logits, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    %y = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %x, %y {accumulate, weight = @w} : memref<?x32xf32>, memref<?x16xf32>
+    dsk.add_rms_norm %r, %y, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    %y2 = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %x, %y2 {weight = @w} : memref<?x32xf32>, memref<?x16xf32>
+    dsk.add_rms_norm %y2, %y2, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    %y3 = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %x, %y3 {weight = @w} : memref<?x32xf32>, memref<?x16xf32>
+    dsk.rms_norm %r, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>
+    dsk.add_rms_norm %r, %y3, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    return
+  }
+}
+
+// -----
+
+// A GEMM with its norm epilogue is no part for the rules that rebuild a
+// plain GEMM: no gated_up of it, no router of moe_gate, no accumulate.
+// CHECK-LABEL: func.func @norm_linear_stays
+// CHECK: dsk.linear %{{[^ ]+}}, %[[G:[^ ]+]] norm(
+// CHECK-NEXT: %[[U:.+]] = memref.alloc
+// CHECK-NEXT: dsk.linear %{{[^ ]+}}, %[[U]] {weight = @w}
+// CHECK-NEXT: dsk.swiglu %[[G]], %[[U]]
+// CHECK: dsk.linear %{{[^ ]+}}, %[[L:[^ ]+]] norm(
+// CHECK-NEXT: dsk.moe_route %[[L]]
+// CHECK: dsk.linear %{{[^ ]+}}, %[[T:[^ ]+]] norm(
+// CHECK-NEXT: dsk.add %{{.+}}, %[[T]], %{{.+}}
+#moe = #ds.moe<experts = 16, shared = 0, top_k = 1, inter = 4, scoring = softmax, topk_method = greedy, n_group = 1, topk_group = 1, norm_topk = false, scale = 1.0>
+module {
+  ds.weight @w : tensor<16x32xf32>
+  ds.weight @nw : tensor<16xf32>
+  func.func @norm_linear_stays(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x32xf32>, %r: memref<?x16xf32>, %s: memref<?x16xf32>, %o: memref<?x16xf32>, %y: memref<?x16xf32>, %i: memref<?x1xi32>, %wt: memref<?x1xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %g = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %x, %g {weight = @w} : memref<?x32xf32>, memref<?x16xf32>
+    dsk.add_rms_norm %r, %g, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    %u = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %x, %u {weight = @w} : memref<?x32xf32>, memref<?x16xf32>
+    dsk.swiglu %g, %u, %y : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    %l = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %x, %l {weight = @w} : memref<?x32xf32>, memref<?x16xf32>
+    dsk.add_rms_norm %r, %l, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.moe_route %l, %i, %wt {config = #moe} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>
+    %t = memref.alloc(%n) : memref<?x16xf32>
+    dsk.linear %x, %t {weight = @w} : memref<?x32xf32>, memref<?x16xf32>
+    dsk.add_rms_norm %r, %t, %s, %o {eps = 1.0e-06 : f64, weight = @nw} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    dsk.add %y, %t, %y : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
+    return
+  }
+}

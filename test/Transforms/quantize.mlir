@@ -28,12 +28,14 @@
 // CHECK-DAG: ds.weight @m.experts.3.down_proj.weight : tensor<16x8xf8E4M3FN>
 // CHECK-DAG: ds.weight @m.experts.3.down_proj.weight_scale_inv : tensor<1x1xf32>
 // CHECK-DAG: ds.weight @m.shared_experts.up_proj.weight : tensor<8x16xf8E4M3FN>
+// CHECK-DAG: ds.weight @n1 : tensor<16xf32>
 // CHECK-LABEL: func.func @prefill
 // CHECK: dsk.linear_pair %{{.+}}, %{{.+}}, %{{.+}} {fp8, weight_a = @a.q_a_proj.weight, weight_b = @a.kv_a_proj_with_mqa.weight}
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {fp8, weight = @a.q_b_proj.weight}
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {weight = @a.kv_b_proj.weight}
 // CHECK: dsk.mla_attention_naive
-// CHECK: dsk.linear %{{.+}}, %{{.+}} {fp8, weight = @a.o_proj.weight}
+// The norm epilogue's weight is no GEMM operand: the GEMM is FP8 still.
+// CHECK: dsk.linear %{{.+}}, %{{.+}} norm(%{{.+}}) {eps = {{.+}}, fp8, norm = @n1, weight = @a.o_proj.weight}
 // CHECK: dsk.moe_gate %{{.+}} {bias = @m.gate.e_score_correction_bias, config = #{{.+}}, weight = @m.gate.weight}
 // CHECK: dsk.moe_experts %{{.+}} norm(%{{.+}}) {eps = {{.+}}, experts = 4 : i64, fp8, inter = 8 : i64, norm = @nf, prefix = "m", shared_down = @m.shared_experts.down_proj.weight, shared_gate = @m.shared_experts.gate_proj.weight, shared_up = @m.shared_experts.up_proj.weight}
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {weight = @head}

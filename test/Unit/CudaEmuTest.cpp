@@ -935,6 +935,82 @@ TEST(CudaEmuGemv, DenseAccumulate) {
   checkDenseGemv<__nv_bfloat16, false, 32>(2, 70, 19, 70, 32, true);
 }
 
+/// denseGemvNormKernel (linearNormW at decode): bit for bit
+/// denseGemvKernel, then addRmsNormKernel over its output, in the block that
+/// counts last; the counter is back at 0 after each launch, so a second
+/// launch finishes the same way. inPlace: the sum over the residual.
+template <class WT, int LANES>
+void checkGemvNorm(int64_t n, int64_t K, int64_t N, uint32_t seed,
+                   bool inPlace) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int64_t ldx = K + 4, ldo = N + 3, ld = N + 1;
+  std::vector<float> x(size_t(n * ldx)), res(size_t(n * ld)),
+      normW(static_cast<size_t>(N));
+  for (float &v : x)
+    v = u(rng);
+  for (float &v : res)
+    v = u(rng);
+  for (float &v : normW)
+    v = u(rng);
+  std::vector<WT> w(size_t(N * K));
+  for (WT &v : w)
+    v = WT(bf16Round(u(rng)));
+  const bool vec = K % 8 == 0;
+  const Rows rows{x.data(), ldx, nullptr, 1};
+  const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
+  const unsigned blocks = unsigned((N + perBlock - 1) / perBlock);
+  std::vector<float> y(size_t(n * ldo), NAN), sum(size_t(n * ld), NAN),
+      normed(size_t(n * ld), NAN);
+  emu::launch(dim3(blocks), dim3(256), denseGemvKernel<WT, false, LANES>, rows,
+              static_cast<const WT *>(w.data()),
+              static_cast<const WT *>(nullptr), n, K, N, y.data(), ldo, vec,
+              false);
+  emu::launch(dim3(unsigned(n)), dim3(256), dsrt::cuda::rowk::addRmsNormKernel,
+              static_cast<const float *>(res.data()), ld,
+              static_cast<const float *>(y.data()), ldo, N, normW.data(), 1e-6f,
+              sum.data(), ld, normed.data(), ld);
+  unsigned counter = 0;
+  for (int launch = 0; launch < 2; ++launch) {
+    SCOPED_TRACE("launch " + std::to_string(launch));
+    std::vector<float> r2 = res, y2(size_t(n * ldo), NAN),
+                       s2(size_t(n * ld), NAN), n2(size_t(n * ld), NAN);
+    float *sumOut = inPlace ? r2.data() : s2.data();
+    const NormEpilogue e{r2.data(), ld, normW.data(), 1e-6f,
+                         sumOut,    ld, n2.data(),    ld};
+    emu::launch(dim3(blocks), dim3(256), denseGemvNormKernel<WT, LANES>, rows,
+                static_cast<const WT *>(w.data()), n, K, N, y2.data(), ldo, vec,
+                e, &counter);
+    EXPECT_EQ(counter, 0u);
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t c = 0; c < ldo; ++c) {
+        const size_t i = size_t(t * ldo + c);
+        if (c < N)
+          ASSERT_EQ(y2[i], y[i]) << t << "," << c;
+        else
+          ASSERT_TRUE(std::isnan(y2[i])) << t << "," << c << " written";
+      }
+      for (int64_t c = 0; c < N; ++c) {
+        const size_t i = size_t(t * ld + c);
+        ASSERT_EQ(sumOut[i], sum[i]) << t << "," << c;
+        ASSERT_EQ(n2[i], normed[i]) << t << "," << c;
+      }
+    }
+  }
+}
+
+TEST(CudaEmuGemv, DenseWithNormEqualsDenseThenAddRmsNorm) {
+  // 300 columns (more than the norm's 256 threads; several blocks, a partial
+  // last one), one row and several (a warp each), both lane layouts, the
+  // element-wise path (K % 8 != 0), the sum apart and over the residual.
+  checkGemvNorm<__nv_bfloat16, 32>(1, 264, 300, 50, false);
+  checkGemvNorm<__nv_bfloat16, 8>(3, 264, 300, 51, true);
+  checkGemvNorm<float, 32>(8, 70, 37, 52, true);
+  checkGemvNorm<float, 8>(2, 72, 300, 53, false);
+  // More rows than the block's 8 warps.
+  checkGemvNorm<__nv_bfloat16, 32>(11, 264, 300, 54, true);
+}
+
 /// denseGemvPairKernel: the two products of one input, each against the
 /// single-matrix kernel's result (the same code per column, so bit for bit),
 /// with column counts ending mid-block.

@@ -123,6 +123,9 @@ void linearPairW(Context &ctx, const float *x, int64_t ldx, int64_t n,
 void linearAddW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                 int64_t in, int64_t weight, int64_t out, float *y, int64_t ldy,
                 ActQuant act);
+void linearNormW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                 int64_t in, int64_t weight, int64_t out, float *y, int64_t ldy,
+                 const AddNorm &norm, ActQuant act);
 void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t gate, int64_t up, int64_t inter, float *y, int64_t ldy,
              ActQuant act);

@@ -455,6 +455,12 @@ void linearAddW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                 int64_t in, int64_t weight, int64_t out, float *y, int64_t ldy,
                 ActQuant act);
 
+/// linearW, then addRmsNorm(norm.residual, y) into norm.sum and norm.normed
+/// (dsk-fuse's linear with its norm epilogue); y is written too.
+void linearNormW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                 int64_t in, int64_t weight, int64_t out, float *y, int64_t ldy,
+                 const AddNorm &norm, ActQuant act);
+
 /// moeExperts with expert weights by index (gate/up/down[experts]).
 void moeExpertsW(Context &ctx, const float *x, int64_t ldx, int64_t n,
                  int64_t hidden, int64_t inter, const int32_t *idx,

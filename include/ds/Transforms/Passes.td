@@ -184,8 +184,15 @@ def Fuse : Pass<"dsk-fuse", "::mlir::ModuleOp"> {
     - that `dsk.moe_experts`, then the `dsk.add_rms_norm` of its output and
       another buffer -> the experts with that norm as their epilogue (the
       GPU's combine does the add and the norm at decode);
-    - then, two adjacent `dsk.linear`s of one input -> `dsk.linear_pair`
-      (MLA's query and latent projections of the normalized row).
+    - a `dsk.linear` (no `accumulate`, into a buffer of the program's own,
+      not an argument such as the logits), then the `dsk.add_rms_norm` of
+      its output and another buffer -> the linear with
+      that norm as its epilogue (the attention's output projection, the
+      dense MLP's down projection; the GPU's GEMV does the add and the norm
+      in its last block at decode);
+    - then, two adjacent plain `dsk.linear`s of one input ->
+      `dsk.linear_pair` (MLA's query and latent projections of the
+      normalized row).
 
     Intermediate buffers only the group used disappear. Softmax epilogues are
     already inside the attention kernels. On the CPU backend fused kernels

@@ -383,6 +383,15 @@ void linearAddW(Context &ctx, const float *x, int64_t ldx, int64_t n,
   add(ctx, y, ldy, t.data(), out, n, out, y, ldy);
 }
 
+void linearNormW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                 int64_t in, int64_t weight, int64_t out, float *y, int64_t ldy,
+                 const AddNorm &norm, ActQuant act) {
+  // The unfused pair, bit for bit.
+  linearW(ctx, x, ldx, n, in, weight, out, y, ldy, act);
+  addRmsNorm(ctx, norm.residual, norm.ldr, y, ldy, n, out, norm.weight,
+             norm.eps, norm.sum, norm.lds, norm.normed, norm.ldn);
+}
+
 void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t gate, int64_t up, int64_t inter, float *y, int64_t ldy,
              ActQuant act) {

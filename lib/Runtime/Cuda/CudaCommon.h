@@ -63,8 +63,12 @@ struct DeviceState {
   int32_t *hostIn = nullptr;
   /// Each logits row's argmax (Context::Outputs), on the device and pinned.
   int32_t *argmax = nullptr, *hostArgmax = nullptr;
-  /// gateRouteKernel's count of finished blocks (0 between launches).
-  unsigned *gateCounter = nullptr;
+  /// Counts of finished blocks (0 between launches) of the kernels whose
+  /// last block finishes the work: gateRouteKernel's and
+  /// denseGemvNormKernel's. Kernels of the one stream that touch a counter
+  /// only after their programmatic-launch wait, so after the previous
+  /// launch completed (and its last block reset the count).
+  unsigned *gateCounter = nullptr, *normCounter = nullptr;
 
   /// The latent cache: pool[block][layer][64][rowFloats] like KVCache's
   /// (rows of rowFloats elements: bf16 in bf16 mode, which halves the bytes

@@ -427,11 +427,13 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
       !(st.hiddenIn = deviceAlloc<float>(st, rows * size_t(spec.hiddenSize),
                                          error, "MTP inputs")) ||
       !(st.argmax = deviceAlloc<int32_t>(st, rows, error, "argmax")) ||
-      !(st.gateCounter = deviceAlloc<unsigned>(st, 1, error, "counter")) ||
-      cudaFail(cudaMemset(st.gateCounter, 0, sizeof(unsigned)), "cudaMemset") ||
+      !(st.gateCounter = deviceAlloc<unsigned>(st, 2, error, "counters")) ||
+      cudaFail(cudaMemset(st.gateCounter, 0, 2 * sizeof(unsigned)),
+               "cudaMemset") ||
       cudaFail(cudaMallocHost(&st.hostArgmax, rows * sizeof(int32_t)),
                "cudaMallocHost"))
     return false;
+  st.normCounter = st.gateCounter + 1;
 
   for (const RopeTable &t : ctx.impl().ropes) {
     DeviceState::Rope r;

@@ -323,6 +323,52 @@ void linearAddW(Context &ctx, const float *x, int64_t ldx, int64_t n,
   linear(ctx, x, ldx, n, in, weight, out, y, ldy, act, true);
 }
 
+template <class WT, int LANES>
+static void denseGemvNorm(DeviceState &st, const Rows &rows,
+                          const DeviceWeight &w, int64_t n, int64_t in,
+                          float *y, int64_t ldy, bool vec,
+                          const NormEpilogue &e) {
+  const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
+  launchKernel(st, "linearNormW", denseGemvNormKernel<WT, LANES>,
+               unsigned((w.rows + perBlock - 1) / perBlock), 256, 0, rows,
+               static_cast<const WT *>(w.ptr), n, in, w.rows, y, ldy, vec, e,
+               st.normCounter);
+}
+
+void linearNormW(Context &ctx, const float *x, int64_t ldx, int64_t n,
+                 int64_t in, int64_t weight, int64_t out, float *y, int64_t ldy,
+                 const AddNorm &norm, ActQuant act) {
+  DeviceState &st = state(ctx);
+  const DeviceWeight &w = st.weights[size_t(weight)];
+  // Decode: the GEMV, whose last block adds and normalizes every row.
+  if (n > 0 && n <= st.gemvMaxRows && out > 0 && w.rows == out &&
+      w.cols == in) {
+    ProfileScope profile(ctx, "linearNormW");
+    int64_t ldq = ldx;
+    const float *q = actInput(ctx, x, &ldq, n, in, weight, act);
+    const Rows rows{q, ldq, nullptr, 1};
+    const bool vec =
+        vecRows(q, ldq, in, 4) && vecRows(w.ptr, in, in, w.bf16 ? 2 : 4);
+    const NormEpilogue e{norm.residual, norm.ldr, norm.weight, float(norm.eps),
+                         norm.sum,      norm.lds, norm.normed, norm.ldn};
+    // As denseGemv picks the columns per warp.
+    const bool share =
+        n >= 2 && out / gemvColumnsPerWarp<8>() >= 4 * st.multiprocessors;
+    if (w.bf16 && share)
+      denseGemvNorm<__nv_bfloat16, 8>(st, rows, w, n, in, y, ldy, vec, e);
+    else if (w.bf16)
+      denseGemvNorm<__nv_bfloat16, 32>(st, rows, w, n, in, y, ldy, vec, e);
+    else if (share)
+      denseGemvNorm<float, 8>(st, rows, w, n, in, y, ldy, vec, e);
+    else
+      denseGemvNorm<float, 32>(st, rows, w, n, in, y, ldy, vec, e);
+    return;
+  }
+  linearW(ctx, x, ldx, n, in, weight, out, y, ldy, act);
+  addRmsNorm(ctx, norm.residual, norm.ldr, y, ldy, n, out, norm.weight,
+             norm.eps, norm.sum, norm.lds, norm.normed, norm.ldn);
+}
+
 void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t gate, int64_t up, int64_t inter, float *y, int64_t ldy,
              ActQuant act) {

@@ -201,6 +201,47 @@ __global__ void denseGemvKernel(Rows rows, const WT *wa, const WT *wb,
                                 accumulate, /*deferWait=*/true);
 }
 
+/// denseGemvKernel, then, in the block that finishes last (`counter`, zero
+/// between launches), the residual add + RMSNorm of every row of y, bit for
+/// bit as addRmsNormKernel computes it (addRmsNormRowWarp; a warp per row):
+/// a launch and a kernel boundary fewer after the attention's output
+/// projection, and after the dense MLP's down projection, at decode.
+template <class WT, int LANES>
+__global__ void __launch_bounds__(256)
+    denseGemvNormKernel(Rows rows, const WT *w, int64_t n, int64_t K, int64_t N,
+                        float *out, int64_t ldo, bool vec, NormEpilogue e,
+                        unsigned *counter) {
+  __shared__ bool last;
+  if (n <= 0) // every thread below meets the wait before the counter
+    return;
+  const int warp = int(threadIdx.x / 32);
+  const int64_t col0 = (int64_t(blockIdx.x) * (blockDim.x / 32) + warp) *
+                       gemvColumnsPerWarp<LANES>();
+  // No early return: every thread meets the barriers below. Each waits for
+  // the previous kernel once: in gemvColumns, after its first weight loads,
+  // or here.
+  if (col0 < N)
+    gemvColumns<WT, false, LANES>(rows, w, nullptr, 0, n, K, N, col0, out, ldo,
+                                  vec, false, /*deferWait=*/true);
+  else
+    pdlEnter();
+  __threadfence(); // this block's columns, visible before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence(); // cumulative: the block's fenced writes come first
+    last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last)
+    return;
+  __threadfence();
+  if (threadIdx.x == 0)
+    *counter = 0; // every block has counted: ready for the next launch
+  for (int64_t i = warp; i < n; i += blockDim.x / 32)
+    addRmsNormRowWarp(e.residual + i * e.ldr, out + i * ldo, N, e.weight, e.eps,
+                      e.sum + i * e.lds, e.normed + i * e.ldn);
+}
+
 /// Two dense GEMVs of one input in one launch: blocks [0, blocksA) compute
 /// outA = x Wa^T [n, Na], the rest outB = x Wb^T [n, Nb].
 template <class WT, int LANES>

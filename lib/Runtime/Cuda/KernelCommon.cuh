@@ -74,6 +74,98 @@ __device__ inline float blockSum(float v, float *shared) {
   return v;
 }
 
+/// The residual add + RMSNorm a kernel does after its own output (device
+/// pointers; dsrt::AddNorm's).
+struct NormEpilogue {
+  const float *residual;
+  int64_t ldr;
+  const float *weight;
+  float eps;
+  float *sum;
+  int64_t lds;
+  float *normed;
+  int64_t ldn;
+};
+
+/// One row of a residual add + RMSNorm over the block: sum = a + b (a null:
+/// no sum, b itself), y = rmsNorm(sum) * w. The order of sums is the
+/// block's. A thread reads and writes the same elements of a, b and sum
+/// only, so sum may alias a.
+__device__ inline void addRmsNormRow(const float *a, const float *b, int64_t d,
+                                     const float *w, float eps, float *sum,
+                                     float *y, float *shared) {
+  float ss = 0.0f;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const float v = a ? a[j] + b[j] : b[j];
+    if (a)
+      sum[j] = v;
+    ss += v * v;
+  }
+  ss = blockSum(ss, shared);
+  const float r = 1.0f / sqrtf(ss / float(d) + eps);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
+    y[j] = (a ? sum[j] : b[j]) * r * w[j];
+}
+
+/// Threads of addRmsNormKernel's block, whose order of sums
+/// addRmsNormRowWarp reproduces.
+constexpr int kNormThreads = 256;
+
+/// addRmsNormRow<true> of a 256-thread block (kNormThreads), bit for bit, in
+/// one warp: lane l keeps the partial sums of the block's threads l, l + 32,
+/// ..., l + 224 (thread t sums elements t, t + 256, ... in that order), then
+/// reduces them as blockSum does (each warp's butterfly, then warp 0's over
+/// the 8 totals). So several rows of one block normalize in parallel, a warp
+/// each. Loads go past L1 (other blocks of the launch wrote b; a, the
+/// residual, may share its buffer), 16 in flight per lane before the stores.
+__device__ inline void addRmsNormRowWarp(const float *a, const float *b,
+                                         int64_t d, const float *w, float eps,
+                                         float *sum, float *y) {
+  constexpr int kWarps = kNormThreads / 32;
+  const int lane = int(threadIdx.x % 32);
+  float ss[kWarps];
+#pragma unroll
+  for (int k = 0; k < kWarps; ++k)
+    ss[k] = 0.0f;
+  for (int64_t base = 0; base < d; base += kNormThreads) {
+    float av[kWarps], bv[kWarps];
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) { // element of block thread 32 k + lane
+      const int64_t j = base + 32 * k + lane;
+      av[k] = bv[k] = 0.0f;
+      if (j < d) {
+        bv[k] = __ldcg(b + j);
+        if (a)
+          av[k] = __ldcg(a + j);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) {
+      const int64_t j = base + 32 * k + lane;
+      if (j < d) {
+        const float v = a ? av[k] + bv[k] : bv[k];
+        if (a)
+          sum[j] = v;
+        ss[k] += v * v;
+      }
+    }
+  }
+  float total = 0.0f; // lane k: the total of the block's warp k
+#pragma unroll
+  for (int k = 0; k < kWarps; ++k) {
+    float v = ss[k];
+    for (int o = 16; o > 0; o >>= 1)
+      v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == k)
+      total = v;
+  }
+  for (int o = 16; o > 0; o >>= 1)
+    total += __shfl_xor_sync(0xffffffffu, total, o);
+  const float r = 1.0f / sqrtf(total / float(d) + eps);
+  for (int64_t j = lane; j < d; j += 32)
+    y[j] = (a ? sum[j] : __ldcg(b + j)) * r * w[j];
+}
+
 __device__ inline float toFloat(float v) { return v; }
 __device__ inline float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 

@@ -545,18 +545,6 @@ __global__ void combineKernel(const float *yp, int64_t hidden,
   }
 }
 
-/// The residual add + RMSNorm that follows a MoE layer (device pointers).
-struct NormEpilogue {
-  const float *residual;
-  int64_t ldr;
-  const float *weight;
-  float eps;
-  float *sum;
-  int64_t lds;
-  float *normed;
-  int64_t ldn;
-};
-
 /// combineKernel for the whole row of token blockIdx.x, then, as
 /// addRmsNormKernel (same order of sums), sum = residual + y and normed =
 /// rmsNorm(sum): one launch instead of two after a MoE layer at decode. A

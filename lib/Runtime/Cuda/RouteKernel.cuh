@@ -193,6 +193,8 @@ __global__ void __launch_bounds__(256)
                     float *weights, unsigned *counter) {
   DS_DYNAMIC_SHARED(float, gateShared);
   __shared__ bool last;
+  if (n <= 0) // every thread below meets the wait before the counter
+    return;
   const int64_t E = r.experts;
   const int warp = int(threadIdx.x / 32);
   const int64_t col0 =

@@ -34,20 +34,8 @@ __global__ void addRmsNormKernel(const float *a, int64_t lda, const float *b,
   pdlEnter();
   __shared__ float shared[32];
   const int64_t i = blockIdx.x;
-  const float *bi = b + i * ldb;
-  float *si = sum + i * lds;
-  float ss = 0.0f;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-    float v = a ? a[i * lda + j] + bi[j] : bi[j];
-    if (a)
-      si[j] = v;
-    ss += v * v;
-  }
-  ss = blockSum(ss, shared);
-  const float r = 1.0f / sqrtf(ss / float(d) + eps);
-  const float *src = a ? si : bi;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
-    y[i * ldy + j] = src[j] * r * w[j];
+  addRmsNormRow(a ? a + i * lda : nullptr, b + i * ldb, d, w, eps,
+                a ? sum + i * lds : nullptr, y + i * ldy, shared);
 }
 
 __global__ void addKernel(const float *a, int64_t lda, const float *b,

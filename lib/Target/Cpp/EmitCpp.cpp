@@ -321,6 +321,17 @@ private:
 
   std::string idx(Value v) { return scalars.lookup(v); }
 
+  /// The `dsrt::AddNorm{...}, ` argument of a kernel's norm epilogue.
+  std::string addNorm(Value residual, Value sum, Value normed, StringRef norm,
+                      APFloat eps) {
+    Buf r = buf(residual), s = buf(sum), nd = buf(normed);
+    return llvm::formatv("dsrt::AddNorm{{{0}, {1}, {2}, {3}, {4}, {5}, {6}, "
+                         "{7}}, ",
+                         r.ptr, r.ld, weight(norm), fp(eps.convertToDouble()),
+                         s.ptr, s.ld, nd.ptr, nd.ld)
+        .str();
+  }
+
   LogicalResult emitProgram(func::FuncOp fn, raw_ostream &out) {
     bufs.clear();
     scalars.clear();
@@ -450,14 +461,20 @@ private:
                 Buf x = buf(o.getInput()), y = buf(o.getOut());
                 // Into the program's logits: logitsW computes only the
                 // rows the caller reads (Context::logitsRowsFrom).
-                const char *fnName = o.getAccumulate()         ? "linearAddW"
+                const char *fnName = o.getNorm()               ? "linearNormW"
+                                     : o.getAccumulate()       ? "linearAddW"
                                      : o.getOut() == logitsArg ? "logitsW"
                                                                : "linearW";
+                std::string norm;
+                if (o.getNorm())
+                  norm = addNorm(o.getResidual(), o.getSum(), o.getNormed(),
+                                 *o.getNorm(), *o.getEps());
                 out << llvm::formatv("  dsrt::cpu::{8}(ctx, {0}, {1}, n, {2}, "
-                                     "{3}, {4}, {5}, {6}, {7});\n",
+                                     "{3}, {4}, {5}, {6}, {9}{7});\n",
                                      x.ptr, x.ld, width(o.getInput()),
                                      index(o.getWeight()), width(o.getOut()),
-                                     y.ptr, y.ld, act(o.getFp8()), fnName);
+                                     y.ptr, y.ld, act(o.getFp8()), fnName,
+                                     norm);
                 return success();
               })
               .Case([&](dsk::LinearPairOp o) {
@@ -619,15 +636,9 @@ private:
                 }
                 std::string norm;
                 if (o.getNorm()) {
-                  Buf r = buf(o.getResidual()), s = buf(o.getSum()),
-                      nd = buf(o.getNormed());
                   fn = "moeExpertsSharedNormW";
-                  norm = llvm::formatv("dsrt::AddNorm{{{0}, {1}, {2}, {3}, "
-                                       "{4}, {5}, {6}, {7}}, ",
-                                       r.ptr, r.ld, weight(*o.getNorm()),
-                                       fp(o.getEps()->convertToDouble()), s.ptr,
-                                       s.ld, nd.ptr, nd.ld)
-                             .str();
+                  norm = addNorm(o.getResidual(), o.getSum(), o.getNormed(),
+                                 *o.getNorm(), *o.getEps());
                 }
                 out << llvm::formatv(
                     "  dsrt::cpu::{12}(ctx, {0}, {1}, n, {2}, {3}, {4}, {5}, "

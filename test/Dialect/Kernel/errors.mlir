@@ -32,6 +32,40 @@ func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>) {
 
 // -----
 
+// linear: the norm epilogue's buffers and attributes go together.
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>, %r: memref<?x8xf32>, %s: memref<?x8xf32>, %o: memref<?x8xf32>) {
+  // expected-error @+1 {{the norm's residual, sum and normed buffers and its norm and eps attributes go together}}
+  dsk.linear %x, %y norm(%r, %s, %o) {weight = @w, eps = 1.0e-6 : f64} : memref<?x16xf32>, memref<?x8xf32> norm(memref<?x8xf32>, memref<?x8xf32>, memref<?x8xf32>)
+  return
+}
+
+// -----
+
+// linear: the norm epilogue's rows are out's width; eps > 0; no accumulate.
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>, %r: memref<?x8xf32>, %s: memref<?x8xf32>, %o: memref<?x16xf32>) {
+  // expected-error @+1 {{normed must have 8 columns}}
+  dsk.linear %x, %y norm(%r, %s, %o) {weight = @w, norm = @n, eps = 1.0e-6 : f64} : memref<?x16xf32>, memref<?x8xf32> norm(memref<?x8xf32>, memref<?x8xf32>, memref<?x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>, %r: memref<?x8xf32>, %s: memref<?x8xf32>, %o: memref<?x8xf32>) {
+  // expected-error @+1 {{eps must be positive}}
+  dsk.linear %x, %y norm(%r, %s, %o) {weight = @w, norm = @n, eps = -1.0 : f64} : memref<?x16xf32>, memref<?x8xf32> norm(memref<?x8xf32>, memref<?x8xf32>, memref<?x8xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>, %r: memref<?x8xf32>, %s: memref<?x8xf32>, %o: memref<?x8xf32>) {
+  // expected-error @+1 {{a norm epilogue does not go with accumulate}}
+  dsk.linear %x, %y norm(%r, %s, %o) {weight = @w, norm = @n, eps = 1.0e-6 : f64, accumulate} : memref<?x16xf32>, memref<?x8xf32> norm(memref<?x8xf32>, memref<?x8xf32>, memref<?x8xf32>)
+  return
+}
+
+// -----
+
 // add: operands have one width.
 func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>) {
   // expected-error @+1 {{rhs must have 16 columns}}

@@ -75,6 +75,9 @@
 // NOTLOWERED: error: emit-cpp: not a kernel-level module (run ds-lower-to-kernels and dsk-plan-memory first)
 // UNPLANNED: error: 'func.func' op emit-cpp: program has no memory plan (run dsk-plan-memory)
 
+// The add + norm after the attention rides with o_proj (FP8): the norm
+// weight is read through ctx.weight(), no GEMM weight.
+// FUSED: {"model.layers.0.post_attention_layernorm.weight", 1, {64, 0}, dsrt::DType::BF16},{{$}}
 // FUSED: {"model.layers.0.self_attn.kv_b_proj.weight", 2, {128, 32}, dsrt::DType::BF16},
 // FUSED: {"model.layers.0.self_attn.q_a_proj.weight", 2, {32, 64}, dsrt::DType::F8E4M3, dsrt::WeightSpec::kGemmOnly},
 // FUSED: {"model.layers.1.mlp.gate.weight", 2, {16, 64}, dsrt::DType::BF16},
@@ -86,8 +89,11 @@
 // FUSED: dsrt::cpu::qkRopeCacheWrite(ctx, 0, {{b[0-9]+}}, 96, 4, 24, 16, {{.+}}, pos, n, 0, nullptr, 0.0);
 // FUSED: dsrt::cpu::linearW(ctx, {{.+}}, 128, {{b[0-9]+}}, 128, dsrt::ActQuant::None);
 // FUSED: dsrt::cpu::mlaAttentionNaive(
-// FUSED: dsrt::cpu::addRmsNorm(ctx, {{.+}}, n, 64, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07,
+// FUSED: dsrt::cpu::linearNormW(ctx, {{b[0-9]+}}, 64, n, 64, {{[0-9]+}}, 64, {{b[0-9]+}}, 64, dsrt::AddNorm{{[{]b[0-9]+}}, 64, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07, {{b[0-9]+}}, 64, {{b[0-9]+}}, 64}, dsrt::ActQuant::Fp8);
 // FUSED: dsrt::cpu::gatedUp(ctx, {{.+}}, n, 64, {{[0-9]+}}, {{[0-9]+}}, 128, {{.+}}, dsrt::ActQuant::Fp8);
+// The dense MLP's down projection takes the next layer's add + norm.
+// FUSED-NOT: dsrt::cpu::
+// FUSED: dsrt::cpu::linearNormW(ctx, {{b[0-9]+}}, 128, n, 128, {{[0-9]+}}, 64, {{b[0-9]+}}, 64, dsrt::AddNorm{
 // FUSED: dsrt::cpu::moeGate(ctx, {{.+}}, n, 64, {{[0-9]+}}, ctx.weight({{[0-9]+}}), route{{[0-9]+}},
 // The next layer's add + norm rides with the experts; the last layer's
 // writes the hidden states.

@@ -86,8 +86,45 @@ void RMSNormOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
   uses.push_back(use(getWeight(), {width(getInput())}, false));
 }
 
+/// A kernel's `norm(residual, sum, normed)` epilogue (the `dsk.add_rms_norm`
+/// of `out` and the residual, folded in by dsk-fuse): all of it or none,
+/// rows as wide as `out`. `norm` tells whether it is there.
+static LogicalResult verifyNormEpilogue(Operation *op, Value residual,
+                                        Value sum, Value normed, bool weight,
+                                        std::optional<APFloat> eps, int64_t w,
+                                        bool *norm) {
+  int parts = int(bool(residual)) + int(bool(sum)) + int(bool(normed)) +
+              int(weight) + int(eps.has_value());
+  if (parts != 0 && parts != 5)
+    return op->emitOpError() << "the norm's residual, sum and normed buffers "
+                                "and its norm and eps attributes go together";
+  *norm = parts != 0;
+  if (!*norm)
+    return success();
+  if (!(eps->convertToDouble() > 0.0))
+    return op->emitOpError() << "eps must be positive";
+  if (failed(verifyWidth(op, residual, w, "residual")) ||
+      failed(verifyWidth(op, sum, w, "sum")) ||
+      failed(verifyWidth(op, normed, w, "normed")))
+    return failure();
+  return success();
+}
+
+LogicalResult LinearOp::verify() {
+  bool norm = false;
+  if (failed(verifyNormEpilogue(*this, getResidual(), getSum(), getNormed(),
+                                bool(getNorm()), getEps(), width(getOut()),
+                                &norm)))
+    return failure();
+  if (norm && getAccumulate())
+    return emitOpError() << "a norm epilogue does not go with accumulate";
+  return success();
+}
+
 void LinearOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
   uses.push_back(use(getWeight(), {width(getOut()), width(getInput())}, true));
+  if (getNorm())
+    uses.push_back(use(*getNorm(), {width(getOut())}, false));
 }
 
 LogicalResult LinearPairOp::verify() {
@@ -205,23 +242,13 @@ LogicalResult MoEExpertsOp::verify() {
       return emitOpError() << "with a shared expert, out must not share a "
                               "buffer with the input";
   }
-  int norm = int(bool(getResidual())) + int(bool(getSum())) +
-             int(bool(getNormed())) + int(bool(getNorm())) +
-             int(bool(getEps()));
-  if (norm != 0 && norm != 5)
-    return emitOpError() << "the norm's residual, sum and normed buffers and "
-                            "its norm and eps attributes go together";
+  const int64_t h = width(getInput());
+  bool norm = false;
+  if (failed(verifyNormEpilogue(*this, getResidual(), getSum(), getNormed(),
+                                bool(getNorm()), getEps(), h, &norm)))
+    return failure();
   if (norm && !shared)
     return emitOpError() << "a norm epilogue needs the shared expert";
-  const int64_t h = width(getInput());
-  if (norm) {
-    if (!(getEps()->convertToDouble() > 0.0))
-      return emitOpError() << "eps must be positive";
-    if (failed(verifyWidth(*this, getResidual(), h, "residual")) ||
-        failed(verifyWidth(*this, getSum(), h, "sum")) ||
-        failed(verifyWidth(*this, getNormed(), h, "normed")))
-      return failure();
-  }
   return verifyWidth(*this, getOut(), h, "out");
 }
 

@@ -99,19 +99,50 @@ def DSK_RMSNormOp : DSK_WeightOp<"rms_norm"> {
   let hasVerifier = 1;
 }
 
-def DSK_LinearOp : DSK_WeightOp<"linear"> {
+def DSK_LinearOp : DSK_WeightOp<"linear", [AttrSizedOperandSegments]> {
   let summary = "out = input * weight^T (GEMM through BLAS / cuBLASLt)";
   let description = [{
     With `fp8`, the input is quantized to e4m3 per row per 128 columns
     before the product (DeepSeek-V3's FP8 GEMM; the weight is FP8). With
     `accumulate`, `out += input * weight^T` (a residual add in the GEMM's
     epilogue, as `dsk-fuse` forms it).
+
+    `norm(residual, sum, normed)` and the `norm` and `eps` attributes add
+    the `dsk.add_rms_norm` that reads `out` next, as `dsk-fuse` forms it
+    (the attention output and the dense MLP's down projection, then the
+    residual add and the next norm): `out` is written as before, then `sum
+    = residual + out` and `normed = rms_norm(sum)`. At decode the GPU's GEMV
+    does the add and the norm in its last block, one launch fewer per
+    layer.
   }];
   let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$input,
                        Arg<DSK_Rows, "", [MemRead, MemWrite]>:$out,
+                       Arg<Optional<DSK_Rows>, "", [MemRead]>:$residual,
+                       Arg<Optional<DSK_Rows>, "", [MemWrite]>:$sum,
+                       Arg<Optional<DSK_Rows>, "", [MemWrite]>:$normed,
                        FlatSymbolRefAttr:$weight, UnitAttr:$fp8,
-                       UnitAttr:$accumulate);
-  let assemblyFormat = "$input `,` $out attr-dict `:` type($input) `,` type($out)";
+                       UnitAttr:$accumulate,
+                       OptionalAttr<FlatSymbolRefAttr>:$norm,
+                       OptionalAttr<F64Attr>:$eps);
+  let assemblyFormat = [{
+    $input `,` $out (`norm` `(` $residual^ `,` $sum `,` $normed `)`)?
+    attr-dict `:` type($input) `,` type($out)
+    (`norm` `(` type($residual)^ `,` type($sum) `,` type($normed) `)`)?
+  }];
+  let builders = [
+    // The plain GEMM (no norm epilogue).
+    OpBuilder<(ins "::mlir::Value":$input, "::mlir::Value":$out,
+                   "::mlir::FlatSymbolRefAttr":$weight,
+                   CArg<"bool", "false">:$fp8), [{
+      build($_builder, $_state, input, out, /*residual=*/::mlir::Value(),
+            /*sum=*/::mlir::Value(), /*normed=*/::mlir::Value(), weight,
+            fp8 ? $_builder.getUnitAttr() : ::mlir::UnitAttr(),
+            /*accumulate=*/::mlir::UnitAttr(),
+            /*norm=*/::mlir::FlatSymbolRefAttr(),
+            /*eps=*/::mlir::FloatAttr());
+    }]>
+  ];
+  let hasVerifier = 1;
 }
 
 def DSK_LinearPairOp : DSK_WeightOp<"linear_pair"> {
