@@ -185,7 +185,6 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   float *os = reinterpret_cast<float *>(smemTc + L.offO);
   float *mRow = reinterpret_cast<float *>(smemTc + L.offStats);
   float *lRow = mRow + kTcQ, *cRow = lRow + kTcQ;
-  constexpr int threads = kTcWarps * 32;
   const int tid = threadIdx.x, lane = tid % 32, w0 = tid / 32 * 16;
   const int64_t h = blockIdx.y;
   // Later query tiles see more keys: they are scheduled first.
@@ -193,13 +192,17 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   const int64_t rows = imin(kTcQ, n - i0);
   const int64_t keys = i0 + rows; // the last query sees keys [0, keys)
 
-  for (int64_t e = tid; e < kTcQ * L.qPad; e += threads) {
-    const int64_t r = e / L.qPad, d = e % L.qPad;
-    const float v = r < rows && d < qHead ? q[(i0 + r) * ldq + h * qHead + d] : 0.0f;
-    qs[r * L.ldQK + d] = __float2bfloat16(v);
+  // Rows a warp at a time, lanes along the row: coalesced, and no division
+  // per element (a 64-bit one costs tens of instructions).
+  const int warp = tid / 32;
+  for (int64_t r = warp; r < kTcQ; r += kTcWarps) {
+    const float *src = q + (i0 + r) * ldq + h * qHead;
+    for (int64_t d = lane; d < L.qPad; d += 32)
+      qs[r * L.ldQK + d] =
+          __float2bfloat16(r < rows && d < qHead ? src[d] : 0.0f);
+    for (int64_t d = lane; d < L.vPad; d += 32)
+      os[r * L.ldO + d] = 0.0f;
   }
-  for (int64_t e = tid; e < kTcQ * L.vPad; e += threads)
-    os[e / L.vPad * L.ldO + e % L.vPad] = 0.0f;
   if (tid < kTcQ) {
     mRow[tid] = -INFINITY;
     lRow[tid] = 0.0f;
@@ -207,17 +210,19 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 
   for (int64_t j0 = 0; j0 < keys; j0 += kTcK) {
     __syncthreads(); // every warp is done with the previous K and V
-    for (int64_t e = tid; e < kTcK * L.qPad; e += threads) {
-      const int64_t r = e / L.qPad, d = e % L.qPad, j = j0 + r;
-      float v = 0.0f;
-      if (j < keys && d < qHead)
-        v = d < nope ? kv[j * ldkv + h * kvHead + d] : krope[j * ldk + d - nope];
-      ks[r * L.ldQK + d] = __float2bfloat16(v);
-    }
-    for (int64_t e = tid; e < kTcK * L.vPad; e += threads) {
-      const int64_t r = e / L.vPad, d = e % L.vPad, j = j0 + r;
-      const float v = j < keys && d < vdim ? kv[j * ldkv + h * kvHead + nope + d] : 0.0f;
-      vs[r * L.ldV + d] = __float2bfloat16(v);
+    for (int64_t r = warp; r < kTcK; r += kTcWarps) {
+      const int64_t j = j0 + r;
+      const bool live = j < keys;
+      const float *kvRow = kv + j * ldkv + h * kvHead, *kr = krope + j * ldk;
+      for (int64_t d = lane; d < L.qPad; d += 32) {
+        float v = 0.0f;
+        if (live && d < qHead)
+          v = d < nope ? kvRow[d] : kr[d - nope];
+        ks[r * L.ldQK + d] = __float2bfloat16(v);
+      }
+      for (int64_t d = lane; d < L.vPad; d += 32)
+        vs[r * L.ldV + d] =
+            __float2bfloat16(live && d < vdim ? kvRow[nope + d] : 0.0f);
     }
     __syncthreads();
     if (w0 >= rows)
@@ -270,9 +275,11 @@ __global__ void __launch_bounds__(kTcWarps * 32)
       }
     }
     __syncwarp();
-    for (int64_t e = lane; e < 16 * L.vPad; e += 32) {
-      const int64_t r = w0 + e / L.vPad;
-      os[r * L.ldO + e % L.vPad] *= cRow[r];
+    for (int rr = 0; rr < 16; ++rr) {
+      const float c = cRow[w0 + rr];
+      float *o = os + (w0 + rr) * L.ldO;
+      for (int64_t d = lane; d < L.vPad; d += 32)
+        o[d] *= c;
     }
     __syncwarp();
 
@@ -293,9 +300,9 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     }
   }
   __syncwarp();
-  for (int64_t e = lane; e < 16 * vdim; e += 32) {
-    const int64_t r = w0 + e / vdim, d = e % vdim;
-    if (r < rows)
+  for (int rr = 0; rr < 16 && w0 + rr < rows; ++rr) {
+    const int64_t r = w0 + rr;
+    for (int64_t d = lane; d < vdim; d += 32)
       out[(i0 + r) * ldo + h * vdim + d] = os[r * L.ldO + d] / lRow[r];
   }
 }
@@ -344,13 +351,14 @@ mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq, int64_t qHead,
   const int64_t k0 = int64_t(s) * chunk, k1 = imin(keys, k0 + chunk);
   const int32_t *table = blockTable + int64_t(tokenSeq[t]) * maxBlocks;
 
-  for (int64_t e = tid; e < kHB * row; e += blockDim.x) {
-    const int64_t hh = e / row, d = e % row;
-    float v = 0.0f;
-    if (hh < hb)
-      v = d < lora ? qLat[(t * heads + h0 + hh) * lora + d]
-                   : q[t * ldq + (h0 + hh) * qHead + nope + (d - lora)];
-    qs[hh * stride + d] = v;
+  // Rows a warp at a time, lanes along the row: no division per element.
+  const int rowWarp = tid / 32, rowLane = tid % 32,
+            warps = int(blockDim.x / 32);
+  for (int hh = rowWarp; hh < kHB; hh += warps) {
+    const float *lat = qLat + (t * heads + h0 + hh) * lora;
+    const float *qr = q + t * ldq + (h0 + hh) * qHead + nope;
+    for (int64_t d = rowLane; d < row; d += 32)
+      qs[hh * stride + d] = hh < hb ? (d < lora ? lat[d] : qr[d - lora]) : 0.0f;
   }
   if (tid < kHB) {
     mS[tid] = -INFINITY;
@@ -365,14 +373,19 @@ mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq, int64_t qHead,
 
   for (int64_t p0 = k0; p0 < k1; p0 += kTP) {
     __syncthreads();
-    for (int64_t e = tid; e < kTP * row; e += blockDim.x) {
-      const int64_t r = e / row, d = e % row, p = p0 + r;
-      float v = 0.0f;
+    for (int r = rowWarp; r < kTP; r += warps) { // a cache row per warp
+      const int64_t p = p0 + r;
+      float *dst = tile + r * stride;
       if (p < k1) {
-        const int64_t block = table[p / 64];
-        v = toFloat(cache[((block * layers + layer) * 64 + p % 64) * row + d]);
+        const CT *src =
+            cache +
+            ((int64_t(table[p / 64]) * layers + layer) * 64 + p % 64) * row;
+        for (int64_t d = rowLane; d < row; d += 32)
+          dst[d] = toFloat(src[d]);
+      } else {
+        for (int64_t d = rowLane; d < row; d += 32)
+          dst[d] = 0.0f;
       }
-      tile[r * stride + d] = v;
     }
     __syncthreads();
     { // kHB * kTP scores, kScoreLanes threads each (256 threads)
