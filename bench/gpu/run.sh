@@ -23,7 +23,8 @@
 # prefill of 2048 tokens; then torch_baseline.py (phases main, grouped) in
 # the same call; then, time permitting, decode B=1 without programmatic
 # dependent launch (DS_CUDA_PDL=0) and with the dense GEMMs on cuBLASLt
-# (DS_CUDA_GEMV_ROWS=0), decode B=32 with its dense GEMMs on the GEMV
+# (DS_CUDA_GEMV_ROWS=0) and with the decode attention on CUDA cores
+# (DS_CUDA_MLA_DECODE=simt), decode B=32 with its dense GEMMs on the GEMV
 # kernel (DS_CUDA_GEMV_ROWS=32), and prefill with the routed experts on the
 # tiled kernel (DS_CUDA_MOE_GEMM=tiled), for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
 # DS_GPU_CHECK_ONLY=1: correctness only; DS_SKIP_TORCH=1: no PyTorch run.
@@ -287,11 +288,12 @@ PY
     sed -n '/^=====/,/^=====/p' "$out/torch.txt" | tee -a "$report"
   fi
   # A/B, while the call has time left: decode B=1 without programmatic
-  # dependent launch, and with the dense decode GEMMs through cuBLASLt (a
-  # bf16 copy of the input first) instead of the GEMV kernel.
+  # dependent launch, with the dense decode GEMMs through cuBLASLt (a bf16
+  # copy of the input first) instead of the GEMV kernel, and with the decode
+  # attention on CUDA cores instead of tensor cores.
   ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
   local ab
-  for ab in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0; do
+  for ab in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_MLA_DECODE=simt; do
     if [ "$SECONDS" -lt 480 ]; then
       (cd "$dir/bench" && env "$ab" ./decode --prompt-ids "$ids" --max-new-tokens $new --seed 1 > "ab-$ab.txt" 2> "ab-$ab.err") || true
       say "decode B=1, $ab: $(grep '^timing:' "$dir/bench/ab-$ab.txt" || tail -3 "$dir/bench/ab-$ab.err")"

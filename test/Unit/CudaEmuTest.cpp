@@ -1501,11 +1501,13 @@ TEST(CudaEmuMLA, AbsorbedProductsForFewTokens) {
 
 /// An absorbed-form (decode) call over a paged latent cache: tokens of
 /// different sequences and positions (two of one sequence, as MTP verifies),
-/// blocks in scattered order, the layer not the first.
-TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {
+/// blocks in scattered order, the layer not the first; each kernel
+/// (mlaDecodeKernel over a float and a bf16 cache, mlaDecodeTcKernel) at
+/// several split counts, then mlaCombineKernel, against a double-precision
+/// softmax.
+void checkDecode(int64_t heads, int64_t lora, int64_t rope, uint32_t seed) {
   using namespace dsrt::cuda::mla;
-  // 20 heads: a full head group of kHB and a partial one.
-  const int64_t heads = 20, lora = 40, rope = 8, nope = 16, row = lora + rope;
+  const int64_t nope = 16, row = lora + rope;
   const int64_t qHead = nope + rope, ldq = heads * qHead + 3;
   const int64_t layers = 2, layer = 1, blocks = 8, maxBlocks = 4;
   const std::vector<int32_t> tokenSeq = {1, 0, 1}, pos = {130, 5, 131};
@@ -1513,7 +1515,7 @@ TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {
                                       3, 0, 6, 1}; // sequence 1
   const int64_t n = int64_t(pos.size());
   const float scale = 0.4f;
-  std::mt19937 rng(31);
+  std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<float> cache(size_t(blocks * layers * 64 * row)),
       qLat(size_t(n * heads * lora)), q(size_t(n * ldq));
@@ -1530,61 +1532,97 @@ TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {
     const int64_t block = table[size_t(seq * maxBlocks + p / 64)];
     return double(cache[size_t(((block * layers + layer) * 64 + p % 64) * row + d)]);
   };
-  std::vector<float> want(size_t(n * heads * lora));
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t h = 0; h < heads; ++h) {
-      const int64_t keys = pos[size_t(t)] + 1;
-      std::vector<double> p(static_cast<size_t>(keys));
-      double mx = -INFINITY, sum = 0;
-      for (int64_t k = 0; k < keys; ++k) {
-        double s = 0;
-        for (int64_t d = 0; d < row; ++d)
-          s += (d < lora ? qLat[size_t((t * heads + h) * lora + d)]
-                         : q[size_t(t * ldq + h * qHead + nope + d - lora)]) *
-               cached(tokenSeq[size_t(t)], k, d);
-        mx = std::max(mx, p[size_t(k)] = s * scale);
+  // roundQ: q as the tensor-core kernel holds it (bf16).
+  auto reference = [&](bool roundQ) {
+    auto qv = [&](float x) { return double(roundQ ? bf16Round(x) : x); };
+    std::vector<float> want(size_t(n * heads * lora));
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t keys = pos[size_t(t)] + 1;
+        std::vector<double> p(static_cast<size_t>(keys));
+        double mx = -INFINITY, sum = 0;
+        for (int64_t k = 0; k < keys; ++k) {
+          double s = 0;
+          for (int64_t d = 0; d < row; ++d)
+            s += (d < lora
+                      ? qv(qLat[size_t((t * heads + h) * lora + d)])
+                      : qv(q[size_t(t * ldq + h * qHead + nope + d - lora)])) *
+                 cached(tokenSeq[size_t(t)], k, d);
+          mx = std::max(mx, p[size_t(k)] = s * scale);
+        }
+        for (double &v : p)
+          sum += v = std::exp(v - mx);
+        for (int64_t c = 0; c < lora; ++c) {
+          double o = 0;
+          for (int64_t k = 0; k < keys; ++k)
+            o += p[size_t(k)] * cached(tokenSeq[size_t(t)], k, c);
+          want[size_t((t * heads + h) * lora + c)] = float(o / sum);
+        }
       }
-      for (double &v : p)
-        sum += v = std::exp(v - mx);
-      for (int64_t c = 0; c < lora; ++c) {
-        double o = 0;
-        for (int64_t k = 0; k < keys; ++k)
-          o += p[size_t(k)] * cached(tokenSeq[size_t(t)], k, c);
-        want[size_t((t * heads + h) * lora + c)] = float(o / sum);
-      }
-    }
+    return want;
+  };
+  const std::vector<float> want = reference(false), wantTc = reference(true);
   // 7 splits leave the position-5 token's last split empty; 1 is no split;
   // 40 and 64 (the most): two splits per lane of the combine, and a
   // position-5 token with most of its splits empty.
   const std::array<int, 5> splitCounts = {1, 4, 7, 40, kMaxSplits};
-  for (size_t variant = 0; variant < 2 * splitCounts.size(); ++variant) {
-    const int splits = splitCounts[variant % splitCounts.size()];
-    const bool bf16 = variant >= splitCounts.size();
-    SCOPED_TRACE(std::to_string(splits) +
-                 (bf16 ? " splits, bf16 cache" : " splits, float cache"));
-    std::vector<float> part(size_t(n * heads * splits * (lora + 2)), std::nanf(""));
-    std::vector<float> oLat(size_t(n * heads * lora), std::nanf(""));
-    const dim3 grid(unsigned(n), unsigned((heads + kHB - 1) / kHB),
-                    unsigned(splits));
-    if (bf16)
-      emu::launchShared(
-          grid, dim3(256), decodeSharedBytes(row),
-          mlaDecodeKernel<__nv_bfloat16>, qLat.data(), q.data(), ldq, qHead,
-          nope, static_cast<const __nv_bfloat16 *>(cacheB.data()), table.data(),
-          maxBlocks, tokenSeq.data(), pos.data(), layers, layer, heads, lora,
-          rope, scale, splits, part.data());
-    else
-      emu::launchShared(grid, dim3(256), decodeSharedBytes(row),
-                        mlaDecodeKernel<float>, qLat.data(), q.data(), ldq,
-                        qHead, nope, static_cast<const float *>(cache.data()),
-                        table.data(), maxBlocks, tokenSeq.data(), pos.data(),
-                        layers, layer, heads, lora, rope, scale, splits,
-                        part.data());
-    emu::launch(dim3(unsigned(n), unsigned(heads)), dim3(256), mlaCombineKernel,
-                static_cast<const float *>(part.data()), heads, lora, splits,
-                oLat.data());
-    expectClose(oLat, want, 1e-5);
-  }
+  enum Kernel { Float, Bf16, TensorCores };
+  for (Kernel kernel : {Float, Bf16, TensorCores})
+    for (int splits : splitCounts) {
+      SCOPED_TRACE(std::to_string(splits) + " splits, " +
+                   (kernel == Float  ? "float cache"
+                    : kernel == Bf16 ? "bf16 cache"
+                                     : "tensor cores"));
+      std::vector<float> part(size_t(n * heads * splits * (lora + 2)),
+                              std::nanf(""));
+      std::vector<float> oLat(size_t(n * heads * lora), std::nanf(""));
+      const int64_t hb = kernel == TensorCores ? kDtH : kHB;
+      const dim3 grid(unsigned(n), unsigned((heads + hb - 1) / hb),
+                      unsigned(splits));
+      const auto *cb = static_cast<const __nv_bfloat16 *>(cacheB.data());
+      if (kernel == TensorCores)
+        emu::launchShared(
+            grid, dim3(kDtWarps * 32), size_t(DecodeTcLayout(row, lora).bytes),
+            mlaDecodeTcKernel, qLat.data(), q.data(), ldq, qHead, nope, cb,
+            table.data(), maxBlocks, tokenSeq.data(), pos.data(), layers, layer,
+            heads, lora, rope, scale, splits, part.data());
+      else if (kernel == Bf16)
+        emu::launchShared(grid, dim3(256), decodeSharedBytes(row),
+                          mlaDecodeKernel<__nv_bfloat16>, qLat.data(), q.data(),
+                          ldq, qHead, nope, cb, table.data(), maxBlocks,
+                          tokenSeq.data(), pos.data(), layers, layer, heads,
+                          lora, rope, scale, splits, part.data());
+      else
+        emu::launchShared(grid, dim3(256), decodeSharedBytes(row),
+                          mlaDecodeKernel<float>, qLat.data(), q.data(), ldq,
+                          qHead, nope, static_cast<const float *>(cache.data()),
+                          table.data(), maxBlocks, tokenSeq.data(), pos.data(),
+                          layers, layer, heads, lora, rope, scale, splits,
+                          part.data());
+      emu::launch(dim3(unsigned(n), unsigned(heads)), dim3(256),
+                  mlaCombineKernel, static_cast<const float *>(part.data()),
+                  heads, lora, splits, oLat.data());
+      // Tensor cores: q as rounded, P rounded to bf16 (about 2^-9 each).
+      if (kernel == TensorCores)
+        expectClose(oLat, wantTc, 4e-3);
+      else
+        expectClose(oLat, want, 1e-5);
+    }
+}
+
+TEST(CudaEmuMLA, DecodeSplitsOverPagedCache) {
+  // 20 heads: a full head group and a partial one for either kernel's group
+  // (8 or 16 heads); rows of 48 values (16-byte rows in bf16).
+  checkDecode(20, 40, 8, 31);
+}
+
+TEST(CudaEmuMLA, DecodeOddRowsAndDeepSeekDims) {
+  // Rows of 44 values: no 16-byte loads, zero padding to 48 inside the
+  // tensor-core row; lora 36 is a partial 16-column tile of O.
+  checkDecode(5, 36, 8, 32);
+  // DeepSeek's latent row: lora 512 + rope 64, 16 heads (one tensor-core
+  // group, two SIMT groups).
+  checkDecode(16, 512, 64, 33);
 }
 
 //===----------------------------------------------------------------------===//

@@ -129,6 +129,11 @@ struct DeviceState {
   enum class MoeGemm { Auto, Batched, Tiled } moeGemm = MoeGemm::Auto;
   bool moeBatchedFailed = false;
 
+  /// Decode attention over a bf16 latent cache on tensor cores (16 heads a
+  /// block) where its shared memory fits, or the SIMT kernel (8 heads a
+  /// block) always (DS_CUDA_MLA_DECODE=auto|simt).
+  bool mlaDecodeTc = true;
+
   /// Multi-rank (prepareNccl): one NCCL communicator per MeshAxis, and the
   /// DS_COMM_TIMEOUT bound of waits on the stream (0: plain synchronize).
   std::unique_ptr<Comm> comms[4];

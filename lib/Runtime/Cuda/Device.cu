@@ -384,6 +384,15 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
       return false;
     }
   }
+  if (const char *m = std::getenv("DS_CUDA_MLA_DECODE")) {
+    if (std::strcmp(m, "auto") == 0 || std::strcmp(m, "simt") == 0) {
+      st.mlaDecodeTc = std::strcmp(m, "auto") == 0;
+    } else {
+      *error = std::string("DS_CUDA_MLA_DECODE: expected auto or simt, got '") +
+               m + "'";
+      return false;
+    }
+  }
 
   st.maxTokens = std::max<int64_t>(
       {spec.prefillMaxTokens, spec.decodeMaxTokens, spec.mtpMaxTokens, 1});

@@ -11,7 +11,9 @@
 // through the block table) split over the sequence like flash-decoding (a
 // fixed number of splits, so a captured graph fits any position), a combine
 // of the splits, and o = o_lat W_UV^T. The two per-head products are our
-// kernels for up to 8 tokens, strided-batched SGEMMs above.
+// kernels for up to 8 tokens, strided-batched SGEMMs above. The attention
+// over a bf16 cache (bf16 mode) runs on tensor cores, 16 heads a block;
+// over a float32 one (f32 mode) on CUDA cores, 8 heads a block.
 //
 //===----------------------------------------------------------------------===//
 
@@ -85,10 +87,16 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
   if (pos != st.pos)
     fatal("mlaAttentionAbsorbed", "positions are not the program's");
   const int64_t qHead = nope + rope, kvHead = nope + vdim;
+  const int64_t row = lora + rope;
+  // A bf16 cache: tensor cores, 16 heads a block, where the layout fits.
+  const DecodeTcLayout tc(row, lora);
+  const bool tensorCores =
+      st.cacheBf16 && st.mlaDecodeTc && size_t(tc.bytes) <= st.sharedOptin;
   // Splits from n and the cache length only (graphs replay at any
   // position): about two blocks per multiprocessor, each split at least a
   // block of 64 positions of the longest sequence.
-  const int64_t groups = (heads + kHB - 1) / kHB;
+  const int64_t groups =
+      (heads + (tensorCores ? kDtH : kHB) - 1) / (tensorCores ? kDtH : kHB);
   const int64_t wanted = (2 * st.multiprocessors + n * groups - 1) / (n * groups);
   const int splits = int(std::max<int64_t>(
       1, imin(imin(wanted, kMaxSplits), (spec.maxSeqLen + 63) / 64)));
@@ -120,10 +128,17 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
               qLat, int(heads * lora), lora, int(heads)),
           "mlaAttentionAbsorbed (q_lat)");
   }
-  const int64_t row = lora + rope;
   const size_t bytes = decodeSharedBytes(row);
-  dim3 grid(unsigned(n), unsigned((heads + kHB - 1) / kHB), unsigned(splits));
-  if (st.cacheBf16) {
+  const dim3 grid{unsigned(n), unsigned(groups), unsigned(splits)};
+  if (tensorCores) {
+    raiseSmem((const void *)mlaDecodeTcKernel, size_t(tc.bytes),
+              "mlaAttentionAbsorbed");
+    launchKernel(st, "mlaAttentionAbsorbed (attention)", mlaDecodeTcKernel,
+                 grid, kDtWarps * 32, size_t(tc.bytes), qLat, q, ldq, qHead,
+                 nope, static_cast<const __nv_bfloat16 *>(st.cache),
+                 st.blockTable, st.maxBlocks, st.tokenSeq, st.pos, st.layers,
+                 layer, heads, lora, rope, float(scale), splits, part);
+  } else if (st.cacheBf16) {
     raiseSmem((const void *)mlaDecodeKernel<__nv_bfloat16>, bytes,
               "mlaAttentionAbsorbed");
     launchKernel(st, "mlaAttentionAbsorbed (attention)",

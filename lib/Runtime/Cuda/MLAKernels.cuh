@@ -307,11 +307,11 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   }
 }
 
-// decode: heads per block. Each block streams its split's cache rows, so
-// the cache is read ceil(heads / kHB) times per token (16 times for
-// DeepSeek-V3's 128 heads). 16 would halve that but needs 160 registers
-// (one block per multiprocessor instead of two): a tensor-core kernel over
-// all heads, as FlashMLA's, is the real fix.
+// decode (CUDA cores, f32 mode): heads per block. Each block streams its
+// split's cache rows, so the cache is read ceil(heads / kHB) times per
+// token (16 times for DeepSeek-V3's 128 heads). 16 would halve that but
+// needs 160 registers (one block per multiprocessor instead of two); bf16
+// mode has mlaDecodeTcKernel below (16 heads a block on tensor cores).
 constexpr int kHB = 8;
 constexpr int kTP = 8;   // decode: cache positions per tile
 constexpr int kScoreLanes = 256 / (kHB * kTP); // decode: threads per score
@@ -434,6 +434,196 @@ mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq, int64_t qHead,
     if (tid == 0) {
       dst[lora] = mS[hh];
       dst[lora + 1] = lS[hh];
+    }
+  }
+}
+
+/// Tensor-core decode (bf16 cache): a block takes 16 heads of one token
+/// (one WMMA row tile, so the cache is read ceil(heads / 16) times per
+/// token, half the SIMT kernel's) and streams its split's cache rows 32 at
+/// a time: 4 warps, 3 block barriers per 32 positions where the SIMT kernel
+/// takes 4 per 8. q is rounded to bf16 in shared memory (the cache already
+/// is), P to bf16 as the tensor-core prefill rounds it; scores, softmax and
+/// the output accumulate in float32.
+constexpr int kDtH = 16, kDtP = 32, kDtWarps = 4;
+
+/// The tensor-core decode's shared memory, from the cache row (lora + rope)
+/// and lora alone. Dims are rounded up to 16 (zero padding); row strides
+/// add 8 bf16 / 4 floats, as the prefill's layout does.
+struct DecodeTcLayout {
+  int64_t rowPad, loraPad;                         ///< multiples of 16
+  int64_t ldK, ldS, ldP, ldO;                      ///< row strides, in elements
+  int64_t offK, offS, offP, offO, offStats, bytes; ///< byte offsets
+
+  __host__ __device__ DecodeTcLayout(int64_t row, int64_t lora) {
+    rowPad = (row + 15) / 16 * 16;
+    loraPad = (lora + 15) / 16 * 16;
+    ldK = rowPad + 8, ldS = kDtP + 4, ldP = kDtP + 8, ldO = loraPad + 4;
+    using A = PrefillTcLayout;
+    offK = A::align(kDtH * ldK * 2);            // after Q [kDtH][ldK] bf16
+    offS = offK + A::align(kDtP * ldK * 2);     // cache rows [kDtP][ldK] bf16
+    offP = offS + A::align(2 * kDtH * ldS * 4); // S, two halves of the row
+    offO = offP + A::align(kDtH * ldP * 2);     // P [kDtH][ldP] bf16
+    offStats = offO + A::align(kDtH * ldO * 4); // O [kDtH][ldO] float
+    bytes = offStats + 3 * kDtH * 4;            // m, l, correction per head
+  }
+};
+
+/// mlaDecodeKernel's arguments and partial results, on tensor cores, for a
+/// bf16 cache: grid (tokens, ceil(heads / kDtH), splits), kDtWarps warps.
+__global__ void __launch_bounds__(kDtWarps * 32)
+    mlaDecodeTcKernel(const float *qLat, const float *q, int64_t ldq,
+                      int64_t qHead, int64_t nope, const __nv_bfloat16 *cache,
+                      const int32_t *blockTable, int64_t maxBlocks,
+                      const int32_t *tokenSeq, const int32_t *pos,
+                      int64_t layers, int64_t layer, int64_t heads,
+                      int64_t lora, int64_t rope, float scale, int splits,
+                      float *part) {
+  pdlEnter();
+  using namespace nvcuda;
+  using bf16 = __nv_bfloat16;
+  DS_DYNAMIC_SHARED(unsigned char, smemDt);
+  const int64_t row = lora + rope;
+  const DecodeTcLayout L(row, lora);
+  bf16 *qs = reinterpret_cast<bf16 *>(smemDt);
+  bf16 *ks = reinterpret_cast<bf16 *>(smemDt + L.offK);
+  float *ss = reinterpret_cast<float *>(smemDt + L.offS);
+  bf16 *ps = reinterpret_cast<bf16 *>(smemDt + L.offP);
+  float *os = reinterpret_cast<float *>(smemDt + L.offO);
+  float *mRow = reinterpret_cast<float *>(smemDt + L.offStats);
+  float *lRow = mRow + kDtH, *cRow = lRow + kDtH;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t t = blockIdx.x, h0 = int64_t(blockIdx.y) * kDtH;
+  const int s = blockIdx.z;
+  const int64_t hb = imin(kDtH, heads - h0);
+  const int64_t keys = int64_t(pos[t]) + 1;
+  const int64_t chunk = (keys + splits - 1) / splits;
+  const int64_t k0 = int64_t(s) * chunk, k1 = imin(keys, k0 + chunk);
+  const int32_t *table = blockTable + int64_t(tokenSeq[t]) * maxBlocks;
+  const bf16 zero = __float2bfloat16(0.0f);
+
+  // q rows (latent, then rope part), zeros past the heads and the row.
+  for (int64_t r = warp; r < kDtH; r += kDtWarps) {
+    const bool live = r < hb;
+    const float *lat = qLat + (t * heads + h0 + r) * lora;
+    const float *qr = q + t * ldq + (h0 + r) * qHead + nope;
+    for (int64_t d = lane; d < L.rowPad; d += 32) {
+      float v = 0.0f;
+      if (live && d < row)
+        v = d < lora ? lat[d] : qr[d - lora];
+      qs[r * L.ldK + d] = __float2bfloat16(v);
+    }
+    for (int64_t d = lane; d < L.loraPad; d += 32)
+      os[r * L.ldO + d] = 0.0f;
+  }
+  if (tid < kDtH) {
+    mRow[tid] = -INFINITY;
+    lRow[tid] = 0.0f;
+  }
+  // Rows of 8k bf16 are 16-byte aligned (the cache is a device allocation).
+  const bool vec = row % 8 == 0;
+
+  for (int64_t p0 = k0; p0 < k1; p0 += kDtP) {
+    __syncthreads(); // every warp is done with the previous rows and P
+    for (int r = warp; r < kDtP; r += kDtWarps) { // a cache row per warp
+      const int64_t p = p0 + r;
+      bf16 *dst = ks + r * L.ldK;
+      int done = 0;
+      if (p < k1) {
+        const bf16 *src =
+            cache +
+            ((int64_t(table[p / 64]) * layers + layer) * 64 + p % 64) * row;
+        if (vec) {
+          for (int v = lane; v < int(row / 8); v += 32)
+            reinterpret_cast<uint4 *>(dst)[v] =
+                __ldg(reinterpret_cast<const uint4 *>(src) + v);
+        } else {
+          for (int d = lane; d < int(row); d += 32)
+            dst[d] = src[d];
+        }
+        done = int(row);
+      }
+      for (int d = done + lane; d < int(L.rowPad); d += 32)
+        dst[d] = zero;
+    }
+    __syncthreads();
+
+    // S = q K^T: warp w takes positions [16 (w % 2), +16) over half of the
+    // row's 16-wide steps (w / 2); the softmax adds the halves.
+    {
+      const int c = warp % 2, half = warp / 2;
+      const int steps = int(L.rowPad / 16), per = (steps + 1) / 2;
+      const int kBeg = half * per,
+                kEnd = kBeg + per < steps ? kBeg + per : steps;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int k = kBeg; k < kEnd; ++k) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
+        wmma::load_matrix_sync(a, qs + k * 16, unsigned(L.ldK));
+        wmma::load_matrix_sync(b, ks + c * 16 * L.ldK + k * 16,
+                               unsigned(L.ldK));
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(ss + half * kDtH * L.ldS + c * 16, acc,
+                              unsigned(L.ldS), wmma::mem_row_major);
+    }
+    __syncthreads();
+
+    // Online softmax: a head per warp at a time, a position per lane; P in
+    // bf16 (the row sum adds the rounded values, so P V is normalised by
+    // what it used).
+    static_assert(kDtP == 32, "a position per lane");
+    for (int r = warp; r < kDtH; r += kDtWarps) {
+      float sc = -INFINITY;
+      if (p0 + lane < k1)
+        sc = (ss[r * L.ldS + lane] + ss[(kDtH + r) * L.ldS + lane]) * scale;
+      float mx = sc;
+      for (int o = 16; o > 0; o >>= 1)
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float mOld = mRow[r], mNew = fmaxf(mOld, mx);
+      const bool none = mNew == -INFINITY;
+      const bf16 p = __float2bfloat16(none ? 0.0f : expf(sc - mNew));
+      ps[r * L.ldP + lane] = p;
+      float sum = __bfloat162float(p);
+      for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+      if (lane == 0) {
+        const float corr = none ? 1.0f : expf(mOld - mNew);
+        mRow[r] = mNew;
+        lRow[r] = lRow[r] * corr + sum;
+        cRow[r] = corr;
+      }
+    }
+    __syncthreads();
+
+    // O = O corr + P V, the V rows being the cache rows' first lora values:
+    // warp w owns the 16-column tiles w, w + kDtWarps, ... of O.
+    for (int c = 16 * warp; c < int(L.loraPad); c += 16 * kDtWarps) {
+      for (int e = lane; e < 16 * 16; e += 32)
+        os[(e / 16) * L.ldO + c + e % 16] *= cRow[e / 16];
+      __syncwarp();
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::load_matrix_sync(acc, os + c, unsigned(L.ldO), wmma::mem_row_major);
+      for (int k = 0; k < kDtP; k += 16) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b;
+        wmma::load_matrix_sync(a, ps + k, unsigned(L.ldP));
+        wmma::load_matrix_sync(b, ks + k * L.ldK + c, unsigned(L.ldK));
+        wmma::mma_sync(acc, a, b, acc);
+      }
+      wmma::store_matrix_sync(os + c, acc, unsigned(L.ldO),
+                              wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  for (int64_t r = warp; r < hb; r += kDtWarps) {
+    float *dst = part + ((t * heads + h0 + r) * splits + s) * (lora + 2);
+    for (int64_t d = lane; d < lora; d += 32)
+      dst[d] = os[r * L.ldO + d];
+    if (lane == 0) {
+      dst[lora] = mRow[r];
+      dst[lora + 1] = lRow[r];
     }
   }
 }
