@@ -1620,6 +1620,8 @@ TEST(CudaEmuMLA, DecodeOddRowsAndDeepSeekDims) {
   // Rows of 44 values: no 16-byte loads, zero padding to 48 inside the
   // tensor-core row; lora 36 is a partial 16-column tile of O.
   checkDecode(5, 36, 8, 32);
+  // Rows of 40: 16-byte loads, and a zero chunk of padding to 48.
+  checkDecode(3, 32, 8, 34);
   // DeepSeek's latent row: lora 512 + rope 64, 16 heads (one tensor-core
   // group, two SIMT groups).
   checkDecode(16, 512, 64, 33);

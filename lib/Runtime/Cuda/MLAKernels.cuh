@@ -446,6 +446,10 @@ mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq, int64_t qHead,
 /// is), P to bf16 as the tensor-core prefill rounds it; scores, softmax and
 /// the output accumulate in float32.
 constexpr int kDtH = 16, kDtP = 32, kDtWarps = 4;
+/// Cache-row loads: rows a warp has in flight, 16-byte chunks per lane of
+/// each (rows up to 768 bf16; longer ones take the element-wise loads).
+constexpr int kDtRowsInFlight = 2, kDtChunks = 3;
+static_assert(kDtP % (kDtWarps * kDtRowsInFlight) == 0, "whole row groups");
 
 /// The tensor-core decode's shared memory, from the cache row (lora + rope)
 /// and lora alone. Dims are rounded up to 16 (zero padding); row strides
@@ -520,31 +524,63 @@ __global__ void __launch_bounds__(kDtWarps * 32)
     mRow[tid] = -INFINITY;
     lRow[tid] = 0.0f;
   }
-  // Rows of 8k bf16 are 16-byte aligned (the cache is a device allocation).
-  const bool vec = row % 8 == 0;
+  // Rows of 8k bf16 are 16-byte aligned (the cache is a device allocation);
+  // 16-byte chunks of the padded row, kDtChunks per lane at most.
+  const int chunks = int(row / 8), chunksPad = int(L.rowPad / 8);
+  const bool vec = row % 8 == 0 && chunksPad <= 32 * kDtChunks;
 
   for (int64_t p0 = k0; p0 < k1; p0 += kDtP) {
     __syncthreads(); // every warp is done with the previous rows and P
-    for (int r = warp; r < kDtP; r += kDtWarps) { // a cache row per warp
-      const int64_t p = p0 + r;
-      bf16 *dst = ks + r * L.ldK;
-      int done = 0;
-      if (p < k1) {
-        const bf16 *src =
-            cache +
-            ((int64_t(table[p / 64]) * layers + layer) * 64 + p % 64) * row;
-        if (vec) {
-          for (int v = lane; v < int(row / 8); v += 32)
-            reinterpret_cast<uint4 *>(dst)[v] =
-                __ldg(reinterpret_cast<const uint4 *>(src) + v);
-        } else {
+    if (vec) {
+      // A warp's rows two at a time, every load issued before any store
+      // (each row's address waits for its block-table entry); chunks past
+      // the row are the zero padding.
+      for (int r0 = warp; r0 < kDtP; r0 += kDtWarps * kDtRowsInFlight) {
+        uint4 v[kDtRowsInFlight][kDtChunks];
+#pragma unroll
+        for (int j = 0; j < kDtRowsInFlight; ++j) {
+          const int64_t p = p0 + r0 + j * kDtWarps;
+          const uint4 *src =
+              p < k1 ? reinterpret_cast<const uint4 *>(
+                           cache +
+                           ((int64_t(table[p / 64]) * layers + layer) * 64 +
+                            p % 64) *
+                               row)
+                     : nullptr;
+#pragma unroll
+          for (int c = 0; c < kDtChunks; ++c) {
+            const int ch = lane + 32 * c;
+            v[j][c] = uint4{0u, 0u, 0u, 0u};
+            if (src && ch < chunks)
+              v[j][c] = __ldg(src + ch);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kDtRowsInFlight; ++j) {
+          uint4 *dst =
+              reinterpret_cast<uint4 *>(ks + (r0 + j * kDtWarps) * L.ldK);
+#pragma unroll
+          for (int c = 0; c < kDtChunks; ++c)
+            if (lane + 32 * c < chunksPad)
+              dst[lane + 32 * c] = v[j][c];
+        }
+      }
+    } else {
+      for (int r = warp; r < kDtP; r += kDtWarps) { // a cache row per warp
+        const int64_t p = p0 + r;
+        bf16 *dst = ks + r * L.ldK;
+        int done = 0;
+        if (p < k1) {
+          const bf16 *src =
+              cache +
+              ((int64_t(table[p / 64]) * layers + layer) * 64 + p % 64) * row;
           for (int d = lane; d < int(row); d += 32)
             dst[d] = src[d];
+          done = int(row);
         }
-        done = int(row);
+        for (int d = done + lane; d < int(L.rowPad); d += 32)
+          dst[d] = zero;
       }
-      for (int d = done + lane; d < int(L.rowPad); d += 32)
-        dst[d] = zero;
     }
     __syncthreads();
 
