@@ -441,7 +441,7 @@ mlaDecodeKernel(const float *qLat, const float *q, int64_t ldq, int64_t qHead,
 /// Tensor-core decode (bf16 cache): a block takes 16 heads of one token
 /// (one WMMA row tile, so the cache is read ceil(heads / 16) times per
 /// token, half the SIMT kernel's) and streams its split's cache rows 32 at
-/// a time: 4 warps, 3 block barriers per 32 positions where the SIMT kernel
+/// a time: 4 warps, 4 block barriers per 32 positions where the SIMT kernel
 /// takes 4 per 8. q is rounded to bf16 in shared memory (the cache already
 /// is), P to bf16 as the tensor-core prefill rounds it; scores, softmax and
 /// the output accumulate in float32.
