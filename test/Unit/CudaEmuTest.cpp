@@ -1330,11 +1330,14 @@ struct PrefillCase {
   float scale;
   std::vector<float> q, kv, krope;
 
+  /// aligned: strides of whole 16-byte chunks (the tensor-core kernel's
+  /// 16-byte K/V loads; odd strides take its element-wise loads).
   PrefillCase(int64_t n, int64_t heads, int64_t nope, int64_t rope,
-              int64_t vdim, uint32_t seed)
+              int64_t vdim, uint32_t seed, bool aligned = false)
       : n(n), heads(heads), nope(nope), rope(rope), vdim(vdim),
-        ldq(heads * (nope + rope) + 5), ldkv(heads * (nope + vdim) + 3),
-        ldk(rope + 2), ldo(heads * vdim + 7),
+        ldq(heads * (nope + rope) + 5),
+        ldkv(heads * (nope + vdim) + (aligned ? 4 : 3)),
+        ldk(rope + (aligned ? 4 : 2)), ldo(heads * vdim + 7),
         scale(2.0f / std::sqrt(float(nope + rope))) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -1418,14 +1421,20 @@ TEST(CudaEmuMLA, PrefillFloat32) {
 TEST(CudaEmuMLA, PrefillTensorCores) {
   // Two full 64-query tiles and a tail of 22 (a warp with no queries); head
   // dims 32 and 20 (v padded to 32).
-  PrefillCase c(150, 3, 24, 8, 20, 22);
-  expectClose(c.run(true), c.reference(true), 4e-3);
+  for (bool aligned : {false, true}) {
+    SCOPED_TRACE(aligned ? "16-byte loads" : "element-wise loads");
+    PrefillCase c(150, 3, 24, 8, 20, 22, aligned);
+    expectClose(c.run(true), c.reference(true), 4e-3);
+  }
 }
 
 TEST(CudaEmuMLA, PrefillTensorCoresDeepSeekHeads) {
   // DeepSeek-V3's head dims: qk 128 + 64, v 128; 16 + 1 queries.
-  PrefillCase c(17, 1, 128, 64, 128, 23);
-  expectClose(c.run(true), c.reference(true), 4e-3);
+  for (bool aligned : {false, true}) {
+    SCOPED_TRACE(aligned ? "16-byte loads" : "element-wise loads");
+    PrefillCase c(17, 1, 128, 64, 128, 23, aligned);
+    expectClose(c.run(true), c.reference(true), 4e-3);
+  }
 }
 
 /// absorbQKernel and absorbOutKernel against double-precision products

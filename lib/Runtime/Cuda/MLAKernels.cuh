@@ -135,6 +135,10 @@ __global__ void mlaPrefillKernel(const float *q, int64_t ldq, const float *kv,
 /// rounded to bf16 in shared memory, as the bf16 GEMMs round their inputs;
 /// scores, softmax and the output accumulate in float32.
 constexpr int kTcQ = 64, kTcK = 64, kTcWarps = 4;
+/// K/V tile loads: rows a warp has in flight, 16-byte chunks per lane of
+/// each (qk + v head dims up to 384; wider ones load element-wise).
+constexpr int kTcRowsInFlight = 2, kTcChunks = 3;
+static_assert(kTcK % (kTcWarps * kTcRowsInFlight) == 0, "whole row groups");
 
 /// The tensor-core prefill's shared memory, from the head dims alone (the
 /// launch and the kernel agree on it). Head dims are rounded up to 16 (zero
@@ -208,21 +212,76 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     lRow[tid] = 0.0f;
   }
 
+  // K and V rows as 16-byte chunks (4 floats), where every part of a row
+  // starts 16-byte aligned: chunk c of a row is K's (nope, then rope, then
+  // zeros to qPad) for c < qPad / 4, V's (then zeros to vPad) above.
+  const int nc = int(nope / 4), hc = int(qHead / 4), qc = int(L.qPad / 4);
+  const int dc = int(vdim / 4), vc = int(L.vPad / 4);
+  const bool vec =
+      nope % 4 == 0 && qHead % 4 == 0 && vdim % 4 == 0 && ldkv % 4 == 0 &&
+      ldk % 4 == 0 && reinterpret_cast<uintptr_t>(kv) % 16 == 0 &&
+      reinterpret_cast<uintptr_t>(krope) % 16 == 0 && qc + vc <= 32 * kTcChunks;
+  const float *kvHead0 = kv + h * kvHead; // this head's K/V columns
+
   for (int64_t j0 = 0; j0 < keys; j0 += kTcK) {
     __syncthreads(); // every warp is done with the previous K and V
-    for (int64_t r = warp; r < kTcK; r += kTcWarps) {
-      const int64_t j = j0 + r;
-      const bool live = j < keys;
-      const float *kvRow = kv + j * ldkv + h * kvHead, *kr = krope + j * ldk;
-      for (int64_t d = lane; d < L.qPad; d += 32) {
-        float v = 0.0f;
-        if (live && d < qHead)
-          v = d < nope ? kvRow[d] : kr[d - nope];
-        ks[r * L.ldQK + d] = __float2bfloat16(v);
+    if (vec) {
+      // A warp's rows two at a time, every load issued before any store.
+      for (int r0 = warp; r0 < kTcK; r0 += kTcWarps * kTcRowsInFlight) {
+        float4 v[kTcRowsInFlight][kTcChunks];
+#pragma unroll
+        for (int i = 0; i < kTcRowsInFlight; ++i) {
+          const int64_t j = j0 + r0 + i * kTcWarps;
+          const float *kvRow = kvHead0 + j * ldkv, *kr = krope + j * ldk;
+#pragma unroll
+          for (int c = 0; c < kTcChunks; ++c) {
+            const int ch = lane + 32 * c;
+            const float *src = nullptr;
+            if (j < keys) {
+              if (ch < nc)
+                src = kvRow + 4 * ch;
+              else if (ch < hc)
+                src = kr + 4 * (ch - nc);
+              else if (ch >= qc && ch - qc < dc)
+                src = kvRow + nope + 4 * (ch - qc);
+            }
+            v[i][c] = src ? *reinterpret_cast<const float4 *>(src)
+                          : float4{0.0f, 0.0f, 0.0f, 0.0f};
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kTcRowsInFlight; ++i) {
+          const int r = r0 + i * kTcWarps;
+#pragma unroll
+          for (int c = 0; c < kTcChunks; ++c) {
+            const int ch = lane + 32 * c;
+            bf16 *dst = ch < qc        ? ks + r * L.ldQK + 4 * ch
+                        : ch < qc + vc ? vs + r * L.ldV + 4 * (ch - qc)
+                                       : nullptr;
+            if (dst) {
+              dst[0] = __float2bfloat16(v[i][c].x);
+              dst[1] = __float2bfloat16(v[i][c].y);
+              dst[2] = __float2bfloat16(v[i][c].z);
+              dst[3] = __float2bfloat16(v[i][c].w);
+            }
+          }
+        }
       }
-      for (int64_t d = lane; d < L.vPad; d += 32)
-        vs[r * L.ldV + d] =
-            __float2bfloat16(live && d < vdim ? kvRow[nope + d] : 0.0f);
+    } else {
+      for (int64_t r = warp; r < kTcK; r += kTcWarps) {
+        const int64_t j = j0 + r;
+        const bool live = j < keys;
+        const float *kvRow = kv + j * ldkv + h * kvHead, *kr = krope + j * ldk;
+        for (int64_t d = lane; d < L.qPad; d += 32) {
+          float v = 0.0f;
+          if (live && d < qHead)
+            v = d < nope ? kvRow[d] : kr[d - nope];
+          ks[r * L.ldQK + d] = __float2bfloat16(v);
+        }
+        for (int64_t d = lane; d < L.vPad; d += 32)
+          vs[r * L.ldV + d] =
+              __float2bfloat16(live && d < vdim ? kvRow[nope + d] : 0.0f);
+      }
     }
     __syncthreads();
     if (w0 >= rows)
