@@ -725,6 +725,8 @@ __global__ void __launch_bounds__(kDtWarps * 32)
 
 /// Most splits of a decode call (mlaCombineKernel's warp holds two each).
 constexpr int kMaxSplits = 64;
+/// mlaCombineKernel: loads in flight per thread.
+constexpr int kCombineLoads = 8;
 
 /// oLat[t, h] = sum_s acc_s w_s, w_s = e^(m_s - M) / sum_s l_s e^(m_s - M):
 /// block (token, head); the first warp computes the splits' weights once,
@@ -757,9 +759,18 @@ __global__ void mlaCombineKernel(const float *part, int64_t heads,
   __syncthreads();
   for (int64_t c = threadIdx.x; c < lora; c += blockDim.x) {
     float acc = 0.0f;
-    for (int s = 0; s < splits; ++s)
-      if (weight[s] != 0.0f) // an empty split's acc is not read
-        acc += p[s * (lora + 2) + c] * weight[s];
+    // kCombineLoads splits' values requested at once (every split wrote
+    // its acc, zeros when empty), then added in split order.
+    for (int s0 = 0; s0 < splits; s0 += kCombineLoads) {
+      float v[kCombineLoads];
+#pragma unroll
+      for (int j = 0; j < kCombineLoads; ++j)
+        v[j] = s0 + j < splits ? p[(s0 + j) * (lora + 2) + c] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < kCombineLoads; ++j)
+        if (s0 + j < splits && weight[s0 + j] != 0.0f) // empty: weighs 0
+          acc += v[j] * weight[s0 + j];
+    }
     oLat[(t * heads + h) * lora + c] = acc;
   }
 }
