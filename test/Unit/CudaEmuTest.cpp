@@ -1347,6 +1347,11 @@ struct PrefillCase {
       for (float &x : *v)
         x = u(rng);
     }
+    // Else the kernel quietly takes its element-wise loads.
+    if (aligned) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(kv.data()) % 16, 0u);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(krope.data()) % 16, 0u);
+    }
   }
 
   /// Causal softmax attention in double; inputs rounded to bf16 where the
@@ -1426,6 +1431,9 @@ TEST(CudaEmuMLA, PrefillTensorCores) {
     PrefillCase c(150, 3, 24, 8, 20, 22, aligned);
     expectClose(c.run(true), c.reference(true), 4e-3);
   }
+  // 16-byte loads with a zero chunk of K padding (qk 24 + 4 = 28 of 32).
+  PrefillCase c(70, 2, 24, 4, 20, 24, true);
+  expectClose(c.run(true), c.reference(true), 4e-3);
 }
 
 TEST(CudaEmuMLA, PrefillTensorCoresDeepSeekHeads) {

@@ -217,10 +217,11 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   // zeros to qPad) for c < qPad / 4, V's (then zeros to vPad) above.
   const int nc = int(nope / 4), hc = int(qHead / 4), qc = int(L.qPad / 4);
   const int dc = int(vdim / 4), vc = int(L.vPad / 4);
-  const bool vec =
-      nope % 4 == 0 && qHead % 4 == 0 && vdim % 4 == 0 && ldkv % 4 == 0 &&
-      ldk % 4 == 0 && reinterpret_cast<uintptr_t>(kv) % 16 == 0 &&
-      reinterpret_cast<uintptr_t>(krope) % 16 == 0 && qc + vc <= 32 * kTcChunks;
+  const bool vec = nope % 4 == 0 && qHead % 4 == 0 && vdim % 4 == 0 &&
+                   kvHead % 4 == 0 && ldkv % 4 == 0 && ldk % 4 == 0 &&
+                   reinterpret_cast<uintptr_t>(kv) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(krope) % 16 == 0 &&
+                   qc + vc <= 32 * kTcChunks;
   const float *kvHead0 = kv + h * kvHead; // this head's K/V columns
 
   for (int64_t j0 = 0; j0 < keys; j0 += kTcK) {
