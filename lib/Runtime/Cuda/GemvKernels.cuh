@@ -225,18 +225,8 @@ __global__ void __launch_bounds__(256)
                                   vec, false, /*deferWait=*/true);
   else
     pdlEnter();
-  __threadfence(); // this block's columns, visible before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence(); // cumulative: the block's fenced writes come first
-    last = atomicAdd(counter, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!last)
+  if (!lastBlockDone(counter, last))
     return;
-  __threadfence();
-  if (threadIdx.x == 0)
-    *counter = 0; // every block has counted: ready for the next launch
   for (int64_t i = warp; i < n; i += blockDim.x / 32)
     addRmsNormRowWarp(e.residual + i * e.ldr, out + i * ldo, N, e.weight, e.eps,
                       e.sum + i * e.lds, e.normed + i * e.ldn);

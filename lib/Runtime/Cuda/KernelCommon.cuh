@@ -166,6 +166,26 @@ __device__ inline void addRmsNormRowWarp(const float *a, const float *b,
     y[j] = (a ? sum[j] : __ldcg(b + j)) * r * w[j];
 }
 
+/// After a block's writes, with every thread of it: whether it is the last
+/// block of the grid to get here, by a device counter that is zero between
+/// launches (the last block resets it). Two block barriers; `last` is the
+/// kernel's __shared__ flag. The last block then sees every block's writes.
+__device__ inline bool lastBlockDone(unsigned *counter, bool &last) {
+  __threadfence(); // this block's writes, visible before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence(); // cumulative: the block's fenced writes come first
+    last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last)
+    return false;
+  __threadfence();
+  if (threadIdx.x == 0)
+    *counter = 0; // every block has counted: ready for the next launch
+  return true;
+}
+
 __device__ inline float toFloat(float v) { return v; }
 __device__ inline float toFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 

@@ -35,6 +35,18 @@ __device__ inline float onlineSoftmaxStep(float *s, int count, float &m,
   return corr;
 }
 
+/// One row's online-softmax state after a tile whose maximum took m from
+/// mOld to mNew and whose (rounded) probabilities sum to `sum`: the new m
+/// and l, and the factor that rescales the row's earlier output.
+__device__ inline void softmaxRowUpdate(float *mRow, float *lRow, float *cRow,
+                                        int64_t r, float mOld, float mNew,
+                                        float sum) {
+  const float corr = mNew == -INFINITY ? 1.0f : expf(mOld - mNew);
+  mRow[r] = mNew;
+  lRow[r] = lRow[r] * corr + sum;
+  cRow[r] = corr;
+}
+
 constexpr int kQT = 16, kKT = 16; // prefill: queries, keys per tile
 constexpr int kVMax = 16;         // prefill: v dims per thread (vdim <= 256)
 
@@ -327,12 +339,8 @@ __global__ void __launch_bounds__(kTcWarps * 32)
       float sum = __bfloat162float(p0) + __bfloat162float(p1);
       for (int o = 16; o > 0; o >>= 1)
         sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (lane == 0) {
-        const float corr = none ? 1.0f : expf(mOld - mNew);
-        mRow[r] = mNew;
-        lRow[r] = lRow[r] * corr + sum;
-        cRow[r] = corr;
-      }
+      if (lane == 0)
+        softmaxRowUpdate(mRow, lRow, cRow, r, mOld, mNew, sum);
     }
     __syncwarp();
     for (int rr = 0; rr < 16; ++rr) {
@@ -684,12 +692,8 @@ __global__ void __launch_bounds__(kDtWarps * 32)
       float sum = __bfloat162float(p);
       for (int o = 16; o > 0; o >>= 1)
         sum += __shfl_xor_sync(0xffffffffu, sum, o);
-      if (lane == 0) {
-        const float corr = none ? 1.0f : expf(mOld - mNew);
-        mRow[r] = mNew;
-        lRow[r] = lRow[r] * corr + sum;
-        cRow[r] = corr;
-      }
+      if (lane == 0)
+        softmaxRowUpdate(mRow, lRow, cRow, r, mOld, mNew, sum);
     }
     __syncthreads();
 

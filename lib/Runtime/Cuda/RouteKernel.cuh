@@ -207,18 +207,8 @@ __global__ void __launch_bounds__(256)
                                   vec, false, /*deferWait=*/true);
   else
     pdlEnter();
-  __threadfence(); // this block's logits, visible before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence(); // cumulative: the block's fenced writes come first
-    last = atomicAdd(counter, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!last)
+  if (!lastBlockDone(counter, last))
     return;
-  __threadfence();
-  if (threadIdx.x == 0)
-    *counter = 0; // every block has counted: ready for the next launch
   for (int64_t i = warp; i < n; i += 8)
     routeToken(logits + i * E, i, bias, r, idx, weights,
                gateShared + int64_t(warp) * 2 * E);
