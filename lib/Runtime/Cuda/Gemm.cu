@@ -95,13 +95,19 @@ void denseGemv(DeviceState &st, const char *where, const Rows &rows,
                wa.rows, y, ldy, vec, accumulate);
 }
 
+/// Whether a dense GEMV of n rows and `columns` outputs gives each warp
+/// four columns (LANES 8) that share each input load: for several rows,
+/// when that still leaves 4 warps per multiprocessor (else, and for one
+/// row, a warp per column).
+bool shareColumns(const DeviceState &st, int64_t n, int64_t columns) {
+  return n >= 2 && columns / gemvColumnsPerWarp<8>() >= 4 * st.multiprocessors;
+}
+
 template <class WT, bool GATED>
 void denseGemv(DeviceState &st, const char *where, const Rows &rows,
                const DeviceWeight &wa, const DeviceWeight *wb, int64_t n,
                int64_t in, float *y, int64_t ldy, bool vec, bool accumulate) {
-  // Several rows: four columns per warp share each input load, when that
-  // still leaves 4 warps per multiprocessor (one row: a warp per column).
-  if (n >= 2 && wa.rows / gemvColumnsPerWarp<8>() >= 4 * st.multiprocessors)
+  if (shareColumns(st, n, wa.rows))
     denseGemv<WT, GATED, 8>(st, where, rows, wa, wb, n, in, y, ldy, vec,
                             accumulate);
   else
@@ -292,8 +298,7 @@ void linearPairW(Context &ctx, const float *x, int64_t ldx, int64_t n,
     const size_t elt = a.bf16 ? 2 : 4;
     const bool vec = vecRows(q, ldq, in, 4) && vecRows(a.ptr, in, in, elt) &&
                      vecRows(b.ptr, in, in, elt);
-    const bool share = n >= 2 && (outA + outB) / gemvColumnsPerWarp<8>() >=
-                                     4 * st.multiprocessors;
+    const bool share = shareColumns(st, n, outA + outB);
     if (a.bf16 && share)
       denseGemvPair<__nv_bfloat16, 8>(st, rows, a, ya, ldya, b, yb, ldyb, n, in,
                                       vec);
@@ -351,9 +356,7 @@ void linearNormW(Context &ctx, const float *x, int64_t ldx, int64_t n,
         vecRows(q, ldq, in, 4) && vecRows(w.ptr, in, in, w.bf16 ? 2 : 4);
     const NormEpilogue e{norm.residual, norm.ldr, norm.weight, float(norm.eps),
                          norm.sum,      norm.lds, norm.normed, norm.ldn};
-    // As denseGemv picks the columns per warp.
-    const bool share =
-        n >= 2 && out / gemvColumnsPerWarp<8>() >= 4 * st.multiprocessors;
+    const bool share = shareColumns(st, n, out);
     if (w.bf16 && share)
       denseGemvNorm<__nv_bfloat16, 8>(st, rows, w, n, in, y, ldy, vec, e);
     else if (w.bf16)
