@@ -11,11 +11,12 @@
 #                                  # correctness vs the CPU backend, the
 #                                  # sanitizer, the benchmark, PyTorch
 #
-# device checks: every model in f32 (rel < 1e-4 to the CPU logits, same
-# greedy tokens, batch mode and MTP speculation too; a failing case is re-run
+# device checks: every model in f32 (rel < 1e-4 to the CPU logits of the
+# prefill and of the decode steps, same greedy tokens, batch mode and MTP
+# speculation too; a failing case is re-run
 # with each of DS_CUDA_PDL=0, DS_CUDA_GEMV_ROWS=0, DS_CUDA_GRAPHS=0 to name
 # the path at fault), bf16 on the tiny models
-# (rel < 2e-2; v3-long's 120-token prefill takes the grouped-GEMM experts,
+# (rel < 2e-2, the decode steps' where the tokens agree; v3-long's 120-token prefill takes the grouped-GEMM experts,
 # and again as cuBLAS batches: DS_CUDA_MOE_GEMM=batched),
 # compute-sanitizer memcheck on tiny. Benchmark
 # (bench/gpu/model.json = ../shared/bench/torch_baseline.py's model, random
@@ -28,6 +29,11 @@
 # kernel (DS_CUDA_GEMV_ROWS=32), and prefill with the routed experts on the
 # tiled kernel (DS_CUDA_MOE_GEMM=tiled), for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
 # DS_GPU_CHECK_ONLY=1: correctness only; DS_SKIP_TORCH=1: no PyTorch run.
+# DS_GPU_EMU=1 prepare: the CUDA executables built against the emulated
+# backend (test/CudaEmu, no benchmark model and no NCCL run), so that
+# `DS_GPU_CHECK_ONLY=1 PYTHON=/usr/bin/python3 run.sh device DIR` checks
+# this script, and the cases' numerics, without a GPU (about 5 minutes on 2
+# cores). PYTHON: the interpreter with numpy (default python3).
 set -euo pipefail
 mode=${1:?usage: bench/gpu/run.sh prepare|device DIR}
 dir=${2:?usage: bench/gpu/run.sh prepare|device DIR}
@@ -36,7 +42,10 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 # name | model source | checkpoint config | seed | dtype | prompt | new tokens | ds-compile flags
 # (v3-quant: e4m3 activation rounding turns last-bit differences into code
 # steps at rounding boundaries; 3,1,4,1 meets one with this checkpoint, see
-# test/e2e/cuda-emu.test, so its prompt avoids that.)
+# test/e2e/cuda-emu.test, so its prompt avoids that. v3-long: with seed 7
+# the router's group choice at position 39 is a near-tie (margin 4e-4) that
+# bf16 flips, which moves the prefill logits by 6e-2 (0.5 at that row);
+# seed 1 with this prompt is cuda-emu.test's, which bf16 passes.)
 cases() {
   cat <<'EOF'
 tiny|models/tiny.mlir|tiny.json|5|bf16|17,300,5,900,42,7|8|
@@ -48,14 +57,29 @@ v2-group|ckpt|v2-group.json|3|f32|3,1,4,1,5,9,2,6,5,3|8|
 v3-nolora|ckpt|v3-nolora.json|4|f32|3,1,4,1,5,9,2,6,5,3|8|
 v3-mtp|ckpt|v3-mtp.json|11|f32|3,1,4,1,5,9,2,6|24|
 v3-fp8|ckpt|v3-fp8.json|6|fp8|3,1,4,1,5,9,2,6,5,3|8|
-v3-long|ckpt|v3.json|7|f32|11,48,85,122,159,196,233,14,51,88,125,162,199,236,17,54,91,128,165,202,239,20,57,94,131,168,205,242,23,60,97,134,171,208,245,26,63,100,137,174,211,248,29,66,103,140,177,214,251,32,69,106,143,180,217,254,35,72,109,146,183,220,1,38,75,112,149,186,223,4,41,78,115,152,189,226,7,44,81,118,155,192,229,10,47,84,121,158,195,232,13,50,87,124,161,198,235,16,53,90,127,164,201,238,19,56,93,130,167,204,241,22,59,96,133,170,207,244,25,62|8|
+v3-long|ckpt|v3.json|1|f32|11,48,85,122,159,196,233,14,51,88,125,162,199,236,17,54,91,128,165,202,239,20,57,94,131,168,205,242,23,60,97,134,171,208,245,26,63,100,137,174,211,248,29,66,103,140,177,214,251,32,69,106,143,180,217,254,35,72,109,146,183,220,1,38,75,112,149,186,223,4,41,78,115,152,189,226,7,44,81,118,155,192,229,10,47,84,121,158,195,232,13,50,87,124,161,198,235,16,53,90,127,164,201,238,19,56,93,130,167,204,241,22,59,96,133,170,207,244,25,62|8|
 EOF
 }
 
 prepare() {
   local build=${BUILD_DIR:-$root/build} py=/usr/bin/python3
-  local dsc="$build/bin/ds-compile"
+  local dsc="$build/bin/ds-compile" emu=${DS_GPU_EMU:-0}
   [ -x "$dsc" ] || { echo "run.sh: build ds first (scripts/test.sh)" >&2; exit 1; }
+  if [ "$emu" = 1 ] && [ ! -x "$build/bin/ds-cuda-emu-cxx" ]; then
+    echo "run.sh: DS_GPU_EMU=1 needs $build/bin/ds-cuda-emu-cxx (a build with CUDA)" >&2; exit 1
+  fi
+  # cuda OUT MODEL FLAGS...: a CUDA executable, nvcc-built or emulated.
+  cuda() {
+    local exe=$1
+    shift
+    if [ "$emu" = 1 ]; then
+      "$dsc" "$@" --target=cuda --emit=source -o "$exe.cu"
+      "$build/bin/ds-cuda-emu-cxx" "$exe.cu" "$exe"
+      rm -f "$exe.cu"
+    else
+      "$dsc" "$@" --target=cuda -o "$exe"
+    fi
+  }
   rm -rf "$dir" && mkdir -p "$dir/lib" "$dir/e2e" "$dir/bench"
   cp "$root/test/e2e/compare.py" "$root/test/e2e/batch_check.py" "$dir/"
   cp "$0" "$dir/run.sh"
@@ -74,7 +98,7 @@ prepare() {
   ompi=$(dirname "$(ldconfig -p | awk '$1 == "libmpi.so.40" {print $NF; exit}')")
   ompi=$(readlink -f "$ompi")
   [ -d "$ompi/openmpi/lib/openmpi3" ] && cp -r "$ompi/openmpi/lib/openmpi3" "$dir/ompi-mca"
-  [ -x "$build/bin/dsrt-comm-nccl-test" ] && cp "$build/bin/dsrt-comm-nccl-test" "$dir/"
+  [ "$emu" != 1 ] && [ -x "$build/bin/dsrt-comm-nccl-test" ] && cp "$build/bin/dsrt-comm-nccl-test" "$dir/"
   local requests='{"id": "a", "prompt_ids": [3,1,4,1,5,9,2,6], "max_new_tokens": 8}
 {"id": "b", "prompt_ids": [7], "max_new_tokens": 12}
 {"id": "c", "prompt_ids": [10,20,30,40,50,60,70,80,90,100,110,120], "max_new_tokens": 5}
@@ -94,52 +118,72 @@ prepare() {
     # shellcheck disable=SC2086
     "$dsc" "$model" -o "$d/cpu" --max-seq-len=$seqlen --max-batch=4 $flags
     # shellcheck disable=SC2086
-    "$dsc" "$model" -o "$d/f32" --target=cuda --compute-dtype=f32 --max-seq-len=$seqlen --max-batch=4 $flags
-    if [ "$name" = v3 ] && [ -x "$build/bin/dsrt-comm-nccl-test" ]; then
+    cuda "$d/f32" "$model" --compute-dtype=f32 --max-seq-len=$seqlen --max-batch=4 $flags
+    if [ "$name" = v3 ] && [ "$emu" != 1 ] && [ -x "$build/bin/dsrt-comm-nccl-test" ]; then
       # The multi-rank runtime (MPI main, NCCL communicators) on one rank.
       # shellcheck disable=SC2086
       "$dsc" "$model" -o "$d/nccl" --target=cuda --compute-dtype=f32 --mpi --max-seq-len=64 --max-batch=4 $flags
     fi
     if [ "$name" = tiny ] || [ "$name" = v3 ] || [ "$name" = v3-long ]; then
       # shellcheck disable=SC2086
-      "$dsc" "$model" -o "$d/bf16" --target=cuda --compute-dtype=bf16 --max-seq-len=$seqlen --max-batch=4 $flags
+      cuda "$d/bf16" "$model" --compute-dtype=bf16 --max-seq-len=$seqlen --max-batch=4 $flags
     fi
     echo "$weights|$prompt|$new" > "$d/args"
     (cd "$d" && ./cpu --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
-      --dump-logits cpu.npy > cpu.txt)
+      --dump-logits cpu.npy --dump-decode-logits cpu-d.npy > cpu.txt)
     printf '%s\n' "$requests" > "$d/requests.jsonl"
     (cd "$d" && ./cpu --weights "$weights" --requests requests.jsonl --max-batch 4 \
       --output cpu-batch.jsonl 2> /dev/null)
     if [ "$name" = v3-mtp ]; then
       (cd "$d" && ./cpu --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
-        --speculative=mtp > cpu-spec.txt)
+        --speculative=mtp --dump-decode-logits cpu-spec-d.npy > cpu-spec.txt)
     fi
     rm -f "$d/cpu"
   done < <(cases)
-  echo "prepare: benchmark model"
-  "$dsc" "$root/bench/gpu/model.json" -o "$dir/bench/decode" --target=cuda --max-seq-len=1280 --max-batch=32
-  "$dsc" "$root/bench/gpu/model.json" -o "$dir/bench/prefill" --target=cuda --max-seq-len=2112
+  if [ "$emu" != 1 ]; then
+    echo "prepare: benchmark model"
+    "$dsc" "$root/bench/gpu/model.json" -o "$dir/bench/decode" --target=cuda --max-seq-len=1280 --max-batch=32
+    "$dsc" "$root/bench/gpu/model.json" -o "$dir/bench/prefill" --target=cuda --max-seq-len=2112
+  fi
   tar -C "$(dirname "$dir")" -czf "$dir.tar.gz" "$(basename "$dir")"
   du -sh "$dir.tar.gz"
 }
 
 device() {
-  local out=${OUT:-$dir/out} py=python3
+  local out=${OUT:-$dir/out} py=${PYTHON:-python3}
   mkdir -p "$out"
   export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   local report="$out/gpu.txt" failed=0
   : > "$report"
   say() { echo "$*" | tee -a "$report"; }
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$report"
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 ||
+      echo "nvidia-smi failed (an emulated DS_GPU_EMU=1 run?)"; } | tee -a "$report"
   say "== correctness: CUDA f32 vs the CPU backend (rel < 1e-4), bf16 (rel < 2e-2)"
+  # A run's logits (RUN.npy: prefill, RUN-d.npy: decode steps, RUN.txt:
+  # tokens) against the CPU backend's (cpu*): prints what was compared,
+  # fails past TOL. In f32 the tokens must agree; in bf16 a near-tie may
+  # flip one, and then the decode steps (whose inputs differ from there on)
+  # are not compared.
+  against_cpu() { # DIR RUN PREC TOL
+    local tokflag=(--tokens "$1/$2.txt" "$1/cpu.txt") r rd
+    [ "$3" = bf16 ] && tokflag=()
+    r=$($py "$dir/compare.py" "$1/$2.npy" "$1/cpu.npy" --rtol "$4" "${tokflag[@]}" 2>&1) || { echo "prefill: $r"; return 1; }
+    if [ "$3" = bf16 ] && ! $py "$dir/compare.py" "$1/$2-d.npy" "$1/cpu-d.npy" --report \
+         --tokens "$1/$2.txt" "$1/cpu.txt" | grep -q 'tokens equal'; then
+      echo "prefill: $r; decode: not compared ($($py "$dir/compare.py" "$1/$2-d.npy" "$1/cpu-d.npy" --report --tokens "$1/$2.txt" "$1/cpu.txt" 2>&1 | sed 's/.*, tokens/tokens/'))"
+      return 0
+    fi
+    rd=$($py "$dir/compare.py" "$1/$2-d.npy" "$1/cpu-d.npy" --rtol "$4" --tokens "$1/$2.txt" "$1/cpu.txt" 2>&1) || { echo "prefill: $r; decode: $rd"; return 1; }
+    echo "prefill: $r; decode: $rd"
+  }
   # After a failure: which of the runtime's switches makes the case pass
   # (programmatic dependent launch, the dense GEMV, decode graphs).
   triage() { # DIR PREC WEIGHTS PROMPT NEW TOL
     local env1 r verdict=""
     for env1 in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_GRAPHS=0; do
-      if (cd "$1" && env "$env1" ./$2 --weights "$3" --prompt-ids "$4" --max-new-tokens "$5" \
-            --dump-logits triage.npy > triage.txt 2> triage.err) &&
-         r=$($py "$dir/compare.py" "$1/triage.npy" "$1/cpu.npy" --rtol "$6" 2>&1); then
+      if (cd "$1" && env "$env1" ./"$2" --weights "$3" --prompt-ids "$4" --max-new-tokens "$5" \
+            --dump-logits triage.npy --dump-decode-logits triage-d.npy > triage.txt 2> triage.err) &&
+         r=$(against_cpu "$1" triage "$2" "$6"); then
         verdict+=" $env1: pass;"
       else
         verdict+=" $env1: fail;"
@@ -155,10 +199,8 @@ device() {
       local tol=1e-4
       [ "$prec" = bf16 ] && tol=2e-2
       if (cd "$d" && ./$prec --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
-            --dump-logits $prec.npy > $prec.txt 2> $prec.err); then
-        local tokflag=(--tokens "$d/$prec.txt" "$d/cpu.txt")
-        [ "$prec" = bf16 ] && tokflag=()
-        if r=$($py "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --rtol $tol "${tokflag[@]}" 2>&1); then
+            --dump-logits $prec.npy --dump-decode-logits $prec-d.npy > $prec.txt 2> $prec.err); then
+        if r=$(against_cpu "$d" "$prec" "$prec" "$tol"); then
           say "PASS $name $prec: $r ($($py "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --report))"
         else
           say "FAIL $name $prec: $r ($($py "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --report 2>&1))"
@@ -182,12 +224,14 @@ device() {
       failed=1
     fi
     if [ -f "$d/cpu-spec.txt" ]; then
+      r=""
       if (cd "$d" && ./f32 --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
-            --speculative=mtp > f32-spec.txt 2>&1) &&
-         [ "$(grep '^tokens:' "$d/f32-spec.txt")" = "$(grep '^tokens:' "$d/cpu-spec.txt")" ]; then
-        say "PASS $name f32 speculative=mtp: $(grep '^mtp' "$d/f32-spec.txt" || true)"
+            --speculative=mtp --dump-decode-logits f32-spec-d.npy > f32-spec.txt 2>&1) &&
+         r=$($py "$dir/compare.py" "$d/f32-spec-d.npy" "$d/cpu-spec-d.npy" --rtol 1e-4 \
+               --tokens "$d/f32-spec.txt" "$d/cpu-spec.txt" 2>&1); then
+        say "PASS $name f32 speculative=mtp: decode $r; $(grep '^mtp' "$d/f32-spec.txt" || true)"
       else
-        say "FAIL $name f32 speculative=mtp"
+        say "FAIL $name f32 speculative=mtp: ${r:-$(tail -3 "$d/f32-spec.txt")}"
         failed=1
       fi
     fi
@@ -201,12 +245,13 @@ device() {
     for prec in f32 bf16; do
       [ -x "$d/$prec" ] || continue
       r=""
-      local tol=1e-4 tokflag=(--tokens "$d/$prec-batched.txt" "$d/cpu.txt")
-      [ "$prec" = bf16 ] && tol=2e-2 && tokflag=()
+      local tol=1e-4
+      [ "$prec" = bf16 ] && tol=2e-2
       if (cd "$d" && DS_CUDA_MOE_GEMM=batched ./$prec --weights "$weights" --prompt-ids "$prompt" \
-            --max-new-tokens "$new" --dump-logits $prec-batched.npy > $prec-batched.txt 2> $prec-batched.err) &&
+            --max-new-tokens "$new" --dump-logits $prec-batched.npy \
+            --dump-decode-logits $prec-batched-d.npy > $prec-batched.txt 2> $prec-batched.err) &&
          ! grep -q refused "$d/$prec-batched.err" &&
-         r=$($py "$dir/compare.py" "$d/$prec-batched.npy" "$d/cpu.npy" --rtol $tol "${tokflag[@]}" 2>&1); then
+         r=$(against_cpu "$d" "$prec-batched" "$prec" "$tol"); then
         say "PASS v3-long $prec, experts batched: $r (vs tiled: $($py "$dir/compare.py" "$d/$prec-batched.npy" "$d/$prec.npy" --report 2>&1))"
       else
         say "FAIL v3-long $prec, experts batched: ${r:-} $(tail -3 "$d/$prec-batched.err")"
@@ -233,8 +278,9 @@ device() {
     local d="$dir/e2e/v3" weights prompt new
     IFS='|' read -r weights prompt new < "$d/args"
     if (cd "$d" && "${mpienv[@]}" ./nccl --weights "$weights" --prompt-ids "$prompt" \
-          --max-new-tokens "$new" --dump-logits nccl.npy > nccl.txt 2> nccl.err) &&
-       r=$($py "$dir/compare.py" "$d/nccl.npy" "$d/cpu.npy" --rtol 1e-4 --tokens "$d/nccl.txt" "$d/cpu.txt" 2>&1); then
+          --max-new-tokens "$new" --dump-logits nccl.npy --dump-decode-logits nccl-d.npy \
+          > nccl.txt 2> nccl.err) &&
+       r=$(against_cpu "$d" nccl f32 1e-4); then
       say "PASS v3 f32 on the NCCL runtime (one rank): $r; $(grep -m1 NCCL "$d/nccl.err")"
     else
       say "FAIL v3 f32 on the NCCL runtime: $(tail -3 "$d/nccl.err")"

@@ -1,8 +1,9 @@
 //===- Main.cpp - the compiled executable's command line ------------------===//
 //
 //   OUT [--weights PATH] [--prompt-ids 1,2,3] [--max-new-tokens N]
-//       [--dump-logits FILE.npy] [--speculative=mtp]
-//       [--dump-mtp-logits FILE.npy] [--seed N] [--threads N]
+//       [--dump-logits FILE.npy] [--dump-decode-logits FILE.npy]
+//       [--speculative=mtp] [--dump-mtp-logits FILE.npy] [--seed N]
+//       [--threads N]
 //   OUT --requests FILE.jsonl [--output FILE] [--max-batch N] [--weights PATH]
 //       [--seed N] [--threads N]
 //
@@ -31,6 +32,7 @@
 #include <deque>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <sys/stat.h>
@@ -51,6 +53,7 @@ struct Options {
   std::vector<int32_t> prompt{1, 2, 3, 4, 5, 6, 7, 8};
   int64_t maxNewTokens = 16;
   std::string dumpLogits; // empty: none
+  std::string dumpDecodeLogits; // --dump-decode-logits; empty: none
   std::string dumpMtpLogits; // --dump-mtp-logits; empty: none
   uint64_t seed = 0;
   int threads = 1;
@@ -164,6 +167,16 @@ void printUsage(const char *prog, const ModelSpec &spec, int threads) {
       "  --max-new-tokens N      tokens to generate (default 16)\n"
       "  --dump-logits FILE.npy  write the prefill logits as float32\n"
       "                          [prompt tokens, %lld]\n"
+      "  --dump-decode-logits FILE.npy\n"
+      "                          write the logits that chose each generated\n"
+      "                          token after the first as float32\n"
+      "                          [max-new-tokens - 1, %lld]: row s is the\n"
+      "                          decode at position prompt tokens + s (with\n"
+      "                          --speculative=mtp: the verifying call's\n"
+      "                          row). With the prefill's rows, these are a\n"
+      "                          full forward pass's logits over the prompt\n"
+      "                          and the generated tokens. The decode timing\n"
+      "                          then includes copying them\n"
       "  --dump-mtp-logits FILE.npy\n"
       "                          with --speculative=mtp: write the logits of\n"
       "                          the MTP module's warm-up on the prompt as\n"
@@ -225,8 +238,8 @@ void printUsage(const char *prog, const ModelSpec &spec, int threads) {
       (long long)spec.maxSeqLen, (long long)spec.prefillMaxTokens,
       (long long)decodeBatch(spec),
       spec.mtp ? "an MTP module" : "no MTP module", (long long)spec.vocabSize,
-      (long long)spec.vocabSize, (long long)decodeBatch(spec), threads,
-      (long long)KVCache::kBlockTokens);
+      (long long)spec.vocabSize, (long long)spec.vocabSize,
+      (long long)decodeBatch(spec), threads, (long long)KVCache::kBlockTokens);
 }
 
 /// Parses argv into `opts`. Returns -1 to go on running, else the exit code
@@ -253,8 +266,8 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
     }
     if (flag != "--weights" && flag != "--prompt-ids" &&
         flag != "--max-new-tokens" && flag != "--dump-logits" &&
-        flag != "--dump-mtp-logits" && flag != "--seed" &&
-        flag != "--threads" && flag != "--speculative" &&
+        flag != "--dump-decode-logits" && flag != "--dump-mtp-logits" &&
+        flag != "--seed" && flag != "--threads" && flag != "--speculative" &&
         flag != "--requests" && flag != "--output" && flag != "--max-batch")
       return fail(kUsageError, "unknown flag '" + flag + "' (see --help)");
     if (!hasValue) {
@@ -267,15 +280,16 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
 
     uint64_t n = 0;
     if (flag == "--weights" || flag == "--dump-logits" ||
-        flag == "--dump-mtp-logits" || flag == "--requests" ||
-        flag == "--output") {
+        flag == "--dump-decode-logits" || flag == "--dump-mtp-logits" ||
+        flag == "--requests" || flag == "--output") {
       if (value.empty())
         return fail(kUsageError, flag + ": missing value");
-      (flag == "--weights"           ? opts->weights
-       : flag == "--dump-logits"     ? opts->dumpLogits
-       : flag == "--dump-mtp-logits" ? opts->dumpMtpLogits
-       : flag == "--requests"        ? opts->requests
-                                     : opts->output) = value;
+      (flag == "--weights"              ? opts->weights
+       : flag == "--dump-logits"        ? opts->dumpLogits
+       : flag == "--dump-decode-logits" ? opts->dumpDecodeLogits
+       : flag == "--dump-mtp-logits"    ? opts->dumpMtpLogits
+       : flag == "--requests"           ? opts->requests
+                                        : opts->output) = value;
     } else if (flag == "--speculative") {
       if (value != "mtp")
         return fail(kUsageError,
@@ -360,6 +374,9 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
                                "max_new_tokens)");
     if (!opts->dumpLogits.empty())
       return fail(kUsageError, "--dump-logits cannot be used with --requests");
+    if (!opts->dumpDecodeLogits.empty())
+      return fail(kUsageError,
+                  "--dump-decode-logits cannot be used with --requests");
     if (!opts->dumpMtpLogits.empty())
       return fail(kUsageError,
                   "--dump-mtp-logits cannot be used with --requests");
@@ -374,6 +391,17 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
     return fail(kUsageError, "--max-batch needs --requests");
   if (!opts->dumpMtpLogits.empty() && !opts->speculative)
     return fail(kUsageError, "--dump-mtp-logits needs --speculative=mtp");
+  // One file each: a second write would replace the first.
+  const std::pair<const char *, const std::string *> dumps[] = {
+      {"--dump-logits", &opts->dumpLogits},
+      {"--dump-decode-logits", &opts->dumpDecodeLogits},
+      {"--dump-mtp-logits", &opts->dumpMtpLogits}};
+  for (size_t a = 0; a < 3; ++a)
+    for (size_t b = a + 1; b < 3; ++b)
+      if (!dumps[a].second->empty() && *dumps[a].second == *dumps[b].second)
+        return fail(kUsageError, std::string(dumps[a].first) + " and " +
+                                     dumps[b].first + " name the same file '" +
+                                     *dumps[a].second + "'");
   // The warm-up's last row reads the first generated token.
   if (!opts->dumpMtpLogits.empty() && opts->maxNewTokens < 1)
     return fail(kUsageError, "--dump-mtp-logits needs --max-new-tokens 1 or "
@@ -571,6 +599,19 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
   std::vector<int32_t> t(opts.prompt);
   if (maxNew > 0)
     t.push_back(tokens[size_t(n - 1)]);
+  // --dump-decode-logits: row s holds the logits at position n + s, which
+  // chose t[n + s + 1]. keepRow(r) files logits row r of the last decode
+  // call as the one that chose the token about to be appended to t.
+  const bool wantDecodeLogits = !opts.dumpDecodeLogits.empty();
+  const int64_t decodeRows = maxNew > 1 ? maxNew - 1 : 0;
+  std::vector<float> decodeLogits(wantDecodeLogits ? size_t(decodeRows * vocab)
+                                                   : size_t(0));
+  auto keepRow = [&](int64_t r) {
+    const int64_t s = int64_t(t.size()) - n - 1;
+    if (wantDecodeLogits && s < decodeRows)
+      std::copy_n(logits.data() + r * vocab, vocab,
+                  decodeLogits.data() + s * vocab);
+  };
   int64_t drafts = 0, accepted = 0;
   start = Clock::now();
   if (!opts.speculative) {
@@ -580,9 +621,11 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
     for (int64_t step = 1; step < maxNew; ++step) {
       int32_t tok = t.back();
       int32_t p = int32_t(n + step - 1);
-      callGreedy(
-          "decode", ctx, 1, 0, tokens.data(), logits.data(), false, false,
-          [&] { spec.decode(ctx, &tok, &p, 1, logits.data(), hidden.data()); });
+      callGreedy("decode", ctx, 1, 0, tokens.data(), logits.data(),
+                 wantDecodeLogits, false, [&] {
+                   spec.decode(ctx, &tok, &p, 1, logits.data(), hidden.data());
+                 });
+      keepRow(0);
       t.push_back(tokens[0]);
     }
   } else if (maxNew > 1 || !opts.dumpMtpLogits.empty()) {
@@ -618,14 +661,16 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
       ctx.setTokenSequences(seqs.data(), 2);
       // The MTP update reads the verified positions' hidden states.
       callGreedy("decode (verify)", ctx, 2, 0, tokens.data(), logits.data(),
-                 false, true, [&] {
+                 wantDecodeLogits, true, [&] {
                    spec.decode(ctx, ids, p, 2, logits.data(), hidden.data());
                  });
+      keepRow(0);
       t.push_back(tokens[0]);
       ++drafts;
       const bool ok = t.back() == draft;
       if (ok) {
         ++accepted;
+        keepRow(1);
         t.push_back(tokens[1]);
       }
       if (int64_t(t.size()) - n >= maxNew)
@@ -643,6 +688,15 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
   const double decodeMs = msSince(start);
   const int64_t decoded = maxNew > 0 ? maxNew - 1 : 0;
   slots.end(slot);
+  if (wantDecodeLogits) {
+    bool ok =
+        !opts.writes || writeNpy(opts.dumpDecodeLogits, decodeLogits.data(),
+                                 decodeRows, vocab, &error);
+    if (!ok)
+      fail(kRunError, error);
+    if (!agree(opts.world, ok, error))
+      return kRunError;
+  }
 
   std::string line = "tokens:";
   for (size_t i = size_t(n); i < t.size(); ++i)

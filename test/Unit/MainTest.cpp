@@ -308,6 +308,61 @@ TEST(Main, DumpLogits) {
       << r.err;
 }
 
+/// The generated ids of a `tokens:` line.
+std::vector<int32_t> generated(const std::string &out) {
+  std::istringstream in(firstLine(out).substr(std::strlen("tokens:")));
+  std::vector<int32_t> ids;
+  for (int32_t id; in >> id;)
+    ids.push_back(id);
+  return ids;
+}
+
+TEST(Main, DumpDecodeLogits) {
+  TempDir dir;
+  // Row s is the decode at position n + s: the one-hot of token s + 1.
+  const std::string plain = dir.file("plain.npy");
+  Result r = run({"--prompt-ids", "1,5,9", "--max-new-tokens", "9",
+                  "--dump-decode-logits", plain, "--dump-logits",
+                  dir.file("prefill.npy")});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<int32_t> tokens = generated(r.out);
+  ASSERT_EQ(tokens.size(), 9u) << r.out;
+  std::string bytes = readBytes(plain);
+  ASSERT_EQ(bytes.size(), 128u + 8 * kVocab * 4);
+  EXPECT_NE(bytes.find("'shape': (8, 16)"), std::string::npos);
+  std::vector<float> want(8 * kVocab);
+  for (int64_t s = 0; s < 8; ++s)
+    oneHot(tokens[size_t(s + 1)], want.data() + s * kVocab);
+  EXPECT_EQ(std::memcmp(bytes.data() + 128, want.data(), want.size() * 4), 0);
+
+  // Speculation files the verifying calls' rows, accepted drafts' second
+  // rows included: the same file. The fake MTP drafts wrong now and then.
+  const std::string spec = dir.file("spec.npy");
+  mtpWrongEvery = 2;
+  r = run({"--prompt-ids", "1,5,9", "--max-new-tokens", "9",
+           "--speculative=mtp", "--dump-decode-logits", spec});
+  mtpWrongEvery = 3;
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("mtp.acceptance: "), std::string::npos);
+  EXPECT_EQ(r.out.find("mtp.acceptance: 1.000"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("mtp.acceptance: 0.000"), std::string::npos) << r.out;
+  EXPECT_EQ(generated(r.out), tokens);
+  EXPECT_EQ(readBytes(spec), bytes);
+
+  // One new token has no decode: an empty [0, vocab] array.
+  r = run({"--max-new-tokens", "1", "--dump-decode-logits", plain});
+  ASSERT_EQ(r.code, 0) << r.err;
+  bytes = readBytes(plain);
+  EXPECT_EQ(bytes.size(), 128u);
+  EXPECT_NE(bytes.find("'shape': (0, 16)"), std::string::npos);
+
+  r = run({"--max-new-tokens", "2", "--dump-decode-logits",
+           dir.file("none/d.npy")});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err.rfind("error: " + dir.file("none/d.npy") + ": ", 0), 0u)
+      << r.err;
+}
+
 TEST(Main, Help) {
   Result r = run({"--max-new-tokens", "2", "--help"});
   EXPECT_EQ(r.code, 0);
@@ -318,10 +373,11 @@ TEST(Main, Help) {
   EXPECT_NE(r.out.find("prompts of at most 12"), std::string::npos);
   EXPECT_NE(r.out.find("decode calls of at most 4 tokens; an MTP module"),
             std::string::npos);
-  for (const char *flag : {"--speculative=mtp", "--dump-mtp-logits FILE.npy",
-                           "--requests FILE.jsonl",
-                           "--output FILE", "--max-batch N",
-                           "(default 1, at most 4)", "DS_KV_BLOCKS"})
+  for (const char *flag :
+       {"--speculative=mtp", "--dump-mtp-logits FILE.npy",
+        "--dump-decode-logits FILE.npy", "[max-new-tokens - 1, 16]",
+        "--requests FILE.jsonl", "--output FILE", "--max-batch N",
+        "(default 1, at most 4)", "DS_KV_BLOCKS"})
     EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
   EXPECT_EQ(r.err, "");
 }
@@ -389,12 +445,21 @@ TEST(Main, UsageErrors) {
        "--dump-mtp-logits needs --speculative=mtp"},
       {{"--dump-mtp-logits", "m.npy", "--dump-logits", "l.npy"},
        "--dump-mtp-logits needs --speculative=mtp"},
-      {{"--speculative=mtp", "--dump-mtp-logits", "m.npy",
-        "--max-new-tokens", "0"},
+      {{"--speculative=mtp", "--dump-mtp-logits", "m.npy", "--max-new-tokens",
+        "0"},
        "--dump-mtp-logits needs --max-new-tokens 1 or more (the MTP warm-up "
        "reads the first generated token)"},
       {{"--requests", "r.jsonl", "--dump-mtp-logits", "m.npy"},
        "--dump-mtp-logits cannot be used with --requests"},
+      {{"--dump-decode-logits="}, "--dump-decode-logits: missing value"},
+      {{"--requests", "r.jsonl", "--dump-decode-logits", "d.npy"},
+       "--dump-decode-logits cannot be used with --requests"},
+      {{"--dump-logits", "l.npy", "--dump-decode-logits=l.npy"},
+       "--dump-logits and --dump-decode-logits name the same file 'l.npy'"},
+      {{"--speculative=mtp", "--dump-decode-logits", "m.npy",
+        "--dump-mtp-logits", "m.npy"},
+       "--dump-decode-logits and --dump-mtp-logits name the same file "
+       "'m.npy'"},
   };
   for (const Case &c : cases) {
     Result r = run(c.args);

@@ -2,7 +2,8 @@
 """Independent numpy reference forward pass of DeepSeek-V2/V3 (float32).
 
   reference.py --checkpoint PATH --prompt-ids 1,2,3 [--max-new-tokens N (8)]
-               [--dump-logits FILE.npy] [--mtp-logits FILE.npy]
+               [--dump-logits FILE.npy] [--dump-decode-logits FILE.npy]
+               [--mtp-logits FILE.npy]
                [--config CONFIG.json] [--quant fp8]
 
 PATH is a checkpoint directory (config.json + safetensors, single file, sharded
@@ -11,7 +12,10 @@ with model.safetensors.index.json, or a directory of *.safetensors) or a
 Weights are converted to float32 on load (FP8 dequantized with their 128x128
 block scales). Prints `tokens: a b c ...`: N greedy tokens, each step
 recomputing the full forward over prompt + generated tokens (no cache).
---dump-logits writes the prompt's logits [n, vocab] as float32 .npy.
+--dump-logits writes the prompt's logits [n, vocab] as float32 .npy;
+--dump-decode-logits the last row of each later step's forward
+[max(N - 1, 0), vocab]: row s is position n + s, the logits that chose new
+token s + 1 (what a compiled model's --dump-decode-logits writes).
 
 --mtp-logits (a checkpoint with num_nextn_predict_layers >= 1) writes the
 logits [n, vocab] (float32 .npy) of the first MTP module run over the prompt's
@@ -454,17 +458,27 @@ def load(checkpoint, config=None, quant=None, with_mtp=False):
 
 
 def generate(c, W, ids, max_new_tokens):
-    """-> (logits of the prompt [n, vocab], greedy new tokens), each step
+    """-> (logits of the prompt [n, vocab], greedy new tokens, the last row
+    of each later step [max(max_new_tokens - 1, 0), vocab]), each step
     recomputing the full forward over prompt + generated tokens (no cache)."""
     logits = prompt_logits = forward(c, W, ids)
-    seq, new = list(ids), []
+    seq, new, rows = list(ids), [], []
     for step in range(max_new_tokens):
         if step > 0:
             logits = forward(c, W, seq)
+            rows.append(logits[-1])
         t = int(np.argmax(logits[-1]))
         new.append(t)
         seq.append(t)
-    return prompt_logits, new
+    decode = np.stack(rows) if rows else np.zeros((0, c["vocab_size"]), F32)
+    return prompt_logits, new, decode
+
+
+def save_npy(path, a):
+    """Writes float32 `a` to `path` whole or not at all."""
+    tmp = path + ".tmp.npy"
+    np.save(tmp, np.asarray(a).astype(F32))
+    os.replace(tmp, path)
 
 
 def parse_ids(s):
@@ -480,7 +494,11 @@ def main(argv=None):
     ap.add_argument("--config", help="config.json (default: next to the checkpoint)")
     ap.add_argument("--prompt-ids", required=True)
     ap.add_argument("--max-new-tokens", type=int, default=8)
-    ap.add_argument("--dump-logits")
+    ap.add_argument("--dump-logits", metavar="FILE.npy",
+                    help="write the prompt's logits [n, vocab]")
+    ap.add_argument("--dump-decode-logits", metavar="FILE.npy",
+                    help="write each later step's last logits row "
+                         "[max-new-tokens - 1, vocab]")
     ap.add_argument("--mtp-logits", metavar="FILE.npy",
                     help="write the first MTP module's logits over the prompt "
                          "(needs num_nextn_predict_layers >= 1)")
@@ -498,15 +516,13 @@ def main(argv=None):
         for t in ids:
             if not 0 <= t < V:
                 raise ReferenceError_("token id %d out of range [0, %d)" % (t, V))
-        logits, new = generate(c, W, ids, args.max_new_tokens)
+        logits, new, decode = generate(c, W, ids, args.max_new_tokens)
         if args.dump_logits:
-            tmp = args.dump_logits + ".tmp.npy"
-            np.save(tmp, logits.astype(F32))
-            os.replace(tmp, args.dump_logits)
+            save_npy(args.dump_logits, logits)
+        if args.dump_decode_logits:
+            save_npy(args.dump_decode_logits, decode)
         if args.mtp_logits:
-            tmp = args.mtp_logits + ".tmp.npy"
-            np.save(tmp, mtp_prompt_logits(c, W, ids).astype(F32))
-            os.replace(tmp, args.mtp_logits)
+            save_npy(args.mtp_logits, mtp_prompt_logits(c, W, ids))
     except (OSError, ValueError, KeyError, st.SafetensorsError, hfconfig.ConfigError,
             ReferenceError_) as e:
         print("reference.py: error: %s" % e, file=sys.stderr)

@@ -529,6 +529,13 @@ def test_cli(tmp):
     check("argmax equal at 4/4" in p.stdout, "compare ok")
     np.save(b, x * 1.01)
     run("compare.py", a, b, expect=1, fork=True)
+    # A failure names the median row's error and the worst rows.
+    y = x.copy()
+    y[2] *= 1.5
+    np.save(b, y)
+    p = run("compare.py", a, b, expect=1)
+    check("rows: median rel_err 0.0e+00, worst: row 2 3.3e-01, row 0 0.0e+00" in p.stderr,
+          "compare failure rows: " + p.stderr)
     np.save(b, x[:3])
     run("compare.py", a, b, expect=1)
     np.save(b, x * 1.01)
