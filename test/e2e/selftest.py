@@ -538,6 +538,13 @@ def test_cli(tmp):
           "compare failure rows: " + p.stderr)
     np.save(b, x[:3])
     run("compare.py", a, b, expect=1)
+    # --no-argmax: a flipped row is counted, not a failure.
+    z = x.copy()
+    z[1] = x[1, ::-1]
+    np.save(b, z)
+    run("compare.py", a, b, "--rtol", "2", expect=1)
+    p = run("compare.py", a, b, "--rtol", "2", "--no-argmax")
+    check("argmax equal at 3/4 positions" in p.stdout, "compare --no-argmax: " + p.stdout)
     np.save(b, x * 1.01)
     p = run("compare.py", a, b, "--report")
     check(p.stdout.startswith("rel_err 9.9") and "argmax equal at 4/4" in p.stdout, "compare --report")
