@@ -15,6 +15,7 @@ config.excludes = ["CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py", "Unit", "C
 
 config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%ds_src_root", config.ds_src_root))
+config.substitutions.append(("%ds_obj_root", config.ds_obj_root))
 # Debian's numpy lives under /usr/bin/python3, not the python3 on PATH.
 config.substitutions.append(("%python", "/usr/bin/python3"))
 

@@ -29,6 +29,7 @@
 # kernel (DS_CUDA_GEMV_ROWS=32), and prefill with the routed experts on the
 # tiled kernel (DS_CUDA_MOE_GEMM=tiled), for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
 # DS_GPU_CHECK_ONLY=1: correctness only; DS_SKIP_TORCH=1: no PyTorch run.
+# DS_GPU_CASES=tiny,v3 (prepare): only these end-to-end cases.
 # DS_GPU_EMU=1 prepare: the CUDA executables built against the emulated
 # backend (test/CudaEmu, no benchmark model and no NCCL run), so that
 # `DS_GPU_CHECK_ONLY=1 PYTHON=/usr/bin/python3 run.sh device DIR` checks
@@ -47,6 +48,11 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 # bf16 flips, which moves the prefill logits by 6e-2 (0.5 at that row);
 # seed 1 with this prompt is cuda-emu.test's, which bf16 passes.)
 cases() {
+  all_cases | awk -F'|' -v only="${DS_GPU_CASES:-}" \
+    'BEGIN { n = split(only, w, ","); for (i = 1; i <= n; ++i) keep[w[i]] = 1 }
+     n == 0 || ($1 in keep)'
+}
+all_cases() {
   cat <<'EOF'
 tiny|models/tiny.mlir|tiny.json|5|bf16|17,300,5,900,42,7|8|
 v3|ckpt|v3.json|1|f32|3,1,4,1,5,9,2,6,5,3|8|
@@ -86,19 +92,21 @@ prepare() {
   if [ -f "$root/../shared/bench/torch_baseline.py" ]; then
     cp "$root/../shared/bench/torch_baseline.py" "$dir/bench/"
   fi
-  # The executables' host libraries that a CUDA image may lack, Open MPI's
-  # among them (the NCCL checks run one rank as an MPI singleton; NCCL
-  # itself is too big to carry: the device takes PyTorch's libnccl).
-  for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libmpi.so.40 \
-             libopen-rte.so.40 libopen-pal.so.40 libhwloc.so.15 libevent_core-2.1.so.7 \
-             libevent_pthreads-2.1.so.7 libudev.so.1; do
-    cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" "$dir/lib/$lib"
-  done
-  local ompi
-  ompi=$(dirname "$(ldconfig -p | awk '$1 == "libmpi.so.40" {print $NF; exit}')")
-  ompi=$(readlink -f "$ompi")
-  [ -d "$ompi/openmpi/lib/openmpi3" ] && cp -r "$ompi/openmpi/lib/openmpi3" "$dir/ompi-mca"
-  [ "$emu" != 1 ] && [ -x "$build/bin/dsrt-comm-nccl-test" ] && cp "$build/bin/dsrt-comm-nccl-test" "$dir/"
+  if [ "$emu" != 1 ]; then # emulated runs happen here, with these
+    # The executables' host libraries that a CUDA image may lack, Open MPI's
+    # among them (the NCCL checks run one rank as an MPI singleton; NCCL
+    # itself is too big to carry: the device takes PyTorch's libnccl).
+    for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libmpi.so.40 \
+               libopen-rte.so.40 libopen-pal.so.40 libhwloc.so.15 libevent_core-2.1.so.7 \
+               libevent_pthreads-2.1.so.7 libudev.so.1; do
+      cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" "$dir/lib/$lib"
+    done
+    local ompi
+    ompi=$(dirname "$(ldconfig -p | awk '$1 == "libmpi.so.40" {print $NF; exit}')")
+    ompi=$(readlink -f "$ompi")
+    [ -d "$ompi/openmpi/lib/openmpi3" ] && cp -r "$ompi/openmpi/lib/openmpi3" "$dir/ompi-mca"
+    [ -x "$build/bin/dsrt-comm-nccl-test" ] && cp "$build/bin/dsrt-comm-nccl-test" "$dir/"
+  fi
   local requests='{"id": "a", "prompt_ids": [3,1,4,1,5,9,2,6], "max_new_tokens": 8}
 {"id": "b", "prompt_ids": [7], "max_new_tokens": 12}
 {"id": "c", "prompt_ids": [10,20,30,40,50,60,70,80,90,100,110,120], "max_new_tokens": 5}
@@ -107,7 +115,7 @@ prepare() {
     local d="$dir/e2e/$name"
     mkdir -p "$d"
     echo "prepare: $name"
-    $py "$root/test/e2e/make_checkpoint.py" --config "$root/test/e2e/Inputs/$cfg" \
+    "$py" "$root/test/e2e/make_checkpoint.py" --config "$root/test/e2e/Inputs/$cfg" \
       --out "$d/ckpt" --seed "$seed" --dtype "$dtype" > /dev/null
     local model="$d/ckpt" weights="ckpt"
     if [ "$src" != ckpt ]; then model="$root/$src"; weights="ckpt/model.safetensors"; fi
@@ -145,8 +153,10 @@ prepare() {
     "$dsc" "$root/bench/gpu/model.json" -o "$dir/bench/decode" --target=cuda --max-seq-len=1280 --max-batch=32
     "$dsc" "$root/bench/gpu/model.json" -o "$dir/bench/prefill" --target=cuda --max-seq-len=2112
   fi
-  tar -C "$(dirname "$dir")" -czf "$dir.tar.gz" "$(basename "$dir")"
-  du -sh "$dir.tar.gz"
+  if [ "$emu" != 1 ]; then
+    tar -C "$(dirname "$dir")" -czf "$dir.tar.gz" "$(basename "$dir")"
+    du -sh "$dir.tar.gz"
+  fi
 }
 
 device() {
@@ -161,19 +171,19 @@ device() {
   say "== correctness: CUDA f32 vs the CPU backend (rel < 1e-4), bf16 (rel < 2e-2)"
   # A run's logits (RUN.npy: prefill, RUN-d.npy: decode steps, RUN.txt:
   # tokens) against the CPU backend's (cpu*): prints what was compared,
-  # fails past TOL. In f32 the tokens must agree; in bf16 a near-tie may
-  # flip one, and then the decode steps (whose inputs differ from there on)
-  # are not compared.
+  # fails past TOL. In f32 the argmaxes and tokens must agree; in bf16 a
+  # near-tie may flip one, and then the decode steps (whose inputs differ
+  # from there on) are not compared.
   against_cpu() { # DIR RUN PREC TOL
     local tokflag=(--tokens "$1/$2.txt" "$1/cpu.txt") r rd
-    [ "$3" = bf16 ] && tokflag=()
-    r=$($py "$dir/compare.py" "$1/$2.npy" "$1/cpu.npy" --rtol "$4" "${tokflag[@]}" 2>&1) || { echo "prefill: $r"; return 1; }
-    if [ "$3" = bf16 ] && ! $py "$dir/compare.py" "$1/$2-d.npy" "$1/cpu-d.npy" --report \
+    [ "$3" = bf16 ] && tokflag=(--no-argmax)
+    r=$("$py" "$dir/compare.py" "$1/$2.npy" "$1/cpu.npy" --rtol "$4" "${tokflag[@]}" 2>&1) || { echo "prefill: $r"; return 1; }
+    if [ "$3" = bf16 ] && ! "$py" "$dir/compare.py" "$1/$2-d.npy" "$1/cpu-d.npy" --report \
          --tokens "$1/$2.txt" "$1/cpu.txt" | grep -q 'tokens equal'; then
-      echo "prefill: $r; decode: not compared ($($py "$dir/compare.py" "$1/$2-d.npy" "$1/cpu-d.npy" --report --tokens "$1/$2.txt" "$1/cpu.txt" 2>&1 | sed 's/.*, tokens/tokens/'))"
+      echo "prefill: $r; decode: not compared ($("$py" "$dir/compare.py" "$1/$2-d.npy" "$1/cpu-d.npy" --report --tokens "$1/$2.txt" "$1/cpu.txt" 2>&1 | sed 's/.*, tokens/tokens/'))"
       return 0
     fi
-    rd=$($py "$dir/compare.py" "$1/$2-d.npy" "$1/cpu-d.npy" --rtol "$4" --tokens "$1/$2.txt" "$1/cpu.txt" 2>&1) || { echo "prefill: $r; decode: $rd"; return 1; }
+    rd=$("$py" "$dir/compare.py" "$1/$2-d.npy" "$1/cpu-d.npy" --rtol "$4" --tokens "$1/$2.txt" "$1/cpu.txt" 2>&1) || { echo "prefill: $r; decode: $rd"; return 1; }
     echo "prefill: $r; decode: $rd"
   }
   # After a failure: which of the runtime's switches makes the case pass
@@ -193,6 +203,7 @@ device() {
   }
   while IFS='|' read -r name src cfg seed dtype prompt new flags; do
     local d="$dir/e2e/$name" weights
+    [ -f "$d/args" ] || continue # not prepared (DS_GPU_CASES)
     IFS='|' read -r weights prompt new < "$d/args"
     for prec in f32 bf16; do
       [ -x "$d/$prec" ] || continue
@@ -201,9 +212,9 @@ device() {
       if (cd "$d" && ./$prec --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
             --dump-logits $prec.npy --dump-decode-logits $prec-d.npy > $prec.txt 2> $prec.err); then
         if r=$(against_cpu "$d" "$prec" "$prec" "$tol"); then
-          say "PASS $name $prec: $r ($($py "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --report))"
+          say "PASS $name $prec: $r ($("$py" "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --report))"
         else
-          say "FAIL $name $prec: $r ($($py "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --report 2>&1))"
+          say "FAIL $name $prec: $r ($("$py" "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --report 2>&1))"
           failed=1
           triage "$d" "$prec" "$weights" "$prompt" "$new" "$tol"
         fi
@@ -227,7 +238,7 @@ device() {
       r=""
       if (cd "$d" && ./f32 --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
             --speculative=mtp --dump-decode-logits f32-spec-d.npy > f32-spec.txt 2>&1) &&
-         r=$($py "$dir/compare.py" "$d/f32-spec-d.npy" "$d/cpu-spec-d.npy" --rtol 1e-4 \
+         r=$("$py" "$dir/compare.py" "$d/f32-spec-d.npy" "$d/cpu-spec-d.npy" --rtol 1e-4 \
                --tokens "$d/f32-spec.txt" "$d/cpu-spec.txt" 2>&1); then
         say "PASS $name f32 speculative=mtp: decode $r; $(grep '^mtp' "$d/f32-spec.txt" || true)"
       else
@@ -252,19 +263,19 @@ device() {
             --dump-decode-logits $prec-batched-d.npy > $prec-batched.txt 2> $prec-batched.err) &&
          ! grep -q refused "$d/$prec-batched.err" &&
          r=$(against_cpu "$d" "$prec-batched" "$prec" "$tol"); then
-        say "PASS v3-long $prec, experts batched: $r (vs tiled: $($py "$dir/compare.py" "$d/$prec-batched.npy" "$d/$prec.npy" --report 2>&1))"
+        say "PASS v3-long $prec, experts batched: $r (vs tiled: $("$py" "$dir/compare.py" "$d/$prec-batched.npy" "$d/$prec.npy" --report 2>&1))"
       else
         say "FAIL v3-long $prec, experts batched: ${r:-} $(tail -3 "$d/$prec-batched.err")"
         failed=1
       fi
     done
   fi
-  if [ -x "$dir/dsrt-comm-nccl-test" ]; then
+  if [ -x "$dir/dsrt-comm-nccl-test" ] && [ -d "$dir/e2e/v3" ]; then
     say "== NCCL: collectives on device buffers, a one-rank job end to end"
     # Open MPI as a singleton (no mpirun here), its components from the
     # carried tree; NCCL from PyTorch's wheel.
     local nccl
-    nccl=$($py -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null || true)
+    nccl=$("$py" -c 'import os, nvidia.nccl as n; print(os.path.join(list(n.__path__)[0], "lib"))' 2>/dev/null || true)
     local mpienv=(env "LD_LIBRARY_PATH=$dir/lib:$nccl:${LD_LIBRARY_PATH:-}"
                   OMPI_MCA_ess_singleton_isolated=1 "OMPI_MCA_mca_base_component_path=$dir/ompi-mca"
                   OMPI_MCA_mca_base_component_show_load_errors=0 OMPI_ALLOW_RUN_AS_ROOT=1
@@ -287,7 +298,7 @@ device() {
       failed=1
     fi
   fi
-  if command -v compute-sanitizer > /dev/null; then
+  if command -v compute-sanitizer > /dev/null && [ -d "$dir/e2e/tiny" ]; then
     local d="$dir/e2e/tiny"
     if (cd "$d" && compute-sanitizer --tool memcheck --error-exitcode 3 ./bf16 --weights ckpt/model.safetensors \
           --prompt-ids 17,300,5,900,42,7 --max-new-tokens 8 > "$out/sanitizer.txt" 2>&1); then
@@ -304,10 +315,10 @@ device() {
   say "== benchmark: bench/gpu/model.json (16B-A3B, random bf16 weights)"
   local ctx=1024 new=129
   local ids
-  ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
+  ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
   (cd "$dir/bench" && ./decode --prompt-ids "$ids" --max-new-tokens $new --seed 1 > decode1.txt 2> decode1.err) || failed=1
   say "decode B=1: $(grep '^timing:' "$dir/bench/decode1.txt" || tail -3 "$dir/bench/decode1.err")"
-  $py - "$ids" > "$dir/bench/requests32.jsonl" <<'PY'
+  "$py" - "$ids" > "$dir/bench/requests32.jsonl" <<'PY'
 import json, sys
 ids = [int(t) for t in sys.argv[1].split(",")]
 for r in range(32):
@@ -315,14 +326,14 @@ for r in range(32):
 PY
   (cd "$dir/bench" && ./decode --requests requests32.jsonl --max-batch 32 --seed 1 --output b32.jsonl 2> decode32.err) || failed=1
   say "decode B=32: $(grep '^batch:' "$dir/bench/decode32.err" || tail -3 "$dir/bench/decode32.err")"
-  ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range(2048)))")
+  ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range(2048)))")
   (cd "$dir/bench" && ./prefill --prompt-ids "$ids" --max-new-tokens 1 --seed 1 > prefill.txt 2> prefill.err) || failed=1
   say "prefill 2048: $(grep '^timing:' "$dir/bench/prefill.txt" || tail -3 "$dir/bench/prefill.err")"
   grep -h refused "$dir/bench/prefill.err" | tee -a "$report" || true
   grep -h '^cuda:' "$dir/bench/decode1.err" | head -1 | tee -a "$report" || true
   # Where the time goes: every kernel call timed alone (DS_CUDA_PROFILE).
   say "== profile (DS_CUDA_PROFILE=1: synchronized per call, no graphs)"
-  ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
+  ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
   (cd "$dir/bench" && DS_CUDA_PROFILE=1 ./decode --prompt-ids "$ids" --max-new-tokens 17 --seed 1 > /dev/null 2> prof1.err) || true
   say "decode B=1 (prefill $ctx + 16 steps):"; grep -A40 '^cuda profile' "$dir/bench/prof1.err" | tee -a "$report" || true
   sed 's/"max_new_tokens": 65/"max_new_tokens": 9/' "$dir/bench/requests32.jsonl" > "$dir/bench/requests32s.jsonl"
@@ -330,14 +341,14 @@ PY
   say "decode B=32 (32 prefills of $ctx + 8 steps):"; grep -A40 '^cuda profile' "$dir/bench/prof32.err" | tee -a "$report" || true
   if [ -f "$dir/bench/torch_baseline.py" ] && [ "${DS_SKIP_TORCH:-0}" != 1 ]; then
     say "== PyTorch baseline (phases main, grouped)"
-    OUT="$out" timeout 400 $py "$dir/bench/torch_baseline.py" --only main,grouped > "$out/torch.txt" 2>&1 || true
+    OUT="$out" timeout 400 "$py" "$dir/bench/torch_baseline.py" --only main,grouped > "$out/torch.txt" 2>&1 || true
     sed -n '/^=====/,/^=====/p' "$out/torch.txt" | tee -a "$report"
   fi
   # A/B, while the call has time left: decode B=1 without programmatic
   # dependent launch, with the dense decode GEMMs through cuBLASLt (a bf16
   # copy of the input first) instead of the GEMV kernel, and with the decode
   # attention on CUDA cores instead of tensor cores.
-  ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
+  ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
   local ab
   for ab in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_MLA_DECODE=simt; do
     if [ "$SECONDS" -lt 480 ]; then
@@ -358,7 +369,7 @@ PY
   # Prefill with the routed experts on the tiled tensor-core kernel instead
   # of the cuBLAS batches (auto's choice at 2048 tokens).
   if [ "$SECONDS" -lt 520 ]; then
-    ids=$($py -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range(2048)))")
+    ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range(2048)))")
     (cd "$dir/bench" && DS_CUDA_MOE_GEMM=tiled ./prefill --prompt-ids "$ids" --max-new-tokens 1 --seed 1 > ab-tiled.txt 2> ab-tiled.err) || true
     say "prefill 2048, DS_CUDA_MOE_GEMM=tiled: $(grep '^timing:' "$dir/bench/ab-tiled.txt" || tail -3 "$dir/bench/ab-tiled.err")"
   else
