@@ -31,10 +31,11 @@
 # DS_GPU_CHECK_ONLY=1: correctness only; DS_SKIP_TORCH=1: no PyTorch run.
 # DS_GPU_CASES=tiny,v3 (prepare): only these end-to-end cases.
 # DS_GPU_EMU=1 prepare: the CUDA executables built against the emulated
-# backend (test/CudaEmu, no benchmark model and no NCCL run), so that
-# `DS_GPU_CHECK_ONLY=1 PYTHON=/usr/bin/python3 run.sh device DIR` checks
-# this script, and the cases' numerics, without a GPU (about 5 minutes on 2
-# cores). PYTHON: the interpreter with numpy (default python3).
+# backend (test/CudaEmu; no NCCL run; the benchmark half on the embedded
+# default at toy lengths), so that `PYTHON=/usr/bin/python3 run.sh device
+# DIR` checks this script, and the cases' numerics, without a GPU (about 5
+# minutes on 2 cores for every case). PYTHON: the interpreter with numpy
+# (default python3).
 set -euo pipefail
 mode=${1:?usage: bench/gpu/run.sh prepare|device DIR}
 dir=${2:?usage: bench/gpu/run.sh prepare|device DIR}
@@ -148,10 +149,18 @@ prepare() {
     fi
     rm -f "$d/cpu"
   done < <(cases)
+  echo "prepare: benchmark model"
+  # bench/params: context, new tokens at B=1 and B=32 (and in their
+  # profiles), prefill tokens, vocab; then what the model is.
   if [ "$emu" != 1 ]; then
-    echo "prepare: benchmark model"
     "$dsc" "$root/bench/gpu/model.json" -o "$dir/bench/decode" --target=cuda --max-seq-len=1280 --max-batch=32
     "$dsc" "$root/bench/gpu/model.json" -o "$dir/bench/prefill" --target=cuda --max-seq-len=2112
+    echo "1024 129 65 17 9 2048 102400 bench/gpu/model.json (16B-A3B, random bf16 weights)" > "$dir/bench/params"
+  else
+    # The embedded default at toy lengths: the script's logic, no timings.
+    cuda "$dir/bench/decode" "$root/models/tiny.mlir" --max-seq-len=32 --max-batch=32
+    cuda "$dir/bench/prefill" "$root/models/tiny.mlir" --max-seq-len=32
+    echo "8 3 3 3 3 24 1024 models/tiny.mlir (emulated: the script's logic only, not timings)" > "$dir/bench/params"
   fi
   if [ "$emu" != 1 ]; then
     tar -C "$(dirname "$dir")" -czf "$dir.tar.gz" "$(basename "$dir")"
@@ -312,33 +321,36 @@ device() {
   if [ "${DS_GPU_CHECK_ONLY:-0}" = 1 ]; then # correctness only
     return $failed
   fi
-  say "== benchmark: bench/gpu/model.json (16B-A3B, random bf16 weights)"
-  local ctx=1024 new=129
-  local ids
-  ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
-  (cd "$dir/bench" && ./decode --prompt-ids "$ids" --max-new-tokens $new --seed 1 > decode1.txt 2> decode1.err) || failed=1
+  local ctx new new32 pnew pnew32 plen vocab what ids
+  read -r ctx new new32 pnew pnew32 plen vocab what < "$dir/bench/params"
+  say "== benchmark: $what"
+  ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % $vocab) for i in range($ctx)))")
+  (cd "$dir/bench" && ./decode --prompt-ids "$ids" --max-new-tokens "$new" --seed 1 > decode1.txt 2> decode1.err) || failed=1
   say "decode B=1: $(grep '^timing:' "$dir/bench/decode1.txt" || tail -3 "$dir/bench/decode1.err")"
-  "$py" - "$ids" > "$dir/bench/requests32.jsonl" <<'PY'
+  requests32() { # NEW: 32 requests of the context's length
+    "$py" - "$ids" "$vocab" "$1" <<'PY'
 import json, sys
-ids = [int(t) for t in sys.argv[1].split(",")]
+ids, vocab, new = [int(t) for t in sys.argv[1].split(",")], int(sys.argv[2]), int(sys.argv[3])
 for r in range(32):
-    print(json.dumps({"id": r, "prompt_ids": [(t + 31 * r) % 102400 for t in ids], "max_new_tokens": 65}))
+    print(json.dumps({"id": r, "prompt_ids": [(t + 31 * r) % vocab for t in ids], "max_new_tokens": new}))
 PY
+  }
+  requests32 "$new32" > "$dir/bench/requests32.jsonl"
+  requests32 "$pnew32" > "$dir/bench/requests32s.jsonl"
   (cd "$dir/bench" && ./decode --requests requests32.jsonl --max-batch 32 --seed 1 --output b32.jsonl 2> decode32.err) || failed=1
   say "decode B=32: $(grep '^batch:' "$dir/bench/decode32.err" || tail -3 "$dir/bench/decode32.err")"
-  ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range(2048)))")
-  (cd "$dir/bench" && ./prefill --prompt-ids "$ids" --max-new-tokens 1 --seed 1 > prefill.txt 2> prefill.err) || failed=1
-  say "prefill 2048: $(grep '^timing:' "$dir/bench/prefill.txt" || tail -3 "$dir/bench/prefill.err")"
+  local pids
+  pids=$("$py" -c "print(','.join(str((i * 7919 + 13) % $vocab) for i in range($plen)))")
+  (cd "$dir/bench" && ./prefill --prompt-ids "$pids" --max-new-tokens 1 --seed 1 > prefill.txt 2> prefill.err) || failed=1
+  say "prefill $plen: $(grep '^timing:' "$dir/bench/prefill.txt" || tail -3 "$dir/bench/prefill.err")"
   grep -h refused "$dir/bench/prefill.err" | tee -a "$report" || true
   grep -h '^cuda:' "$dir/bench/decode1.err" | head -1 | tee -a "$report" || true
   # Where the time goes: every kernel call timed alone (DS_CUDA_PROFILE).
   say "== profile (DS_CUDA_PROFILE=1: synchronized per call, no graphs)"
-  ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
-  (cd "$dir/bench" && DS_CUDA_PROFILE=1 ./decode --prompt-ids "$ids" --max-new-tokens 17 --seed 1 > /dev/null 2> prof1.err) || true
-  say "decode B=1 (prefill $ctx + 16 steps):"; grep -A40 '^cuda profile' "$dir/bench/prof1.err" | tee -a "$report" || true
-  sed 's/"max_new_tokens": 65/"max_new_tokens": 9/' "$dir/bench/requests32.jsonl" > "$dir/bench/requests32s.jsonl"
+  (cd "$dir/bench" && DS_CUDA_PROFILE=1 ./decode --prompt-ids "$ids" --max-new-tokens "$pnew" --seed 1 > /dev/null 2> prof1.err) || true
+  say "decode B=1 (prefill $ctx + $((pnew - 1)) steps):"; grep -A40 '^cuda profile' "$dir/bench/prof1.err" | tee -a "$report" || true
   (cd "$dir/bench" && DS_CUDA_PROFILE=1 ./decode --requests requests32s.jsonl --max-batch 32 --seed 1 --output /dev/null 2> prof32.err) || true
-  say "decode B=32 (32 prefills of $ctx + 8 steps):"; grep -A40 '^cuda profile' "$dir/bench/prof32.err" | tee -a "$report" || true
+  say "decode B=32 (32 prefills of $ctx + $((pnew32 - 1)) steps):"; grep -A40 '^cuda profile' "$dir/bench/prof32.err" | tee -a "$report" || true
   if [ -f "$dir/bench/torch_baseline.py" ] && [ "${DS_SKIP_TORCH:-0}" != 1 ]; then
     say "== PyTorch baseline (phases main, grouped)"
     OUT="$out" timeout 400 "$py" "$dir/bench/torch_baseline.py" --only main,grouped > "$out/torch.txt" 2>&1 || true
@@ -348,11 +360,10 @@ PY
   # dependent launch, with the dense decode GEMMs through cuBLASLt (a bf16
   # copy of the input first) instead of the GEMV kernel, and with the decode
   # attention on CUDA cores instead of tensor cores.
-  ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range($ctx)))")
   local ab
   for ab in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_MLA_DECODE=simt; do
     if [ "$SECONDS" -lt 480 ]; then
-      (cd "$dir/bench" && env "$ab" ./decode --prompt-ids "$ids" --max-new-tokens $new --seed 1 > "ab-$ab.txt" 2> "ab-$ab.err") || true
+      (cd "$dir/bench" && env "$ab" ./decode --prompt-ids "$ids" --max-new-tokens "$new" --seed 1 > "ab-$ab.txt" 2> "ab-$ab.err") || true
       say "decode B=1, $ab: $(grep '^timing:' "$dir/bench/ab-$ab.txt" || tail -3 "$dir/bench/ab-$ab.err")"
     else
       say "decode B=1, $ab: skipped ($SECONDS s used)"
@@ -369,11 +380,10 @@ PY
   # Prefill with the routed experts on the tiled tensor-core kernel instead
   # of the cuBLAS batches (auto's choice at 2048 tokens).
   if [ "$SECONDS" -lt 520 ]; then
-    ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % 102400) for i in range(2048)))")
-    (cd "$dir/bench" && DS_CUDA_MOE_GEMM=tiled ./prefill --prompt-ids "$ids" --max-new-tokens 1 --seed 1 > ab-tiled.txt 2> ab-tiled.err) || true
-    say "prefill 2048, DS_CUDA_MOE_GEMM=tiled: $(grep '^timing:' "$dir/bench/ab-tiled.txt" || tail -3 "$dir/bench/ab-tiled.err")"
+    (cd "$dir/bench" && DS_CUDA_MOE_GEMM=tiled ./prefill --prompt-ids "$pids" --max-new-tokens 1 --seed 1 > ab-tiled.txt 2> ab-tiled.err) || true
+    say "prefill $plen, DS_CUDA_MOE_GEMM=tiled: $(grep '^timing:' "$dir/bench/ab-tiled.txt" || tail -3 "$dir/bench/ab-tiled.err")"
   else
-    say "prefill 2048, DS_CUDA_MOE_GEMM=tiled: skipped ($SECONDS s used)"
+    say "prefill $plen, DS_CUDA_MOE_GEMM=tiled: skipped ($SECONDS s used)"
   fi
   return $failed
 }
