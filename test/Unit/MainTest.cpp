@@ -336,18 +336,27 @@ TEST(Main, DumpDecodeLogits) {
   EXPECT_EQ(std::memcmp(bytes.data() + 128, want.data(), want.size() * 4), 0);
 
   // Speculation files the verifying calls' rows, accepted drafts' second
-  // rows included: the same file. The fake MTP drafts wrong now and then.
-  const std::string spec = dir.file("spec.npy");
+  // rows included: the same file. The fake MTP drafts wrong now and then;
+  // 7 and 10 new tokens end on an accepted draft's extra token (one row
+  // past the file, dropped), 9 on a rejected one.
   mtpWrongEvery = 2;
-  r = run({"--prompt-ids", "1,5,9", "--max-new-tokens", "9",
-           "--speculative=mtp", "--dump-decode-logits", spec});
+  for (const char *maxNew : {"7", "9", "10"}) {
+    const std::string greedy = dir.file(std::string("g") + maxNew + ".npy");
+    const std::string spec = dir.file(std::string("s") + maxNew + ".npy");
+    r = run({"--prompt-ids", "1,5,9", "--max-new-tokens", maxNew,
+             "--dump-decode-logits", greedy});
+    ASSERT_EQ(r.code, 0) << r.err;
+    tokens = generated(r.out);
+    r = run({"--prompt-ids", "1,5,9", "--max-new-tokens", maxNew,
+             "--speculative=mtp", "--dump-decode-logits", spec});
+    ASSERT_EQ(r.code, 0) << r.err;
+    EXPECT_NE(r.out.find("mtp.acceptance: "), std::string::npos);
+    EXPECT_EQ(r.out.find("mtp.acceptance: 1.000"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("mtp.acceptance: 0.000"), std::string::npos) << r.out;
+    EXPECT_EQ(generated(r.out), tokens) << maxNew;
+    EXPECT_EQ(readBytes(spec), readBytes(greedy)) << maxNew;
+  }
   mtpWrongEvery = 3;
-  ASSERT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("mtp.acceptance: "), std::string::npos);
-  EXPECT_EQ(r.out.find("mtp.acceptance: 1.000"), std::string::npos) << r.out;
-  EXPECT_EQ(r.out.find("mtp.acceptance: 0.000"), std::string::npos) << r.out;
-  EXPECT_EQ(generated(r.out), tokens);
-  EXPECT_EQ(readBytes(spec), bytes);
 
   // One new token has no decode: an empty [0, vocab] array.
   r = run({"--max-new-tokens", "1", "--dump-decode-logits", plain});

@@ -538,6 +538,26 @@ def test_cli(tmp):
           "compare failure rows: " + p.stderr)
     np.save(b, x[:3])
     run("compare.py", a, b, expect=1)
+    # --outlier-frac: the farthest-off rows are dropped before rtol, named.
+    np.save(b, y)
+    p = run("compare.py", a, b, "--outlier-frac", "0.25")
+    check("excluding 1 outlier rows (row 2 3.3e-01)" in p.stdout, "compare --outlier-frac: " + p.stdout)
+    run("compare.py", a, b, "--outlier-frac", "0.2", expect=1)
+    # --same-inputs: decode rows before the first differing token only.
+    ta, tb = os.path.join(tmp, "ta.txt"), os.path.join(tmp, "tb.txt")
+    with open(ta, "w") as f:
+        f.write("tokens: 1 2 3 4 5\n")
+    with open(tb, "w") as f:
+        f.write("tokens: 1 2 9 4 5\n")
+    np.save(b, x * np.array([1, 1, 1.5, 1], np.float32)[:, None])
+    p = run("compare.py", a, b, "--same-inputs", "--tokens", ta, tb)
+    check(p.stdout.endswith("tokens differ from position 2 (4/5 equal): rows 0..1 compared "
+                            "(their inputs agree)\n"), "compare --same-inputs: " + p.stdout)
+    run("compare.py", a, b, "--tokens", ta, tb, expect=1)
+    run("compare.py", a, b, "--same-inputs", expect=1)
+    with open(tb, "w") as f:
+        f.write("tokens: 1 2 3 4 5\n")
+    run("compare.py", a, b, "--same-inputs", "--tokens", ta, tb, expect=1)
     # --no-argmax: a flipped row is counted, not a failure.
     z = x.copy()
     z[1] = x[1, ::-1]
