@@ -177,7 +177,8 @@ void printUsage(const char *prog, const ModelSpec &spec, int threads) {
       "                          prefill's rows, these are a full forward\n"
       "                          pass's logits over the prompt and every\n"
       "                          generated token but the last. The decode\n"
-      "                          timing then includes copying them\n"
+      "                          timing then includes copying and writing\n"
+      "                          them\n"
       "  --dump-mtp-logits FILE.npy\n"
       "                          with --speculative=mtp: write the logits of\n"
       "                          the MTP module's warm-up on the prompt as\n"
@@ -601,17 +602,26 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
   if (maxNew > 0)
     t.push_back(tokens[size_t(n - 1)]);
   // --dump-decode-logits: row s holds the logits at position n + s, which
-  // chose t[n + s + 1]. keepRow(r) files logits row r of the last decode
-  // call as the one that chose the token about to be appended to t.
+  // chose t[n + s + 1]. The rows go to the file as they come (rank 0), so a
+  // long run holds none of them; the file is complete only at the end.
+  // keepRow(r) files logits row r of the last decode call as the one that
+  // chose the token about to be appended to t (rows come in order).
   const bool wantDecodeLogits = !opts.dumpDecodeLogits.empty();
   const int64_t decodeRows = maxNew > 1 ? maxNew - 1 : 0;
-  std::vector<float> decodeLogits(wantDecodeLogits ? size_t(decodeRows * vocab)
-                                                   : size_t(0));
+  NpyWriter decodeDump;
+  std::string dumpError; // the first failed write; decoding goes on
+  if (wantDecodeLogits) {
+    bool ok = !opts.writes ||
+              decodeDump.open(opts.dumpDecodeLogits, decodeRows, vocab, &error);
+    if (!ok)
+      fail(kRunError, error);
+    if (!agree(opts.world, ok, error))
+      return kRunError;
+  }
   auto keepRow = [&](int64_t r) {
     const int64_t s = int64_t(t.size()) - n - 1;
-    if (wantDecodeLogits && s < decodeRows)
-      std::copy_n(logits.data() + r * vocab, vocab,
-                  decodeLogits.data() + s * vocab);
+    if (decodeDump.isOpen() && s < decodeRows)
+      decodeDump.append(logits.data() + r * vocab, 1, &dumpError);
   };
   int64_t drafts = 0, accepted = 0;
   start = Clock::now();
@@ -691,11 +701,10 @@ int runSingle(Context &ctx, const ModelSpec &spec, const Options &opts) {
   slots.end(slot);
   if (wantDecodeLogits) {
     bool ok =
-        !opts.writes || writeNpy(opts.dumpDecodeLogits, decodeLogits.data(),
-                                 decodeRows, vocab, &error);
+        !opts.writes || (dumpError.empty() && decodeDump.commit(&dumpError));
     if (!ok)
-      fail(kRunError, error);
-    if (!agree(opts.world, ok, error))
+      fail(kRunError, dumpError);
+    if (!agree(opts.world, ok, dumpError))
       return kRunError;
   }
 

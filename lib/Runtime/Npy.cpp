@@ -36,8 +36,19 @@ bool writeAll(int fd, const char *p, size_t n) {
 
 } // namespace
 
-bool dsrt::writeNpy(const std::string &path, const float *data, int64_t rows,
-                    int64_t cols, std::string *error) {
+NpyWriter::~NpyWriter() { abandon(); }
+
+void NpyWriter::abandon() {
+  if (fd_ < 0)
+    return;
+  ::close(fd_);
+  ::unlink(tmp_.c_str());
+  fd_ = -1;
+}
+
+bool NpyWriter::open(const std::string &path, int64_t rows, int64_t cols,
+                     std::string *error) {
+  abandon();
   if (rows < 0 || cols < 0) {
     *error = path + ": negative shape";
     return false;
@@ -57,12 +68,11 @@ bool dsrt::writeNpy(const std::string &path, const float *data, int64_t rows,
 
   // O_EXCL on a fresh name: never clobber another writer's temporary; the
   // 0666 mode lets the umask decide the permissions, as for any new file.
-  std::string tmp;
   int fd = -1;
   for (int attempt = 0; fd < 0 && attempt < 100; ++attempt) {
-    tmp = path + ".tmp." + std::to_string(getpid()) + "." +
-          std::to_string(attempt);
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    tmp_ = path + ".tmp." + std::to_string(getpid()) + "." +
+           std::to_string(attempt);
+    fd = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0 && errno != EEXIST)
       break;
   }
@@ -70,22 +80,64 @@ bool dsrt::writeNpy(const std::string &path, const float *data, int64_t rows,
     *error = path + ": cannot create a temporary file: " + std::strerror(errno);
     return false;
   }
+  path_ = path;
+  fd_ = fd;
+  rows_ = rows;
+  cols_ = cols;
+  written_ = 0;
+  if (!writeAll(fd_, header.data(), header.size())) {
+    *error = path_ + ": cannot write: " + std::strerror(errno);
+    abandon();
+    return false;
+  }
+  return true;
+}
 
-  bool ok = writeAll(fd, header.data(), header.size()) &&
-            writeAll(fd, reinterpret_cast<const char *>(data),
-                     size_t(rows) * size_t(cols) * sizeof(float));
-  int savedErrno = errno;
-  if (::close(fd) != 0 && ok) {
-    ok = false;
-    savedErrno = errno;
+bool NpyWriter::append(const float *data, int64_t n, std::string *error) {
+  if (fd_ < 0) {
+    *error = path_ + ": not open";
+    return false;
   }
-  if (ok && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    ok = false;
-    savedErrno = errno;
+  if (n < 0 || n > rows_ - written_) {
+    *error = path_ + ": " + std::to_string(n) + " rows appended with " +
+             std::to_string(rows_ - written_) + " left";
+    abandon();
+    return false;
   }
+  if (!writeAll(fd_, reinterpret_cast<const char *>(data),
+                size_t(n) * size_t(cols_) * sizeof(float))) {
+    *error = path_ + ": cannot write: " + std::strerror(errno);
+    abandon();
+    return false;
+  }
+  written_ += n;
+  return true;
+}
+
+bool NpyWriter::commit(std::string *error) {
+  if (fd_ < 0) {
+    *error = path_ + ": not open";
+    return false;
+  }
+  if (written_ != rows_) {
+    *error = path_ + ": " + std::to_string(written_) + " of " +
+             std::to_string(rows_) + " rows written";
+    abandon();
+    return false;
+  }
+  const int fd = fd_;
+  fd_ = -1;
+  bool ok = ::close(fd) == 0 && std::rename(tmp_.c_str(), path_.c_str()) == 0;
   if (!ok) {
-    *error = path + ": cannot write: " + std::strerror(savedErrno);
-    ::unlink(tmp.c_str());
+    *error = path_ + ": cannot write: " + std::strerror(errno);
+    ::unlink(tmp_.c_str());
   }
   return ok;
+}
+
+bool dsrt::writeNpy(const std::string &path, const float *data, int64_t rows,
+                    int64_t cols, std::string *error) {
+  NpyWriter writer;
+  return writer.open(path, rows, cols, error) &&
+         writer.append(data, rows, error) && writer.commit(error);
 }

@@ -67,4 +67,51 @@ TEST(Npy, FailureLeavesNothing) {
   EXPECT_EQ(listDir(target), std::vector<std::string>{"keep"});
 }
 
+TEST(Npy, WriterStreamsRows) {
+  TempDir dir;
+  const float data[6] = {1.0f, -2.0f, 0.5f, 3.25f, -0.0f, 1e30f};
+  std::string error;
+  ASSERT_TRUE(writeNpy(dir.file("whole.npy"), data, 3, 2, &error)) << error;
+  {
+    NpyWriter w;
+    ASSERT_TRUE(w.open(dir.file("rows.npy"), 3, 2, &error)) << error;
+    ASSERT_TRUE(w.append(data, 1, &error)) << error;
+    ASSERT_TRUE(w.append(data + 2, 2, &error)) << error;
+    // Nothing at the path until the commit.
+    EXPECT_EQ(listDir(dir.path()).size(), 2u);
+    ASSERT_TRUE(w.commit(&error)) << error;
+  }
+  EXPECT_EQ(readBytes(dir.file("rows.npy")), readBytes(dir.file("whole.npy")));
+  EXPECT_EQ(listDir(dir.path()),
+            (std::vector<std::string>{"rows.npy", "whole.npy"}));
+}
+
+TEST(Npy, WriterLeavesNothingUnlessComplete) {
+  TempDir dir;
+  const float row[2] = {1.0f, 2.0f};
+  std::string error;
+  const std::string path = dir.file("d.npy");
+  {
+    NpyWriter w; // destroyed before its commit
+    ASSERT_TRUE(w.open(path, 2, 2, &error)) << error;
+    ASSERT_TRUE(w.append(row, 1, &error)) << error;
+  }
+  EXPECT_TRUE(listDir(dir.path()).empty());
+
+  NpyWriter w;
+  ASSERT_TRUE(w.open(path, 2, 2, &error)) << error;
+  ASSERT_TRUE(w.append(row, 1, &error)) << error;
+  EXPECT_FALSE(w.commit(&error));
+  EXPECT_EQ(error, path + ": 1 of 2 rows written");
+  EXPECT_FALSE(w.isOpen());
+  EXPECT_TRUE(listDir(dir.path()).empty());
+
+  ASSERT_TRUE(w.open(path, 1, 2, &error)) << error;
+  EXPECT_FALSE(w.append(row, 2, &error));
+  EXPECT_EQ(error, path + ": 2 rows appended with 1 left");
+  EXPECT_FALSE(w.append(row, 1, &error));
+  EXPECT_EQ(error, path + ": not open");
+  EXPECT_TRUE(listDir(dir.path()).empty());
+}
+
 } // namespace
