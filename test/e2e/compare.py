@@ -62,24 +62,33 @@ def metrics(a, b):
     return float(rel), float(np.max(np.abs(a64 - b64))), int(np.sum(am == bm)), len(am)
 
 
-def rows_summary(a64, b64):
-    """'rows: median rel_err M, worst: row r E, ...' over the last axis: a few
+def row_errors(a2, b2):
+    """Each row's ||a - b|| / ||b|| (||a - b|| where b is 0), [rows, n] in."""
+    nb = np.linalg.norm(b2, axis=-1)
+    return np.linalg.norm(a2 - b2, axis=-1) / np.where(nb > 0, nb, 1.0)
+
+
+def rows_summary(a2, b2):
+    """'rows: median rel_err M, worst: row r E, ...' of [rows, n] arrays: a few
     outlier rows (a routing decision flipped by a near-tie) read differently
     from an error spread over every row."""
-    last = a64.shape[-1] if a64.ndim > 0 else 1
-    a2, b2 = a64.reshape(-1, last), b64.reshape(-1, last)
-    nb = np.linalg.norm(b2, axis=-1)
-    r = np.linalg.norm(a2 - b2, axis=-1) / np.where(nb > 0, nb, 1.0)
+    r = row_errors(a2, b2)
     worst = np.argsort(-r, kind="stable")[:3]
     return "rows: median rel_err %.1e, worst: %s" % (
         float(np.median(r)), ", ".join("row %d %.1e" % (int(i), float(r[i])) for i in worst))
+
+
+def first_difference(ta, tb):
+    """Index of the first differing token (the shorter length if one list
+    extends the other)."""
+    return next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
 
 
 def tokens_agreement(ta, tb):
     """'tokens equal (n)' or 'tokens differ from position i (k/n equal)'."""
     if ta == tb:
         return "tokens equal (%d)" % len(ta)
-    first = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    first = first_difference(ta, tb)
     same = sum(x == y for x, y in zip(ta, tb))
     return "tokens differ from position %d (%d/%d equal)" % (first, same, max(len(ta), len(tb)))
 
@@ -131,7 +140,7 @@ def main(argv=None):
     if args.tokens:
         ta, tb = tokens_line(args.tokens[0]), tokens_line(args.tokens[1])
     if args.same_inputs and ta != tb:
-        first = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+        first = first_difference(ta, tb)
         suffix = ", %s: rows 0..%d compared (their inputs agree)" % (
             tokens_agreement(ta, tb), first - 1)
         if first == 0:
@@ -142,13 +151,11 @@ def main(argv=None):
     keep = np.arange(a2.shape[0])
     drop = int(args.outlier_frac * a2.shape[0])
     if drop:
-        off = np.linalg.norm(a2 - b2, axis=-1)
-        order = np.argsort(-off, kind="stable")
+        order = np.argsort(-np.linalg.norm(a2 - b2, axis=-1), kind="stable")
         keep = np.sort(order[drop:])
-        nb = np.linalg.norm(b2, axis=-1)
+        rel_rows = row_errors(a2, b2)
         suffix += ", excluding %d outlier rows (%s)" % (drop, ", ".join(
-            "row %d %.1e" % (int(r), float(off[r] / nb[r]) if nb[r] > 0 else float(off[r]))
-            for r in np.sort(order[:drop])))
+            "row %d %.1e" % (int(r), float(rel_rows[r])) for r in np.sort(order[:drop])))
     nb = np.linalg.norm(b2[keep])
     diff = np.linalg.norm(a2[keep] - b2[keep])
     rel = diff / nb if nb > 0 else diff
