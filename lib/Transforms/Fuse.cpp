@@ -26,22 +26,6 @@ static int64_t width(Value v) {
   return cast<MemRefType>(v.getType()).getDimSize(1);
 }
 
-/// `a` and `b` share no element: other buffers, or column views of one
-/// buffer at static, non-overlapping column ranges.
-static bool disjoint(Value a, Value b) {
-  if (dsk::rootBuffer(a) != dsk::rootBuffer(b))
-    return true;
-  auto va = a.getDefiningOp<memref::SubViewOp>();
-  auto vb = b.getDefiningOp<memref::SubViewOp>();
-  if (!va || !vb || va.getSource() != vb.getSource())
-    return false;
-  ArrayRef<int64_t> oa = va.getStaticOffsets(), ob = vb.getStaticOffsets();
-  if (oa.size() != 2 || ob.size() != 2 || ShapedType::isDynamic(oa[1]) ||
-      ShapedType::isDynamic(ob[1]))
-    return false;
-  return oa[1] + width(a) <= ob[1] || ob[1] + width(b) <= oa[1];
-}
-
 /// A GEMM with nothing folded in (no accumulation, no norm epilogue): what
 /// the rules that rebuild a dsk.linear from its input, output and weight
 /// alone may consume.
@@ -130,7 +114,7 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
           normed.getDefiningOp<memref::AllocOp>() &&
           onlyUsedBy(normed, {norm, qk}) &&
           dsk::rootBuffer(norm.getInput()) != dsk::rootBuffer(qk.getQ()) &&
-          disjoint(norm.getInput(), qk.getKrope())) {
+          dsk::disjoint(norm.getInput(), qk.getKrope())) {
         qk.getLatentMutable().assign(norm.getInput());
         qk.setNormAttr(norm.getWeightAttr());
         qk.setEpsAttr(norm.getEpsAttr());
@@ -192,7 +176,7 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
         down.getOut() == experts.getOut() &&
         down.getInput() == gated.getOut() &&
         gated.getInput() == experts.getInput() && experts.getEp() == 1 &&
-        disjoint(experts.getOut(), experts.getInput()) &&
+        dsk::disjoint(experts.getOut(), experts.getInput()) &&
         !experts.getSharedHidden() && gated.getFp8() == down.getFp8() &&
         gated.getFp8() == experts.getFp8() &&
         gated.getOut().getDefiningOp<memref::AllocOp>() &&
@@ -224,12 +208,12 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
       // indices: the new outputs must not overlap them (nor the residual
       // overlap out but as the same buffer).
       auto apart = [&](Value v) {
-        return disjoint(v, experts.getWeights()) &&
-               disjoint(v, experts.getIndices());
+        return dsk::disjoint(v, experts.getWeights()) &&
+               dsk::disjoint(v, experts.getIndices());
       };
       if (experts.getSharedHidden() && !experts.getNorm() &&
           (norm.getLhs() == out || norm.getRhs() == out) && residual != out &&
-          disjoint(residual, out) && apart(norm.getSum()) &&
+          dsk::disjoint(residual, out) && apart(norm.getSum()) &&
           apart(norm.getOut())) {
         Operation *fused = dsk::MoEExpertsOp::create(
             b, op->getLoc(), experts.getInput(), experts.getIndices(),
@@ -257,7 +241,7 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
       Value out = linear.getOut();
       Value residual = norm.getLhs() == out ? norm.getRhs() : norm.getLhs();
       if (plain(linear) && (norm.getLhs() == out || norm.getRhs() == out) &&
-          residual != out && disjoint(residual, out) &&
+          residual != out && dsk::disjoint(residual, out) &&
           !isa<BlockArgument>(dsk::rootBuffer(out))) {
         linear.getResidualMutable().assign(residual);
         linear.getSumMutable().assign(norm.getSum());

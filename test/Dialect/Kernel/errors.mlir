@@ -66,6 +66,46 @@ func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>, %r: memref<?x8xf32>, %s:
 
 // -----
 
+// linear: every block reads the whole input while others write out.
+func.func @f(%x: memref<?x16xf32>) {
+  // expected-error @+1 {{out may overlap the input}}
+  dsk.linear %x, %x {weight = @w} : memref<?x16xf32>, memref<?x16xf32>
+  return
+}
+
+// -----
+
+// linear: column views of one buffer overlap unless their ranges are apart.
+func.func @f(%b: memref<?x16xf32>, %n: index) {
+  %in = memref.subview %b[0, 0] [%n, 8] [1, 1] : memref<?x16xf32> to memref<?x8xf32, strided<[16, 1]>>
+  %out = memref.subview %b[0, 4] [%n, 8] [1, 1] : memref<?x16xf32> to memref<?x8xf32, strided<[16, 1], offset: 4>>
+  // expected-error @+1 {{out may overlap the input}}
+  dsk.linear %in, %out {weight = @w} : memref<?x8xf32, strided<[16, 1]>>, memref<?x8xf32, strided<[16, 1], offset: 4>>
+  return
+}
+
+// -----
+
+// linear: the norm epilogue reads the residual after out is written.
+func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>, %s: memref<?x8xf32>, %o: memref<?x8xf32>) {
+  // expected-error @+1 {{the norm's residual may overlap out}}
+  dsk.linear %x, %y norm(%y, %s, %o) {weight = @w, norm = @n, eps = 1.0e-6 : f64} : memref<?x16xf32>, memref<?x8xf32> norm(memref<?x8xf32>, memref<?x8xf32>, memref<?x8xf32>)
+  return
+}
+
+// -----
+
+// gated_up: out apart from the input, as for linear.
+func.func @f(%b: memref<?x24xf32>, %n: index) {
+  %in = memref.subview %b[0, 0] [%n, 16] [1, 1] : memref<?x24xf32> to memref<?x16xf32, strided<[24, 1]>>
+  %out = memref.subview %b[0, 12] [%n, 8] [1, 1] : memref<?x24xf32> to memref<?x8xf32, strided<[24, 1], offset: 12>>
+  // expected-error @+1 {{out may overlap the input}}
+  dsk.gated_up %in, %out {gate = @g, up = @u} : memref<?x16xf32, strided<[24, 1]>>, memref<?x8xf32, strided<[24, 1], offset: 12>>
+  return
+}
+
+// -----
+
 // add: operands have one width.
 func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>) {
   // expected-error @+1 {{rhs must have 16 columns}}
@@ -351,6 +391,27 @@ func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y:
 func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %h: memref<?x8xf32>, %r: memref<?x16xf32>, %s: memref<?x16xf32>, %o: memref<?x16xf32>) {
   // expected-error @+1 {{eps must be positive}}
   dsk.moe_experts %x, %i, %w, %y, %h norm(%r, %s, %o) {prefix = "m", experts = 1 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd, norm = @n, eps = 0.0 : f64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32> norm(memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>)
+  return
+}
+
+// -----
+
+// moe_experts: the combine writes the norm's rows while other blocks read
+// the routing.
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %y: memref<?x16xf32>, %h: memref<?x8xf32>, %r: memref<?x16xf32>, %o: memref<?x16xf32>, %b: memref<?x17xf32>, %n: index) {
+  %w = memref.subview %b[0, 0] [%n, 1] [1, 1] : memref<?x17xf32> to memref<?x1xf32, strided<[17, 1]>>
+  %s = memref.subview %b[0, 0] [%n, 16] [1, 1] : memref<?x17xf32> to memref<?x16xf32, strided<[17, 1]>>
+  // expected-error @+1 {{the norm's sum and normed buffers may overlap the routing indices or weights}}
+  dsk.moe_experts %x, %i, %w, %y, %h norm(%r, %s, %o) {prefix = "m", experts = 1 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd, norm = @n, eps = 1.0e-6 : f64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32, strided<[17, 1]>>, memref<?x16xf32>, memref<?x8xf32> norm(memref<?x16xf32>, memref<?x16xf32, strided<[17, 1]>>, memref<?x16xf32>)
+  return
+}
+
+// -----
+
+// moe_experts: the norm's residual is read after out is written.
+func.func @f(%x: memref<?x16xf32>, %i: memref<?x1xi32>, %w: memref<?x1xf32>, %y: memref<?x16xf32>, %h: memref<?x8xf32>, %s: memref<?x16xf32>, %o: memref<?x16xf32>) {
+  // expected-error @+1 {{the norm's residual may overlap out}}
+  dsk.moe_experts %x, %i, %w, %y, %h norm(%y, %s, %o) {prefix = "m", experts = 1 : i64, inter = 4 : i64, shared_gate = @sg, shared_up = @su, shared_down = @sd, norm = @n, eps = 1.0e-6 : f64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>, memref<?x8xf32> norm(memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>)
   return
 }
 

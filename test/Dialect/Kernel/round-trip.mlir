@@ -22,6 +22,7 @@
 // CHECK: dsk.rope_kv_cache_write %{{.+}}, %{{.+}}, %{{.+}} {config = #{{.+}}, layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
 // CHECK: dsk.linear_pair %{{.+}}, %{{.+}}, %{{.+}} {fp8, weight_a = @q, weight_b = @w16} : memref<?x16xf32>, memref<?x48xf32>, memref<?x16xf32>
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {accumulate, weight = @w16}
+// CHECK: dsk.linear %{{.+}}, %{{.+}} {weight = @w8} : memref<?x8xf32, strided<[16, 1]>>, memref<?x8xf32, strided<[16, 1], offset: 8>>
 // CHECK: dsk.linear %{{.+}}, %{{.+}} norm(%{{.+}}, %{{.+}}, %{{.+}}) {eps = 9.9999999999999995E-7 : f64, norm = @norm, weight = @w16} : memref<?x16xf32>, memref<?x16xf32> norm(memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>)
 // CHECK: dsk.qk_rope_cache_write %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {config = #{{.+}}, head_stride = 24 : i64, heads = 2 : i64, layer = 0 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
 // CHECK: dsk.qk_rope_cache_write %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {config = #{{.+}}, eps = 9.9999999999999995E-7 : f64, head_stride = 24 : i64, heads = 2 : i64, layer = 0 : i64, norm = @latnorm, offset = 16 : i64}
@@ -34,6 +35,7 @@ module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers =
   ds.weight @norm : tensor<16xf32>
   ds.weight @latnorm : tensor<8xf32>
   ds.weight @w16 : tensor<16x16xf32>
+  ds.weight @w8 : tensor<8x8xf32>
   ds.weight @q : tensor<48x16xf32>
   ds.weight @kvb : tensor<64x8xf32>
   ds.weight @bias : tensor<2xf32>
@@ -68,7 +70,10 @@ module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers =
     dsk.add_rms_norm %x, %x, %x, %x {eps = 1.0e-5 : f64, weight = @norm} : memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>
     dsk.rope_kv_cache_write %lat, %kr, %pos {config = #ds.rope<theta = 10000.0>, layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
     dsk.linear_pair %x, %q, %kva {weight_a = @q, weight_b = @w16, fp8} : memref<?x16xf32>, memref<?x48xf32>, memref<?x16xf32>
-    dsk.linear %x, %x {weight = @w16, accumulate} : memref<?x16xf32>, memref<?x16xf32>
+    dsk.linear %x, %kva {weight = @w16, accumulate} : memref<?x16xf32>, memref<?x16xf32>
+    // A GEMM between disjoint column views of one buffer.
+    %kl = memref.subview %kva[0, 0] [%n, 8] [1, 1] : memref<?x16xf32> to memref<?x8xf32, strided<[16, 1]>>
+    dsk.linear %kl, %kr {weight = @w8} : memref<?x8xf32, strided<[16, 1]>>, memref<?x8xf32, strided<[16, 1], offset: 8>>
     dsk.linear %x, %kva norm(%x, %x, %x) {weight = @w16, norm = @norm, eps = 1.0e-6 : f64} : memref<?x16xf32>, memref<?x16xf32> norm(memref<?x16xf32>, memref<?x16xf32>, memref<?x16xf32>)
     dsk.qk_rope_cache_write %q, %lat, %kr, %pos {config = #ds.rope<theta = 10000.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
     dsk.qk_rope_cache_write %q, %lat, %kr, %pos {config = #ds.rope<theta = 10000.0>, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64, layer = 0 : i64, norm = @latnorm, eps = 1.0e-6 : f64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>

@@ -37,6 +37,22 @@ void DSKDialect::initialize() {
 /// Static row width of a [tokens, width] buffer.
 static int64_t width(Value v) { return cast<MemRefType>(v.getType()).getDimSize(1); }
 
+bool ds::kernel::disjoint(Value a, Value b) {
+  if (rootBuffer(a) != rootBuffer(b))
+    return true;
+  auto va = a.getDefiningOp<memref::SubViewOp>();
+  auto vb = b.getDefiningOp<memref::SubViewOp>();
+  if (!va || !vb || va.getSource() != vb.getSource())
+    return false;
+  ArrayRef<int64_t> oa = va.getStaticOffsets(), ob = vb.getStaticOffsets();
+  int64_t wa = width(a), wb = width(b);
+  if (oa.size() != 2 || ob.size() != 2 || ShapedType::isDynamic(oa[1]) ||
+      ShapedType::isDynamic(ob[1]) || ShapedType::isDynamic(wa) ||
+      ShapedType::isDynamic(wb))
+    return false;
+  return oa[1] + wa <= ob[1] || ob[1] + wb <= oa[1];
+}
+
 static LogicalResult verifyWidth(Operation *op, Value v, int64_t expected,
                                  StringRef what) {
   int64_t w = width(v);
@@ -89,10 +105,10 @@ void RMSNormOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
 /// A kernel's `norm(residual, sum, normed)` epilogue (the `dsk.add_rms_norm`
 /// of `out` and the residual, folded in by dsk-fuse): all of it or none,
 /// rows as wide as `out`. `norm` tells whether it is there.
-static LogicalResult verifyNormEpilogue(Operation *op, Value residual,
-                                        Value sum, Value normed, bool weight,
-                                        std::optional<APFloat> eps, int64_t w,
-                                        bool *norm) {
+static LogicalResult verifyNormEpilogue(Operation *op, Value out,
+                                        Value residual, Value sum, Value normed,
+                                        bool weight, std::optional<APFloat> eps,
+                                        int64_t w, bool *norm) {
   int parts = int(bool(residual)) + int(bool(sum)) + int(bool(normed)) +
               int(weight) + int(eps.has_value());
   if (parts != 0 && parts != 5)
@@ -107,14 +123,27 @@ static LogicalResult verifyNormEpilogue(Operation *op, Value residual,
       failed(verifyWidth(op, sum, w, "sum")) ||
       failed(verifyWidth(op, normed, w, "normed")))
     return failure();
+  // The epilogue reads the residual after `out` is written.
+  if (!disjoint(residual, out))
+    return op->emitOpError() << "the norm's residual may overlap out";
+  return success();
+}
+
+/// GEMM kernels read their whole input in every block while blocks write
+/// the output: the two must not share an element.
+static LogicalResult verifyInputApart(Operation *op, Value input, Value out) {
+  if (!disjoint(input, out))
+    return op->emitOpError() << "out may overlap the input";
   return success();
 }
 
 LogicalResult LinearOp::verify() {
+  if (failed(verifyInputApart(*this, getInput(), getOut())))
+    return failure();
   bool norm = false;
-  if (failed(verifyNormEpilogue(*this, getResidual(), getSum(), getNormed(),
-                                bool(getNorm()), getEps(), width(getOut()),
-                                &norm)))
+  if (failed(verifyNormEpilogue(*this, getOut(), getResidual(), getSum(),
+                                getNormed(), bool(getNorm()), getEps(),
+                                width(getOut()), &norm)))
     return failure();
   if (norm && getAccumulate())
     return emitOpError() << "a norm epilogue does not go with accumulate";
@@ -244,11 +273,19 @@ LogicalResult MoEExpertsOp::verify() {
   }
   const int64_t h = width(getInput());
   bool norm = false;
-  if (failed(verifyNormEpilogue(*this, getResidual(), getSum(), getNormed(),
-                                bool(getNorm()), getEps(), h, &norm)))
+  if (failed(verifyNormEpilogue(*this, getOut(), getResidual(), getSum(),
+                                getNormed(), bool(getNorm()), getEps(), h,
+                                &norm)))
     return failure();
   if (norm && !shared)
     return emitOpError() << "a norm epilogue needs the shared expert";
+  // The combine's blocks write a token's sum and normed row while others
+  // still read their routing.
+  if (norm)
+    for (Value v : {getSum(), getNormed()})
+      if (!disjoint(v, getIndices()) || !disjoint(v, getWeights()))
+        return emitOpError() << "the norm's sum and normed buffers may "
+                                "overlap the routing indices or weights";
   return verifyWidth(*this, getOut(), h, "out");
 }
 
@@ -269,6 +306,10 @@ void MoEExpertsOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
   uses.push_back(use(*getSharedDown(), {h, si}, true));
   if (getNorm())
     uses.push_back(use(*getNorm(), {h}, false));
+}
+
+LogicalResult GatedUpOp::verify() {
+  return verifyInputApart(*this, getInput(), getOut());
 }
 
 LogicalResult AllGatherOp::verify() {

@@ -397,6 +397,7 @@ def DSK_GatedUpOp : DSK_WeightOp<"gated_up"> {
                        FlatSymbolRefAttr:$gate, FlatSymbolRefAttr:$up,
                        UnitAttr:$fp8);
   let assemblyFormat = "$input `,` $out attr-dict `:` type($input) `,` type($out)";
+  let hasVerifier = 1;
 }
 
 def DSK_MoEGateOp : DSK_WeightOp<"moe_gate"> {
