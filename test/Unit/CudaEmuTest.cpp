@@ -649,8 +649,8 @@ std::vector<float> runExperts(const MoECase &m, Path path,
                 offsets.data(), tileOffsets.data(), E, m.inter, m.hidden,
                 yp.data(), m.hidden);
   }
-  emu::launch(dim3(unsigned(std::min<int64_t>((m.hidden + 255) / 256, 16)),
-                   unsigned(m.n)),
+  emu::launch(dim3(unsigned(m.n),
+                   unsigned(std::min<int64_t>((m.hidden + 255) / 256, 16))),
               dim3(256), combineKernel, yp.data(), m.hidden, slotOf.data(),
               path == Path::Batched ? padOf.data() : nullptr, m.weights.data(),
               m.topK, shared ? static_cast<const float *>(ys.data()) : nullptr,
@@ -809,7 +809,7 @@ TEST(CudaEmuMoE, CombineWithNormEqualsCombineThenAddRmsNorm) {
   const std::vector<int32_t> slotOf = {4, 0, -1, 2, 3, 1};
   std::vector<float> y(size_t(n * ld), NAN), sum(size_t(n * ld), NAN),
       normed(size_t(n * ld), NAN);
-  emu::launch(dim3(2, unsigned(n)), dim3(256), combineKernel, yp.data(), hidden,
+  emu::launch(dim3(unsigned(n), 2), dim3(256), combineKernel, yp.data(), hidden,
               slotOf.data(), static_cast<const int32_t *>(nullptr), w.data(), K,
               shared.data(), hidden, y.data(), ld);
   emu::launch(dim3(unsigned(n)), dim3(256), dsrt::cuda::rowk::addRmsNormKernel,
@@ -1091,10 +1091,10 @@ TEST(CudaEmuConvert, Bf16CopyAndFp8Activations) {
   x[size_t(8)] = 1.0f + 3 * std::ldexp(1.0f, -8);
 
   std::vector<__nv_bfloat16> b(size_t(rows * cols));
-  emu::launch(dim3(2, unsigned(rows)), dim3(64), toBf16Kernel, x.data(), ld,
+  emu::launch(dim3(unsigned(rows), 2), dim3(64), toBf16Kernel, x.data(), ld,
               cols, b.data());
   std::vector<float> q(size_t(rows * cols), NAN);
-  emu::launch(dim3(1, unsigned(rows)), dim3(256), fakeQuantE4M3Kernel, x.data(),
+  emu::launch(dim3(unsigned(rows), 1), dim3(256), fakeQuantE4M3Kernel, x.data(),
               ld, cols, q.data());
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t t = 0; t * 128 < cols; ++t) {
@@ -1197,7 +1197,7 @@ TEST_F(CudaEmuRows, EmbeddingNormsSwiglu) {
 
   // Two blocks per row: the grid-stride loop.
   std::vector<float> act(size_t(n * ld), NAN), actWant(size_t(n * ld), NAN);
-  emu::launch(dim3(2, unsigned(n)), dim3(128), swigluKernel,
+  emu::launch(dim3(unsigned(n), 2), dim3(128), swigluKernel,
               static_cast<const float *>(a.data()), ld,
               static_cast<const float *>(b.data()), ld, d, act.data(), ld);
   dsrt::cpu::swiglu(*ctx, a.data(), ld, b.data(), ld, n, d, actWant.data(), ld);

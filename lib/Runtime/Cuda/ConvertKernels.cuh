@@ -17,13 +17,13 @@
 namespace dsrt {
 namespace cuda {
 
-/// y [rows, cols] (dense) = bf16(x [rows, ldx]); block row = blockIdx.y.
+/// y [rows, cols] (dense) = bf16(x [rows, ldx]); block row = blockIdx.x.
 __global__ void toBf16Kernel(const float *x, int64_t ldx, int64_t cols,
                              __nv_bfloat16 *y) {
   pdlEnter();
-  const int64_t i = blockIdx.y;
-  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < cols;
-       j += int64_t(gridDim.x) * blockDim.x)
+  const int64_t i = blockIdx.x;
+  for (int64_t j = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; j < cols;
+       j += int64_t(gridDim.y) * blockDim.x)
     y[i * cols + j] = __float2bfloat16_rn(x[i * ldx + j]);
 }
 
@@ -33,8 +33,9 @@ __global__ void toBf16Kernel(const float *x, int64_t ldx, int64_t cols,
 __global__ void fakeQuantE4M3Kernel(const float *x, int64_t ldx, int64_t cols,
                                     float *y) {
   pdlEnter();
-  const int64_t i = blockIdx.y;
-  const int64_t c0 = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * 128;
+  const int64_t i = blockIdx.x;
+  const int64_t c0 =
+      (int64_t(blockIdx.y) * (blockDim.x / 32) + threadIdx.x / 32) * 128;
   if (c0 >= cols)
     return;
   const int lane = threadIdx.x % 32;

@@ -195,7 +195,7 @@ bool pdlUsable(DeviceState &st) {
   cudaFuncAttributes attr;
   if (cudaFuncGetAttributes(
           &attr, reinterpret_cast<const void *>(argmaxKernel)) != cudaSuccess ||
-      attr.binaryVersion < 90)
+      attr.binaryVersion < 90 || attr.ptxVersion < 90)
     return cudaGetLastError(), false;
   cudaLaunchAttribute pdl;
   pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -344,11 +344,13 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
   if (!(st.ltWorkspace = deviceAlloc<char>(st, st.ltWorkspaceBytes, error,
                                            "the cuBLAS workspace")))
     return false;
-  // cuBLAS must not allocate inside a captured graph: give it its own.
+  // cuBLAS must not allocate inside a captured graph: give it its own
+  // workspace, after the stream (cublasSetStream resets the workspace to
+  // cuBLAS's default pool).
   void *blasWs = deviceAlloc<char>(st, size_t(4) << 20, error, "cuBLAS");
-  if (!blasWs || cublasSetWorkspace(st.blas, blasWs, size_t(4) << 20) !=
-                     CUBLAS_STATUS_SUCCESS ||
-      cublasSetStream(st.blas, st.stream) != CUBLAS_STATUS_SUCCESS) {
+  if (!blasWs || cublasSetStream(st.blas, st.stream) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetWorkspace(st.blas, blasWs, size_t(4) << 20) !=
+          CUBLAS_STATUS_SUCCESS) {
     if (error->empty())
       *error = "cuBLAS: cannot set the workspace";
     return false;
@@ -493,8 +495,45 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
                      1e9,
                  double(spec.arenaBytes) / 1e6, st.pdl ? "on" : "off",
                  (long long)st.gemvMaxRows);
+  // The memsets and pageable copies above ran on the legacy stream, which
+  // the non-blocking compute stream does not wait for.
+  if (cudaFail(cudaDeviceSynchronize(), "cudaDeviceSynchronize"))
+    return false;
   ctx.impl().device = owned;
   return true;
+}
+
+/// Captures a decode body as a graph. The start-up probe (pdlUsable)
+/// captures two of our kernels only; where a whole step (cuBLAS nodes
+/// between programmatic launches) does not capture or instantiate with
+/// PDL, PDL goes off for the rest of the run and the step is captured
+/// again without it.
+static cudaGraphExec_t captureDecode(Context &ctx, DeviceState &st, BodyFn body,
+                                     const Io &io) {
+  for (;;) {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    st.capturing = true;
+    check(cudaStreamBeginCapture(st.stream, cudaStreamCaptureModeThreadLocal),
+          "cudaStreamBeginCapture");
+    body(ctx, io);
+    cudaError_t e = cudaStreamEndCapture(st.stream, &graph);
+    st.capturing = false;
+    if (e == cudaSuccess) {
+      e = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+    }
+    if (e == cudaSuccess)
+      return exec;
+    if (!st.pdl)
+      check(e, "decode graph capture");
+    (void)cudaGetLastError();
+    std::fprintf(stderr,
+                 "cuda: a decode step with programmatic launches did not "
+                 "capture as a graph (%s); PDL is off from now on\n",
+                 cudaGetErrorString(e));
+    st.pdl = false;
+  }
 }
 
 void runProgram(Context &ctx, Program program, BodyFn body,
@@ -553,16 +592,7 @@ void runProgram(Context &ctx, Program program, BodyFn body,
     } else if (st.seen[n]++ == 0) {
       body(ctx, io); // eager: sizes scratch and builds expert tables
     } else {
-      cudaGraph_t graph;
-      cudaGraphExec_t exec;
-      st.capturing = true;
-      check(cudaStreamBeginCapture(st.stream, cudaStreamCaptureModeThreadLocal),
-            "cudaStreamBeginCapture");
-      body(ctx, io);
-      check(cudaStreamEndCapture(st.stream, &graph), "cudaStreamEndCapture");
-      st.capturing = false;
-      check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
-      cudaGraphDestroy(graph);
+      cudaGraphExec_t exec = captureDecode(ctx, st, body, io);
       st.graphs[n] = exec;
       check(cudaGraphLaunch(exec, st.stream), "cudaGraphLaunch");
     }

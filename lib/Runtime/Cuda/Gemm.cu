@@ -148,7 +148,7 @@ const void *gemmInput(DeviceState &st, const float *x, int64_t ldx, int64_t n,
     return x;
   auto *xb = static_cast<__nv_bfloat16 *>(
       scratch(st, size_t(n * in) * sizeof(__nv_bfloat16), where));
-  dim3 grid(unsigned(std::min<int64_t>(blocksFor(in, 256), 64)), unsigned(n));
+  dim3 grid(unsigned(n), unsigned(std::min<int64_t>(blocksFor(in, 256), 64)));
   launchKernel(st, where, toBf16Kernel, grid, 256, 0, x, ldx, in, xb);
   *ldb = in;
   return xb;
@@ -210,7 +210,7 @@ float *fakeQuantE4M3(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   float *q = static_cast<float *>(
       scratch(st, size_t(n * cols) * sizeof(float), "fp8 activations"));
   const int64_t tiles = (cols + 127) / 128;
-  dim3 grid(unsigned((tiles + 7) / 8), unsigned(n));
+  dim3 grid(unsigned(n), unsigned((tiles + 7) / 8));
   launchKernel(st, "fp8 activations", fakeQuantE4M3Kernel, grid, 256, 0, x, ldx,
                cols, q);
   return q;

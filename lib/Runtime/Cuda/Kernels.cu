@@ -48,7 +48,7 @@ void add(Context &ctx, const float *a, int64_t lda, const float *b,
   ProfileScope profile(ctx, "add");
   if (n <= 0 || d <= 0)
     return;
-  dim3 grid(unsigned(std::min<int64_t>(blocksFor(d, 256), 64)), unsigned(n));
+  dim3 grid(unsigned(n), unsigned(std::min<int64_t>(blocksFor(d, 256), 64)));
   launchKernel(state(ctx), "add", addKernel, grid, 256, 0, a, lda, b, ldb, d, y,
                ldy);
 }
@@ -58,7 +58,7 @@ void swiglu(Context &ctx, const float *gate, int64_t ldg, const float *up,
   ProfileScope profile(ctx, "swiglu");
   if (n <= 0 || d <= 0)
     return;
-  dim3 grid(unsigned(std::min<int64_t>(blocksFor(d, 256), 64)), unsigned(n));
+  dim3 grid(unsigned(n), unsigned(std::min<int64_t>(blocksFor(d, 256), 64)));
   launchKernel(state(ctx), "swiglu", swigluKernel, grid, 256, 0, gate, ldg, up,
                ldu, d, y, ldy);
 }

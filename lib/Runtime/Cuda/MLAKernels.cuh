@@ -56,11 +56,11 @@ inline size_t prefillSharedBytes(int64_t qHead, int64_t vdim) {
                                 kKT * (vdim + 1) + kQT * kKT + 3 * kQT);
 }
 
-__global__ void mlaPrefillKernel(const float *q, int64_t ldq, const float *kv,
-                                 int64_t ldkv, const float *krope, int64_t ldk,
-                                 int64_t n, int64_t nope, int64_t rope,
-                                 int64_t vdim, int64_t qHead, int64_t kvHead,
-                                 float scale, float *out, int64_t ldo) {
+__global__ void __launch_bounds__(256)
+    mlaPrefillKernel(const float *q, int64_t ldq, const float *kv, int64_t ldkv,
+                     const float *krope, int64_t ldk, int64_t n, int64_t nope,
+                     int64_t rope, int64_t vdim, int64_t qHead, int64_t kvHead,
+                     float scale, float *out, int64_t ldo) {
   pdlEnter();
   DS_DYNAMIC_SHARED(float, smem);
   const int64_t qStride = qHead + 1; // +1: no bank conflicts across rows

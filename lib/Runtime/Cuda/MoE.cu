@@ -59,8 +59,11 @@ const void **expertTable(DeviceState &st, const int64_t *gate,
   }
   const void **table = nullptr;
   check(cudaMalloc(&table, host.size() * sizeof(void *)), "moeExpertsW");
-  check(cudaMemcpy(table, host.data(), host.size() * sizeof(void *),
-                   cudaMemcpyHostToDevice),
+  // On the compute stream: a pageable cudaMemcpy may return before its DMA
+  // lands, and the non-blocking stream would not wait for it. (Pageable
+  // memory is staged before the call returns, so `host` may go.)
+  check(cudaMemcpyAsync(table, host.data(), host.size() * sizeof(void *),
+                        cudaMemcpyHostToDevice, st.stream),
         "moeExpertsW");
   st.expertTables[gate] = table;
   return table;
@@ -167,10 +170,17 @@ float *runBatch(DeviceState &st, const Rows &xRows, int64_t hidden,
   const float one = 1.0f, zero = 0.0f;
   const void *const *p = b.ptr;
   // A refusal (cuBLAS checks its arguments before launching anything) is
-  // remembered for the whole run: the tiled kernels from then on.
+  // remembered for the whole run: the tiled kernels from then on. Other
+  // failures (a launch or execution error) are errors.
   auto refused = [&](cublasStatus_t s) {
     if (s == CUBLAS_STATUS_SUCCESS)
       return false;
+    if (s != CUBLAS_STATUS_NOT_SUPPORTED && s != CUBLAS_STATUS_INVALID_VALUE &&
+        s != CUBLAS_STATUS_ARCH_MISMATCH) {
+      std::fprintf(stderr, "cuda: cublasGemmBatchedEx: cuBLAS status %d\n",
+                   int(s));
+      fatal("moeExpertsW", "cublasGemmBatchedEx failed");
+    }
     std::fprintf(stderr,
                  "cuda: cublasGemmBatchedEx refused the routed experts' "
                  "batch (cuBLAS status %d); the tiled kernels run them from "
@@ -329,7 +339,7 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                  sharedY, hidden, y, ldy, *norm);
     return;
   }
-  dim3 grid(unsigned(imin(blocksFor(hidden, 256), 16)), unsigned(n));
+  dim3 grid(unsigned(n), unsigned(imin(blocksFor(hidden, 256), 16)));
   launchKernel(st, "moeExpertsW (combine)", combineKernel, grid, 256, 0, yp,
                hidden, slotOf, yb ? padOf : nullptr, weights, topK, sharedY,
                hidden, y, ldy);

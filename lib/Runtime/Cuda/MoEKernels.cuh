@@ -81,11 +81,11 @@ inline size_t sortSharedBytes(int64_t experts) {
 /// slot -1. One block; counts and cursors in shared memory and the scans
 /// block-wide, since a serial pass over the experts (dependent loads of
 /// counts made by atomics in L2) costs microseconds per MoE layer.
-__global__ void sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
-                                int64_t experts, int64_t tileRows,
-                                int32_t *offsets, int32_t *tileOffsets,
-                                int32_t *active, int32_t *rowOf,
-                                int32_t *slotOf) {
+__global__ void __launch_bounds__(1024)
+    sortPairsKernel(const int32_t *idx, int64_t pairs, int64_t lo,
+                    int64_t experts, int64_t tileRows, int32_t *offsets,
+                    int32_t *tileOffsets, int32_t *active, int32_t *rowOf,
+                    int32_t *slotOf) {
   pdlEnter();
   DS_DYNAMIC_SHARED(int32_t, sortShared);
   int32_t *count = sortShared, *cursor = sortShared + experts;
@@ -528,9 +528,9 @@ __global__ void combineKernel(const float *yp, int64_t hidden,
                               const float *w, int64_t topK, const float *shared,
                               int64_t lds, float *y, int64_t ldy) {
   pdlEnter();
-  const int64_t t = blockIdx.y;
-  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < hidden;
-       c += int64_t(gridDim.x) * blockDim.x) {
+  const int64_t t = blockIdx.x;
+  for (int64_t c = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; c < hidden;
+       c += int64_t(gridDim.y) * blockDim.x) {
     float acc = 0.0f;
     for (int64_t k = 0; k < topK; ++k) {
       int32_t slot = slotOf[t * topK + k];

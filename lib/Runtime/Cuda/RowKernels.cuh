@@ -41,18 +41,18 @@ __global__ void addRmsNormKernel(const float *a, int64_t lda, const float *b,
 __global__ void addKernel(const float *a, int64_t lda, const float *b,
                           int64_t ldb, int64_t d, float *y, int64_t ldy) {
   pdlEnter();
-  const int64_t i = blockIdx.y;
-  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < d;
-       j += int64_t(gridDim.x) * blockDim.x)
+  const int64_t i = blockIdx.x;
+  for (int64_t j = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; j < d;
+       j += int64_t(gridDim.y) * blockDim.x)
     y[i * ldy + j] = a[i * lda + j] + b[i * ldb + j];
 }
 
 __global__ void swigluKernel(const float *g, int64_t ldg, const float *u,
                              int64_t ldu, int64_t d, float *y, int64_t ldy) {
   pdlEnter();
-  const int64_t i = blockIdx.y;
-  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < d;
-       j += int64_t(gridDim.x) * blockDim.x) {
+  const int64_t i = blockIdx.x;
+  for (int64_t j = blockIdx.y * int64_t(blockDim.x) + threadIdx.x; j < d;
+       j += int64_t(gridDim.y) * blockDim.x) {
     float gv = g[i * ldg + j];
     y[i * ldy + j] = gv / (1.0f + expf(-gv)) * u[i * ldu + j];
   }
