@@ -1,7 +1,10 @@
 """FLOPs of ds's CPU programs for a config.json, for bench/cpu/run.sh.
 
   flops.py CONFIG PROMPT NEW -> prints "prefill_flops N", "decode_flops N" and
-  "decode_bytes N" (float32 weights and latent cache read by the decode steps)
+  "decode_bytes N" (weights and latent cache read by the decode steps: GEMM
+  weights in bf16 when the config's torch_dtype is bfloat16 or float16, as
+  ds keeps them, else float32; kv_b, the embedding row and the cache in
+  float32; --quant=fp8 is not accounted for)
 
 Counts 2*m*n*k for every GEMM the programs run (lm_head on the last prompt
 position only, as a run without --dump-logits computes it; MoE at top_k
@@ -36,12 +39,17 @@ def main():
     prefill = 2 * n * per_token + 2 * V * H
     pairs = n * (n + 1) // 2
     prefill += L * 2 * pairs * h * (nope + rope + v)
+    # Bytes per element of the weights only GEMMs read (Weights.cpp keeps
+    # them in bf16 for a BF16 model); kv_b feeds the absorbed attention and
+    # stays float32.
+    wbytes = 2 if cfg.get("torch_dtype") in ("bfloat16", "float16") else 4
+    gemm_weights = L * attn + ffn + V * H
     decode = 0
     dbytes = 0
     for t in range(1, new):  # the first new token comes from prefill
         ctx = n + t
         decode += 2 * (per_token + V * H) + L * 2 * h * ctx * (2 * kvl + rope)
-        dbytes += 4 * (per_token + V * H + H) + 4 * L * ctx * (kvl + rope)
+        dbytes += wbytes * gemm_weights + 4 * (L * kvb + H) + 4 * L * ctx * (kvl + rope)
     print("prefill_flops", prefill)
     print("decode_flops", decode)
     print("decode_bytes", dbytes)

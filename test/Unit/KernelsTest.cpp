@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "ContextImpl.h"
+#include "Cpu/CpuCommon.h"
 #include "ThreadPool.h"
 #include "ds/Runtime/Runtime.h"
 
@@ -229,6 +230,96 @@ TEST(Kernels, LinearWithStrides) {
       EXPECT_EQ(ybuf[i], kSentinel) << i;
     }
   }
+}
+
+/// C [m, n] (ldc) = alpha * A W^T + beta * C through gemvF32 or, when
+/// `bits` is not null, gemvBf16 on those bits.
+std::vector<float> runGemv(Context &ctx, int64_t m, int64_t n, int64_t k,
+                           float alpha, const std::vector<float> &a,
+                           int64_t lda, const std::vector<float> &w,
+                           const std::vector<uint16_t> *bits, int64_t ldw,
+                           float beta, const std::vector<float> &c0,
+                           int64_t ldc) {
+  std::vector<float> c = c0;
+  if (bits)
+    cpu::gemvBf16(ctx, m, n, k, alpha, a.data(), lda, bits->data(), ldw, beta,
+                  c.data(), ldc);
+  else
+    cpu::gemvF32(ctx, m, n, k, alpha, a.data(), lda, w.data(), ldw, beta,
+                 c.data(), ldc);
+  return c;
+}
+
+/// Bitwise equality (the NaN padding included).
+bool sameBits(const std::vector<float> &x, const std::vector<float> &y) {
+  return x.size() == y.size() &&
+         std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+}
+
+// The decode GEMV: right against double sums; each row's bits do not depend
+// on how many rows come with it, on the thread count, or on whether the
+// weight is stored in bf16 or as the same values in float32; C outside
+// [m, n] is untouched; beta 0 does not read C.
+TEST(Kernels, GemvRowsThreadsAndStorage) {
+  TestSpec ts;
+  Context one(ts.spec, 1), two(ts.spec, 2);
+  for (int64_t k : {1, 7, 16, 33, 200})
+    for (int64_t n : {1, 5, 130}) {
+      const int64_t m = cpu::kGemvMaxRows, lda = k + 3, ldw = k + 2,
+                    ldc = n + 1;
+      auto a = randomVector(size_t(m * lda), uint32_t(k * 7 + n));
+      auto w = randomVector(size_t(n * ldw), uint32_t(k * 11 + n));
+      std::vector<uint16_t> bits(w.size());
+      for (size_t i = 0; i < w.size(); ++i) { // bf16 values, float32 twin
+        uint32_t u;
+        std::memcpy(&u, &w[i], 4);
+        bits[i] = uint16_t(u >> 16);
+        u = uint32_t(bits[i]) << 16;
+        std::memcpy(&w[i], &u, 4);
+      }
+      std::vector<float> nan(size_t(m * ldc), std::nanf(""));
+      const auto full =
+          runGemv(two, m, n, k, 1.0f, a, lda, w, nullptr, ldw, 0.0f, nan, ldc);
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          double s = 0;
+          for (int64_t l = 0; l < k; ++l)
+            s += double(a[size_t(i * lda + l)]) * w[size_t(j * ldw + l)];
+          EXPECT_NEAR(full[size_t(i * ldc + j)], s, 1e-5 * (1 + std::fabs(s)))
+              << "k " << k << " n " << n << " row " << i << " col " << j;
+        }
+        EXPECT_TRUE(std::isnan(full[size_t(i * ldc + n)])); // the padding
+      }
+      EXPECT_TRUE(sameBits(
+          runGemv(one, m, n, k, 1.0f, a, lda, w, nullptr, ldw, 0.0f, nan, ldc),
+          full))
+          << "threads, k " << k << " n " << n;
+      EXPECT_TRUE(sameBits(
+          runGemv(two, m, n, k, 1.0f, a, lda, w, &bits, ldw, 0.0f, nan, ldc),
+          full))
+          << "bf16, k " << k << " n " << n;
+      // Fewer rows, starting anywhere: the same bits per row.
+      for (int64_t r0 = 0; r0 < m; ++r0)
+        for (int64_t rows = 1; r0 + rows <= m; ++rows) {
+          std::vector<float> part(a.begin() + r0 * lda, a.end());
+          auto got = runGemv(two, rows, n, k, 1.0f, part, lda, w, nullptr, ldw,
+                             0.0f, nan, ldc);
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < n; ++j)
+              ASSERT_EQ(got[size_t(i * ldc + j)],
+                        full[size_t((r0 + i) * ldc + j)])
+                  << "rows " << r0 << "+" << rows << " k " << k << " n " << n;
+        }
+      // alpha and beta: alpha * dot + beta * C, each rounded as written.
+      auto c0 = randomVector(size_t(m * ldc), 5);
+      auto scaled =
+          runGemv(two, m, n, k, 0.5f, a, lda, w, nullptr, ldw, 2.0f, c0, ldc);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          const size_t at = size_t(i * ldc + j);
+          EXPECT_EQ(scaled[at], 0.5f * full[at] + 2.0f * c0[at]);
+        }
+    }
 }
 
 TEST(Kernels, RmsNorm) {

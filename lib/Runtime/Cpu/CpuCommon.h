@@ -54,6 +54,33 @@ template <class F> void forEachItem(Context &ctx, int64_t n, F &&fn) {
   }
 }
 
+/// GEMMs of at most this many rows of A times a transposed B (every decode
+/// projection, an expert's few tokens) go to gemvF32 / gemvBf16: memory-
+/// bound, they stream each weight row once instead of through sgemm's
+/// packing.
+constexpr int64_t kGemvMaxRows = 8;
+
+/// Which way a GEMM's rows are computed: Auto takes the GEMV for at most
+/// kGemvMaxRows rows, Tiled always sgemm's tiles. The two round
+/// differently, so rows of a GEMM computed apart from the rest (logitsW's
+/// last row of a prefill) must take the whole GEMM's path to get its bits.
+enum class GemmPath { Auto, Tiled };
+
+inline bool useGemv(GemmPath path, int64_t m) {
+  return path == GemmPath::Auto && m <= kGemvMaxRows;
+}
+
+/// C [m, n] (ldc) = alpha * A [m, k] (lda) * W^T + beta * C (beta 0: C is
+/// not read) for W [n, k] (ldw) in float32 or bf16 bits. Each output is one
+/// dot product in a fixed order (Gemv.cpp), whatever m, the columns' split
+/// over threads or the weight's storage.
+void gemvF32(Context &ctx, int64_t m, int64_t n, int64_t k, float alpha,
+             const float *a, int64_t lda, const float *w, int64_t ldw,
+             float beta, float *c, int64_t ldc);
+void gemvBf16(Context &ctx, int64_t m, int64_t n, int64_t k, float alpha,
+              const float *a, int64_t lda, const uint16_t *w, int64_t ldw,
+              float beta, float *c, int64_t ldc);
+
 /// C[m, n] (ldc) = alpha * A[m, k] (lda) * op(B) + beta * C, row-major, with
 /// op(B) = B^T for B [n, k] when transB, else B [k, n] (ldb).
 ///
@@ -63,9 +90,12 @@ template <class F> void forEachItem(Context &ctx, int64_t n, F &&fn) {
 /// depend on how C is partitioned), while our tiles depend on the shape
 /// only, so the output is bit-identical for any --threads. (It is also
 /// faster for the few-row GEMMs of decode, which OpenBLAS barely threads.)
+///
+/// At most kGemvMaxRows rows of A times a transposed B go to gemvF32 instead
+/// (GemmPath::Auto), unless `path` says Tiled.
 void gemm(Context &ctx, bool transB, int64_t m, int64_t n, int64_t k,
           float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
-          float beta, float *c, int64_t ldc);
+          float beta, float *c, int64_t ldc, GemmPath path = GemmPath::Auto);
 
 // gemm's tiling of C [m, n], from the shape alone (never from the thread
 // count), so results do not depend on it. Few rows (decode, memory-bound):
@@ -102,9 +132,9 @@ WeightRef weightRef(Context &ctx, int64_t index, const char *kernel,
 /// linearW on a WeightRef: float -> gemm (as linear); bf16 -> gemm's tiles
 /// and calls on converted panels (bit for bit the float result); FP8 -> see
 /// Fp8.cpp.
-void linearRef(Context &ctx, const float *x, int64_t ldx, int64_t n,
-               int64_t in, const WeightRef &w, int64_t out, float *y,
-               int64_t ldy, ActQuant act);
+void linearRef(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+               const WeightRef &w, int64_t out, float *y, int64_t ldy,
+               ActQuant act, GemmPath path = GemmPath::Auto);
 
 } // namespace cpu
 } // namespace dsrt

@@ -327,17 +327,20 @@ WeightRef weightRef(Context &ctx, int64_t index, const char *kernel,
   return r;
 }
 
-void linearRef(Context &ctx, const float *x, int64_t ldx, int64_t n,
-               int64_t in, const WeightRef &w, int64_t out, float *y,
-               int64_t ldy, ActQuant act) {
-  if (w.f) {
-    linear(ctx, x, ldx, n, in, w.f, out, y, ldy);
+void linearRef(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
+               const WeightRef &w, int64_t out, float *y, int64_t ldy,
+               ActQuant act, GemmPath path) {
+  if (w.f) { // as linear
+    gemm(ctx, true, n, out, in, 1.0f, x, ldx, w.f, in, 0.0f, y, ldy, path);
     return;
   }
   if (zeroSized(n, in, out, y, ldy))
     return;
   if (w.h) { // as gemm (ActQuant is for FP8 weights only)
-    linearBf16(ctx, x, ldx, n, in, w, out, y, ldy);
+    if (useGemv(path, n))
+      gemvBf16(ctx, n, out, in, 1.0f, x, ldx, w.h, in, 0.0f, y, ldy);
+    else
+      linearBf16(ctx, x, ldx, n, in, w, out, y, ldy);
     return;
   }
   if (act == ActQuant::Fp8) {
@@ -359,8 +362,10 @@ void linearW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
 void logitsW(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
              int64_t weight, int64_t out, float *y, int64_t ldy, ActQuant act) {
   const int64_t from = ctx.logitsRowsFrom(n);
-  linearW(ctx, x + from * ldx, ldx, n - from, in, weight, out, y + from * ldy,
-          ldy, act);
+  // The rows read, computed as the whole n rows would compute them.
+  const WeightRef w = weightRef(ctx, weight, "logitsW", out, in);
+  linearRef(ctx, x + from * ldx, ldx, n - from, in, w, out, y + from * ldy, ldy,
+            act, useGemv(GemmPath::Auto, n) ? GemmPath::Auto : GemmPath::Tiled);
 }
 
 void linearPairW(Context &ctx, const float *x, int64_t ldx, int64_t n,
@@ -404,8 +409,10 @@ void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,
   if (n <= 0 || inter <= 0)
     return;
 
-  if (in <= 0 || bool(g.q) != bool(u.q)) {
-    // Mixed storage (or an empty sum): the unfused sequence literally.
+  if (in <= 0 || bool(g.q) != bool(u.q) ||
+      (!g.q && useGemv(GemmPath::Auto, n))) {
+    // Mixed storage, an empty sum or GEMV-sized float32/bf16 GEMMs: the
+    // unfused sequence literally.
     std::vector<float> gs(size_t(n * inter)), us(size_t(n * inter));
     linearRef(ctx, x, ldx, n, in, g, inter, gs.data(), inter, act);
     linearRef(ctx, x, ldx, n, in, u, inter, us.data(), inter, act);

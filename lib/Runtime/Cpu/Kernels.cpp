@@ -67,13 +67,17 @@ void rmsNorm(Context &ctx, const float *x, int64_t ldx, const float *w,
 
 void gemm(Context &ctx, bool transB, int64_t m, int64_t n, int64_t k,
           float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
-          float beta, float *c, int64_t ldc) {
+          float beta, float *c, int64_t ldc, GemmPath path) {
   if (m <= 0 || n <= 0)
     return;
   if (k <= 0) { // an empty sum; BLAS may leave C alone when k = 0
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j)
         c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+    return;
+  }
+  if (transB && useGemv(path, m)) {
+    gemvF32(ctx, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
   const int64_t tm = gemmRowTile(m), tn = gemmColTile(m, n);
