@@ -1,5 +1,4 @@
-//===- Gemv.cpp - few-row GEMMs on float32 or bf16 weights
-//-----------------===//
+//===- Gemv.cpp - few-row GEMMs on float32 or bf16 weights ----------------===//
 //
 // Decode multiplies a handful of rows by every weight: the work is reading
 // the weight once. OpenBLAS's sgemm packs B for such calls, and reaches about
@@ -13,18 +12,23 @@
 // columns a thread takes or on --threads, and bf16 weights give bit for bit
 // what their float32 values give. Rows go four at a time to bound registers.
 //
-// The loops are plain C++ that the compiler vectorizes; on x86 an AVX2 copy
-// of them is chosen at run time where the CPU has it. The file is built
-// with -ffp-contract=off (CMakeLists.txt): every multiply and add rounds on
-// its own, so both copies, and float32 and bf16 weights, give the same bits
-// (left to itself the compiler fuses some products into FMAs and not
-// others, differently per instance).
+// The loops use 8-float vectors (GCC/Clang vector extensions); on x86 an
+// AVX2 copy of them is chosen at run time where the CPU has it. The file is
+// built with -ffp-contract=off (CMakeLists.txt): every multiply and add
+// rounds on its own, so both copies, and float32 and bf16 weights, give the
+// same bits (left to itself the compiler fuses some products into FMAs and
+// not others, differently per instance).
 //
 //===----------------------------------------------------------------------===//
 
 #include "CpuCommon.h"
 
 #include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DS_GEMV_AVX2 1
+#include <immintrin.h>
+#endif
 
 namespace dsrt {
 namespace cpu {
@@ -34,6 +38,46 @@ namespace {
 constexpr int kLanes = 16;
 constexpr int kRowGroup = 4;
 
+// GCC/Clang vector extensions: 8 floats, lowered to one AVX register in the
+// AVX2 copy and two SSE registers in the baseline one. (The compiler's own
+// vectorization of the scalar loops fell apart past one row: 3-4x slower.)
+typedef float V8 __attribute__((vector_size(32)));
+typedef uint16_t V8Bits __attribute__((vector_size(16)));
+typedef uint32_t V8Wide __attribute__((vector_size(32)));
+
+// Loads of 8 weights as floats. Vectors pass through pointers: by value
+// they would change the ABI between the two copies (GCC's -Wpsabi). bf16
+// bits widen exactly; the AVX2 copy does it in two instructions, where the
+// compiler lowers the portable form to five.
+struct PortableLoad {
+  __attribute__((always_inline)) static void load8(V8 *v, const float *p) {
+    std::memcpy(v, p, sizeof *v);
+  }
+  __attribute__((always_inline)) static void load8(V8 *v, const uint16_t *p) {
+    V8Bits h;
+    std::memcpy(&h, p, sizeof h);
+    const V8Wide u = __builtin_convertvector(h, V8Wide) << 16;
+    std::memcpy(v, &u, sizeof *v);
+  }
+};
+
+#ifdef DS_GEMV_AVX2
+struct Avx2Load {
+  __attribute__((always_inline)) static void load8(V8 *v, const float *p) {
+    std::memcpy(v, p, sizeof *v);
+  }
+  // Not always_inline: its callers are generic until they are inlined into
+  // columnsAvx2, which flattens them all.
+  __attribute__((target("avx2"))) static void load8(V8 *v, const uint16_t *p) {
+    const __m256i u =
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(
+                              reinterpret_cast<const __m128i *>(p))),
+                          16);
+    std::memcpy(v, &u, sizeof *v);
+  }
+};
+#endif
+
 inline float widen(float v) { return v; }
 inline float widen(uint16_t h) {
   uint32_t u = uint32_t(h) << 16;
@@ -42,39 +86,45 @@ inline float widen(uint16_t h) {
   return f;
 }
 
-inline float reduce(const float *a, float tail) {
-  float s8[8];
-  for (int j = 0; j < 8; ++j)
-    s8[j] = a[j] + a[j + 8];
-  return (((s8[0] + s8[4]) + (s8[2] + s8[6])) +
-          ((s8[1] + s8[5]) + (s8[3] + s8[7]))) +
+/// Lanes 0-7 in lo, 8-15 in hi: lane j + lane j + 8, then a fixed tree,
+/// then the tail.
+__attribute__((always_inline)) inline float reduce(const V8 *lo, const V8 *hi,
+                                                   float tail) {
+  const V8 s = *lo + *hi;
+  return (((s[0] + s[4]) + (s[2] + s[6])) + ((s[1] + s[5]) + (s[3] + s[7]))) +
          tail;
 }
 
 /// out[r] = dot(x row r, w) for R rows of x (ldx apart), k elements.
-template <int R, class W>
+template <int R, class L, class W>
 __attribute__((always_inline)) inline void
 dots(const float *x, int64_t ldx, const W *w, int64_t k, float *out) {
-  float acc[R][kLanes] = {};
+  V8 lo[R], hi[R];
+  for (int r = 0; r < R; ++r)
+    lo[r] = hi[r] = V8{};
   int64_t i = 0;
   for (; i + kLanes <= k; i += kLanes) {
-    float wf[kLanes];
-    for (int j = 0; j < kLanes; ++j)
-      wf[j] = widen(w[i + j]);
-    for (int r = 0; r < R; ++r)
-      for (int j = 0; j < kLanes; ++j)
-        acc[r][j] += x[r * ldx + i + j] * wf[j];
+    V8 w0, w1;
+    L::load8(&w0, w + i);
+    L::load8(&w1, w + i + 8);
+    for (int r = 0; r < R; ++r) {
+      V8 x0, x1;
+      L::load8(&x0, x + r * ldx + i);
+      L::load8(&x1, x + r * ldx + i + 8);
+      lo[r] += x0 * w0;
+      hi[r] += x1 * w1;
+    }
   }
   for (int r = 0; r < R; ++r) {
     float tail = 0.0f;
     for (int64_t t = i; t < k; ++t)
       tail += x[r * ldx + t] * widen(w[t]);
-    out[r] = reduce(acc[r], tail);
+    out[r] = reduce(&lo[r], &hi[r], tail);
   }
 }
 
 /// Columns [c0, c1) of C = alpha * A W^T + beta * C for A [m, k].
-template <class W>
+template <class L, class W>
 __attribute__((always_inline)) inline void
 columns(int64_t c0, int64_t c1, int64_t m, int64_t k, float alpha,
         const float *a, int64_t lda, const W *w, int64_t ldw, float beta,
@@ -86,16 +136,16 @@ columns(int64_t c0, int64_t c1, int64_t m, int64_t k, float alpha,
       const float *ar = a + r0 * lda;
       switch (m - r0) {
       case 1:
-        dots<1>(ar, lda, wj, k, d);
+        dots<1, L>(ar, lda, wj, k, d);
         break;
       case 2:
-        dots<2>(ar, lda, wj, k, d);
+        dots<2, L>(ar, lda, wj, k, d);
         break;
       case 3:
-        dots<3>(ar, lda, wj, k, d);
+        dots<3, L>(ar, lda, wj, k, d);
         break;
       default:
-        dots<4>(ar, lda, wj, k, d);
+        dots<4, L>(ar, lda, wj, k, d);
         break;
       }
       const int64_t rows = std::min<int64_t>(kRowGroup, m - r0);
@@ -111,16 +161,16 @@ template <class W>
 void columnsBaseline(int64_t c0, int64_t c1, int64_t m, int64_t k, float alpha,
                      const float *a, int64_t lda, const W *w, int64_t ldw,
                      float beta, float *c, int64_t ldc) {
-  columns(c0, c1, m, k, alpha, a, lda, w, ldw, beta, c, ldc);
+  columns<PortableLoad>(c0, c1, m, k, alpha, a, lda, w, ldw, beta, c, ldc);
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef DS_GEMV_AVX2
 template <class W>
-__attribute__((target("avx2"))) void
+__attribute__((target("avx2"), flatten)) void
 columnsAvx2(int64_t c0, int64_t c1, int64_t m, int64_t k, float alpha,
             const float *a, int64_t lda, const W *w, int64_t ldw, float beta,
             float *c, int64_t ldc) {
-  columns(c0, c1, m, k, alpha, a, lda, w, ldw, beta, c, ldc);
+  columns<Avx2Load>(c0, c1, m, k, alpha, a, lda, w, ldw, beta, c, ldc);
 }
 
 bool haveAvx2() {
@@ -136,7 +186,7 @@ void gemvImpl(Context &ctx, int64_t m, int64_t n, int64_t k, float alpha,
   if (m <= 0 || n <= 0)
     return;
   auto *fn = &columnsBaseline<W>;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef DS_GEMV_AVX2
   if (haveAvx2())
     fn = &columnsAvx2<W>;
 #endif
