@@ -20,6 +20,7 @@
 #include "ds/Runtime/Npy.h"
 #include "ds/Runtime/Runtime.h"
 
+#include "Argmax.h"
 #include "Json.h"
 #include "Trace.h"
 
@@ -430,15 +431,6 @@ int parseArgs(int argc, char **argv, const ModelSpec &spec, Options *opts) {
   return -1;
 }
 
-/// Index of the largest value; the lowest index wins ties (NaN never wins).
-int32_t argmax(const float *row, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (row[i] > row[best])
-      best = i;
-  return int32_t(best);
-}
-
 /// Greedy choice of rows [from, n) of a program call: `program` wanting
 /// tokens[i] = argmax of logits row i, plus logits and hidden states on the
 /// host only where asked (a backend that takes the argmax itself then
@@ -458,7 +450,7 @@ void callGreedy(const char *program, Context &ctx, int64_t n, int64_t from,
   if (!ctx.argmaxDone()) {
     const int64_t vocab = ctx.spec().vocabSize;
     for (int64_t i = from; i < n; ++i)
-      tokens[i] = argmax(logits + i * vocab, vocab);
+      tokens[i] = argmaxRow(logits + i * vocab, vocab);
   }
   ctx.setOutputs(Context::Outputs());
 }

@@ -7,6 +7,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "Argmax.h"
 #include "Cpu/CpuCommon.h"
 #include "ds/Runtime/Comm.h"
 
@@ -78,82 +79,120 @@ std::vector<int64_t> microBatches(const std::vector<int32_t> &seq,
   return bounds;
 }
 
-/// Makes every rank's outputs whole: the last stage's rows go to every
-/// stage (broadcast over pp), then every replica's rows to every replica
-/// (gathered over dp) into their places among the call's n rows.
-void complete(Context &ctx, Share &share, int64_t n, float *logits,
-              float *hidden) {
-  const ModelSpec &spec = ctx.spec();
+/// Puts `mine` (this replica's m rows of width w, valid on the last stage)
+/// into `whole` (the call's n rows) on every rank: a broadcast over pp from
+/// the last stage, then every replica's rows to every replica (gathered over
+/// dp) into their places. `mine` and `whole` may be the same buffer (one
+/// replica owning every row).
+void gatherRows(Context &ctx, const Share &share, int64_t n, float *mine,
+                float *whole, int64_t w, const char *what) {
   const int64_t m = share.size();
-  float *outs[2] = {share.whole ? logits : share.logits.data(),
-                    share.whole ? hidden : share.hidden.data()};
-  const int64_t widths[2] = {spec.vocabSize, spec.hiddenSize};
   std::string error;
   const int pp = ctx.meshSize(MeshAxis::PP);
-  if (pp > 1)
-    for (int k = 0; k < 2; ++k)
-      if (!comm(ctx, MeshAxis::PP).broadcast(outs[k], m * widths[k], pp - 1,
-                                             &error))
-        cpu::commFailed(ctx, "runPartitioned (outputs of the last stage)",
-                        error);
+  if (pp > 1 && !comm(ctx, MeshAxis::PP).broadcast(mine, m * w, pp - 1, &error))
+    cpu::commFailed(ctx, what, error);
   const int dp = ctx.meshSize(MeshAxis::DP);
-  if (dp == 1)
+  if (dp == 1) {
+    if (mine != whole)
+      std::memcpy(whole, mine, sizeof(float) * size_t(m * w));
     return;
+  }
   // Replica j's rows, in order; every rank knows them all.
   std::vector<std::vector<int64_t>> rowsOf(static_cast<size_t>(dp));
   for (int64_t i = 0; i < n; ++i)
     rowsOf[size_t(share.allSeq[size_t(i)] % dp)].push_back(i);
-  Comm &replicas = comm(ctx, MeshAxis::DP);
-  float *final[2] = {logits, hidden};
-  for (int k = 0; k < 2; ++k) {
-    const int64_t w = widths[k];
-    const size_t ranks = static_cast<size_t>(dp);
-    std::vector<int64_t> sendCounts(ranks, m * w), sendOffsets(ranks, 0),
-        recvCounts(ranks), recvOffsets(ranks);
-    int64_t total = 0;
-    for (int j = 0; j < dp; ++j) {
-      recvCounts[size_t(j)] = int64_t(rowsOf[size_t(j)].size()) * w;
-      recvOffsets[size_t(j)] = total;
-      total += recvCounts[size_t(j)];
-    }
-    std::vector<float> all(size_t(std::max<int64_t>(total, 1)));
-    // outs[k] never overlaps `all`: it is sent as it is.
-    if (!replicas.allToAllv(outs[k], sendCounts.data(), sendOffsets.data(),
-                            all.data(), recvCounts.data(), recvOffsets.data(),
-                            &error))
-      cpu::commFailed(ctx, "runPartitioned (outputs of the replicas)", error);
-    for (int j = 0; j < dp; ++j)
-      for (size_t r = 0; r < rowsOf[size_t(j)].size(); ++r)
-        std::memcpy(final[k] + rowsOf[size_t(j)][r] * w,
-                    all.data() + recvOffsets[size_t(j)] + int64_t(r) * w,
-                    sizeof(float) * size_t(w));
+  const size_t ranks = static_cast<size_t>(dp);
+  std::vector<int64_t> sendCounts(ranks, m * w), sendOffsets(ranks, 0),
+      recvCounts(ranks), recvOffsets(ranks);
+  int64_t total = 0;
+  for (int j = 0; j < dp; ++j) {
+    recvCounts[size_t(j)] = int64_t(rowsOf[size_t(j)].size()) * w;
+    recvOffsets[size_t(j)] = total;
+    total += recvCounts[size_t(j)];
   }
+  std::vector<float> all(size_t(std::max<int64_t>(total, 1)));
+  // `mine` never overlaps `all`: it is sent as it is.
+  if (!comm(ctx, MeshAxis::DP)
+           .allToAllv(mine, sendCounts.data(), sendOffsets.data(), all.data(),
+                      recvCounts.data(), recvOffsets.data(), &error))
+    cpu::commFailed(ctx, what, error);
+  for (int j = 0; j < dp; ++j)
+    for (size_t r = 0; r < rowsOf[size_t(j)].size(); ++r)
+      std::memcpy(whole + rowsOf[size_t(j)][r] * w,
+                  all.data() + recvOffsets[size_t(j)] + int64_t(r) * w,
+                  sizeof(float) * size_t(w));
 }
 
-/// Context::Outputs' argmaxFrom indexes the rows of the whole call, so a
-/// stage program over a replica's subset, or over one of several
-/// micro-batches, would misread it (its lm_head computes rows from
-/// logitsRowsFrom): there every row is computed, as Outputs' logits asks.
-class EveryLogitsRow {
+/// The caller's Context::Outputs, and the stage programs' while they run.
+/// argmaxFrom indexes the rows of the whole call, so a stage program over a
+/// replica's subset, or over one of several micro-batches, would misread it
+/// (its lm_head computes rows from logitsRowsFrom): there every row is
+/// computed and the stages take no argmax; complete() takes it.
+class StageOutputs {
 public:
-  EveryLogitsRow(Context &ctx, bool needed)
-      : ctx(ctx), saved(ctx.outputs()), needed(needed && !saved.logits) {
-    if (this->needed) {
-      Context::Outputs all = saved;
+  StageOutputs(Context &ctx, bool subset)
+      : want(ctx.outputs()), ctx(ctx), subset(subset) {
+    if (subset) {
+      Context::Outputs all = want;
       all.logits = true;
+      all.argmax = nullptr;
+      all.argmaxFrom = 0;
       ctx.setOutputs(all);
     }
   }
-  ~EveryLogitsRow() {
-    if (needed)
-      ctx.setOutputs(saved);
+  /// Back to the caller's outputs (clears argmaxDone; see complete()).
+  void restore() {
+    if (subset)
+      ctx.setOutputs(want);
+    subset = false;
   }
+  ~StageOutputs() { restore(); }
+
+  const Context::Outputs want;
 
 private:
   Context &ctx;
-  Context::Outputs saved;
-  bool needed;
+  bool subset;
 };
+
+/// Makes every rank's outputs whole, as far as `want` asks. A greedy step
+/// that wants no logits (no --dump-logits) moves each row's argmax, one
+/// number, where the logits would be a vocab-wide row; token ids are exact
+/// as floats below 2^24, which the collectives carry. `stagesTookArgmax`:
+/// the stage program (a whole, single call) took the argmax itself into
+/// want.argmax, and its logits rows may not be on the host.
+void complete(Context &ctx, Share &share, int64_t n, float *logits,
+              float *hidden, const Context::Outputs &want,
+              bool stagesTookArgmax) {
+  const ModelSpec &spec = ctx.spec();
+  const int64_t m = share.size();
+  float *myLogits = share.whole ? logits : share.logits.data();
+  if (want.argmax && !want.logits) {
+    const int64_t from = std::max<int64_t>(want.argmaxFrom, 0);
+    std::vector<float> mine(size_t(std::max<int64_t>(m, 1)), 0.0f),
+        all(size_t(n), 0.0f);
+    if (ctx.meshCoord(MeshAxis::PP) == ctx.meshSize(MeshAxis::PP) - 1)
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t i = share.rows[size_t(r)];
+        if (i >= from)
+          mine[size_t(r)] =
+              float(stagesTookArgmax ? want.argmax[i]
+                                     : argmaxRow(myLogits + r * spec.vocabSize,
+                                                 spec.vocabSize));
+      }
+    gatherRows(ctx, share, n, mine.data(), all.data(), 1,
+               "runPartitioned (argmax of the replicas)");
+    for (int64_t i = from; i < n; ++i)
+      want.argmax[i] = int32_t(all[size_t(i)]);
+  } else {
+    gatherRows(ctx, share, n, myLogits, logits, spec.vocabSize,
+               "runPartitioned (logits of the replicas)");
+  }
+  if (want.hidden)
+    gatherRows(ctx, share, n, share.whole ? hidden : share.hidden.data(),
+               hidden, spec.hiddenSize,
+               "runPartitioned (hidden states of the replicas)");
+}
 
 } // namespace
 
@@ -169,7 +208,7 @@ void runPartitioned(Context &ctx, const ProgramFn *stages, const int32_t *ids,
   const int pp = ctx.meshSize(MeshAxis::PP);
   ProgramFn stage = stages[ctx.meshCoord(MeshAxis::PP)];
   std::vector<int64_t> bounds = microBatches(share.seq, pp);
-  EveryLogitsRow rows(ctx, !share.whole || bounds.size() > 2);
+  StageOutputs outputs(ctx, !share.whole || bounds.size() > 2);
   for (size_t b = 0; b + 1 < bounds.size(); ++b) {
     const int64_t r0 = bounds[b], rows = bounds[b + 1] - r0;
     ctx.setTokenSequences(share.seq.data() + r0, rows);
@@ -177,7 +216,11 @@ void runPartitioned(Context &ctx, const ProgramFn *stages, const int32_t *ids,
           myHidden + r0 * spec.hiddenSize);
   }
   ctx.setTokenSequences(share.allSeq.data(), n);
-  complete(ctx, share, n, logits, hidden);
+  const bool tookArgmax = ctx.argmaxDone();
+  outputs.restore();
+  complete(ctx, share, n, logits, hidden, outputs.want, tookArgmax);
+  if (outputs.want.argmax && !outputs.want.logits)
+    ctx.setArgmaxDone();
 }
 
 void runPartitionedMtp(Context &ctx, MtpFn lastStage, const float *hiddenIn,
@@ -190,8 +233,9 @@ void runPartitionedMtp(Context &ctx, MtpFn lastStage, const float *hiddenIn,
     for (int64_t i : share.rows)
       myHiddenIn.insert(myHiddenIn.end(), hiddenIn + i * spec.hiddenSize,
                         hiddenIn + (i + 1) * spec.hiddenSize);
+  StageOutputs outputs(ctx, !share.whole);
+  bool tookArgmax = false;
   if (ctx.meshCoord(MeshAxis::PP) == ctx.meshSize(MeshAxis::PP) - 1) {
-    EveryLogitsRow rows(ctx, !share.whole);
     ctx.setTokenSequences(share.seq.data(), share.size());
     lastStage(ctx, share.whole ? hiddenIn : myHiddenIn.data(),
               share.whole ? ids : share.ids.data(),
@@ -199,8 +243,12 @@ void runPartitionedMtp(Context &ctx, MtpFn lastStage, const float *hiddenIn,
               share.whole ? logits : share.logits.data(),
               share.whole ? hiddenOut : share.hidden.data());
     ctx.setTokenSequences(share.allSeq.data(), n);
+    tookArgmax = ctx.argmaxDone();
   }
-  complete(ctx, share, n, logits, hiddenOut);
+  outputs.restore();
+  complete(ctx, share, n, logits, hiddenOut, outputs.want, tookArgmax);
+  if (outputs.want.argmax && !outputs.want.logits)
+    ctx.setArgmaxDone();
 }
 
 } // namespace dsrt
