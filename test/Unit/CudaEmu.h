@@ -16,13 +16,18 @@
 //    16 bytes), stores check that every lane holds the same tile.
 // A barrier no thread can pass (divergent __syncthreads, a warp op
 // reached by part of a warp) is reported, not waited on forever.
+// Blocks, and ready threads between barriers, run first to last, or last
+// to first with DS_CUDA_EMU_ORDER=reverse (reverseOrder()): the tests run
+// both, so that an unsynchronized read of another thread's or block's
+// writes shows in one of them.
 //
 // Dynamic shared memory (DS_DYNAMIC_SHARED in KernelCommon.cuh) is one
 // 128-byte aligned buffer of the size given to launchShared, filled with
 // 0xff bytes (NaN as float or bf16) before every block, so a read of
 // shared memory the block did not write shows in the results.
 //
-// Not emulated: the memory model between blocks, timing. Kernels using an unsupported intrinsic fail to compile here.
+// Not emulated: the memory model between blocks (fences, coherence),
+// timing. Kernels using an unsupported intrinsic fail to compile here.
 //
 //===----------------------------------------------------------------------===//
 
@@ -76,6 +81,23 @@ namespace emu {
 [[noreturn]] inline void die(const char *what) {
   std::fprintf(stderr, "cuda-emu: %s\n", what);
   std::abort();
+}
+
+/// DS_CUDA_EMU_ORDER=reverse runs a grid's blocks, and a block's ready
+/// threads between barriers, last to first. The hardware promises neither
+/// order, and a kernel that reads another thread's or block's writes
+/// without synchronizing gets what the order gives it: in the forward order
+/// a thread sees what lower threads wrote before it (and misses what higher
+/// ones write), in reverse the other way round. A kernel's results must not
+/// change with it.
+inline bool &reverseOrder() {
+  static bool reverse = [] {
+    const char *v = std::getenv("DS_CUDA_EMU_ORDER");
+    if (v && std::strcmp(v, "reverse") != 0 && std::strcmp(v, "forward") != 0)
+      die("DS_CUDA_EMU_ORDER must be forward or reverse");
+    return v && std::strcmp(v, "reverse") == 0;
+  }();
+  return reverse;
 }
 
 /// Per thread: kernels keep a few KB of locals (emulated WMMA fragments
@@ -173,10 +195,13 @@ inline void runBlock(Runner &r) {
     f.ctx.uc_link = &r.scheduler;
     makecontext(&f.ctx, fiberEntry, 0);
   }
+  const bool reverse = reverseOrder();
   for (;;) {
-    for (Fiber &f : r.fibers)
+    for (size_t i = 0; i < threads; ++i) {
+      Fiber &f = r.fibers[reverse ? threads - 1 - i : i];
       if (f.state == Fiber::Ready)
         resume(r, f);
+    }
     r.current = nullptr;
     // Nobody is ready: release whole warps waiting at a warp barrier, else
     // the block barrier once every live thread waits there.
@@ -246,10 +271,13 @@ void launchShared(dim3 grid, dim3 block, size_t sharedBytes,
   }
   Runner *outer = runner();
   runner() = &r;
+  const bool reverse = reverseOrder();
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
-        r.blockIdx = uint3{x, y, z};
+        r.blockIdx = reverse
+                         ? uint3{grid.x - 1 - x, grid.y - 1 - y, grid.z - 1 - z}
+                         : uint3{x, y, z};
         if (r.sharedBytes)
           std::memset(r.shared.get(), 0xff, r.sharedBytes);
         runBlock(r);
