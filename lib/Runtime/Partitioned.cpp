@@ -168,6 +168,11 @@ void complete(Context &ctx, Share &share, int64_t n, float *logits,
   const int64_t m = share.size();
   float *myLogits = share.whole ? logits : share.logits.data();
   if (want.argmax && !want.logits) {
+    if (spec.vocabSize > (int64_t(1) << 24)) // ids travel as floats
+      cpu::fatal("runPartitioned",
+                 "vocabulary too large to send token ids "
+                 "as floats",
+                 spec.vocabSize);
     const int64_t from = std::max<int64_t>(want.argmaxFrom, 0);
     std::vector<float> mine(size_t(std::max<int64_t>(m, 1)), 0.0f),
         all(size_t(n), 0.0f);

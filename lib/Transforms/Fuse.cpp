@@ -131,6 +131,7 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
     if (gate && up && plain(gate) && plain(up) &&
         gate.getInput() == up.getInput() && act.getGate() == gate.getOut() &&
         act.getUp() == up.getOut() && gate.getFp8() == up.getFp8() &&
+        dsk::disjoint(gate.getInput(), act.getOut()) &&
         onlyUsedBy(gate.getOut(), {gate, act}) &&
         onlyUsedBy(up.getOut(), {up, act})) {
       Value g = gate.getOut(), u = up.getOut();

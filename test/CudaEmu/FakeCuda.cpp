@@ -41,6 +41,7 @@ struct Graph {
 /// graph it records into.
 cudaStream_t capturing = nullptr;
 std::unique_ptr<Graph> recording;
+bool invalidated = false; // a refused launch: EndCapture fails
 
 struct Layout {
   cudaDataType_t type;
@@ -93,6 +94,15 @@ void gemm(int64_t m, int64_t n, int64_t k, float alpha, Operand a, Operand b,
 } // namespace
 
 namespace emu {
+bool refuseEarlyLaunch(cudaStream_t stream) {
+  const char *r = std::getenv("DS_CUDA_EMU_REFUSE");
+  if (!r || std::strcmp(r, "pdl-capture") != 0 || !recording ||
+      stream != capturing)
+    return false;
+  invalidated = true;
+  return true;
+}
+
 void enqueue(cudaStream_t stream, std::function<void()> op) {
   if (recording && stream == capturing)
     recording->ops.push_back(std::move(op));
@@ -184,8 +194,14 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
 cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph) {
   if (!recording || stream != capturing)
     return cudaErrorStreamCaptureInvalidated;
-  *graph = reinterpret_cast<cudaGraph_t>(recording.release());
   capturing = nullptr;
+  if (invalidated) {
+    invalidated = false;
+    recording.reset();
+    *graph = nullptr;
+    return cudaErrorStreamCaptureInvalidated;
+  }
+  *graph = reinterpret_cast<cudaGraph_t>(recording.release());
   return cudaSuccess;
 }
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph,

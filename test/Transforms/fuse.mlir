@@ -185,6 +185,30 @@ module {
 
 // -----
 
+// The SwiGLU writes into the GEMMs' input (columns 0-7 of %x): fine one
+// after the other, a race in one kernel (blocks read the input while others
+// write out), so not gated_up.
+// CHECK-LABEL: func.func @gated_up_into_input
+// CHECK-NOT: dsk.gated_up
+// CHECK: dsk.swiglu
+module {
+  ds.weight @g : tensor<8x16xf32>
+  ds.weight @u : tensor<8x16xf32>
+  func.func @gated_up_into_input(%ids: memref<?xi32>, %pos: memref<?xi32>, %x: memref<?x16xf32>) attributes {dsk.program = #dsk.program<kind = prefill, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %gate = memref.alloc(%n) : memref<?x8xf32>
+    dsk.linear %x, %gate {weight = @g} : memref<?x16xf32>, memref<?x8xf32>
+    %up = memref.alloc(%n) : memref<?x8xf32>
+    dsk.linear %x, %up {weight = @u} : memref<?x16xf32>, memref<?x8xf32>
+    %h = memref.subview %x[0, 0] [%n, 8] [1, 1] : memref<?x16xf32> to memref<?x8xf32, strided<[16, 1]>>
+    dsk.swiglu %gate, %up, %h : memref<?x8xf32>, memref<?x8xf32>, memref<?x8xf32, strided<[16, 1]>>
+    return
+  }
+}
+
+// -----
+
 // The gate output is read again later: not gated_up; the two GEMMs of one
 // input still become a pair.
 // CHECK-LABEL: func.func @gate_reused

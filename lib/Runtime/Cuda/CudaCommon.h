@@ -27,8 +27,22 @@ namespace cuda {
 /// input: report where and stop, like the CPU backend's fatal().
 [[noreturn]] void fatal(const char *where, const char *what);
 
+/// A decode step being captured with programmatic launches
+/// (captureDecode): a driver that refuses such a capture may say so at any
+/// launch or cuBLAS call of it, so there the first error is kept (and the
+/// step captured again without PDL) instead of ending the run. Per thread;
+/// elsewhere `tolerate` is false and every error is fatal.
+struct CaptureAttempt {
+  bool tolerate = false;
+  std::string error; ///< the first one, with where it happened
+};
+CaptureAttempt &captureAttempt();
+
+/// Keeps the first error of a tolerant capture attempt; true if it did.
+bool keepCaptureError(const char *where, const char *what);
+
 inline void check(cudaError_t e, const char *where) {
-  if (e != cudaSuccess)
+  if (e != cudaSuccess && !keepCaptureError(where, cudaGetErrorString(e)))
     fatal(where, cudaGetErrorString(e));
 }
 void check(cublasStatus_t s, const char *where);
@@ -198,6 +212,10 @@ namespace emu {
 /// test/CudaEmu/FakeCuda.cpp: runs `op` now, or records it into the graph
 /// being captured on `stream`.
 void enqueue(cudaStream_t stream, std::function<void()> op);
+/// Whether the emulated driver refuses an early (PDL) launch on `stream`
+/// (DS_CUDA_EMU_REFUSE=pdl-capture while it is captured); a refusal
+/// invalidates the capture, as on a GPU.
+bool refuseEarlyLaunch(cudaStream_t stream);
 } // namespace emu
 namespace dsrt {
 namespace cuda {
@@ -213,7 +231,12 @@ void launchKernelOn(cudaStream_t stream, bool early, const char *where,
 #ifdef DS_CUDA_EMU
   // On the CPU (test/CudaEmu): the kernel runs in the emulator, with the
   // arguments converted to the kernel's parameter types as a launch does.
-  (void)early, (void)where;
+  // DS_CUDA_EMU_REFUSE=pdl-capture: a driver refusing programmatic
+  // launches in a graph capture, at the launch (FakeCuda.cpp).
+  if (early && emu::refuseEarlyLaunch(stream)) {
+    check(cudaErrorStreamCaptureUnsupported, where);
+    return;
+  }
   std::tuple<std::decay_t<Params>...> values(std::forward<Args>(args)...);
   emu::enqueue(stream, [=] {
     std::apply(

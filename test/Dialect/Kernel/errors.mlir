@@ -86,6 +86,18 @@ func.func @f(%b: memref<?x16xf32>, %n: index) {
 
 // -----
 
+// linear: a view with a column stride spans more columns than its width
+// (columns 0, 2, 4, 6 here, then column 6 again).
+func.func @f(%b: memref<?x16xf32>, %n: index) {
+  %in = memref.subview %b[0, 0] [%n, 4] [1, 2] : memref<?x16xf32> to memref<?x4xf32, strided<[16, 2]>>
+  %out = memref.subview %b[0, 6] [%n, 1] [1, 1] : memref<?x16xf32> to memref<?x1xf32, strided<[16, 1], offset: 6>>
+  // expected-error @+1 {{out may overlap the input}}
+  dsk.linear %in, %out {weight = @w} : memref<?x4xf32, strided<[16, 2]>>, memref<?x1xf32, strided<[16, 1], offset: 6>>
+  return
+}
+
+// -----
+
 // linear: the norm epilogue reads the residual after out is written.
 func.func @f(%x: memref<?x16xf32>, %y: memref<?x8xf32>, %s: memref<?x8xf32>, %o: memref<?x8xf32>) {
   // expected-error @+1 {{the norm's residual may overlap out}}

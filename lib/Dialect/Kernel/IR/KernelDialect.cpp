@@ -45,10 +45,12 @@ bool ds::kernel::disjoint(Value a, Value b) {
   if (!va || !vb || va.getSource() != vb.getSource())
     return false;
   ArrayRef<int64_t> oa = va.getStaticOffsets(), ob = vb.getStaticOffsets();
+  ArrayRef<int64_t> sa = va.getStaticStrides(), sb = vb.getStaticStrides();
   int64_t wa = width(a), wb = width(b);
-  if (oa.size() != 2 || ob.size() != 2 || ShapedType::isDynamic(oa[1]) ||
-      ShapedType::isDynamic(ob[1]) || ShapedType::isDynamic(wa) ||
-      ShapedType::isDynamic(wb))
+  // Contiguous column ranges only: a column stride s spans (w - 1) s + 1.
+  if (oa.size() != 2 || ob.size() != 2 || sa[1] != 1 || sb[1] != 1 ||
+      ShapedType::isDynamic(oa[1]) || ShapedType::isDynamic(ob[1]) ||
+      ShapedType::isDynamic(wa) || ShapedType::isDynamic(wb))
     return false;
   return oa[1] + wa <= ob[1] || ob[1] + wb <= oa[1];
 }

@@ -45,7 +45,8 @@ inline mlir::Value rootBuffer(mlir::Value v) {
 }
 
 /// Whether `a` and `b` provably share no element: different buffers, or
-/// column views of one buffer at static, non-overlapping column ranges.
+/// unit-stride column views of one buffer at static, non-overlapping column
+/// ranges.
 /// Kernels whose blocks read one operand while others write another (every
 /// GEMM's input and output on the GPU) need this of them.
 bool disjoint(mlir::Value a, mlir::Value b);
