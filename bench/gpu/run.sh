@@ -17,7 +17,8 @@
 # with each of DS_CUDA_PDL=0, DS_CUDA_GEMV_ROWS=0, DS_CUDA_GRAPHS=0 to name
 # the path at fault), bf16 on the tiny models
 # (rel < 2e-2, the decode steps' where the tokens agree; v3-long's 120-token prefill takes the grouped-GEMM experts,
-# and again as cuBLAS batches: DS_CUDA_MOE_GEMM=batched),
+# and again as cuBLAS batches: DS_CUDA_MOE_GEMM=batched; bench-mini is the
+# benchmark model's architecture at hidden 256, 3 layers, in f32 and bf16),
 # compute-sanitizer memcheck on tiny. Benchmark
 # (bench/gpu/model.json = ../shared/bench/torch_baseline.py's model, random
 # bf16 weights): decode ms/step at batch 1 and 32 with a 1024-token context,
@@ -48,7 +49,11 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 # test/e2e/cuda-emu.test, so its prompt avoids that. v3-long: with seed 7
 # the router's group choice at position 39 is a near-tie (margin 4e-4) that
 # bf16 flips, which moves the prefill logits by 6e-2 (0.5 at that row);
-# seed 1 with this prompt is cuda-emu.test's, which bf16 passes.)
+# seed 1 with this prompt is cuda-emu.test's, which bf16 passes.
+# bench-mini: the benchmark model's architecture (bench/gpu/model.json:
+# 16 heads of 128 + 64 / 128, kv LoRA 512, no q LoRA, 64 experts top-6 + 2
+# shared, bf16 weights) at hidden 256 and 3 layers: the kernels at the
+# attention dims and expert counts the timed runs take, checked.)
 cases() {
   all_cases | awk -F'|' -v only="${DS_GPU_CASES:-}" \
     'BEGIN { gsub(/ /, "", only); n = split(only, w, ","); for (i = 1; i <= n; ++i) keep[w[i]] = 1 }
@@ -66,6 +71,7 @@ v3-nolora|ckpt|v3-nolora.json|4|f32|3,1,4,1,5,9,2,6,5,3|8|
 v3-mtp|ckpt|v3-mtp.json|11|f32|3,1,4,1,5,9,2,6|24|
 v3-fp8|ckpt|v3-fp8.json|6|fp8|3,1,4,1,5,9,2,6,5,3|8|
 v3-long|ckpt|v3.json|1|f32|11,48,85,122,159,196,233,14,51,88,125,162,199,236,17,54,91,128,165,202,239,20,57,94,131,168,205,242,23,60,97,134,171,208,245,26,63,100,137,174,211,248,29,66,103,140,177,214,251,32,69,106,143,180,217,254,35,72,109,146,183,220,1,38,75,112,149,186,223,4,41,78,115,152,189,226,7,44,81,118,155,192,229,10,47,84,121,158,195,232,13,50,87,124,161,198,235,16,53,90,127,164,201,238,19,56,93,130,167,204,241,22,59,96,133,170,207,244,25,62|8|
+bench-mini|ckpt|bench-mini.json|1|bf16|11,48,85,122,159,196,233,270,307,344,381,418,455,492,17,54,91,128,165,202,239,276,313,350,387,424,461,498,23,60,97,134,171,208,245,282,319,356,393,430,467,504,29,66,103,140,177,214,251,288,325,362,399,436,473,510,35,72,109,146,183,220,257,294,331,368,405,442,479,4,41,78,115,152,189,226,263,300,337,374,411,448,485,10,47,84,121,158,195,232,269,306,343,380,417,454,491,16,53,90|8|
 EOF
 }
 
@@ -138,7 +144,7 @@ prepare() {
     # v3-long: a 120-token prompt, so the prefill's experts run as grouped
     # GEMMs (tensor cores in bf16, SIMT in f32), not the decode GEMVs.
     local seqlen=64
-    [ "$name" = v3-long ] && seqlen=192
+    [ "$name" = v3-long ] || [ "$name" = bench-mini ] && seqlen=192
     # shellcheck disable=SC2086
     "$dsc" "$model" -o "$d/cpu" --max-seq-len=$seqlen --max-batch=4 $flags
     # shellcheck disable=SC2086
@@ -148,7 +154,8 @@ prepare() {
       # shellcheck disable=SC2086
       "$dsc" "$model" -o "$d/nccl" --target=cuda --compute-dtype=f32 --mpi --max-seq-len=64 --max-batch=4 $flags
     fi
-    if [ "$name" = tiny ] || [ "$name" = v3 ] || [ "$name" = v3-long ]; then
+    if [ "$name" = tiny ] || [ "$name" = v3 ] || [ "$name" = v3-long ] ||
+       [ "$name" = bench-mini ]; then
       # shellcheck disable=SC2086
       cuda "$d/bf16" "$model" --compute-dtype=bf16 --max-seq-len=$seqlen --max-batch=4 $flags
     fi
@@ -206,8 +213,12 @@ device() {
   # more (compare.py refuses an empty decode file).
   against_cpu() { # DIR RUN PREC TOL
     local toks=(--tokens "$1/$2.txt" "$1/cpu.txt") pflags=() dflags=() r rd
+    # Rows that a routing near-tie flips in bf16 (named in the report):
+    # random routers of 64 experts top-6 (bench-mini) meet more of them.
+    local frac=0.02
+    [ "$(basename "$1")" = bench-mini ] && frac=0.05
     if [ "$3" = bf16 ]; then
-      pflags=(--no-argmax --outlier-frac 0.02)
+      pflags=(--no-argmax --outlier-frac "$frac")
       dflags=(--no-argmax --same-inputs)
     else
       pflags=("${toks[@]}")
