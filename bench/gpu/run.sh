@@ -44,6 +44,8 @@ dir=${2:?usage: bench/gpu/run.sh prepare|device DIR}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
 # name | model source | checkpoint config | seed | dtype | prompt | new tokens | ds-compile flags
+# (dtype random: no checkpoint; the model's random weights from the seed,
+# drawn alike by every executable, so that nothing large is carried)
 # (v3-quant: e4m3 activation rounding turns last-bit differences into code
 # steps at rounding boundaries; 3,1,4,1 meets one with this checkpoint, see
 # test/e2e/cuda-emu.test, so its prompt avoids that. v3-long: with seed 7
@@ -53,7 +55,9 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 # bench-mini: the benchmark model's architecture (bench/gpu/model.json:
 # 16 heads of 128 + 64 / 128, kv LoRA 512, no q LoRA, 64 experts top-6 + 2
 # shared, bf16 weights) at hidden 256 and 3 layers: the kernels at the
-# attention dims and expert counts the timed runs take, checked.)
+# attention dims and expert counts the timed runs take, checked. Random
+# weights: its checkpoint would be 35 MB of the 64 MiB a device call
+# carries.)
 cases() {
   all_cases | awk -F'|' -v only="${DS_GPU_CASES:-}" \
     'BEGIN { gsub(/ /, "", only); n = split(only, w, ","); for (i = 1; i <= n; ++i) keep[w[i]] = 1 }
@@ -71,8 +75,19 @@ v3-nolora|ckpt|v3-nolora.json|4|f32|3,1,4,1,5,9,2,6,5,3|8|
 v3-mtp|ckpt|v3-mtp.json|11|f32|3,1,4,1,5,9,2,6|24|
 v3-fp8|ckpt|v3-fp8.json|6|fp8|3,1,4,1,5,9,2,6,5,3|8|
 v3-long|ckpt|v3.json|1|f32|11,48,85,122,159,196,233,14,51,88,125,162,199,236,17,54,91,128,165,202,239,20,57,94,131,168,205,242,23,60,97,134,171,208,245,26,63,100,137,174,211,248,29,66,103,140,177,214,251,32,69,106,143,180,217,254,35,72,109,146,183,220,1,38,75,112,149,186,223,4,41,78,115,152,189,226,7,44,81,118,155,192,229,10,47,84,121,158,195,232,13,50,87,124,161,198,235,16,53,90,127,164,201,238,19,56,93,130,167,204,241,22,59,96,133,170,207,244,25,62|8|
-bench-mini|ckpt|bench-mini.json|1|bf16|11,48,85,122,159,196,233,270,307,344,381,418,455,492,17,54,91,128,165,202,239,276,313,350,387,424,461,498,23,60,97,134,171,208,245,282,319,356,393,430,467,504,29,66,103,140,177,214,251,288,325,362,399,436,473,510,35,72,109,146,183,220,257,294,331,368,405,442,479,4,41,78,115,152,189,226,263,300,337,374,411,448,485,10,47,84,121,158,195,232,269,306,343,380,417,454,491,16,53,90|8|
+bench-mini|test/e2e/Inputs/bench-mini.json|-|1|random|11,48,85,122,159,196,233,270,307,344,381,418,455,492,17,54,91,128,165,202,239,276,313,350,387,424,461,498,23,60,97,134,171,208,245,282,319,356,393,430,467,504,29,66,103,140,177,214,251,288,325,362,399,436,473,510,35,72,109,146,183,220,257,294,331,368,405,442,479,4,41,78,115,152,189,226,263,300,337,374,411,448,485,10,47,84,121,158,195,232,269,306,343,380,417,454,491,16,53,90|8|
 EOF
+}
+
+# BIN with a case's weights (the args file's first field): a checkpoint, or
+# random:SEED for the model's random weights from SEED.
+with_weights() { # BIN WEIGHTS ARGS...
+  local bin=$1 w=$2
+  shift 2
+  case "$w" in
+    random:*) "$bin" --seed "${w#random:}" "$@" ;;
+    *) "$bin" --weights "$w" "$@" ;;
+  esac
 }
 
 prepare() {
@@ -137,10 +152,15 @@ prepare() {
     local d="$dir/e2e/$name"
     mkdir -p "$d"
     echo "prepare: $name"
-    "$py" "$root/test/e2e/make_checkpoint.py" --config "$root/test/e2e/Inputs/$cfg" \
-      --out "$d/ckpt" --seed "$seed" --dtype "$dtype" > /dev/null
     local model="$d/ckpt" weights="ckpt"
-    if [ "$src" != ckpt ]; then model="$root/$src"; weights="ckpt/model.safetensors"; fi
+    if [ "$dtype" = random ]; then
+      model="$root/$src"
+      weights="random:$seed"
+    else
+      "$py" "$root/test/e2e/make_checkpoint.py" --config "$root/test/e2e/Inputs/$cfg" \
+        --out "$d/ckpt" --seed "$seed" --dtype "$dtype" > /dev/null
+      if [ "$src" != ckpt ]; then model="$root/$src"; weights="ckpt/model.safetensors"; fi
+    fi
     # v3-long: a 120-token prompt, so the prefill's experts run as grouped
     # GEMMs (tensor cores in bf16, SIMT in f32), not the decode GEMVs.
     local seqlen=64
@@ -160,13 +180,13 @@ prepare() {
       cuda "$d/bf16" "$model" --compute-dtype=bf16 --max-seq-len=$seqlen --max-batch=4 $flags
     fi
     echo "$weights|$prompt|$new" > "$d/args"
-    (cd "$d" && ./cpu --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
+    (cd "$d" && with_weights ./cpu "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
       --dump-logits cpu.npy --dump-decode-logits cpu-d.npy > cpu.txt)
     printf '%s\n' "$requests" > "$d/requests.jsonl"
-    (cd "$d" && ./cpu --weights "$weights" --requests requests.jsonl --max-batch 4 \
+    (cd "$d" && with_weights ./cpu "$weights" --requests requests.jsonl --max-batch 4 \
       --output cpu-batch.jsonl 2> /dev/null)
     if [ "$name" = v3-mtp ]; then
-      (cd "$d" && ./cpu --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
+      (cd "$d" && with_weights ./cpu "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
         --speculative=mtp --dump-decode-logits cpu-spec-d.npy > cpu-spec.txt)
     fi
     rm -f "$d/cpu"
@@ -213,13 +233,21 @@ device() {
   # more (compare.py refuses an empty decode file).
   against_cpu() { # DIR RUN PREC TOL
     local toks=(--tokens "$1/$2.txt" "$1/cpu.txt") pflags=() dflags=() r rd
-    # Rows that a routing near-tie flips in bf16 (named in the report):
-    # random routers of 64 experts top-6 (bench-mini) meet more of them.
-    local frac=0.02
-    [ "$(basename "$1")" = bench-mini ] && frac=0.05
+    # Rows that a routing near-tie flips in bf16 (named in the report).
+    # bench-mini's random weights (64 experts top-6) meet many: emulated,
+    # 12 of its 100 prefill rows and 1 of 7 decode steps move by 0.1-0.4,
+    # the median row by 1.2e-2. Its bf16 check is for kernels gone wrong at
+    # the benchmark's dims, which move every row; cuda-emu-bench-mini.test
+    # checks their numerics closely (emulated, on better-conditioned
+    # checkpoint weights).
+    local frac=0.02 dfrac=()
+    if [ "$(basename "$1")" = bench-mini ]; then
+      frac=0.25
+      dfrac=(--outlier-frac 0.25)
+    fi
     if [ "$3" = bf16 ]; then
       pflags=(--no-argmax --outlier-frac "$frac")
-      dflags=(--no-argmax --same-inputs)
+      dflags=(--no-argmax --same-inputs "${dfrac[@]}")
     else
       pflags=("${toks[@]}")
     fi
@@ -232,7 +260,7 @@ device() {
   triage() { # DIR PREC WEIGHTS PROMPT NEW TOL
     local env1 r verdict=""
     for env1 in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_GRAPHS=0; do
-      if (cd "$1" && env "$env1" ./"$2" --weights "$3" --prompt-ids "$4" --max-new-tokens "$5" \
+      if (cd "$1" && export "${env1?}" && with_weights ./"$2" "$3" --prompt-ids "$4" --max-new-tokens "$5" \
             --dump-logits triage.npy --dump-decode-logits triage-d.npy > triage.txt 2> triage.err) &&
          r=$(against_cpu "$1" triage "$2" "$6"); then
         verdict+=" $env1: pass;"
@@ -250,7 +278,7 @@ device() {
       [ -x "$d/$prec" ] || continue
       local tol=1e-4
       [ "$prec" = bf16 ] && tol=2e-2
-      if (cd "$d" && ./$prec --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
+      if (cd "$d" && with_weights ./$prec "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
             --dump-logits $prec.npy --dump-decode-logits $prec-d.npy > $prec.txt 2> $prec.err); then
         if r=$(against_cpu "$d" "$prec" "$prec" "$tol"); then
           say "PASS $name $prec: $r ($("$py" "$dir/compare.py" "$d/$prec.npy" "$d/cpu.npy" --report))"
@@ -266,7 +294,7 @@ device() {
       fi
     done
     # Batch mode (continuous batching, decode graphs at several batch sizes).
-    if (cd "$d" && ./f32 --weights "$weights" --requests requests.jsonl --max-batch 4 \
+    if (cd "$d" && with_weights ./f32 "$weights" --requests requests.jsonl --max-batch 4 \
           --output f32-batch.jsonl 2> f32-batch.err) &&
        cmp -s <(sort "$d/f32-batch.jsonl" | sed 's/"ttft_ms.*//') \
               <(sort "$d/cpu-batch.jsonl" | sed 's/"ttft_ms.*//'); then
@@ -277,7 +305,7 @@ device() {
     fi
     if [ -f "$d/cpu-spec.txt" ]; then
       r=""
-      if (cd "$d" && ./f32 --weights "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
+      if (cd "$d" && with_weights ./f32 "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
             --speculative=mtp --dump-decode-logits f32-spec-d.npy > f32-spec.txt 2>&1) &&
          r=$("$py" "$dir/compare.py" "$d/f32-spec-d.npy" "$d/cpu-spec-d.npy" --rtol 1e-4 \
                --tokens "$d/f32-spec.txt" "$d/cpu-spec.txt" 2>&1); then
@@ -299,7 +327,7 @@ device() {
       r=""
       local tol=1e-4
       [ "$prec" = bf16 ] && tol=2e-2
-      if (cd "$d" && DS_CUDA_MOE_GEMM=batched ./$prec --weights "$weights" --prompt-ids "$prompt" \
+      if (cd "$d" && DS_CUDA_MOE_GEMM=batched with_weights ./$prec "$weights" --prompt-ids "$prompt" \
             --max-new-tokens "$new" --dump-logits $prec-batched.npy \
             --dump-decode-logits $prec-batched-d.npy > $prec-batched.txt 2> $prec-batched.err) &&
          ! grep -q refused "$d/$prec-batched.err" &&
