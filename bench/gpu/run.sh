@@ -207,6 +207,13 @@ prepare() {
   if [ "$emu" != 1 ]; then
     tar -C "$(dirname "$dir")" -czf "$dir.tar.gz" "$(basename "$dir")"
     du -sh "$dir.tar.gz"
+    # The device tool carries at most 64 MiB of ignored paths per call.
+    local bytes
+    bytes=$(stat -c %s "$dir.tar.gz")
+    if [ "$bytes" -gt $((64 << 20)) ]; then
+      echo "run.sh: $dir.tar.gz is $((bytes >> 20)) MiB, over the 64 MiB a device call carries; leave cases out with DS_GPU_CASES" >&2
+      exit 1
+    fi
   fi
 }
 
