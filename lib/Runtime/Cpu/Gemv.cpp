@@ -21,6 +21,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "Convert.h"
 #include "CpuCommon.h"
 
 #include <cstring>
@@ -79,12 +80,7 @@ struct Avx2Load {
 #endif
 
 inline float widen(float v) { return v; }
-inline float widen(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+inline float widen(uint16_t h) { return bf16ToFloat(h); }
 
 /// Lanes 0-7 in lo, 8-15 in hi: lane j + lane j + 8, then a fixed tree,
 /// then the tail.
