@@ -316,6 +316,19 @@ template <class T> T exchange(T v, unsigned src) {
   return out;
 }
 
+/// The bits of `pred` over the warp's lanes (every lane calls it).
+inline unsigned ballot(bool pred) {
+  Runner &r = *runner();
+  const unsigned me = linearThread(), base = me - me % 32;
+  r.exchange[me] = pred ? 1 : 0;
+  warpSync();
+  unsigned bits = 0;
+  for (unsigned l = 0; l < 32 && base + l < r.fibers.size(); ++l)
+    bits |= unsigned(r.exchange[base + l] != 0) << l;
+  warpSync(); // nobody overwrites a slot before every lane read it
+  return bits;
+}
+
 } // namespace emu
 
 #define threadIdx (emu::runner()->current->tid)
@@ -339,6 +352,11 @@ template <class T> T __shfl_sync(unsigned, T v, int srcLane, int width = 32) {
   const unsigned l = emu::lane();
   return emu::exchange(v, (l & ~unsigned(width - 1)) + unsigned(srcLane % width));
 }
+
+inline unsigned __ballot_sync(unsigned, int pred) {
+  return emu::ballot(pred != 0);
+}
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
 
 // Fibers switch only at barriers: read-modify-write is atomic.
 template <class T> T atomicAdd(T *p, T v) {

@@ -514,11 +514,36 @@ struct SharedCase {
   }
 };
 
+/// The arrays of a fused sort (the gate/up GEMV's sortInBlock), against
+/// sortPairsKernel's: the same offsets and active experts, every pair of
+/// this rank in its expert's slots (in pair order), the others at -1.
+void expectSortedLike(const MoECase &m, const std::vector<int32_t> &offsets,
+                      const std::vector<int32_t> &active,
+                      const std::vector<int32_t> &rowOf,
+                      const std::vector<int32_t> &slotOf,
+                      const std::vector<int32_t> &wantOffsets,
+                      const std::vector<int32_t> &wantActive) {
+  EXPECT_EQ(offsets, wantOffsets);
+  EXPECT_EQ(active, wantActive);
+  std::vector<int32_t> next(wantOffsets); // the next slot of each expert
+  for (int64_t p = 0; p < int64_t(m.idx.size()); ++p) {
+    const int64_t e = m.idx[size_t(p)] - m.lo;
+    if (e < 0 || e >= m.count) {
+      EXPECT_EQ(slotOf[size_t(p)], -1) << "pair " << p;
+      continue;
+    }
+    EXPECT_EQ(slotOf[size_t(p)], next[size_t(e)]++) << "pair " << p;
+    EXPECT_EQ(rowOf[size_t(slotOf[size_t(p)])], p);
+  }
+}
+
 /// runExperts' launch sequence (MoE.cu) over the emulator; with `shared`
-/// (GEMV paths), the shared expert's blocks ride in the GEMV launches.
+/// (GEMV paths), the shared expert's blocks ride in the GEMV launches; with
+/// `fusedSort` (GEMV paths), the gate/up launch sorts the pairs itself.
 template <class WT>
 std::vector<float> runExperts(const MoECase &m, Path path,
-                              const SharedCase *shared = nullptr) {
+                              const SharedCase *shared = nullptr,
+                              bool fusedSort = false) {
   using namespace dsrt::cuda::moe;
   const int64_t pairs = m.n * m.topK, E = m.count;
   constexpr bool bf16W = std::is_same<WT, __nv_bfloat16>::value;
@@ -572,6 +597,17 @@ std::vector<float> runExperts(const MoECase &m, Path path,
     } else {
       up1.firstBlock = down1.firstBlock = blocks;
     }
+    const std::vector<int32_t> wantOffsets(offsets), wantActive(active);
+    GemvSort sort{nullptr, pairs, m.lo, E};
+    if (fusedSort) { // the launch must write all of what checkSort made
+      sort.idx = m.idx.data();
+      std::fill(offsets.begin(), offsets.end(), 7777);
+      std::fill(active.begin(), active.end(), 7777);
+      std::fill(rowOf.begin(), rowOf.end(), 7777);
+      std::fill(slotOf.begin(), slotOf.end(), 7777);
+    }
+    GemvSort none = sort;
+    none.idx = nullptr;
     auto gemvs = [&](auto lanes) {
       constexpr int L = decltype(lanes)::value;
       const int64_t perBlock = 8 * gemvColumnsPerWarp<L>();
@@ -579,19 +615,29 @@ std::vector<float> runExperts(const MoECase &m, Path path,
                      yDown = unsigned((m.hidden + perBlock - 1) / perBlock);
       const unsigned xUp = shared ? denseGemvBlocks<L>(si, yUp) : 0,
                      xDown = shared ? denseGemvBlocks<L>(m.hidden, yDown) : 0;
-      emu::launch(dim3(blocks + xUp, yUp), dim3(256),
-                  groupedGemvKernel<WT, true, L>, xRows, gate, up,
-                  offsets.data(), active.data(), m.hidden, m.inter, h.data(),
-                  m.inter, vecX, up1);
+      if (fusedSort)
+        emu::launchShared(
+            dim3(blocks + xUp, yUp), dim3(256), gemvSortSharedBytes(E, pairs),
+            groupedGemvKernel<WT, true, L, true>, xRows, gate, up,
+            offsets.data(), active.data(), m.hidden, m.inter, h.data(), m.inter,
+            vecX, up1, sort, rowOf.data(), slotOf.data());
+      else
+        emu::launch(dim3(blocks + xUp, yUp), dim3(256),
+                    groupedGemvKernel<WT, true, L, false>, xRows, gate, up,
+                    offsets.data(), active.data(), m.hidden, m.inter, h.data(),
+                    m.inter, vecX, up1, none, nullptr, nullptr);
       emu::launch(dim3(blocks + xDown, yDown), dim3(256),
-                  groupedGemvKernel<WT, false, L>, hRows, down, nullptr,
+                  groupedGemvKernel<WT, false, L, false>, hRows, down, nullptr,
                   offsets.data(), active.data(), m.inter, m.hidden, yp.data(),
-                  m.hidden, vecH, down1);
+                  m.hidden, vecH, down1, none, nullptr, nullptr);
     };
     if (path == Path::Gemv)
       gemvs(std::integral_constant<int, 32>());
     else
       gemvs(std::integral_constant<int, 8>());
+    if (fusedSort)
+      expectSortedLike(m, offsets, active, rowOf, slotOf, wantOffsets,
+                       wantActive);
   } else if (path == Path::Batched) {
     // runBatch's sequence, cuBLAS's batches as hostBatch over the pointer
     // arrays the gather kernel wrote. Every padded row of the sort's tiles
@@ -742,6 +788,42 @@ TEST(CudaEmuMoE, GroupedGemvWithSharedExpert) {
                     want, 1e-5);
       }
     }
+}
+
+TEST(CudaEmuMoE, GroupedGemvSortsInItsBlocks) {
+  // The decode path's fused sort (DS_CUDA_MOE_SORT=fused): the gate/up
+  // launch's expert blocks each sort the pairs; the down launch and the
+  // combine read what its blocks (0, 0) and (x, 0) wrote. An EP range
+  // leaving pairs out, more pairs than a warp's ballot (45 x 3), fewer
+  // pairs than experts, both lane layouts, the shared expert's blocks
+  // beside them, and a rank none of whose experts was picked.
+  for (bool bf16 : {false, true}) {
+    MoECase m = smallCase(bf16, 72, uint32_t(40 + bf16));
+    for (Path p : {Path::Gemv, Path::GemvShared}) {
+      SCOPED_TRACE(testing::Message() << "bf16 " << bf16 << " shared inputs "
+                                      << (p == Path::GemvShared));
+      expectClose(bf16 ? runExperts<__nv_bfloat16>(m, p, nullptr, true)
+                       : runExperts<float>(m, p, nullptr, true),
+                  m.reference(false), 1e-5);
+    }
+  }
+  MoECase few = makeCase(1, 3, 8, 1, 6, 64, 48, 64, true, 7);
+  few.idx = {6, 2, 0};
+  expectClose(runExperts<__nv_bfloat16>(few, Path::Gemv, nullptr, true),
+              few.reference(false), 1e-5);
+  MoECase m = makeCase(3, 2, 8, 0, 8, 64, 40, 64, false, 23);
+  const SharedCase shared(200, 64, 33);
+  std::vector<float> want = m.reference(false);
+  shared.addTo(m, want);
+  expectClose(runExperts<float>(m, Path::GemvShared, &shared, true), want,
+              1e-5);
+  // Every pair another rank's: the launch still writes -1 slots and an
+  // empty active list, and the combine gives zeros.
+  MoECase other = makeCase(2, 2, 8, 4, 4, 64, 40, 64, false, 24);
+  other.idx = {0, 1, 2, 3};
+  const std::vector<float> got =
+      runExperts<float>(other, Path::Gemv, nullptr, true);
+  EXPECT_EQ(std::count(got.begin(), got.end(), 0.0f), int64_t(got.size()));
 }
 
 TEST(CudaEmuMoE, SimtGemmFloat32) {

@@ -143,6 +143,11 @@ struct DeviceState {
   enum class MoeGemm { Auto, Batched, Tiled } moeGemm = MoeGemm::Auto;
   bool moeBatchedFailed = false;
 
+  /// At decode (the routed experts' GEMVs), the pairs' sort in the first
+  /// GEMV's own blocks (moe::sortInBlock) rather than a sortPairsKernel
+  /// launch before it (DS_CUDA_MOE_SORT=fused|kernel).
+  bool moeFusedSort = true;
+
   /// Decode attention over a bf16 latent cache on tensor cores (16 heads a
   /// block) where its shared memory fits, or the SIMT kernel (8 heads a
   /// block) always (DS_CUDA_MLA_DECODE=auto|simt).

@@ -1,7 +1,8 @@
 //===- MoE.cu - routed experts on the GPU, no host synchronisation -------===//
 //
 // (token, k) pairs are sorted by expert on the device (one block counts,
-// scans and scatters), then:
+// scans and scatters; at decode, every block of the first GEMV sorts for
+// itself instead: one launch fewer), then:
 //  - few tokens (decode, n <= kGemvTokens): a grouped GEMV, a warp (or a
 //    quarter warp, with several rows per expert) per output column of one
 //    active expert (blocks only for experts with rows), streaming the
@@ -71,20 +72,39 @@ const void **expertTable(DeviceState &st, const int64_t *gate,
 
 /// groupedGemvKernel with LANES lanes per column, over `blocks` active
 /// experts x N columns, and `dense` (if its N > 0) in blocks beside them.
+/// The sort's arrays (sortPairsKernel's outputs, but for tileOffsets), and
+/// the sort to do in the launch's own blocks (sort.idx set) or not.
+struct SortArrays {
+  int32_t *offsets, *active, *rowOf, *slotOf;
+  GemvSort sort;
+};
+
 template <class WT, bool GATED, int LANES>
 void groupedGemv(DeviceState &st, const char *where, unsigned blocks,
                  const Rows &rows, const void *const *wa, const void *const *wb,
-                 const int32_t *offsets, const int32_t *active, int64_t K,
-                 int64_t N, float *out, int64_t ldo, bool vec,
-                 DenseGemv dense) {
+                 const SortArrays &s, int64_t K, int64_t N, float *out,
+                 int64_t ldo, bool vec, DenseGemv dense) {
   const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
   const unsigned gridY = unsigned((N + perBlock - 1) / perBlock);
   dense.firstBlock = blocks;
   const unsigned extra =
       dense.N > 0 && dense.n > 0 ? denseGemvBlocks<LANES>(dense.N, gridY) : 0;
-  launchKernel(st, where, groupedGemvKernel<WT, GATED, LANES>,
-               dim3(blocks + extra, gridY), 256, 0, rows, wa, wb, offsets,
-               active, K, N, out, ldo, vec, dense);
+  // Only the first (gated) GEMV sorts.
+  if constexpr (GATED) {
+    if (s.sort.idx) {
+      launchKernel(st, where, groupedGemvKernel<WT, GATED, LANES, true>,
+                   dim3(blocks + extra, gridY), 256,
+                   gemvSortSharedBytes(s.sort.experts, s.sort.pairs), rows, wa,
+                   wb, s.offsets, s.active, K, N, out, ldo, vec, dense, s.sort,
+                   s.rowOf, s.slotOf);
+      return;
+    }
+  }
+  if (s.sort.idx)
+    fatal(where, "a sort in a launch that does not sort");
+  launchKernel(st, where, groupedGemvKernel<WT, GATED, LANES, false>,
+               dim3(blocks + extra, gridY), 256, 0, rows, wa, wb, s.offsets,
+               s.active, K, N, out, ldo, vec, dense, s.sort, s.rowOf, s.slotOf);
 }
 
 /// Four columns per warp (sharing each input load) when the experts hold
@@ -94,15 +114,15 @@ void groupedGemv(DeviceState &st, const char *where, unsigned blocks,
 template <class WT, bool GATED>
 void groupedGemv(DeviceState &st, const char *where, bool shareInputs,
                  unsigned blocks, const Rows &rows, const void *const *wa,
-                 const void *const *wb, const int32_t *offsets,
-                 const int32_t *active, int64_t K, int64_t N, float *out,
-                 int64_t ldo, bool vec, const DenseGemv &dense) {
+                 const void *const *wb, const SortArrays &s, int64_t K,
+                 int64_t N, float *out, int64_t ldo, bool vec,
+                 const DenseGemv &dense) {
   if (shareInputs)
-    groupedGemv<WT, GATED, 8>(st, where, blocks, rows, wa, wb, offsets, active,
-                              K, N, out, ldo, vec, dense);
+    groupedGemv<WT, GATED, 8>(st, where, blocks, rows, wa, wb, s, K, N, out,
+                              ldo, vec, dense);
   else
-    groupedGemv<WT, GATED, 32>(st, where, blocks, rows, wa, wb, offsets, active,
-                               K, N, out, ldo, vec, dense);
+    groupedGemv<WT, GATED, 32>(st, where, blocks, rows, wa, wb, s, K, N, out,
+                               ldo, vec, dense);
 }
 
 /// The shared expert's part of runExperts' GEMV launches: its weights (of
@@ -226,9 +246,17 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
           *slotOf = rowOf + pairs;
   constexpr bool tensorCores = std::is_same<WT, __nv_bfloat16>::value;
   const int64_t tileRows = tensorCores ? kTcBM : kBM;
-  launchKernel(st, "moeExpertsW (sort)", sortPairsKernel, 1, 1024,
-               sortSharedBytes(experts), idx, pairs, lo, experts, tileRows,
-               offsets, tileOffsets, active, rowOf, slotOf);
+  // The GEMV path sorts in its first launch's blocks where the counts and
+  // rows fit the static 48 KB of shared memory.
+  const bool gemvPath = n <= kGemvTokens;
+  GemvSort fused{nullptr, pairs, lo, experts};
+  if (gemvPath && st.moeFusedSort &&
+      gemvSortSharedBytes(experts, pairs) <= 48 * 1024)
+    fused.idx = idx;
+  else
+    launchKernel(st, "moeExpertsW (sort)", sortPairsKernel, 1, 1024,
+                 sortSharedBytes(experts), idx, pairs, lo, experts, tileRows,
+                 offsets, tileOffsets, active, rowOf, slotOf);
   if (fp8Act) { // every token's row once, before the gather
     x = fakeQuantE4M3(st, x, ldx, n, hidden);
     ldx = hidden;
@@ -292,19 +320,22 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
   }
   if (yb) {
     // Done above.
-  } else if (n <= kGemvTokens) {
+  } else if (gemvPath) {
     // Blocks for the active experts only (at most one per pair): at batch 1
     // 6 of 64 experts, not 64 mostly empty ones.
     const unsigned blocks = unsigned(imin(experts, pairs));
     const bool shareInputs = pairs >= 2 * int64_t(blocks);
+    const SortArrays sortUp{offsets, active, rowOf, slotOf, fused};
+    SortArrays sorted = sortUp;
+    sorted.sort.idx = nullptr;
     groupedGemv<WT, true>(st, "moeExpertsW (gate/up)", shareInputs, blocks,
-                          xRows, gate, up, offsets, active, hidden, inter, h,
-                          inter, vec(xRows.x, xRows.ldx, hidden), sharedUp);
+                          xRows, gate, up, sortUp, hidden, inter, h, inter,
+                          vec(xRows.x, xRows.ldx, hidden), sharedUp);
     if (fp8Act)
       hRows.x = fakeQuantE4M3(st, h, inter, pairs, inter);
     groupedGemv<WT, false>(st, "moeExpertsW (down)", shareInputs, blocks, hRows,
-                           down, nullptr, offsets, active, inter, hidden, yp,
-                           hidden, vec(hRows.x, hRows.ldx, inter), sharedDown);
+                           down, nullptr, sorted, inter, hidden, yp, hidden,
+                           vec(hRows.x, hRows.ldx, inter), sharedDown);
   } else if (tensorCores) {
     const unsigned tiles = unsigned(tileBound(pairs, experts, kTcBM));
     launchKernel(st, "moeExpertsW (gate/up)", groupedGemmTcKernel<true>,

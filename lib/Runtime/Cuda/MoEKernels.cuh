@@ -154,20 +154,128 @@ inline unsigned denseGemvBlocks(int64_t N, unsigned gridY) {
   return unsigned((chunks + gridY - 1) / gridY);
 }
 
+/// The sort of a grouped GEMV's pairs done by its own expert blocks (the
+/// first GEMV of a MoE layer at decode), instead of a sortPairsKernel
+/// launch before it: one launch and one kernel boundary fewer on every MoE
+/// layer's critical path. idx null: sorted already (offsets and active are
+/// the launch's inputs).
+struct GemvSort {
+  const int32_t *idx;
+  int64_t pairs, lo, experts;
+};
+
+/// Dynamic shared memory of a groupedGemvKernel launch with a GemvSort: a
+/// count per expert, then the block's rows (at most every pair).
+inline size_t gemvSortSharedBytes(int64_t experts, int64_t pairs) {
+  return size_t(experts + pairs) * sizeof(int32_t);
+}
+
+/// What sortPairsKernel computes (but tileOffsets), for the expert block
+/// blockIdx.x of a grouped GEMV launch: its expert (the blockIdx.x-th with
+/// rows; -1: none), its first slot and row count, and its rows (pair
+/// indices) in `rowsOut`. Every block computes the same slots without
+/// exchanging anything: the counts by shared atomics (order-free), the
+/// offsets by a block scan, an expert's rows in pair order by one warp's
+/// ballots. (sortPairsKernel orders an expert's rows by atomic cursor; no
+/// result depends on that order.) For the launches after this one, block
+/// (0, 0) writes offsets, active and the slots of other ranks' pairs (-1),
+/// and block (x, 0) its expert's rowOf and slotOf entries. After
+/// pdlEnter, with every thread of the block.
+__device__ inline int32_t sortInBlock(const GemvSort &s, int32_t *offsets,
+                                      int32_t *active, int32_t *rowOf,
+                                      int32_t *slotOf, int32_t *count,
+                                      int32_t *rowsOut, int64_t *firstOut,
+                                      int64_t *countOut) {
+  __shared__ int32_t mine[3]; // expert, first slot, rows
+  const bool writer = blockIdx.x == 0 && blockIdx.y == 0;
+  for (int64_t e = threadIdx.x; e < s.experts; e += blockDim.x)
+    count[e] = 0;
+  if (threadIdx.x == 0)
+    mine[0] = -1;
+  __syncthreads();
+  auto local = [&](int64_t p) -> int64_t {
+    const int64_t e = int64_t(s.idx[p]) - s.lo;
+    return e >= 0 && e < s.experts ? e : -1;
+  };
+  for (int64_t p = threadIdx.x; p < s.pairs; p += blockDim.x) {
+    const int64_t e = local(p);
+    if (e >= 0)
+      atomicAdd(&count[e], 1);
+    else if (writer)
+      slotOf[p] = -1;
+  }
+  __syncthreads();
+  int32_t carry[3] = {0, 0, 0}; // rows, (unused), active experts so far
+  for (int64_t base = 0; base < s.experts; base += blockDim.x) {
+    const int64_t e = base + threadIdx.x;
+    const int32_t c = e < s.experts ? count[e] : 0;
+    int32_t v[3] = {c, 0, c > 0 ? 1 : 0}, total[3];
+    blockScan3(v, total);
+    if (c > 0 && carry[2] + v[2] == int32_t(blockIdx.x)) {
+      mine[0] = int32_t(e);
+      mine[1] = carry[0] + v[0];
+      mine[2] = c;
+    }
+    if (writer && e < s.experts) {
+      offsets[e] = carry[0] + v[0];
+      if (c > 0)
+        active[carry[2] + v[2]] = int32_t(e);
+    }
+    for (int k = 0; k < 3; ++k)
+      carry[k] += total[k];
+  }
+  if (writer) {
+    for (int64_t i = carry[2] + threadIdx.x; i < s.experts; i += blockDim.x)
+      active[i] = -1;
+    if (threadIdx.x == 0)
+      offsets[s.experts] = carry[0];
+  }
+  __syncthreads();
+  const int32_t e = mine[0];
+  if (e < 0)
+    return -1;
+  const int32_t first = mine[1];
+  if (threadIdx.x < 32) {
+    const unsigned lane = threadIdx.x;
+    int32_t rank = 0;
+    for (int64_t p0 = 0; p0 < s.pairs; p0 += 32) {
+      const int64_t p = p0 + lane;
+      const bool hit = p < s.pairs && local(p) == e;
+      const unsigned mask = __ballot_sync(0xffffffffu, hit);
+      if (hit) {
+        const int32_t r = rank + __popc(mask & ((1u << lane) - 1u));
+        rowsOut[r] = int32_t(p);
+        if (blockIdx.y == 0) {
+          rowOf[first + r] = int32_t(p);
+          slotOf[p] = first + r;
+        }
+      }
+      rank += __popc(mask);
+    }
+  }
+  __syncthreads();
+  *firstOut = first;
+  *countOut = mine[2];
+  return e;
+}
+
 /// Grouped GEMV: block (i-th active expert, 8 warps of 32 / LANES
-/// columns). active[i] is the i-th expert with rows (sortPairsKernel), -1
-/// past the last: the grid needs only min(experts, pairs) expert blocks.
-/// Blocks from dense.firstBlock on compute `dense` instead.
-template <class WT, bool GATED, int LANES>
-__global__ void groupedGemvKernel(Rows rows, const void *const *wa,
-                                  const void *const *wb, const int32_t *offsets,
-                                  const int32_t *active, int64_t K, int64_t N,
-                                  float *out, int64_t ldo, bool vec,
-                                  DenseGemv dense) {
+/// columns). active[i] is the i-th expert with rows (sortPairsKernel, or
+/// the launch's own sortInBlock when sort.idx is set), -1 past the last:
+/// the grid needs only min(experts, pairs) expert blocks. Blocks from
+/// dense.firstBlock on compute `dense` instead. SORT: the kernel with
+/// sortInBlock (its code costs the launches that do not sort up to 30
+/// registers a thread).
+template <class WT, bool GATED, int LANES, bool SORT>
+__global__ void
+groupedGemvKernel(Rows rows, const void *const *wa, const void *const *wb,
+                  int32_t *offsets, int32_t *active, int64_t K, int64_t N,
+                  float *out, int64_t ldo, bool vec, DenseGemv dense,
+                  GemvSort sort, int32_t *rowOf, int32_t *slotOf) {
   // One call of gemvColumns for both kinds of block (two inlined copies
   // cost ~20 registers, and with them blocks per multiprocessor). Expert
-  // blocks wait for the sort first; dense blocks issue their first weight
-  // loads before they wait (gemvColumns' deferWait).
+  // blocks wait for the sort (or the routing) first; dense blocks issue
+  // their first weight loads before they wait (gemvColumns' deferWait).
   const bool isDense = blockIdx.x >= dense.firstBlock;
   if (!isDense)
     pdlEnter();
@@ -177,6 +285,19 @@ __global__ void groupedGemvKernel(Rows rows, const void *const *wa,
     chunk += int64_t(blockIdx.x - dense.firstBlock) * gridDim.y;
     rows = dense.rows, K = dense.K, N = dense.N, out = dense.out;
     ldo = dense.ldo, vec = dense.vec;
+  } else if (SORT) {
+    DS_DYNAMIC_SHARED(int32_t, gemvSortShared);
+    int32_t *blockRows = gemvSortShared + sort.experts;
+    const int32_t e = sortInBlock(sort, offsets, active, rowOf, slotOf,
+                                  gemvSortShared, blockRows, &first, &count);
+    if (e < 0)
+      return;
+    w1 = wa[e], w2 = GATED ? wb[e] : nullptr;
+    // The block's rows from its own list (slot - first), its output from
+    // its first slot on.
+    rows.rowOf = blockRows;
+    out += first * ldo;
+    first = 0;
   } else {
     const int32_t e = active[blockIdx.x];
     if (e < 0)
