@@ -124,6 +124,35 @@ static Fused fuseLast(ArrayRef<Operation *> kernels) {
       }
     }
 
+  // The prologue, then the decode attention over the cache it wrote (the
+  // query it rotated, its layer and positions): one op, whose prologue the
+  // GPU runs in the blocks beside the absorbed query product, which reads
+  // only the query's unrotated columns.
+  if (auto attn = dyn_cast<dsk::MLAAttentionAbsorbedOp>(op))
+    if (auto qk = dyn_cast_or_null<dsk::QKRoPECacheWriteOp>(prev)) {
+      auto nope = static_cast<int64_t>(attn.getQkNope()),
+           rope = static_cast<int64_t>(attn.getQkRope());
+      if (!attn.getLatent() && qk.getQ() == attn.getQ() &&
+          qk.getPositions() == attn.getPositions() &&
+          qk.getLayer() == attn.getLayer() &&
+          qk.getHeads() == attn.getHeads() &&
+          static_cast<int64_t>(qk.getHeadStride()) == nope + rope &&
+          static_cast<int64_t>(qk.getOffset()) == nope &&
+          width(qk.getKrope()) == rope &&
+          width(qk.getLatent()) == static_cast<int64_t>(attn.getKvLoraRank())) {
+        Operation *fused = dsk::MLAAttentionAbsorbedOp::create(
+            b, op->getLoc(), attn.getQ(), attn.getPositions(), attn.getOut(),
+            qk.getLatent(), qk.getKrope(), attn.getKvBAttr(),
+            attn.getLayerAttr(), attn.getKvLoraRankAttr(), attn.getHeadsAttr(),
+            attn.getQkNopeAttr(), attn.getQkRopeAttr(), attn.getVHeadAttr(),
+            attn.getScaleAttr(), qk.getConfig(), qk.getNormAttr(),
+            qk.getEpsAttr());
+        attn.erase();
+        qk.erase();
+        return {fused, 2};
+      }
+    }
+
   // Gate and up GEMMs of one input, then SwiGLU of their results.
   if (auto act = dyn_cast<dsk::SwiGLUOp>(op)) {
     auto gate = dyn_cast_or_null<dsk::LinearOp>(prev2);

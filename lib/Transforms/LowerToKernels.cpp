@@ -364,11 +364,12 @@ private:
           b.getI64IntegerAttr(vdim), b.getF64FloatAttr(scale));
     } else {
       dsk::MLAAttentionAbsorbedOp::create(
-          b, loc, q, positions, attn, sym(p + ".kv_b_proj.weight"),
-          b.getI64IntegerAttr(layer), b.getI64IntegerAttr(kvl),
-          b.getI64IntegerAttr(heads), b.getI64IntegerAttr(nope),
-          b.getI64IntegerAttr(rope), b.getI64IntegerAttr(vdim),
-          b.getF64FloatAttr(scale));
+          b, loc, q, positions, attn, /*latent=*/Value(), /*krope=*/Value(),
+          sym(p + ".kv_b_proj.weight"), b.getI64IntegerAttr(layer),
+          b.getI64IntegerAttr(kvl), b.getI64IntegerAttr(heads),
+          b.getI64IntegerAttr(nope), b.getI64IntegerAttr(rope),
+          b.getI64IntegerAttr(vdim), b.getF64FloatAttr(scale),
+          /*rope_config=*/nullptr, /*norm=*/nullptr, /*eps=*/nullptr);
     }
     Value out = outFor(o.getResult(), width(x));
     dsk::LinearOp::create(b, loc, attn, out, sym(p + ".o_proj.weight"));

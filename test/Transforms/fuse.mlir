@@ -103,6 +103,57 @@ module {
 
 // -----
 
+// Decode: the prologue, then the attention over the cache it wrote (its
+// query, layer and positions) -> the attention with the prologue, whose
+// buffers stay apart from out's only as far as the prologue needs.
+// CHECK-LABEL: func.func @decode_attention
+// CHECK: %[[LAT:.+]] = memref.subview %[[KV:.+]][0, 0] [%{{.+}}, 8] [1, 1]
+// CHECK: %[[KR:.+]] = memref.subview %[[KV]][0, 8] [%{{.+}}, 8] [1, 1]
+// CHECK-NOT: dsk.qk_rope_cache_write
+// CHECK: dsk.mla_attention_absorbed %[[Q:[^,]+]], %[[POS:[^,]+]], %[[OUT:[^ ]+]] rope(%[[LAT]], %[[KR]]) {eps = 9.9999999999999995E-7 : f64, heads = 2 : i64, kv_b = @kv_b, kv_lora_rank = 8 : i64, layer = 0 : i64, norm = @norm, qk_nope = 16 : i64, qk_rope = 8 : i64, rope_config = #rope, scale = 2.500000e-01 : f64, v_head = 16 : i64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32> rope(memref<?x8xf32, strided<[16, 1]>>, memref<?x8xf32, strided<[16, 1], offset: 8>>)
+// CHECK-NEXT: return
+#rope = #ds.rope<theta = 10000.0>
+module {
+  ds.weight @norm : tensor<8xf32>
+  ds.weight @kv_b : tensor<64x8xf32>
+  func.func @decode_attention(%ids: memref<?xi32>, %pos: memref<?xi32>, %q: memref<?x48xf32>, %kv: memref<?x16xf32>, %out: memref<?x32xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    %c0 = arith.constant 0 : index
+    %n = memref.dim %ids, %c0 : memref<?xi32>
+    %raw = memref.subview %kv[0, 0] [%n, 8] [1, 1] : memref<?x16xf32> to memref<?x8xf32, strided<[16, 1]>>
+    %kr = memref.subview %kv[0, 8] [%n, 8] [1, 1] : memref<?x16xf32> to memref<?x8xf32, strided<[16, 1], offset: 8>>
+    %lat = memref.alloc(%n) : memref<?x8xf32>
+    dsk.rms_norm %raw, %lat {eps = 1.0e-6 : f64, weight = @norm} : memref<?x8xf32, strided<[16, 1]>>, memref<?x8xf32>
+    dsk.rope %q, %pos {config = #rope, dim = 8 : i64, heads = 2 : i64, head_stride = 24 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?xi32>
+    dsk.rope %kr, %pos {config = #rope, dim = 8 : i64, heads = 1 : i64, head_stride = 8 : i64, offset = 0 : i64} : memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+    dsk.kv_cache_write %lat, %kr, %pos {layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
+    dsk.mla_attention_absorbed %q, %pos, %out {heads = 2 : i64, kv_b = @kv_b, kv_lora_rank = 8 : i64, layer = 0 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, scale = 0.25 : f64, v_head = 16 : i64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32>
+    return
+  }
+}
+
+// -----
+
+// The attention keeps apart from a prologue that is not its own: another
+// layer's cache, another query, another split of the query's heads.
+// CHECK-LABEL: func.func @attention_not_prologue
+// CHECK-COUNT-3: dsk.qk_rope_cache_write
+// CHECK-NOT: rope(
+#rope = #ds.rope<theta = 10000.0>
+module {
+  ds.weight @kv_b : tensor<64x8xf32>
+  func.func @attention_not_prologue(%ids: memref<?xi32>, %pos: memref<?xi32>, %q: memref<?x48xf32>, %q2: memref<?x48xf32>, %lat: memref<?x8xf32>, %kr: memref<?x8xf32>, %out: memref<?x32xf32>) attributes {dsk.program = #dsk.program<kind = decode, max_tokens = 4, arena_bytes = 0>} {
+    dsk.qk_rope_cache_write %q, %lat, %kr, %pos {config = #rope, head_stride = 24 : i64, heads = 2 : i64, layer = 1 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+    dsk.mla_attention_absorbed %q, %pos, %out {heads = 2 : i64, kv_b = @kv_b, kv_lora_rank = 8 : i64, layer = 0 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, scale = 0.25 : f64, v_head = 16 : i64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32>
+    dsk.qk_rope_cache_write %q2, %lat, %kr, %pos {config = #rope, head_stride = 24 : i64, heads = 2 : i64, layer = 0 : i64, offset = 16 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+    dsk.mla_attention_absorbed %q, %pos, %out {heads = 2 : i64, kv_b = @kv_b, kv_lora_rank = 8 : i64, layer = 0 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, scale = 0.25 : f64, v_head = 16 : i64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32>
+    dsk.qk_rope_cache_write %q, %lat, %kr, %pos {config = #rope, head_stride = 48 : i64, heads = 1 : i64, layer = 0 : i64, offset = 40 : i64} : memref<?x48xf32>, memref<?x8xf32>, memref<?x8xf32>, memref<?xi32>
+    dsk.mla_attention_absorbed %q, %pos, %out {heads = 2 : i64, kv_b = @kv_b, kv_lora_rank = 8 : i64, layer = 0 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, scale = 0.25 : f64, v_head = 16 : i64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32>
+    return
+  }
+}
+
+// -----
+
 // The norm stays apart when its input overlaps the rope key's columns (the
 // prologue rotates the key before it reads the latent).
 // CHECK-LABEL: func.func @norm_overlaps_key

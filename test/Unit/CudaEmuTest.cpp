@@ -1353,18 +1353,16 @@ TEST_F(CudaEmuRows, CacheWrites) {
     const float *w = mode == QKNorm ? normW.data() : nullptr;
     if (bf16)
       emu::launch(dim3(unsigned(n)), dim3(256), cacheWriteKernel<__nv_bfloat16>,
-                  static_cast<const float *>(latent.data()), ldl, krope.data(),
-                  ldk, pos.data(), seq.data(),
-                  static_cast<const int32_t *>(blockTable.data()), maxBlocks,
-                  deviceB.data(), kLayers, layer, kLora, kRope, cosT, sinT, qr,
-                  w, 1e-6f);
+                  CacheWrite<__nv_bfloat16>{
+                      latent.data(), ldl, krope.data(), ldk, pos.data(),
+                      seq.data(), blockTable.data(), maxBlocks, deviceB.data(),
+                      kLayers, layer, kLora, kRope, cosT, sinT, qr, w, 1e-6f});
     else
       emu::launch(dim3(unsigned(n)), dim3(256), cacheWriteKernel<float>,
-                  static_cast<const float *>(latent.data()), ldl, krope.data(),
-                  ldk, pos.data(), seq.data(),
-                  static_cast<const int32_t *>(blockTable.data()), maxBlocks,
-                  device.data(), kLayers, layer, kLora, kRope, cosT, sinT, qr,
-                  w, 1e-6f);
+                  CacheWrite<float>{latent.data(), ldl, krope.data(), ldk,
+                                    pos.data(), seq.data(), blockTable.data(),
+                                    maxBlocks, device.data(), kLayers, layer,
+                                    kLora, kRope, cosT, sinT, qr, w, 1e-6f});
     if (bf16)
       for (size_t e = 0; e < cacheSize; ++e)
         device[e] = __bfloat162float(deviceB[e]);
@@ -1596,6 +1594,110 @@ TEST(CudaEmuMLA, AbsorbedProductsForFewTokens) {
   // DeepSeek's nope 128 (8 rows per thread), and 160 (a second pass).
   checkAbsorbed(8, 64, 63, 128);
   checkAbsorbed(5, 72, 64, 160);
+}
+
+/// The absorbed q product's launch with the blocks of
+/// dsk.mla_attention_absorbed's rope prologue beside it (absorbQRopeKernel)
+/// against the two launches it replaces (cacheWriteKernel, then
+/// absorbQKernel): the same bits in the cache, the query, the rope key and
+/// q_lat. heads < n puts the prologue's tokens on several rows of blocks.
+template <class CT>
+void checkQRopeLaunch(int64_t heads, int64_t n, int64_t lora, bool norm,
+                      uint32_t seed) {
+  using namespace dsrt::cuda::mla;
+  using dsrt::cuda::rowk::CacheWrite;
+  using dsrt::cuda::rowk::cacheWriteKernel;
+  using dsrt::cuda::rowk::QRope;
+  SCOPED_TRACE(testing::Message() << "heads " << heads << " n " << n << " lora "
+                                  << lora << " norm " << norm);
+  const int64_t nope = 16, rope = 8, vdim = 16, qHead = nope + rope,
+                kvHead = nope + vdim, ldq = heads * qHead + 3, ldl = lora + 2,
+                ldk = rope + 1, layers = 2, layer = 1, maxBlocks = 2,
+                row = lora + rope;
+  const std::vector<int32_t> table = {3, 1, 0, 2};
+  std::vector<int32_t> pos, seq;
+  for (int64_t i = 0; i < n; ++i) {
+    pos.push_back(int32_t((i * 37 + 5) % 128));
+    seq.push_back(int32_t(i % 2));
+  }
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  auto random = [&](int64_t count) {
+    std::vector<float> v(static_cast<size_t>(count));
+    for (float &x : v)
+      x = u(rng);
+    return v;
+  };
+  const std::vector<float> q = random(n * ldq), latent = random(n * ldl),
+                           krope = random(n * ldk),
+                           kvB = random(heads * kvHead * lora),
+                           normW = random(lora), cosT = random(128 * rope / 2),
+                           sinT = random(128 * rope / 2);
+  struct Out {
+    std::vector<float> q, krope, qLat;
+    std::vector<CT> cache;
+  };
+  auto start = [&] {
+    return Out{q, krope, std::vector<float>(size_t(n * heads * lora), NAN),
+               std::vector<CT>(size_t(4 * layers * 64 * row), CT(0.0f))};
+  };
+  auto args = [&](Out &o) {
+    return CacheWrite<CT>{latent.data(),
+                          ldl,
+                          o.krope.data(),
+                          ldk,
+                          pos.data(),
+                          seq.data(),
+                          table.data(),
+                          maxBlocks,
+                          o.cache.data(),
+                          layers,
+                          layer,
+                          lora,
+                          rope,
+                          cosT.data(),
+                          sinT.data(),
+                          QRope{o.q.data(), ldq, heads, qHead, nope},
+                          norm ? normW.data() : nullptr,
+                          1e-6f};
+  };
+  const bool vec = lora % 4 == 0;
+  const size_t bytes = absorbQSharedBytes(n, nope);
+  Out want = start(), got = start();
+  emu::launch(dim3(unsigned(n)), dim3(256), cacheWriteKernel<CT>, args(want));
+  emu::launchShared(
+      absorbQGrid(heads, lora), dim3(kAqGroups * kAqSlices), bytes,
+      absorbQKernel, static_cast<const float *>(want.q.data()), ldq, qHead, n,
+      kvB.data(), kvHead, nope, lora, heads, want.qLat.data(), vec);
+  const dim3 qGrid = absorbQGrid(heads, lora);
+  const unsigned ropeRows = unsigned((n + heads - 1) / heads);
+  emu::launchShared(dim3(qGrid.x, qGrid.y + ropeRows),
+                    dim3(kAqGroups * kAqSlices), bytes, absorbQRopeKernel<CT>,
+                    static_cast<const float *>(got.q.data()), ldq, qHead, n,
+                    kvB.data(), kvHead, nope, lora, heads, got.qLat.data(), vec,
+                    qGrid.y, args(got));
+  auto same = [](const auto &a, const auto &b, const char *what) {
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])), 0)
+        << what << " differs";
+  };
+  same(got.q, want.q, "the query");
+  same(got.krope, want.krope, "the rope key");
+  same(got.qLat, want.qLat, "q_lat");
+  same(got.cache, want.cache, "the cache");
+  EXPECT_NE(got.q, q) << "the query's rope columns were not rotated";
+  EXPECT_EQ(std::count_if(got.qLat.begin(), got.qLat.end(),
+                          [](float v) { return std::isnan(v); }),
+            0);
+}
+
+TEST(CudaEmuMLA, AbsorbedProductWithRopePrologue) {
+  checkQRopeLaunch<float>(4, 3, 40, true, 70);
+  checkQRopeLaunch<__nv_bfloat16>(4, 3, 40, true, 71);
+  // Two heads for 5 tokens: three rows of prologue blocks, the last half
+  // empty; no norm; an unaligned lora (element-wise W_UK loads).
+  checkQRopeLaunch<float>(2, 5, 36, false, 72);
+  checkQRopeLaunch<__nv_bfloat16>(2, 8, 30, true, 73);
 }
 
 /// An absorbed-form (decode) call over a paged latent cache: tokens of

@@ -313,7 +313,9 @@ static void explain(ModuleOp module, llvm::raw_ostream &os) {
       if (program.getKind() != ds::kernel::ProgramKind::decode)
         stage.cacheLayers +=
             isa<ds::kernel::KVCacheWriteOp, ds::kernel::RoPEKVCacheWriteOp,
-                ds::kernel::QKRoPECacheWriteOp>(op);
+                ds::kernel::QKRoPECacheWriteOp>(op) ||
+            (isa<ds::kernel::MLAAttentionAbsorbedOp>(op) &&
+             cast<ds::kernel::MLAAttentionAbsorbedOp>(op).getLatent());
     }
     stage.kernels.push_back({ds::kernel::stringifyProgramKind(program.getKind()), count});
     if (program.getKind() == ds::kernel::ProgramKind::decode)

@@ -138,6 +138,14 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
                           int64_t ldq, const float *kvB, const int32_t *pos,
                           int64_t n, int64_t heads, int64_t nope, int64_t rope,
                           int64_t vdim, double scale, float *out, int64_t ldo);
+void mlaAttentionAbsorbedRope(Context &ctx, int64_t layer, float *q,
+                              int64_t ldq, const float *kvB, const int32_t *pos,
+                              int64_t n, int64_t heads, int64_t nope,
+                              int64_t rope, int64_t vdim, double scale,
+                              float *out, int64_t ldo, const float *latent,
+                              int64_t ldl, float *krope, int64_t ldk,
+                              int64_t ropeIndex, const float *normW,
+                              double eps);
 void moeRoute(Context &ctx, const float *logits, int64_t ldl, int64_t n,
               const float *bias, const MoERouting &routing, int32_t *idx,
               float *weights);

@@ -538,6 +538,18 @@ void qkRopeCacheWrite(Context &ctx, int64_t layer, float *q, int64_t ldq,
                       int64_t ldk, const int32_t *pos, int64_t n,
                       int64_t ropeIndex, const float *normW, double eps);
 
+/// qkRopeCacheWrite (heads of nope + rope columns, rope columns from nope),
+/// then mlaAttentionAbsorbed: dsk.mla_attention_absorbed with its rope
+/// prologue. Everything the prologue reads is read before out is written.
+void mlaAttentionAbsorbedRope(Context &ctx, int64_t layer, float *q,
+                              int64_t ldq, const float *kvB, const int32_t *pos,
+                              int64_t n, int64_t heads, int64_t nope,
+                              int64_t rope, int64_t vdim, double scale,
+                              float *out, int64_t ldo, const float *latent,
+                              int64_t ldl, float *krope, int64_t ldk,
+                              int64_t ropeIndex, const float *normW,
+                              double eps);
+
 /// Fused gate/up GEMMs with the SwiGLU epilogue:
 /// y = silu(x Wgate^T) * (x Wup^T), y [n, inter].
 void gatedUp(Context &ctx, const float *x, int64_t ldx, int64_t n, int64_t in,

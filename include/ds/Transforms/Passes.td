@@ -170,6 +170,10 @@ def Fuse : Pass<"dsk-fuse", "::mlir::ModuleOp"> {
       positions) just before -> `dsk.qk_rope_cache_write`, the MLA prologue
       of one kernel per token, which also takes in the latent's
       `dsk.rms_norm` when nothing else reads the normalized latent (decode);
+    - that prologue, then the `dsk.mla_attention_absorbed` of its query,
+      layer and positions (decode, MTP) -> the attention with the prologue
+      (`rope(...)`; the GPU runs the prologue's blocks in the launch of the
+      absorbed query product);
     - gate and up `dsk.linear`s of one input then `dsk.swiglu` of their
       results -> `dsk.gated_up` (two GEMMs, SwiGLU epilogue);
     - the router `dsk.linear` then `dsk.moe_route` of its logits ->

@@ -166,5 +166,19 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
   });
 }
 
+void mlaAttentionAbsorbedRope(Context &ctx, int64_t layer, float *q,
+                              int64_t ldq, const float *kvB, const int32_t *pos,
+                              int64_t n, int64_t heads, int64_t nope,
+                              int64_t rope, int64_t vdim, double scale,
+                              float *out, int64_t ldo, const float *latent,
+                              int64_t ldl, float *krope, int64_t ldk,
+                              int64_t ropeIndex, const float *normW,
+                              double eps) {
+  qkRopeCacheWrite(ctx, layer, q, ldq, heads, nope + rope, nope, latent, ldl,
+                   krope, ldk, pos, n, ropeIndex, normW, eps);
+  mlaAttentionAbsorbed(ctx, layer, q, ldq, kvB, pos, n, heads, nope, rope, vdim,
+                       scale, out, ldo);
+}
+
 } // namespace cpu
 } // namespace dsrt

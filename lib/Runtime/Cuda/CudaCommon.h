@@ -300,6 +300,21 @@ void gemmWeight(Context &ctx, const float *x, int64_t ldx, int64_t n,
 float *fakeQuantE4M3(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                      int64_t cols);
 
+namespace rowk {
+struct QRope;
+template <class CT> struct CacheWrite;
+} // namespace rowk
+
+/// The arguments of a cache write into layer `layer` (RowKernels.cuh's
+/// CacheWrite; CT: the cache's type), checked against the program (fatal,
+/// naming `where`): t the rope table (null: no rotation).
+template <class CT>
+rowk::CacheWrite<CT>
+cacheWriteArgs(Context &ctx, int64_t layer, const float *latent, int64_t ldl,
+               float *krope, int64_t ldk, const int32_t *pos,
+               const DeviceState::Rope *t, const rowk::QRope &qr,
+               const float *normW, double eps, const char *where);
+
 } // namespace cuda
 } // namespace dsrt
 

@@ -77,13 +77,13 @@ void rope(Context &ctx, float *x, int64_t ldx, int64_t n, int64_t heads,
 }
 
 /// The cache kernels address rows through Io's positions (st.pos), which
-/// are the `pos` argument of every emitted call. 256 threads: the norm's
-/// sum is then addRmsNormKernel's, bit for bit.
-static void cacheWrite(Context &ctx, int64_t layer, const float *latent,
-                       int64_t ldl, float *krope, int64_t ldk,
-                       const int32_t *pos, int64_t n,
-                       const DeviceState::Rope *t, QRope qr, const float *normW,
-                       double eps, const char *where) {
+/// are the `pos` argument of every emitted call.
+template <class CT>
+CacheWrite<CT> cacheWriteArgs(Context &ctx, int64_t layer, const float *latent,
+                              int64_t ldl, float *krope, int64_t ldk,
+                              const int32_t *pos, const DeviceState::Rope *t,
+                              const QRope &qr, const float *normW, double eps,
+                              const char *where) {
   DeviceState &st = state(ctx);
   const ModelSpec &s = ctx.spec();
   if (pos != st.pos)
@@ -92,20 +92,55 @@ static void cacheWrite(Context &ctx, int64_t layer, const float *latent,
     fatal(where, "layer outside the cache");
   if (t && s.qkRopeDim != t->dim)
     fatal(where, "rope table width differs from the cache's");
-  if (n <= 0)
-    return;
-  const float *cosT = t ? t->cos : nullptr, *sinT = t ? t->sin : nullptr;
-  if (st.cacheBf16)
-    launchKernel(st, where, cacheWriteKernel<__nv_bfloat16>, unsigned(n), 256,
-                 0, latent, ldl, krope, ldk, st.pos, st.tokenSeq, st.blockTable,
-                 st.maxBlocks, static_cast<__nv_bfloat16 *>(st.cache),
-                 st.layers, layer, s.kvLoraRank, s.qkRopeDim, cosT, sinT, qr,
-                 normW, float(eps));
-  else
-    launchKernel(st, where, cacheWriteKernel<float>, unsigned(n), 256, 0,
-                 latent, ldl, krope, ldk, st.pos, st.tokenSeq, st.blockTable,
-                 st.maxBlocks, static_cast<float *>(st.cache), st.layers, layer,
-                 s.kvLoraRank, s.qkRopeDim, cosT, sinT, qr, normW, float(eps));
+  return {latent,
+          ldl,
+          krope,
+          ldk,
+          st.pos,
+          st.tokenSeq,
+          st.blockTable,
+          st.maxBlocks,
+          static_cast<CT *>(st.cache),
+          st.layers,
+          layer,
+          s.kvLoraRank,
+          s.qkRopeDim,
+          t ? t->cos : nullptr,
+          t ? t->sin : nullptr,
+          qr,
+          normW,
+          float(eps)};
+}
+template CacheWrite<float>
+cacheWriteArgs<float>(Context &, int64_t, const float *, int64_t, float *,
+                      int64_t, const int32_t *, const DeviceState::Rope *,
+                      const QRope &, const float *, double, const char *);
+template CacheWrite<__nv_bfloat16>
+cacheWriteArgs<__nv_bfloat16>(Context &, int64_t, const float *, int64_t,
+                              float *, int64_t, const int32_t *,
+                              const DeviceState::Rope *, const QRope &,
+                              const float *, double, const char *);
+
+/// 256 threads: the norm's sum is then addRmsNormKernel's, bit for bit.
+static void cacheWrite(Context &ctx, int64_t layer, const float *latent,
+                       int64_t ldl, float *krope, int64_t ldk,
+                       const int32_t *pos, int64_t n,
+                       const DeviceState::Rope *t, QRope qr, const float *normW,
+                       double eps, const char *where) {
+  DeviceState &st = state(ctx);
+  if (st.cacheBf16) {
+    const CacheWrite<__nv_bfloat16> a = cacheWriteArgs<__nv_bfloat16>(
+        ctx, layer, latent, ldl, krope, ldk, pos, t, qr, normW, eps, where);
+    if (n > 0)
+      launchKernel(st, where, cacheWriteKernel<__nv_bfloat16>, unsigned(n),
+                   kNormThreads, 0, a);
+  } else {
+    const CacheWrite<float> a = cacheWriteArgs<float>(
+        ctx, layer, latent, ldl, krope, ldk, pos, t, qr, normW, eps, where);
+    if (n > 0)
+      launchKernel(st, where, cacheWriteKernel<float>, unsigned(n),
+                   kNormThreads, 0, a);
+  }
 }
 
 void kvCacheWrite(Context &ctx, int64_t layer, const float *latent,

@@ -68,14 +68,32 @@ void mlaAttentionNaive(Context &ctx, const float *q, int64_t ldq,
                float(scale), out, ldo);
 }
 
-void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
-                          int64_t ldq, const float *kvB, const int32_t *pos,
-                          int64_t n, int64_t heads, int64_t nope, int64_t rope,
-                          int64_t vdim, double scale, float *out, int64_t ldo) {
-  ProfileScope profile(ctx, "mlaAttentionAbsorbed");
-  if (n <= 0)
-    return;
+namespace {
+
+/// dsk.mla_attention_absorbed's rope prologue (qkRopeCacheWrite's
+/// arguments but the query's).
+struct Prologue {
+  const float *latent;
+  int64_t ldl;
+  float *krope;
+  int64_t ldk;
+  int64_t ropeIndex;
+  const float *normW;
+  double eps;
+};
+
+void absorbed(Context &ctx, int64_t layer, float *q, int64_t ldq,
+              const float *kvB, const int32_t *pos, int64_t n, int64_t heads,
+              int64_t nope, int64_t rope, int64_t vdim, double scale,
+              float *out, int64_t ldo, const Prologue *pro) {
   DeviceState &st = state(ctx);
+  if (n <= 0) {
+    if (pro) // its checks
+      qkRopeCacheWrite(ctx, layer, q, ldq, heads, nope + rope, nope,
+                       pro->latent, pro->ldl, pro->krope, pro->ldk, pos, n,
+                       pro->ropeIndex, pro->normW, pro->eps);
+    return;
+  }
   const ModelSpec &spec = ctx.spec();
   const int64_t lora = spec.kvLoraRank;
   if (rope != spec.qkRopeDim)
@@ -116,15 +134,47 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
   // strided-batched SGEMMs.
   const bool few = n <= imin(st.gemvMaxRows, kGemvRows);
   // q_lat[t, h] = q_nope[t, h] W_UK[h]: column-major C [lora, n] per head.
-  if (few) {
+  const bool vecKvB =
+      lora % 4 == 0 && reinterpret_cast<uintptr_t>(kvB) % 16 == 0;
+  if (few && pro) {
+    // The prologue's blocks in the q product's launch: rows of `heads`
+    // blocks after its grid's.
+    const dim3 qGrid = absorbQGrid(heads, lora);
+    const unsigned ropeRows = unsigned((n + heads - 1) / heads);
+    const dim3 grid(qGrid.x, qGrid.y + ropeRows);
+    const size_t qBytes = absorbQSharedBytes(n, nope);
+    const rowk::QRope qr{q, ldq, heads, qHead, nope};
+    const DeviceState::Rope *t = &st.ropes[size_t(pro->ropeIndex)];
+    const char *where = "mlaAttentionAbsorbed (q_lat + rope)";
+    if (st.cacheBf16) {
+      const auto cw = cacheWriteArgs<__nv_bfloat16>(
+          ctx, layer, pro->latent, pro->ldl, pro->krope, pro->ldk, pos, t, qr,
+          pro->normW, pro->eps, where);
+      raiseSmem((const void *)absorbQRopeKernel<__nv_bfloat16>, qBytes, where);
+      launchKernel(st, where, absorbQRopeKernel<__nv_bfloat16>, grid,
+                   kAqGroups * kAqSlices, qBytes, q, ldq, qHead, n, kvB, kvHead,
+                   nope, lora, heads, qLat, vecKvB, qGrid.y, cw);
+    } else {
+      const auto cw = cacheWriteArgs<float>(ctx, layer, pro->latent, pro->ldl,
+                                            pro->krope, pro->ldk, pos, t, qr,
+                                            pro->normW, pro->eps, where);
+      raiseSmem((const void *)absorbQRopeKernel<float>, qBytes, where);
+      launchKernel(st, where, absorbQRopeKernel<float>, grid,
+                   kAqGroups * kAqSlices, qBytes, q, ldq, qHead, n, kvB, kvHead,
+                   nope, lora, heads, qLat, vecKvB, qGrid.y, cw);
+    }
+  } else if (few) {
     const size_t qBytes =
         raiseSmem((const void *)absorbQKernel, absorbQSharedBytes(n, nope),
                   "mlaAttentionAbsorbed");
     launchKernel(st, "mlaAttentionAbsorbed (q_lat)", absorbQKernel,
                  absorbQGrid(heads, lora), kAqGroups * kAqSlices, qBytes, q,
-                 ldq, qHead, n, kvB, kvHead, nope, lora, heads, qLat,
-                 lora % 4 == 0 && reinterpret_cast<uintptr_t>(kvB) % 16 == 0);
+                 ldq, qHead, n, kvB, kvHead, nope, lora, heads, qLat, vecKvB);
   } else {
+    if (pro) // its own launch first
+      qkRopeCacheWrite(ctx, layer, q, ldq, heads, qHead, nope, pro->latent,
+                       pro->ldl, pro->krope, pro->ldk, pos, n, pro->ropeIndex,
+                       pro->normW, pro->eps);
     check(cublasSgemmStridedBatched(
               st.blas, CUBLAS_OP_N, CUBLAS_OP_N, int(lora), int(n), int(nope),
               &one, kvB, int(lora), kvHead * lora, q, int(ldq), qHead, &zero,
@@ -174,6 +224,32 @@ void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
               &one, kvB + nope * lora, int(lora), kvHead * lora, oLat,
               int(heads * lora), lora, &zero, out, int(ldo), vdim, int(heads)),
           "mlaAttentionAbsorbed (output)");
+}
+
+} // namespace
+
+void mlaAttentionAbsorbed(Context &ctx, int64_t layer, const float *q,
+                          int64_t ldq, const float *kvB, const int32_t *pos,
+                          int64_t n, int64_t heads, int64_t nope, int64_t rope,
+                          int64_t vdim, double scale, float *out, int64_t ldo) {
+  ProfileScope profile(ctx, "mlaAttentionAbsorbed");
+  // Without the prologue q is only read.
+  absorbed(ctx, layer, const_cast<float *>(q), ldq, kvB, pos, n, heads, nope,
+           rope, vdim, scale, out, ldo, nullptr);
+}
+
+void mlaAttentionAbsorbedRope(Context &ctx, int64_t layer, float *q,
+                              int64_t ldq, const float *kvB, const int32_t *pos,
+                              int64_t n, int64_t heads, int64_t nope,
+                              int64_t rope, int64_t vdim, double scale,
+                              float *out, int64_t ldo, const float *latent,
+                              int64_t ldl, float *krope, int64_t ldk,
+                              int64_t ropeIndex, const float *normW,
+                              double eps) {
+  ProfileScope profile(ctx, "mlaAttentionAbsorbedRope");
+  const Prologue pro{latent, ldl, krope, ldk, ropeIndex, normW, eps};
+  absorbed(ctx, layer, q, ldq, kvB, pos, n, heads, nope, rope, vdim, scale, out,
+           ldo, &pro);
 }
 
 } // namespace cuda

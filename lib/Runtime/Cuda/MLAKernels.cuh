@@ -8,6 +8,7 @@
 #ifndef DS_LIB_RUNTIME_CUDA_MLAKERNELS_CUH
 #define DS_LIB_RUNTIME_CUDA_MLAKERNELS_CUH
 
+#include "CacheWriteKernel.cuh"
 #include "GemvKernels.cuh"
 
 namespace dsrt {
@@ -802,10 +803,10 @@ inline size_t absorbQSharedBytes(int64_t n, int64_t nope) {
 /// rows' 4 dims at once (16-byte loads when `vec`: lora % 4 == 0) before
 /// using any, so W_UK is requested in one wave across heads x lora / 64
 /// blocks rather than row by row; the 16 slices' sums meet in shared memory.
-__global__ void __launch_bounds__(kAqGroups *kAqSlices)
-    absorbQKernel(const float *q, int64_t ldq, int64_t qHead, int64_t n,
-                  const float *kvB, int64_t kvHead, int64_t nope, int64_t lora,
-                  int64_t heads, float *qLat, bool vec) {
+__device__ inline void absorbQBlock(const float *q, int64_t ldq, int64_t qHead,
+                                    int64_t n, const float *kvB, int64_t kvHead,
+                                    int64_t nope, int64_t lora, int64_t heads,
+                                    float *qLat, bool vec) {
   DS_DYNAMIC_SHARED(float, smem);
   const int64_t h = blockIdx.x;
   float *qs = smem, *partial = smem + (n * nope + 3) / 4 * 4;
@@ -875,6 +876,39 @@ __global__ void __launch_bounds__(kAqGroups *kAqSlices)
       sum += partial[(s2 * kGemvRows + t) * kAqDims + d];
     qLat[(t * heads + h) * lora + c] = sum;
   }
+}
+
+__global__ void __launch_bounds__(kAqGroups *kAqSlices)
+    absorbQKernel(const float *q, int64_t ldq, int64_t qHead, int64_t n,
+                  const float *kvB, int64_t kvHead, int64_t nope, int64_t lora,
+                  int64_t heads, float *qLat, bool vec) {
+  absorbQBlock(q, ldq, qHead, n, kvB, kvHead, nope, lora, heads, qLat, vec);
+}
+
+static_assert(kAqGroups * kAqSlices == kNormThreads,
+              "the prologue's blocks normalize as addRmsNormKernel does");
+
+/// absorbQKernel's blocks (blockIdx.y < qBlocksY) and, beside them, the
+/// blocks of dsk.mla_attention_absorbed's rope prologue: block (x, y >=
+/// qBlocksY) writes token (y - qBlocksY) * gridDim.x + x (of n) to the
+/// cache, rotating its query's rope columns first. One launch where there
+/// were two: the q product reads only each head's first nope columns, which
+/// the prologue leaves alone, and the attention that reads what the
+/// prologue wrote is the next launch.
+template <class CT>
+__global__ void __launch_bounds__(kAqGroups *kAqSlices)
+    absorbQRopeKernel(const float *q, int64_t ldq, int64_t qHead, int64_t n,
+                      const float *kvB, int64_t kvHead, int64_t nope,
+                      int64_t lora, int64_t heads, float *qLat, bool vec,
+                      unsigned qBlocksY, rowk::CacheWrite<CT> cw) {
+  if (blockIdx.y >= qBlocksY) {
+    pdlEnter();
+    const int64_t i = int64_t(blockIdx.y - qBlocksY) * gridDim.x + blockIdx.x;
+    if (i < n)
+      rowk::cacheWriteRow(cw, i);
+    return;
+  }
+  absorbQBlock(q, ldq, qHead, n, kvB, kvHead, nope, lora, heads, qLat, vec);
 }
 
 /// out[t, h * vdim + j] = o_lat[t, h] . W_UV[h][j], W_UV[h][j] row

@@ -1,4 +1,4 @@
-//===- RowKernels.cuh - embedding, norms, SwiGLU, RoPE, cache write -*- CUDA -*-===//
+//===- RowKernels.cuh - embedding, norms, SwiGLU, RoPE ---------*- CUDA -*-===//
 //
 // The row kernels of Kernels.cu (which launches them), in a header so that
 // test/Unit/CudaEmuTest.cpp runs them on the CPU against the CPU backend.
@@ -11,7 +11,7 @@
 #ifndef DS_LIB_RUNTIME_CUDA_ROWKERNELS_CUH
 #define DS_LIB_RUNTIME_CUDA_ROWKERNELS_CUH
 
-#include "KernelCommon.cuh"
+#include "CacheWriteKernel.cuh"
 
 namespace dsrt {
 namespace cuda {
@@ -73,74 +73,6 @@ __global__ void ropeKernel(float *x, int64_t ldx, int64_t heads,
   const float a = v[0], b = v[1];
   v[0] = a * c - b * s;
   v[1] = a * s + b * c;
-}
-
-/// The query rotation a cache write may carry (q null: none): columns
-/// [h * headStride + offset, + rope dim) of each of `heads` heads.
-struct QRope {
-  float *q;
-  int64_t ldq, heads, headStride, offset;
-};
-
-/// Stores latent and (optionally rotated in place) krope of token i in its
-/// cache row (CT: float, or bf16 in bf16 mode). One block per token; the
-/// rotation is done by the threads of the block before the store, so the
-/// stored krope is the rotated one. With normW, the stored latent is
-/// rmsNorm(latent) as addRmsNormKernel computes it (launched with as many
-/// threads); with qr.q, the query's rope columns are rotated too.
-template <class CT>
-__global__ void
-cacheWriteKernel(const float *latent, int64_t ldl, float *krope, int64_t ldk,
-                 const int32_t *pos, const int32_t *tokenSeq,
-                 const int32_t *blockTable, int64_t maxBlocks, CT *cache,
-                 int64_t layers, int64_t layer, int64_t lora, int64_t ropeDim,
-                 const float *cosT, const float *sinT, QRope qr,
-                 const float *normW, float eps) {
-  pdlEnter();
-  __shared__ float shared[32];
-  const int64_t i = blockIdx.x;
-  const int64_t p = pos[i];
-  const int32_t block = blockTable[int64_t(tokenSeq[i]) * maxBlocks + p / 64];
-  const int64_t rowFloats = lora + ropeDim;
-  CT *row =
-      cache + ((int64_t(block) * layers + layer) * 64 + p % 64) * rowFloats;
-  float *kr = krope + i * ldk;
-  const int64_t half = ropeDim / 2;
-  if (qr.q) { // the query first, then the key: the unfused order
-    for (int64_t e = threadIdx.x; e < qr.heads * half; e += blockDim.x) {
-      const int64_t h = e / half, j = e % half;
-      const float c = cosT[p * half + j], s = sinT[p * half + j];
-      float *v = qr.q + i * qr.ldq + h * qr.headStride + qr.offset + 2 * j;
-      const float a = v[0], b = v[1];
-      v[0] = a * c - b * s;
-      v[1] = a * s + b * c;
-    }
-    __syncthreads();
-  }
-  if (cosT) {
-    for (int64_t j = threadIdx.x; j < half; j += blockDim.x) {
-      const float c = cosT[p * half + j], s = sinT[p * half + j];
-      const float a = kr[2 * j], b = kr[2 * j + 1];
-      kr[2 * j] = a * c - b * s;
-      kr[2 * j + 1] = a * s + b * c;
-    }
-    __syncthreads();
-  }
-  const float *li = latent + i * ldl;
-  if (normW) {
-    float ss = 0.0f;
-    for (int64_t j = threadIdx.x; j < lora; j += blockDim.x)
-      ss += li[j] * li[j];
-    ss = blockSum(ss, shared);
-    const float r = 1.0f / sqrtf(ss / float(lora) + eps);
-    for (int64_t j = threadIdx.x; j < lora; j += blockDim.x)
-      storeAs(row + j, li[j] * r * normW[j]);
-  } else {
-    for (int64_t j = threadIdx.x; j < lora; j += blockDim.x)
-      storeAs(row + j, li[j]);
-  }
-  for (int64_t j = threadIdx.x; j < ropeDim; j += blockDim.x)
-    storeAs(row + lora + j, kr[j]);
 }
 
 } // namespace rowk

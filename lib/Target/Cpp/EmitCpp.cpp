@@ -589,6 +589,25 @@ private:
               })
               .Case([&](dsk::MLAAttentionAbsorbedOp o) {
                 Buf q = buf(o.getQ()), y = buf(o.getOut());
+                if (o.getLatent()) { // with qk_rope_cache_write's prologue
+                  Buf l = buf(o.getLatent()), k = buf(o.getKrope());
+                  std::string norm =
+                      o.getNorm() ? weight(*o.getNorm()) : "nullptr";
+                  double eps = o.getEps() ? o.getEps()->convertToDouble() : 0.0;
+                  out << llvm::formatv(
+                      "  dsrt::cpu::mlaAttentionAbsorbedRope(ctx, {0}, {1}, "
+                      "{2}, "
+                      "{3}, {4}, n, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, "
+                      "{13}, {14}, {15}, {16}, {17}, {18});\n",
+                      o.getLayer(), q.ptr, q.ld, weight(o.getKvB()),
+                      buf(o.getPositions()).ptr, o.getHeads(), o.getQkNope(),
+                      o.getQkRope(), o.getVHead(),
+                      fp(o.getScale().convertToDouble()), y.ptr, y.ld, l.ptr,
+                      l.ld, k.ptr, k.ld,
+                      ropeIndex(o.getRopeConfigAttr(), o.getQkRope()), norm,
+                      fp(eps));
+                  return success();
+                }
                 out << llvm::formatv(
                     "  dsrt::cpu::mlaAttentionAbsorbed(ctx, {0}, {1}, {2}, {3}, "
                     "{4}, n, {5}, {6}, {7}, {8}, {9}, {10}, {11});\n",

@@ -237,6 +237,102 @@ func.func @f(%q: memref<?x48xf32>, %p: memref<?xi32>, %o: memref<?x16xf32>) {
 
 // -----
 
+// mla_attention_absorbed: the rope prologue's operands need its rope table.
+ds.weight @kvb : tensor<64x8xf32>
+func.func @f(%q: memref<?x48xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %l4: memref<?x4xf32>) {
+  // expected-error @+1 {{rope operands and rope_config go together}}
+  dsk.mla_attention_absorbed %q, %p, %o rope(%l, %k) {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32> rope(memref<?x8xf32>, memref<?x8xf32>)
+  return
+}
+
+// -----
+
+// mla_attention_absorbed: a rope table needs the prologue's operands.
+ds.weight @kvb : tensor<64x8xf32>
+func.func @f(%q: memref<?x48xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %l4: memref<?x4xf32>) {
+  // expected-error @+1 {{rope operands and rope_config go together}}
+  dsk.mla_attention_absorbed %q, %p, %o {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64, rope_config = #ds.rope<theta = 1.0>} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32>
+  return
+}
+
+// -----
+
+// mla_attention_absorbed: the latent's norm is the prologue's.
+ds.weight @kvb : tensor<64x8xf32>
+ds.weight @nw : tensor<8xf32>
+func.func @f(%q: memref<?x48xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %l4: memref<?x4xf32>) {
+  // expected-error @+1 {{norm and eps need the rope prologue}}
+  dsk.mla_attention_absorbed %q, %p, %o {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64, norm = @nw, eps = 1.0e-6 : f64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32>
+  return
+}
+
+// -----
+
+// mla_attention_absorbed: the prologue's latent is kv_lora_rank wide.
+ds.weight @kvb : tensor<64x8xf32>
+func.func @f(%q: memref<?x48xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %l4: memref<?x4xf32>) {
+  // expected-error @+1 {{latent must have 8 columns}}
+  dsk.mla_attention_absorbed %q, %p, %o rope(%l4, %k) {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64, rope_config = #ds.rope<theta = 1.0>} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32> rope(memref<?x4xf32>, memref<?x8xf32>)
+  return
+}
+
+// -----
+
+// mla_attention_absorbed: the prologue's rope key is qk_rope wide.
+ds.weight @kvb : tensor<64x8xf32>
+func.func @f(%q: memref<?x48xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %l4: memref<?x4xf32>) {
+  // expected-error @+1 {{krope must have 8 columns}}
+  dsk.mla_attention_absorbed %q, %p, %o rope(%l, %l4) {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64, rope_config = #ds.rope<theta = 1.0>} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32> rope(memref<?x8xf32>, memref<?x4xf32>)
+  return
+}
+
+// -----
+
+// mla_attention_absorbed: norm and eps go together.
+ds.weight @kvb : tensor<64x8xf32>
+ds.weight @nw : tensor<8xf32>
+func.func @f(%q: memref<?x48xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %l4: memref<?x4xf32>) {
+  // expected-error @+1 {{norm and eps go together}}
+  dsk.mla_attention_absorbed %q, %p, %o rope(%l, %k) {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64, rope_config = #ds.rope<theta = 1.0>, norm = @nw} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32> rope(memref<?x8xf32>, memref<?x8xf32>)
+  return
+}
+
+// -----
+
+// mla_attention_absorbed: eps is positive.
+ds.weight @kvb : tensor<64x8xf32>
+ds.weight @nw : tensor<8xf32>
+func.func @f(%q: memref<?x48xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>, %l: memref<?x8xf32>, %k: memref<?x8xf32>, %l4: memref<?x4xf32>) {
+  // expected-error @+1 {{eps must be positive}}
+  dsk.mla_attention_absorbed %q, %p, %o rope(%l, %k) {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64, rope_config = #ds.rope<theta = 1.0>, norm = @nw, eps = 0.0 : f64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32> rope(memref<?x8xf32>, memref<?x8xf32>)
+  return
+}
+
+// -----
+
+// mla_attention_absorbed: the prologue rotates pairs: qk_rope is even.
+ds.weight @kvb : tensor<66x8xf32>
+func.func @f(%q: memref<?x46xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>, %l: memref<?x8xf32>, %k: memref<?x7xf32>) {
+  // expected-error @+1 {{the rope prologue needs an even qk_rope, got 7}}
+  dsk.mla_attention_absorbed %q, %p, %o rope(%l, %k) {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 7 : i64, v_head = 16 : i64, scale = 0.2 : f64, rope_config = #ds.rope<theta = 1.0>} : memref<?x46xf32>, memref<?xi32>, memref<?x32xf32> rope(memref<?x8xf32>, memref<?x7xf32>)
+  return
+}
+
+// -----
+
+// mla_attention_absorbed: the query is rotated in place, apart from the
+// prologue's latent and key.
+ds.weight @kvb : tensor<64x8xf32>
+func.func @f(%kv: memref<?x56xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>, %l: memref<?x8xf32>, %n: index) {
+  %q = memref.subview %kv[0, 0] [%n, 48] [1, 1] : memref<?x56xf32> to memref<?x48xf32, strided<[56, 1]>>
+  %k = memref.subview %kv[0, 48] [%n, 8] [1, 1] : memref<?x56xf32> to memref<?x8xf32, strided<[56, 1], offset: 48>>
+  // expected-error @+1 {{the query shares a buffer with the latent or the rope key}}
+  dsk.mla_attention_absorbed %q, %p, %o rope(%l, %k) {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64, rope_config = #ds.rope<theta = 1.0>} : memref<?x48xf32, strided<[56, 1]>>, memref<?xi32>, memref<?x32xf32> rope(memref<?x8xf32>, memref<?x8xf32, strided<[56, 1], offset: 48>>)
+  return
+}
+
+// -----
+
 // mla_attention_absorbed: kv_b is [heads * (nope + v), kv_lora_rank].
 ds.weight @kvb : tensor<64x4xf32>
 func.func @f(%q: memref<?x48xf32>, %p: memref<?xi32>, %o: memref<?x32xf32>) {

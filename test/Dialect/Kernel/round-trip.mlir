@@ -14,6 +14,7 @@
 // CHECK: dsk.kv_cache_write %{{.+}}, %{{.+}}, %{{.+}} {layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
 // CHECK: dsk.mla_attention_naive %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, scale = 2.000000e-01 : f64, v_head = 16 : i64}
 // CHECK: dsk.mla_attention_absorbed %{{.+}}, %{{.+}}, %{{.+}} {heads = 2 : i64, kv_b = @kvb, kv_lora_rank = 8 : i64, layer = 0 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, scale = 2.000000e-01 : f64, v_head = 16 : i64}
+// CHECK: dsk.mla_attention_absorbed %{{.+}}, %{{.+}}, %{{.+}} rope(%{{.+}}, %{{.+}}) {eps = 9.9999999999999995E-7 : f64, heads = 2 : i64, kv_b = @kvb, kv_lora_rank = 8 : i64, layer = 0 : i64, norm = @nw, qk_nope = 16 : i64, qk_rope = 8 : i64, rope_config = #{{.+}}, scale = 2.000000e-01 : f64, v_head = 16 : i64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32> rope(memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>)
 // CHECK: dsk.moe_route %{{.+}}, %{{.+}}, %{{.+}} {bias = @bias, config = #{{.+}}} : memref<?x2xf32>, memref<?x1xi32>, memref<?x1xf32>
 // CHECK: dsk.moe_experts %{{.+}}, %{{.+}}, %{{.+}}, %{{.+}} {experts = 2 : i64, inter = 4 : i64, prefix = "m"} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
 // CHECK: dsk.linear %{{.+}}, %{{.+}} {fp8, weight = @q}
@@ -38,6 +39,7 @@ module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers =
   ds.weight @w8 : tensor<8x8xf32>
   ds.weight @q : tensor<48x16xf32>
   ds.weight @kvb : tensor<64x8xf32>
+  ds.weight @nw : tensor<8xf32>
   ds.weight @bias : tensor<2xf32>
   ds.weight @router : tensor<2x16xf32>
   ds.weight @m.experts.0.gate_proj.weight : tensor<4x16xf32>
@@ -63,6 +65,7 @@ module attributes {dsk.model = #dsk.model<vocab = 8, hidden = 16, cache_layers =
     dsk.kv_cache_write %lat, %kr, %pos {layer = 0 : i64} : memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?xi32>
     dsk.mla_attention_naive %q, %kv, %kr, %o {heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x48xf32>, memref<?x64xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>, memref<?x32xf32>
     dsk.mla_attention_absorbed %q, %pos, %o {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32>
+    dsk.mla_attention_absorbed %q, %pos, %o rope(%lat, %kr) {kv_b = @kvb, layer = 0 : i64, kv_lora_rank = 8 : i64, heads = 2 : i64, qk_nope = 16 : i64, qk_rope = 8 : i64, v_head = 16 : i64, scale = 0.2 : f64, rope_config = #ds.rope<theta = 10000.0>, norm = @nw, eps = 1.0e-6 : f64} : memref<?x48xf32>, memref<?xi32>, memref<?x32xf32> rope(memref<?x8xf32>, memref<?x8xf32, strided<[16, 1], offset: 8>>)
     dsk.moe_route %rl, %idx, %w {config = #ds.moe<experts = 2, shared = 0, top_k = 1, inter = 4, scoring = sigmoid, topk_method = noaux_tc, n_group = 1, topk_group = 1, norm_topk = true, scale = 1.0>, bias = @bias} : memref<?x2xf32>, memref<?x1xi32>, memref<?x1xf32>
     dsk.moe_experts %x, %idx, %w, %x {prefix = "m", experts = 2 : i64, inter = 4 : i64} : memref<?x16xf32>, memref<?x1xi32>, memref<?x1xf32>, memref<?x16xf32>
     dsk.linear %x, %q {weight = @q, fp8} : memref<?x16xf32>, memref<?x48xf32>

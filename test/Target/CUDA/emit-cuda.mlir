@@ -36,7 +36,7 @@
 // CHECK: void prefill(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, int64_t n, float *logits, float *hidden) {
 // CHECK-NEXT: dsrt::cuda::runProgram(ctx, dsrt::cuda::Program::Prefill, prefillBody, nullptr, ids, pos, n, logits, hidden);
 // CHECK: void decodeBody(
-// CHECK: dsrt::cuda::mlaAttentionAbsorbed(ctx, 0,
+// CHECK: dsrt::cuda::mlaAttentionAbsorbedRope(ctx, 0,
 // CHECK: dsrt::cuda::runProgram(ctx, dsrt::cuda::Program::Decode, decodeBody, nullptr,
 // CHECK: void mtpBody(
 // CHECK-NEXT: char *arena = io.arena;

@@ -100,7 +100,8 @@
 // FUSED: dsrt::cpu::moeExpertsSharedNormW(ctx, {{.+}}, 16, dsrt::SharedExpert{{[{][0-9]+}}, {{[0-9]+}}, {{[0-9]+}}, 32, {{b[0-9]+}}, 32}, {{b[0-9]+}}, 64, dsrt::AddNorm{{[{]b[0-9]+}}, 64, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07, {{b[0-9]+}}, 64, {{b[0-9]+}}, 64}, dsrt::ActQuant::Fp8);
 // FUSED: dsrt::cpu::moeExpertsSharedNormW(ctx, {{.+}}, dsrt::AddNorm{{[{]b[0-9]+}}, 64, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07, {{b[0-9]+}}, 64, hidden, 64}, dsrt::ActQuant::Fp8);
 // FUSED: void decode(
-// FUSED: dsrt::cpu::qkRopeCacheWrite(ctx, 0, {{b[0-9]+}}, 96, 4, 24, 16, ([[KV:b[0-9]+]] + 0), 40, ([[KV]] + 32), 40, pos, n, 0, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07);
+// Decode's prologue rides in its attention.
+// FUSED: dsrt::cpu::mlaAttentionAbsorbedRope(ctx, 0, {{b[0-9]+}}, 96, ctx.weight({{[0-9]+}}), pos, n, 4, 16, 8, 16, 0.26464225796422675, {{b[0-9]+}}, 64, ([[KV:b[0-9]+]] + 0), 40, ([[KV]] + 32), 40, 0, ctx.weight({{[0-9]+}}), 9.9999999999999995e-07);
 
 // PART: void prefill_stage0_body(dsrt::Context &ctx, const int32_t *ids, const int32_t *pos, int64_t n, float *logits, float *hidden) {
 // PART: dsrt::cpu::embedding(

@@ -212,15 +212,42 @@ LogicalResult MLAAttentionNaiveOp::verify() {
 
 LogicalResult MLAAttentionAbsorbedOp::verify() {
   int64_t h = getHeads();
-  if (failed(verifyWidth(*this, getQ(), h * (getQkNope() + getQkRope()), "q")))
+  if (failed(
+          verifyWidth(*this, getQ(), h * (getQkNope() + getQkRope()), "q")) ||
+      failed(verifyWidth(*this, getOut(), h * getVHead(), "out")))
     return failure();
-  return verifyWidth(*this, getOut(), h * getVHead(), "out");
+  // The qk_rope_cache_write prologue: all of it or none.
+  bool prologue = static_cast<bool>(getLatent());
+  if (prologue != static_cast<bool>(getRopeConfig()))
+    return emitOpError() << "rope operands and rope_config go together";
+  if (!prologue)
+    return getNorm() || getEps()
+               ? emitOpError() << "norm and eps need the rope prologue"
+               : success();
+  int64_t rope = getQkRope();
+  if (rope % 2 != 0)
+    return emitOpError() << "the rope prologue needs an even qk_rope, got "
+                         << rope;
+  if (failed(verifyWidth(*this, getLatent(), getKvLoraRank(), "latent")) ||
+      failed(verifyWidth(*this, getKrope(), rope, "krope")))
+    return failure();
+  if (rootBuffer(getQ()) == rootBuffer(getLatent()) ||
+      rootBuffer(getQ()) == rootBuffer(getKrope()))
+    return emitOpError() << "the query shares a buffer with the latent or "
+                            "the rope key";
+  if (static_cast<bool>(getNorm()) != static_cast<bool>(getEps()))
+    return emitOpError() << "norm and eps go together";
+  if (getEps() && !(getEps()->convertToDouble() > 0.0))
+    return emitOpError() << "eps must be positive";
+  return success();
 }
 
 void MLAAttentionAbsorbedOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
   int64_t rows = getHeads() * (getQkNope() + getVHead());
   int64_t cols = getKvLoraRank();
   uses.push_back(use(getKvB(), {rows, cols}, true));
+  if (std::optional<StringRef> norm = getNorm())
+    uses.push_back(use(*norm, {cols}, false));
 }
 
 /// What moe_route and moe_gate share: top_k indices and weights per token,

@@ -223,16 +223,37 @@ def DSK_MLAAttentionNaiveOp : DSK_Op<"mla_attention_naive"> {
   let hasVerifier = 1;
 }
 
-def DSK_MLAAttentionAbsorbedOp : DSK_WeightOp<"mla_attention_absorbed"> {
+def DSK_MLAAttentionAbsorbedOp : DSK_WeightOp<"mla_attention_absorbed",
+                                              [AttrSizedOperandSegments]> {
   let summary = "MLA decode attention on the latent cache (weights absorbed)";
-  let arguments = (ins Arg<DSK_Rows, "", [MemRead]>:$q,
+  let description = [{
+    With `rope(latent, krope)` and `rope_config` (and optionally `norm` and
+    `eps`), the op first does what the `dsk.qk_rope_cache_write` before it
+    did, as `dsk-fuse` forms it: the query's rope columns (each head's
+    `qk_rope` columns from `qk_nope`) and the rope key rotated in place,
+    the latent (its `rms_norm` with `norm`) and the rotated key stored in
+    layer `layer` of the cache; then the attention. The prologue is done
+    before `out` is written, so `out` may share memory with `latent` and
+    `krope`. The GPU runs the prologue's blocks in the launch of the
+    absorbed query product (one launch fewer per layer at decode).
+  }];
+  let arguments = (ins Arg<DSK_Rows, "", [MemRead, MemWrite]>:$q,
                        Arg<DSK_Tokens, "", [MemRead]>:$positions,
                        Arg<DSK_Rows, "", [MemWrite]>:$out,
+                       Arg<Optional<DSK_Rows>, "", [MemRead]>:$latent,
+                       Arg<Optional<DSK_Rows>, "", [MemRead, MemWrite]>:$krope,
                        FlatSymbolRefAttr:$kv_b, I64Attr:$layer,
                        I64Attr:$kv_lora_rank, I64Attr:$heads,
                        I64Attr:$qk_nope, I64Attr:$qk_rope, I64Attr:$v_head,
-                       F64Attr:$scale);
-  let assemblyFormat = "$q `,` $positions `,` $out attr-dict `:` type($q) `,` type($positions) `,` type($out)";
+                       F64Attr:$scale,
+                       OptionalAttr<DS_RoPEConfigAttr>:$rope_config,
+                       OptionalAttr<FlatSymbolRefAttr>:$norm,
+                       OptionalAttr<F64Attr>:$eps);
+  let assemblyFormat = [{
+    $q `,` $positions `,` $out (`rope` `(` $latent^ `,` $krope `)`)?
+    attr-dict `:` type($q) `,` type($positions) `,` type($out)
+    (`rope` `(` type($latent)^ `,` type($krope) `)`)?
+  }];
   let hasVerifier = 1;
 }
 
