@@ -1808,6 +1808,27 @@ void checkDecode(int64_t heads, int64_t lora, int64_t rope, uint32_t seed) {
         expectClose(oLat, wantTc, 4e-3);
       else
         expectClose(oLat, want, 1e-5);
+      // The combine in the W_UV product's launch (absorbOutCombineKernel,
+      // which the runtime takes at batch 1) against the two launches: the
+      // same o_lat, the product's sums in another order. vdim 40: a
+      // partial block of 32 columns, and a warp with columns past it.
+      const int64_t vdim = 40, kvHead = nope + vdim, ldo = heads * vdim + 2;
+      std::vector<float> kvB(size_t(heads * kvHead * lora));
+      for (float &x : kvB)
+        x = u(rng);
+      std::vector<float> outTwo(size_t(n * ldo), 0.0f), outOne = outTwo;
+      const bool vec = lora % 8 == 0;
+      emu::launch(dim3(unsigned(heads), unsigned((vdim + 7) / 8)), dim3(256),
+                  absorbOutKernel, static_cast<const float *>(oLat.data()),
+                  heads, lora, static_cast<const float *>(kvB.data()), kvHead,
+                  nope, vdim, n, outTwo.data(), ldo, vec);
+      emu::launchShared(absorbOutCombineGrid(heads, vdim), dim3(256),
+                        absorbOutCombineSharedBytes(n, lora),
+                        absorbOutCombineKernel,
+                        static_cast<const float *>(part.data()), splits, heads,
+                        lora, static_cast<const float *>(kvB.data()), kvHead,
+                        nope, vdim, n, outOne.data(), ldo, vec);
+      expectClose(outOne, outTwo, 1e-5);
     }
 }
 

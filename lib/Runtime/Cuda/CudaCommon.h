@@ -153,6 +153,11 @@ struct DeviceState {
   /// block) always (DS_CUDA_MLA_DECODE=auto|simt).
   bool mlaDecodeTc = true;
 
+  /// Decode attention at batch 1 (few split rows): the splits' combine in
+  /// the W_UV product's launch, or a launch of its own
+  /// (DS_CUDA_MLA_COMBINE=fused|kernel).
+  bool mlaFusedCombine = true;
+
   /// Multi-rank (prepareNccl): one NCCL communicator per MeshAxis, and the
   /// DS_COMM_TIMEOUT bound of waits on the stream (0: plain synchronize).
   std::unique_ptr<Comm> comms[4];

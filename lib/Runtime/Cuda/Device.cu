@@ -414,6 +414,16 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
       return false;
     }
   }
+  if (const char *m = std::getenv("DS_CUDA_MLA_COMBINE")) {
+    if (std::strcmp(m, "fused") == 0 || std::strcmp(m, "kernel") == 0) {
+      st.mlaFusedCombine = std::strcmp(m, "fused") == 0;
+    } else {
+      *error =
+          std::string("DS_CUDA_MLA_COMBINE: expected fused or kernel, got '") +
+          m + "'";
+      return false;
+    }
+  }
   if (const char *m = std::getenv("DS_CUDA_MLA_DECODE")) {
     if (std::strcmp(m, "auto") == 0 || std::strcmp(m, "simt") == 0) {
       st.mlaDecodeTc = std::strcmp(m, "auto") == 0;

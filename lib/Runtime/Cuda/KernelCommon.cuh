@@ -52,6 +52,15 @@ __device__ inline void pdlEnter() {
 #endif
 }
 
+/// Asks for the 128-byte line at p in L2 (a hint: no value, no fault).
+__device__ inline void prefetchL2(const void *p) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("prefetch.L2 [%0];" ::"l"(p));
+#else
+  (void)p;
+#endif
+}
+
 /// The sum of v over the block (every thread gets it); `shared` holds 32
 /// floats.
 __device__ inline float blockSum(float v, float *shared) {

@@ -10,7 +10,8 @@
 // head, then attention over the latent cache rows (lora + rope values, read
 // through the block table) split over the sequence like flash-decoding (a
 // fixed number of splits, so a captured graph fits any position), a combine
-// of the splits, and o = o_lat W_UV^T. The two per-head products are our
+// of the splits, and o = o_lat W_UV^T (at batch 1 the combine is done in the
+// output product's blocks). The two per-head products are our
 // kernels for up to 8 tokens, strided-batched SGEMMs above. The attention
 // over a bf16 cache (bf16 mode) runs on tensor cores, 16 heads a block;
 // over a float32 one (f32 mode) on CUDA cores, 8 heads a block.
@@ -121,10 +122,8 @@ void absorbed(Context &ctx, int64_t layer, float *q, int64_t ldq,
   const int64_t wanted = (2 * st.multiprocessors + n * groups - 1) / (n * groups);
   const int splits = int(std::max<int64_t>(
       1, imin(imin(wanted, kMaxSplits), (spec.maxSeqLen + step - 1) / step)));
-  float *qLat = static_cast<float *>(
-      scratch(st, size_t(n * heads * lora) * sizeof(float), "mlaAttentionAbsorbed"));
-  float *oLat = static_cast<float *>(
-      scratch(st, size_t(n * heads * lora) * sizeof(float), "mlaAttentionAbsorbed"));
+  float *qLat = static_cast<float *>(scratch(
+      st, size_t(n * heads * lora) * sizeof(float), "mlaAttentionAbsorbed"));
   float *part = static_cast<float *>(scratch(
       st, size_t(n * heads * splits * (lora + 2)) * sizeof(float),
       "mlaAttentionAbsorbed"));
@@ -208,6 +207,17 @@ void absorbed(Context &ctx, int64_t layer, float *q, int64_t ldq,
                  st.maxBlocks, st.tokenSeq, st.pos, st.layers, layer, heads,
                  lora, rope, float(scale), splits, part);
   }
+  // Few split rows (batch 1): the combine in the output product's launch.
+  if (few && st.mlaFusedCombine && n * splits <= kAoMaxSplitRows) {
+    launchKernel(st, "mlaAttentionAbsorbed (combine + output)",
+                 absorbOutCombineKernel, absorbOutCombineGrid(heads, vdim), 256,
+                 absorbOutCombineSharedBytes(n, lora), part, splits, heads,
+                 lora, kvB, kvHead, nope, vdim, n, out, ldo,
+                 vecRows(kvB, lora, lora, sizeof(float)));
+    return;
+  }
+  float *oLat = static_cast<float *>(scratch(
+      st, size_t(n * heads * lora) * sizeof(float), "mlaAttentionAbsorbed"));
   launchKernel(st, "mlaAttentionAbsorbed (combine)", mlaCombineKernel,
                dim3(unsigned(n), unsigned(heads)), 256, 0, part, heads, lora,
                splits, oLat);

@@ -734,15 +734,14 @@ constexpr int kMaxSplits = 64;
 /// mlaCombineKernel: loads in flight per thread.
 constexpr int kCombineLoads = 8;
 
-/// oLat[t, h] = sum_s acc_s w_s, w_s = e^(m_s - M) / sum_s l_s e^(m_s - M):
-/// block (token, head); the first warp computes the splits' weights once,
-/// then each thread's dims are independent loads over the splits.
-__global__ void mlaCombineKernel(const float *part, int64_t heads,
-                                 int64_t lora, int splits, float *oLat) {
-  pdlEnter();
-  __shared__ float weight[kMaxSplits];
-  const int64_t t = blockIdx.x, h = blockIdx.y;
-  const float *p = part + (t * heads + h) * splits * (lora + 2);
+/// oLat[t, h] = sum_s acc_s w_s, w_s = e^(m_s - M) / sum_s l_s e^(m_s - M)
+/// for the splits at p ([splits][lora + 2]: acc, m, l) into dst [lora],
+/// with every thread of the block: the first warp computes the splits'
+/// weights once (into `weight`, kMaxSplits floats of shared memory), then
+/// each thread's dims are independent loads over the splits. Ends with a
+/// block barrier (`weight` may be reused).
+__device__ inline void combineSplits(const float *p, int64_t lora, int splits,
+                                     float *weight, float *dst) {
   if (threadIdx.x < 32) {
     const int a = int(threadIdx.x), b = a + 32;
     const float ma = a < splits ? p[a * (lora + 2) + lora] : -INFINITY;
@@ -777,8 +776,19 @@ __global__ void mlaCombineKernel(const float *part, int64_t heads,
         if (s0 + j < splits && weight[s0 + j] != 0.0f) // empty: weighs 0
           acc += v[j] * weight[s0 + j];
     }
-    oLat[(t * heads + h) * lora + c] = acc;
+    dst[c] = acc;
   }
+  __syncthreads();
+}
+
+/// combineSplits of block (token, head).
+__global__ void mlaCombineKernel(const float *part, int64_t heads, int64_t lora,
+                                 int splits, float *oLat) {
+  pdlEnter();
+  __shared__ float weight[kMaxSplits];
+  const int64_t t = blockIdx.x, h = blockIdx.y;
+  combineSplits(part + (t * heads + h) * splits * (lora + 2), lora, splits,
+                weight, oLat + (t * heads + h) * lora);
 }
 
 /// absorbQKernel's block: 16 groups of 4 latent dims (64 dims) x 16 slices
@@ -928,6 +938,51 @@ __global__ void absorbOutKernel(const float *oLat, int64_t heads, int64_t lora,
                                 kvB + (h * kvHead + nope) * lora, nullptr, 0, n,
                                 lora, vdim, col0, out + h * vdim, ldo, vec,
                                 false, /*deferWait=*/true);
+}
+
+/// absorbOutCombineKernel's block: 32 columns of W_UV (a warp of four).
+constexpr int64_t kAoColumns = 32;
+/// The split rows a block of absorbOutCombineKernel combines at most
+/// (n tokens x splits): beyond, the separate combine (which reads each once)
+/// costs less than the fused one's vdim / 32 reads per head.
+constexpr int64_t kAoMaxSplitRows = kMaxSplits;
+
+inline dim3 absorbOutCombineGrid(int64_t heads, int64_t vdim) {
+  return dim3(unsigned(heads), unsigned((vdim + kAoColumns - 1) / kAoColumns));
+}
+inline size_t absorbOutCombineSharedBytes(int64_t n, int64_t lora) {
+  return size_t(n * lora) * sizeof(float);
+}
+
+/// mlaCombineKernel, then absorbOutKernel, in one launch for a few tokens
+/// of few splits (decode at batch 1): block (head, 32 columns) combines its
+/// head's splits for the n tokens into shared memory (each of the head's
+/// blocks does; the same bits as mlaCombineKernel), then multiplies them
+/// with its W_UV rows, four columns a warp. The W_UV rows are asked into L2
+/// before the wait for the attention, so they arrive during its tail. One
+/// launch and one kernel boundary fewer per layer.
+__global__ void __launch_bounds__(256)
+    absorbOutCombineKernel(const float *part, int splits, int64_t heads,
+                           int64_t lora, const float *kvB, int64_t kvHead,
+                           int64_t nope, int64_t vdim, int64_t n, float *out,
+                           int64_t ldo, bool vec) {
+  DS_DYNAMIC_SHARED(float, oLatShared); // [n, lora]
+  __shared__ float weight[kMaxSplits];
+  const int64_t h = blockIdx.x, c0 = int64_t(blockIdx.y) * kAoColumns;
+  const float *wuv = kvB + (h * kvHead + nope) * lora;
+  // The block's W_UV rows are contiguous: a line (32 floats) a thread.
+  const int64_t span = imin(kAoColumns, vdim - c0) * lora;
+  for (int64_t e = int64_t(threadIdx.x) * 32; e < span;
+       e += int64_t(blockDim.x) * 32)
+    prefetchL2(wuv + c0 * lora + e);
+  pdlEnter();
+  for (int64_t t = 0; t < n; ++t)
+    combineSplits(part + (t * heads + h) * splits * (lora + 2), lora, splits,
+                  weight, oLatShared + t * lora);
+  const int64_t col0 = c0 + int64_t(threadIdx.x / 32) * gemvColumnsPerWarp<8>();
+  gemvColumns<float, false, 8>(Rows{oLatShared, lora, nullptr, 1}, wuv, nullptr,
+                               0, n, lora, vdim, col0, out + h * vdim, ldo,
+                               vec);
 }
 
 } // namespace mla
