@@ -270,6 +270,15 @@ TEST(CudaEmuRoute, GateAndRouteInOneLaunch) {
 // Routed experts
 //===----------------------------------------------------------------------===//
 
+/// count values drawn uniformly from [-1, 1).
+std::vector<float> uniformVector(std::mt19937 &rng, int64_t count) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(count));
+  for (float &x : v)
+    x = u(rng);
+  return v;
+}
+
 /// One moeExpertsRange call's data: n tokens of x [n, ldx], topK experts
 /// each of E, gate/up [N, K], down [K, N] (here K = hidden, N = inter).
 struct MoECase {
@@ -878,13 +887,7 @@ TEST(CudaEmuMoE, CombineWithNormEqualsCombineThenAddRmsNorm) {
   using namespace dsrt::cuda::moe;
   const int64_t n = 3, hidden = 300, K = 2, ld = hidden + 2;
   std::mt19937 rng(17);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  auto random = [&](int64_t count) {
-    std::vector<float> v(static_cast<size_t>(count));
-    for (float &x : v)
-      x = u(rng);
-    return v;
-  };
+  auto random = [&](int64_t count) { return uniformVector(rng, count); };
   const std::vector<float> yp = random(5 * hidden), w = random(n * K),
                            shared = random(n * hidden), res = random(n * ld),
                            normW = random(hidden);
@@ -1621,13 +1624,7 @@ void checkQRopeLaunch(int64_t heads, int64_t n, int64_t lora, bool norm,
     seq.push_back(int32_t(i % 2));
   }
   std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  auto random = [&](int64_t count) {
-    std::vector<float> v(static_cast<size_t>(count));
-    for (float &x : v)
-      x = u(rng);
-    return v;
-  };
+  auto random = [&](int64_t count) { return uniformVector(rng, count); };
   const std::vector<float> q = random(n * ldq), latent = random(n * ldl),
                            krope = random(n * ldk),
                            kvB = random(heads * kvHead * lora),

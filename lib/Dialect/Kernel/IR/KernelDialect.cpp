@@ -210,6 +210,22 @@ LogicalResult MLAAttentionNaiveOp::verify() {
   return verifyWidth(*this, getOut(), h * getVHead(), "out");
 }
 
+/// What the MLA prologue (dsk.qk_rope_cache_write, or the rope(...) of
+/// dsk.mla_attention_absorbed) needs of its buffers and its latent norm: the
+/// query rotated in place apart from the latent and the key; norm with eps.
+static LogicalResult verifyPrologue(Operation *op, Value q, Value latent,
+                                    Value krope, bool norm,
+                                    std::optional<APFloat> eps) {
+  if (rootBuffer(q) == rootBuffer(latent) || rootBuffer(q) == rootBuffer(krope))
+    return op->emitOpError() << "the query shares a buffer with the latent or "
+                                "the rope key";
+  if (norm != eps.has_value())
+    return op->emitOpError() << "norm and eps go together";
+  if (eps && !(eps->convertToDouble() > 0.0))
+    return op->emitOpError() << "eps must be positive";
+  return success();
+}
+
 LogicalResult MLAAttentionAbsorbedOp::verify() {
   int64_t h = getHeads();
   if (failed(
@@ -231,15 +247,8 @@ LogicalResult MLAAttentionAbsorbedOp::verify() {
   if (failed(verifyWidth(*this, getLatent(), getKvLoraRank(), "latent")) ||
       failed(verifyWidth(*this, getKrope(), rope, "krope")))
     return failure();
-  if (rootBuffer(getQ()) == rootBuffer(getLatent()) ||
-      rootBuffer(getQ()) == rootBuffer(getKrope()))
-    return emitOpError() << "the query shares a buffer with the latent or "
-                            "the rope key";
-  if (static_cast<bool>(getNorm()) != static_cast<bool>(getEps()))
-    return emitOpError() << "norm and eps go together";
-  if (getEps() && !(getEps()->convertToDouble() > 0.0))
-    return emitOpError() << "eps must be positive";
-  return success();
+  return verifyPrologue(*this, getQ(), getLatent(), getKrope(),
+                        static_cast<bool>(getNorm()), getEps());
 }
 
 void MLAAttentionAbsorbedOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
@@ -387,15 +396,8 @@ LogicalResult QKRoPECacheWriteOp::verify() {
   if (heads * stride > width(getQ()))
     return emitOpError() << heads << " heads of " << stride
                          << " columns exceed the query's " << width(getQ());
-  if (rootBuffer(getQ()) == rootBuffer(getLatent()) ||
-      rootBuffer(getQ()) == rootBuffer(getKrope()))
-    return emitOpError() << "the query shares a buffer with the latent or "
-                            "the rope key";
-  if (static_cast<bool>(getNorm()) != static_cast<bool>(getEps()))
-    return emitOpError() << "norm and eps go together";
-  if (getEps() && !(getEps()->convertToDouble() > 0.0))
-    return emitOpError() << "eps must be positive";
-  return success();
+  return verifyPrologue(*this, getQ(), getLatent(), getKrope(),
+                        static_cast<bool>(getNorm()), getEps());
 }
 
 void QKRoPECacheWriteOp::getWeightUses(SmallVectorImpl<WeightUse> &uses) {
