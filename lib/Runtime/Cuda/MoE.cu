@@ -70,8 +70,6 @@ const void **expertTable(DeviceState &st, const int64_t *gate,
   return table;
 }
 
-/// groupedGemvKernel with LANES lanes per column, over `blocks` active
-/// experts x N columns, and `dense` (if its N > 0) in blocks beside them.
 /// The sort's arrays (sortPairsKernel's outputs, but for tileOffsets), and
 /// the sort to do in the launch's own blocks (sort.idx set) or not.
 struct SortArrays {
@@ -79,6 +77,8 @@ struct SortArrays {
   GemvSort sort;
 };
 
+/// groupedGemvKernel with LANES lanes per column, over `blocks` active
+/// experts x N columns, and `dense` (if its N > 0) in blocks beside them.
 template <class WT, bool GATED, int LANES>
 void groupedGemv(DeviceState &st, const char *where, unsigned blocks,
                  const Rows &rows, const void *const *wa, const void *const *wb,
