@@ -181,6 +181,10 @@ gemvColumns(const Rows &rows, const WT *wa, const WT *wb, int64_t first,
       }
     }
   }
+  // No rows: still wait, or this grid could finish before the one it
+  // depends on, and the launch after it (which waits for this grid only)
+  // would overlap that one.
+  wait();
 }
 
 /// Dense GEMV for a few rows (decode): y [n, N] = x W^T (GATED: the SwiGLU

@@ -620,8 +620,10 @@ __global__ void __launch_bounds__(kDtWarps * 32)
           for (int c = 0; c < kDtChunks; ++c) {
             const int ch = lane + 32 * c;
             v[j][c] = uint4{0u, 0u, 0u, 0u};
+            // Not __ldg: the launch before wrote this step's row while
+            // this one was already resident (programmatic launch).
             if (src && ch < chunks)
-              v[j][c] = __ldg(src + ch);
+              v[j][c] = __ldcg(src + ch);
           }
         }
 #pragma unroll
