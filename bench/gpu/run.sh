@@ -32,7 +32,15 @@
 # DS_CUDA_MLA_COMBINE=kernel), decode B=32 with its dense GEMMs on the GEMV
 # kernel (DS_CUDA_GEMV_ROWS=32), and prefill with the routed experts on the
 # tiled kernel (DS_CUDA_MOE_GEMM=tiled), for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
+#   bench/gpu/run.sh ncu DIR       # on the GPU machine, in a call of its own
+#                                  # (device runs it only with time to spare):
+#                                  # two decode steps at B=1 and at B=32 under
+#                                  # Nsight Compute (DS_CUDA_PROFILE_STEPS opens
+#                                  # its window), each kernel alone with L2
+#                                  # flushed: time, DRAM bytes and GB/s per
+#                                  # kernel (ncu_summary.py), ncu-b*.csv in $OUT.
 # DS_GPU_CHECK_ONLY=1: correctness only; DS_SKIP_TORCH=1: no PyTorch run.
+# NCU: the ncu to run (default: on PATH, else /opt/nvidia/nsight-compute).
 # DS_GPU_CASES=tiny,v3 (prepare): only these end-to-end cases (the device
 # half checks the cases prepared).
 # DS_GPU_EMU=1 prepare: the CUDA executables built against the emulated
@@ -42,8 +50,8 @@
 # minutes on 2 cores for every case). PYTHON: the interpreter with numpy
 # (default: python3 on the device, /usr/bin/python3 in prepare).
 set -euo pipefail
-mode=${1:?usage: bench/gpu/run.sh prepare|device DIR}
-dir=${2:?usage: bench/gpu/run.sh prepare|device DIR}
+mode=${1:?usage: bench/gpu/run.sh prepare|device|ncu DIR}
+dir=${2:?usage: bench/gpu/run.sh prepare|device|ncu DIR}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
 # name | model source | checkpoint config | seed | dtype | prompt | new tokens | ds-compile flags
@@ -127,7 +135,7 @@ prepare() {
   # The device half skips what an emulated build cannot take (nvidia-smi,
   # the sanitizer) and says so.
   [ "$emu" = 1 ] && echo "emulated (DS_GPU_EMU=1): no GPU, the CUDA backend's kernels on the CPU" > "$dir/emulated"
-  cp "$root/test/e2e/compare.py" "$root/test/e2e/batch_check.py" "$dir/"
+  cp "$root/test/e2e/compare.py" "$root/test/e2e/batch_check.py" "$root/bench/gpu/ncu_summary.py" "$dir/"
   cp "$0" "$dir/run.sh"
   if [ -f "$root/../shared/bench/torch_baseline.py" ]; then
     cp "$root/../shared/bench/torch_baseline.py" "$dir/bench/"
@@ -231,6 +239,72 @@ device() {
     say "$(cat "$dir/emulated")"
   else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$report"
+  fi
+  # The benchmark's inputs: a context of token ids, and 32 requests of it.
+  local ctx new1 new32 pnew pnew32 plen vocab what ids
+  read -r ctx new1 new32 pnew pnew32 plen vocab what < "$dir/bench/params"
+  ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % $vocab) for i in range($ctx)))")
+  requests32() { # NEW: 32 requests of the context's length
+    "$py" - "$ids" "$vocab" "$1" <<'PY'
+import json, sys
+ids, vocab, new = [int(t) for t in sys.argv[1].split(",")], int(sys.argv[2]), int(sys.argv[3])
+for r in range(32):
+    print(json.dumps({"id": r, "prompt_ids": [(t + 31 * r) % vocab for t in ids], "max_new_tokens": new}))
+PY
+  }
+  requests32 "$new32" > "$dir/bench/requests32.jsonl"
+  requests32 "$pnew32" > "$dir/bench/requests32s.jsonl"
+  # Two decode steps (graph replays) at B=1 and at B=32 under Nsight
+  # Compute: its window opened by DS_CUDA_PROFILE_STEPS, every kernel run
+  # alone with L2 flushed (ncu's default), so that each kernel's DRAM bytes
+  # over its time say how far it is from the copy rate.
+  ncu_steps() {
+    # NCU: the profiler (default: ncu on PATH, else Nsight Compute's own
+    # directory, where CUDA images keep it).
+    local ncu=${NCU:-}
+    if [ -z "$ncu" ]; then
+      ncu=$(command -v ncu || true)
+      local c
+      for c in /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu; do
+        [ -z "$ncu" ] && [ -x "$c" ] && ncu=$c
+      done
+    fi
+    if [ -z "$ncu" ] || [ ! -x "$ncu" ]; then
+      say "== ncu: skipped (no ncu on PATH, nor in /opt/nvidia/nsight-compute)"
+      return 0
+    fi
+    say "== ncu: decode steps, each kernel alone with L2 flushed (Nsight Compute)"
+    local copy="" metrics b steps first count r
+    [ -f "$out/baseline.json" ] && copy=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["ceilings"]["copy_GBps"])' "$out/baseline.json" 2> /dev/null || true)
+    metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum
+    metrics+=,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread
+    for b in 1 32; do
+      local run=(./decode --prompt-ids "$ids" --max-new-tokens "$pnew" --seed 1)
+      steps=$((pnew - 1))
+      if [ "$b" = 32 ]; then
+        run=(./decode --requests requests32s.jsonl --max-batch 32 --seed 1 --output /dev/null)
+        steps=$((pnew32 - 1))
+      fi
+      # Steps 1 and 2 run eagerly and capture the graph; 3 on replay it.
+      first=3 count=2
+      [ "$steps" -ge 4 ] || { first=1; count=$steps; }
+      rm -f "$dir/bench/ncu-b$b.ncu-rep"
+      if (cd "$dir/bench" && DS_CUDA_PROFILE_STEPS=$first:$count timeout 300 "$ncu" --profile-from-start off \
+            --clock-control none --graph-profiling node --metrics "$metrics" \
+            --export "ncu-b$b" --force-overwrite "${run[@]}" > "ncu-b$b.log" 2>&1) &&
+         { (cd "$dir/bench" && "$ncu" --import "ncu-b$b.ncu-rep" --csv --page raw --print-units base > "$out/ncu-b$b.csv" 2> "ncu-b$b.err") ||
+           (cd "$dir/bench" && "$ncu" --import "ncu-b$b.ncu-rep" --csv --page raw > "$out/ncu-b$b.csv" 2>> "ncu-b$b.err"); } &&
+         r=$("$py" "$dir/ncu_summary.py" "$out/ncu-b$b.csv" --steps "$count" \
+               --label "decode B=$b, steps $first to $((first + count - 1))" ${copy:+--copy-gbps "$copy"} 2>&1); then
+        say "$r"
+      else
+        say "ncu decode B=$b: no result: ${r:-}$(tail -3 "$dir/bench/ncu-b$b.log" "$dir/bench/ncu-b$b.err" 2> /dev/null)"
+      fi
+    done
+  }
+  if [ "$mode" = ncu ]; then
+    ncu_steps
+    return 0
   fi
   say "== correctness: CUDA f32 vs the CPU backend (rel < 1e-4), bf16 (rel < 2e-2)"
   # A run's logits (RUN.npy: prefill, RUN-d.npy: decode steps, RUN.txt:
@@ -392,22 +466,9 @@ device() {
   if [ "${DS_GPU_CHECK_ONLY:-0}" = 1 ]; then # correctness only
     return $failed
   fi
-  local ctx new new32 pnew pnew32 plen vocab what ids
-  read -r ctx new new32 pnew pnew32 plen vocab what < "$dir/bench/params"
   say "== benchmark: $what"
-  ids=$("$py" -c "print(','.join(str((i * 7919 + 13) % $vocab) for i in range($ctx)))")
-  (cd "$dir/bench" && ./decode --prompt-ids "$ids" --max-new-tokens "$new" --seed 1 > decode1.txt 2> decode1.err) || failed=1
+  (cd "$dir/bench" && ./decode --prompt-ids "$ids" --max-new-tokens "$new1" --seed 1 > decode1.txt 2> decode1.err) || failed=1
   say "decode B=1: $(grep '^timing:' "$dir/bench/decode1.txt" || tail -3 "$dir/bench/decode1.err")"
-  requests32() { # NEW: 32 requests of the context's length
-    "$py" - "$ids" "$vocab" "$1" <<'PY'
-import json, sys
-ids, vocab, new = [int(t) for t in sys.argv[1].split(",")], int(sys.argv[2]), int(sys.argv[3])
-for r in range(32):
-    print(json.dumps({"id": r, "prompt_ids": [(t + 31 * r) % vocab for t in ids], "max_new_tokens": new}))
-PY
-  }
-  requests32 "$new32" > "$dir/bench/requests32.jsonl"
-  requests32 "$pnew32" > "$dir/bench/requests32s.jsonl"
   (cd "$dir/bench" && ./decode --requests requests32.jsonl --max-batch 32 --seed 1 --output b32.jsonl 2> decode32.err) || failed=1
   say "decode B=32: $(grep '^batch:' "$dir/bench/decode32.err" || tail -3 "$dir/bench/decode32.err")"
   local pids
@@ -435,7 +496,7 @@ PY
   local ab
   for ab in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_MLA_DECODE=simt DS_CUDA_MOE_SORT=kernel DS_CUDA_MLA_COMBINE=kernel; do
     if [ "$SECONDS" -lt 480 ]; then
-      (cd "$dir/bench" && env "$ab" ./decode --prompt-ids "$ids" --max-new-tokens "$new" --seed 1 > "ab-$ab.txt" 2> "ab-$ab.err") || true
+      (cd "$dir/bench" && env "$ab" ./decode --prompt-ids "$ids" --max-new-tokens "$new1" --seed 1 > "ab-$ab.txt" 2> "ab-$ab.err") || true
       say "decode B=1, $ab: $(grep '^timing:' "$dir/bench/ab-$ab.txt" || tail -3 "$dir/bench/ab-$ab.err")"
     else
       say "decode B=1, $ab: skipped ($SECONDS s used)"
@@ -457,11 +518,16 @@ PY
   else
     say "prefill $plen, DS_CUDA_MOE_GEMM=tiled: skipped ($SECONDS s used)"
   fi
+  if [ "$SECONDS" -lt 300 ]; then
+    ncu_steps
+  else
+    say "== ncu: skipped ($SECONDS s used; run.sh ncu DIR in a call of its own)"
+  fi
   return $failed
 }
 
 case "$mode" in
   prepare) prepare ;;
-  device) device ;;
-  *) echo "usage: bench/gpu/run.sh prepare|device DIR" >&2; exit 2 ;;
+  device | ncu) device ;;
+  *) echo "usage: bench/gpu/run.sh prepare|device|ncu DIR" >&2; exit 2 ;;
 esac

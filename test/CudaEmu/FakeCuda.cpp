@@ -13,6 +13,8 @@
 
 #include "EmuPrelude.h"
 
+#include <cuda_profiler_api.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -183,6 +185,25 @@ cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+
+// The profiler's window (DS_CUDA_PROFILE_STEPS) is said on stderr, so that a
+// test sees where it opens and closes; a window opened twice or closed
+// unopened is the backend's bug.
+static bool profilerOn = false;
+cudaError_t cudaProfilerStart(void) {
+  if (profilerOn)
+    unsupported("cudaProfilerStart while the profiler is on");
+  profilerOn = true;
+  std::fprintf(stderr, "cuda-emu: cudaProfilerStart\n");
+  return cudaSuccess;
+}
+cudaError_t cudaProfilerStop(void) {
+  if (!profilerOn)
+    unsupported("cudaProfilerStop while the profiler is off");
+  profilerOn = false;
+  std::fprintf(stderr, "cuda-emu: cudaProfilerStop\n");
+  return cudaSuccess;
+}
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
   if (recording)

@@ -122,6 +122,12 @@ struct DeviceState {
       profileMs;
   std::map<std::string, int64_t> profileRuns;
 
+  /// DS_CUDA_PROFILE_STEPS=FIRST:COUNT: cudaProfilerStart before decode
+  /// step FIRST (from 1) and cudaProfilerStop after step FIRST + COUNT - 1,
+  /// so that `ncu --profile-from-start off` sees those steps' kernels only
+  /// (graph replays from step 3). decodeRuns counts the decode programs.
+  int64_t profileStepsFirst = 0, profileStepsCount = 0, decodeRuns = 0;
+
   /// Decode graphs by token count, and the counts seen once (eager run).
   std::map<int64_t, cudaGraphExec_t> graphs;
   std::map<int64_t, int> seen;

@@ -14,6 +14,7 @@
 #include "../Comm/CommEnv.h"
 #include "../Convert.h"
 #include "../Trace.h"
+#include <cuda_profiler_api.h>
 
 #include <algorithm>
 #include <chrono>
@@ -85,6 +86,14 @@ DeviceState::~DeviceState() {
   // NCCL first: its communicators use the stream below.
   for (auto &c : comms)
     c.reset();
+  if (profileStepsCount > 0 &&
+      decodeRuns < profileStepsFirst + profileStepsCount - 1)
+    std::fprintf(stderr,
+                 "cuda: DS_CUDA_PROFILE_STEPS asked for decode steps %lld to "
+                 "%lld; the run had %lld\n",
+                 (long long)profileStepsFirst,
+                 (long long)(profileStepsFirst + profileStepsCount - 1),
+                 (long long)decodeRuns);
   if (profile && !profileMs.empty()) {
     std::fprintf(stderr, "cuda profile (kernel calls timed alone, stream "
                          "synchronized around each; no graphs):\n");
@@ -404,6 +413,30 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
       return false;
     }
   }
+  if (const char *w = std::getenv("DS_CUDA_PROFILE_STEPS")) {
+    char *end = nullptr;
+    const long long first = std::strtoll(w, &end, 10);
+    long long count = 0;
+    if (end != w && *end == ':') {
+      const char *c = end + 1;
+      count = std::strtoll(c, &end, 10);
+      if (end == c)
+        count = 0;
+    }
+    if (first < 1 || count < 1 || *end || first > (1LL << 40) ||
+        count > (1LL << 40)) {
+      *error = std::string("DS_CUDA_PROFILE_STEPS: expected FIRST:COUNT, the "
+                           "decode steps (from 1) to profile, got '") +
+               w + "'";
+      return false;
+    }
+    st.profileStepsFirst = first;
+    st.profileStepsCount = count;
+    std::fprintf(stderr,
+                 "cuda: profiler window: decode steps %lld to %lld "
+                 "(DS_CUDA_PROFILE_STEPS)\n",
+                 first, first + count - 1);
+  }
   if (const char *m = std::getenv("DS_CUDA_MOE_SORT")) {
     if (std::strcmp(m, "fused") == 0 || std::strcmp(m, "kernel") == 0) {
       st.moeFusedSort = std::strcmp(m, "fused") == 0;
@@ -641,6 +674,15 @@ void runProgram(Context &ctx, Program program, BodyFn body,
     st.profileProgram = p >= 0 && p < 3 ? names[p] : "other";
     ++st.profileRuns[st.profileProgram];
   }
+  // The profiler's window (DS_CUDA_PROFILE_STEPS) opens before the step's
+  // kernels and closes after its argmax and downloads.
+  bool closeWindow = false;
+  if (program == Program::Decode && st.profileStepsCount > 0) {
+    const int64_t step = ++st.decodeRuns;
+    if (step == st.profileStepsFirst)
+      check(cudaProfilerStart(), "cudaProfilerStart");
+    closeWindow = step == st.profileStepsFirst + st.profileStepsCount - 1;
+  }
   if (program == Program::Decode && st.useGraphs) {
     auto it = st.graphs.find(n);
     if (it != st.graphs.end()) {
@@ -682,6 +724,8 @@ void runProgram(Context &ctx, Program program, BodyFn body,
                           cudaMemcpyDeviceToHost, st.stream),
           "hidden-state download");
   waitStream(st, "program");
+  if (closeWindow)
+    check(cudaProfilerStop(), "cudaProfilerStop");
   if (want.argmax) {
     std::copy(st.hostArgmax + from, st.hostArgmax + std::max(from, n),
               want.argmax + from);
