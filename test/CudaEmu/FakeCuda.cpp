@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -93,6 +94,12 @@ void gemm(int64_t m, int64_t n, int64_t k, float alpha, Operand a, Operand b,
     }
 }
 
+// Dynamic shared memory each kernel may ask past the default 48 KB.
+std::map<const void *, int> &maxDynamicShared() {
+  static std::map<const void *, int> m;
+  return m;
+}
+
 } // namespace
 
 namespace emu {
@@ -110,6 +117,29 @@ void enqueue(cudaStream_t stream, std::function<void()> op) {
     recording->ops.push_back(std::move(op));
   else
     op();
+}
+
+cudaError_t checkLaunch(const void *kernel, dim3 grid, dim3 block,
+                        size_t shared) {
+  auto fail = [](const char *why) {
+    std::fprintf(stderr, "cuda-emu: a GPU would refuse this launch: %s\n", why);
+    return cudaErrorInvalidConfiguration;
+  };
+  if (!grid.x || !grid.y || !grid.z)
+    return fail("empty grid");
+  if (!block.x || !block.y || !block.z)
+    return fail("empty block");
+  if (uint64_t(block.x) * block.y * block.z > 1024 || block.z > 64)
+    return fail("more than 1024 threads a block");
+  if (grid.y > 65535 || grid.z > 65535 || grid.x > 0x7fffffffu)
+    return fail("grid too large");
+  if (shared > 48 * 1024) {
+    auto it = maxDynamicShared().find(kernel);
+    if (it == maxDynamicShared().end() || size_t(it->second) < shared)
+      return fail("dynamic shared memory past 48 KB that "
+                  "cudaFuncSetAttribute did not allow this kernel");
+  }
+  return cudaSuccess;
 }
 } // namespace emu
 
@@ -248,7 +278,14 @@ cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
   return cudaSuccess;
 }
 
-cudaError_t cudaFuncSetAttribute(const void *, cudaFuncAttribute, int) {
+cudaError_t cudaFuncSetAttribute(const void *func, cudaFuncAttribute attr,
+                                 int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize)
+    unsupported("cudaFuncSetAttribute: an attribute other than "
+                "MaxDynamicSharedMemorySize");
+  if (value < 0 || value > 227 * 1024)
+    return cudaErrorInvalidValue;
+  maxDynamicShared()[func] = value;
   return cudaSuccess;
 }
 

@@ -232,6 +232,12 @@ void enqueue(cudaStream_t stream, std::function<void()> op);
 /// (DS_CUDA_EMU_REFUSE=pdl-capture while it is captured); a refusal
 /// invalidates the capture, as on a GPU.
 bool refuseEarlyLaunch(cudaStream_t stream);
+/// The launch rules a GPU enforces and the CPU would not: a non-empty grid
+/// and block, at most 1024 threads a block, grid.y and grid.z at most
+/// 65535, dynamic shared memory past 48 KB only up to what
+/// cudaFuncSetAttribute allowed that kernel.
+cudaError_t checkLaunch(const void *kernel, dim3 grid, dim3 block,
+                        size_t shared);
 } // namespace emu
 namespace dsrt {
 namespace cuda {
@@ -253,6 +259,9 @@ void launchKernelOn(cudaStream_t stream, bool early, const char *where,
     check(cudaErrorStreamCaptureUnsupported, where);
     return;
   }
+  check(emu::checkLaunch(reinterpret_cast<const void *>(kernel), grid, block,
+                         shared),
+        where);
   std::tuple<std::decay_t<Params>...> values(std::forward<Args>(args)...);
   emu::enqueue(stream, [=] {
     std::apply(
