@@ -273,7 +273,7 @@ PY
       say "== ncu: skipped (no ncu on PATH, nor in /opt/nvidia/nsight-compute)"
       return 0
     fi
-    say "== ncu: decode steps, each kernel alone with L2 flushed (Nsight Compute)"
+    say "== ncu: decode steps, each kernel alone with L2 flushed (Nsight Compute) (at ${SECONDS} s)"
     local copy="" metrics b steps first count r
     [ -f "$out/baseline.json" ] && copy=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["ceilings"]["copy_GBps"])' "$out/baseline.json" 2> /dev/null || true)
     metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum
@@ -304,9 +304,10 @@ PY
   }
   if [ "$mode" = ncu ]; then
     ncu_steps
+    say "== done (at ${SECONDS} s)"
     return 0
   fi
-  say "== correctness: CUDA f32 vs the CPU backend (rel < 1e-4), bf16 (rel < 2e-2)"
+  say "== correctness: CUDA f32 vs the CPU backend (rel < 1e-4), bf16 (rel < 2e-2) (at ${SECONDS} s)"
   # A run's logits (RUN.npy: prefill, RUN-d.npy: decode steps, RUN.txt:
   # tokens) against the CPU backend's (cpu*): prints what was compared,
   # fails past TOL. In f32 the argmaxes and tokens must agree. In bf16
@@ -425,7 +426,7 @@ PY
     done
   fi
   if [ -x "$dir/dsrt-comm-nccl-test" ] && [ -d "$dir/e2e/v3" ]; then
-    say "== NCCL: collectives on device buffers, a one-rank job end to end"
+    say "== NCCL: collectives on device buffers, a one-rank job end to end (at ${SECONDS} s)"
     # Open MPI as a singleton (no mpirun here), its components from the
     # carried tree; NCCL from PyTorch's wheel.
     local nccl
@@ -464,9 +465,10 @@ PY
   fi
 
   if [ "${DS_GPU_CHECK_ONLY:-0}" = 1 ]; then # correctness only
+    say "== done (at ${SECONDS} s)"
     return $failed
   fi
-  say "== benchmark: $what"
+  say "== benchmark: $what (at ${SECONDS} s)"
   (cd "$dir/bench" && ./decode --prompt-ids "$ids" --max-new-tokens "$new1" --seed 1 > decode1.txt 2> decode1.err) || failed=1
   say "decode B=1: $(grep '^timing:' "$dir/bench/decode1.txt" || tail -3 "$dir/bench/decode1.err")"
   (cd "$dir/bench" && ./decode --requests requests32.jsonl --max-batch 32 --seed 1 --output b32.jsonl 2> decode32.err) || failed=1
@@ -478,13 +480,13 @@ PY
   grep -h refused "$dir/bench/prefill.err" | tee -a "$report" || true
   grep -h '^cuda:' "$dir/bench/decode1.err" | head -1 | tee -a "$report" || true
   # Where the time goes: every kernel call timed alone (DS_CUDA_PROFILE).
-  say "== profile (DS_CUDA_PROFILE=1: synchronized per call, no graphs)"
+  say "== profile (DS_CUDA_PROFILE=1: synchronized per call, no graphs) (at ${SECONDS} s)"
   (cd "$dir/bench" && DS_CUDA_PROFILE=1 ./decode --prompt-ids "$ids" --max-new-tokens "$pnew" --seed 1 > /dev/null 2> prof1.err) || true
   say "decode B=1 (prefill $ctx + $((pnew - 1)) steps):"; grep -A40 '^cuda profile' "$dir/bench/prof1.err" | tee -a "$report" || true
   (cd "$dir/bench" && DS_CUDA_PROFILE=1 ./decode --requests requests32s.jsonl --max-batch 32 --seed 1 --output /dev/null 2> prof32.err) || true
   say "decode B=32 (32 prefills of $ctx + $((pnew32 - 1)) steps):"; grep -A40 '^cuda profile' "$dir/bench/prof32.err" | tee -a "$report" || true
   if [ -f "$dir/bench/torch_baseline.py" ] && [ "${DS_SKIP_TORCH:-0}" != 1 ]; then
-    say "== PyTorch baseline (phases main, grouped)"
+    say "== PyTorch baseline (phases main, grouped) (at ${SECONDS} s)"
     OUT="$out" timeout 400 "$py" "$dir/bench/torch_baseline.py" --only main,grouped > "$out/torch.txt" 2>&1 || true
     sed -n '/^=====/,/^=====/p' "$out/torch.txt" | tee -a "$report"
   fi
@@ -523,6 +525,7 @@ PY
   else
     say "== ncu: skipped ($SECONDS s used; run.sh ncu DIR in a call of its own)"
   fi
+  say "== done (at ${SECONDS} s)"
   return $failed
 }
 
