@@ -8,6 +8,8 @@
 
 #include "EmuPrelude.h"
 
+#include "Cuda/CudaCommon.h"
+
 #include <gtest/gtest.h>
 
 namespace emu {
@@ -19,6 +21,11 @@ namespace {
 
 __global__ void probeKernel() {}
 __global__ void otherKernel() {}
+__global__ void waitingKernel(int *out) {
+  dsrt::cuda::pdlEnter();
+  *out = 1;
+}
+__global__ void unwaitingKernel(int *out) { *out = 1; }
 
 const void *probe() { return reinterpret_cast<const void *>(probeKernel); }
 
@@ -55,6 +62,23 @@ TEST(FakeCudaLaunch, SharedMemoryPast48KBNeedsTheKernelsAttribute) {
   EXPECT_EQ(cudaFuncSetAttribute(
                 other, cudaFuncAttributeMaxDynamicSharedMemorySize, 228 * 1024),
             cudaErrorInvalidValue);
+}
+
+// Any of the backend's launches may start early on a GPU (programmatic
+// dependent launch), so a grid none of whose threads waits (pdlEnter) would
+// race with the kernel before it: the emulated launch refuses it.
+TEST(FakeCudaLaunch, AGridThatNeverWaitsIsRefused) {
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+            cudaSuccess);
+  int out = 0;
+  dsrt::cuda::launchKernelOn(stream, false, "waiting", waitingKernel, dim3(2),
+                             dim3(32), 0, &out);
+  EXPECT_EQ(out, 1);
+  EXPECT_DEATH(dsrt::cuda::launchKernelOn(stream, false, "unwaiting",
+                                          unwaitingKernel, dim3(2), dim3(32), 0,
+                                          &out),
+               "unwaiting: no thread of the grid waited");
 }
 
 } // namespace

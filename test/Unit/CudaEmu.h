@@ -100,6 +100,16 @@ inline bool &reverseOrder() {
   return reverse;
 }
 
+/// pdlEnter()'s calls so far (KernelCommon.cuh counts them here in an
+/// emulated build). The backend's launches (launchKernelOn) check that some
+/// thread of each grid waited: on a GPU a grid launched early (programmatic
+/// dependent launch) that never waits runs, and may finish, alongside the
+/// kernel before it, and the kernel after it then waits for it only.
+inline uint64_t &gridWaits() {
+  static uint64_t n = 0;
+  return n;
+}
+
 /// Per thread: kernels keep a few KB of locals (emulated WMMA fragments
 /// hold whole tiles).
 constexpr size_t kStackBytes = 128 * 1024;

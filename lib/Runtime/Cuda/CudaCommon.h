@@ -264,11 +264,21 @@ void launchKernelOn(cudaStream_t stream, bool early, const char *where,
         where);
   std::tuple<std::decay_t<Params>...> values(std::forward<Args>(args)...);
   emu::enqueue(stream, [=] {
+    const uint64_t waits = emu::gridWaits();
     std::apply(
         [&](const auto &...v) {
           emu::launchShared(grid, block, shared, kernel, v...);
         },
         values);
+    // Every kernel may be launched early on a GPU (launchKernel): one that
+    // never waits (pdlEnter) would race with the kernel before it.
+    if (emu::gridWaits() == waits) {
+      std::fprintf(stderr,
+                   "cuda-emu: %s: no thread of the grid waited for the "
+                   "kernels before it (pdlEnter)\n",
+                   where);
+      std::abort();
+    }
   });
 #else
   cudaLaunchAttribute attr;

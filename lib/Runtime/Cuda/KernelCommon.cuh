@@ -49,6 +49,8 @@ __device__ inline void pdlEnter() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#elif defined(DS_CUDA_EMU)
+  ++emu::gridWaits(); // launchKernelOn checks that the grid waited
 #endif
 }
 
