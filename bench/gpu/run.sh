@@ -286,10 +286,11 @@ PY
         steps=$((pnew32 - 1))
       fi
       # Steps 1 and 2 run eagerly and capture the graph; 3 on replay it.
+      # Two runs of at most 250 s: the ncu half fits a 600 s device call.
       first=3 count=2
       [ "$steps" -ge 4 ] || { first=1; count=$steps; }
       rm -f "$dir/bench/ncu-b$b.ncu-rep"
-      if (cd "$dir/bench" && DS_CUDA_PROFILE_STEPS=$first:$count timeout 300 "$ncu" --profile-from-start off \
+      if (cd "$dir/bench" && DS_CUDA_PROFILE_STEPS=$first:$count timeout 250 "$ncu" --profile-from-start off \
             --clock-control none --graph-profiling node --metrics "$metrics" \
             --export "ncu-b$b" --force-overwrite "${run[@]}" > "ncu-b$b.log" 2>&1) &&
          { (cd "$dir/bench" && "$ncu" --import "ncu-b$b.ncu-rep" --csv --page raw --print-units base > "$out/ncu-b$b.csv" 2> "ncu-b$b.err") ||
