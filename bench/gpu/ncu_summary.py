@@ -7,7 +7,8 @@ alone by ncu with L2 flushed before it, so that the sum is the step's
 kernel time without launch gaps or overlap, and bytes / time is how close
 each kernel comes to the copy rate.
 
-  ncu_summary.py CSV --steps N [--label TEXT] [--copy-gbps G] [--top K]
+  ncu_summary.py CSV --steps N [--label TEXT] [--copy-gbps G]
+                 [--step-ms MS] [--top K]
 """
 
 import argparse
@@ -124,6 +125,8 @@ def main():
     ap.add_argument("--label", default="decode")
     ap.add_argument("--copy-gbps", type=float, default=0.0,
                     help="the measured copy rate, for a %% column")
+    ap.add_argument("--step-ms", type=float, default=0.0,
+                    help="the step's time in a graph replay, timed alone")
     ap.add_argument("--top", type=int, default=25,
                     help="kernels listed (the rest summed)")
     a = ap.parse_args()
@@ -154,6 +157,11 @@ def main():
           "alone, L2 flushed), %.1f MB of DRAM traffic, %.0f GB/s%s"
           % (a.label, round(len(rows) / s), 1e3 * total_t / s,
              total_b / s / 1e6, gbps(total_b, total_t), copy))
+    if a.step_ms > 0:
+        print("  a step's graph replay takes %.3f ms: %.3f ms more than its "
+              "kernels alone (launch gaps and kernel boundaries, less the "
+              "overlap of programmatic launches and warm L2)"
+              % (a.step_ms, a.step_ms - 1e3 * total_t / s))
     print("  %-44s %6s %9s %6s %9s %7s%s %5s %4s"
           % ("kernel", "calls", "us/step", "time", "MB/step", "GB/s",
              " %copy" if a.copy_gbps > 0 else "", "occ", "regs"))

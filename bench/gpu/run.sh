@@ -278,25 +278,36 @@ PY
     [ -f "$out/baseline.json" ] && copy=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["ceilings"]["copy_GBps"])' "$out/baseline.json" 2> /dev/null || true)
     metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum
     metrics+=,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread
+    # The steps' time without ncu (graph replays), from the benchmark's
+    # runs, or (ncu alone) from the same runs here.
+    if [ ! -f "$dir/bench/decode1.txt" ]; then
+      (cd "$dir/bench" && ./decode --prompt-ids "$ids" --max-new-tokens "$new1" --seed 1 > decode1.txt 2> decode1.err) || true
+      (cd "$dir/bench" && ./decode --requests requests32.jsonl --max-batch 32 --seed 1 --output /dev/null 2> decode32.err) || true
+    fi
+    local ms1 ms32 stepms
+    ms1=$(sed -n 's/^timing:.* decode \([0-9]*\) tokens in \([0-9.]*\) ms.*/\2 \1/p' "$dir/bench/decode1.txt" 2> /dev/null | awk '$2 > 0 {print $1 / $2}')
+    ms32=$(sed -n 's/^batch:.*, \([0-9.]*\) ms each).*/\1/p' "$dir/bench/decode32.err" 2> /dev/null || true)
     for b in 1 32; do
       local run=(./decode --prompt-ids "$ids" --max-new-tokens "$pnew" --seed 1)
-      steps=$((pnew - 1))
+      steps=$((pnew - 1)) stepms=$ms1
       if [ "$b" = 32 ]; then
         run=(./decode --requests requests32s.jsonl --max-batch 32 --seed 1 --output /dev/null)
-        steps=$((pnew32 - 1))
+        steps=$((pnew32 - 1)) stepms=$ms32
       fi
       # Steps 1 and 2 run eagerly and capture the graph; 3 on replay it.
-      # Two runs of at most 250 s: the ncu half fits a 600 s device call.
+      # Two runs of at most 220 s and the timing runs: the ncu half fits a
+      # 600 s device call.
       first=3 count=2
       [ "$steps" -ge 4 ] || { first=1; count=$steps; }
       rm -f "$dir/bench/ncu-b$b.ncu-rep"
-      if (cd "$dir/bench" && DS_CUDA_PROFILE_STEPS=$first:$count timeout 250 "$ncu" --profile-from-start off \
+      if (cd "$dir/bench" && DS_CUDA_PROFILE_STEPS=$first:$count timeout 220 "$ncu" --profile-from-start off \
             --clock-control none --graph-profiling node --metrics "$metrics" \
             --export "ncu-b$b" --force-overwrite "${run[@]}" > "ncu-b$b.log" 2>&1) &&
          { (cd "$dir/bench" && "$ncu" --import "ncu-b$b.ncu-rep" --csv --page raw --print-units base > "$out/ncu-b$b.csv" 2> "ncu-b$b.err") ||
            (cd "$dir/bench" && "$ncu" --import "ncu-b$b.ncu-rep" --csv --page raw > "$out/ncu-b$b.csv" 2>> "ncu-b$b.err"); } &&
          r=$("$py" "$dir/ncu_summary.py" "$out/ncu-b$b.csv" --steps "$count" \
-               --label "decode B=$b, steps $first to $((first + count - 1))" ${copy:+--copy-gbps "$copy"} 2>&1); then
+               --label "decode B=$b, steps $first to $((first + count - 1))" ${copy:+--copy-gbps "$copy"} \
+               ${stepms:+--step-ms "$stepms"} 2>&1); then
         say "$r"
       else
         say "ncu decode B=$b: no result: ${r:-}$(tail -3 "$dir/bench/ncu-b$b.log" "$dir/bench/ncu-b$b.err" 2> /dev/null)"
