@@ -14,6 +14,7 @@
 #include "../Comm/CommEnv.h"
 #include "../Convert.h"
 #include "../Trace.h"
+
 #include <cuda_profiler_api.h>
 
 #include <algorithm>
