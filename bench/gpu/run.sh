@@ -15,8 +15,8 @@
 # prefill and of the decode steps, same greedy tokens, batch mode and MTP
 # speculation too; a failing case is re-run
 # with each of DS_CUDA_PDL=0, DS_CUDA_GEMV_ROWS=0, DS_CUDA_GRAPHS=0,
-# DS_CUDA_MOE_SORT=kernel, DS_CUDA_MLA_COMBINE=kernel to name the path at
-# fault), bf16 on the tiny models
+# DS_CUDA_MOE_SORT=kernel, DS_CUDA_MOE_COMBINE=kernel, DS_CUDA_MLA_COMBINE=kernel
+# to name the path at fault), bf16 on the tiny models
 # (rel < 2e-2, the decode steps' where the tokens agree; v3-long's 120-token prefill takes the grouped-GEMM experts,
 # and again as cuBLAS batches: DS_CUDA_MOE_GEMM=batched; bench-mini is the
 # benchmark model's architecture at hidden 256, 3 layers, in f32 and bf16),
@@ -27,8 +27,9 @@
 # the same call; then, time permitting, decode B=1 without programmatic
 # dependent launch (DS_CUDA_PDL=0) and with the dense GEMMs on cuBLASLt
 # (DS_CUDA_GEMV_ROWS=0) and with the decode attention on CUDA cores
-# (DS_CUDA_MLA_DECODE=simt) and with the experts' sort and the attention's
-# split combine as launches of their own (DS_CUDA_MOE_SORT=kernel,
+# (DS_CUDA_MLA_DECODE=simt) and with the experts' sort, the experts' combine
+# and the attention's split combine as launches of their own
+# (DS_CUDA_MOE_SORT=kernel, DS_CUDA_MOE_COMBINE=kernel,
 # DS_CUDA_MLA_COMBINE=kernel), decode B=32 with its dense GEMMs on the GEMV
 # kernel (DS_CUDA_GEMV_ROWS=32), and prefill with the routed experts on the
 # tiled kernel (DS_CUDA_MOE_GEMM=tiled), for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
@@ -354,10 +355,12 @@ PY
   }
   # After a failure: which of the runtime's switches makes the case pass
   # (programmatic dependent launch, the dense GEMV, decode graphs, the
-  # experts' sort in the GEMV's blocks, the split combine in W_UV's).
+  # experts' sort in the GEMV's blocks, their combine in the down GEMV's
+  # last block, the split combine in W_UV's).
   triage() { # DIR PREC WEIGHTS PROMPT NEW TOL
     local env1 r verdict=""
-    for env1 in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_GRAPHS=0 DS_CUDA_MOE_SORT=kernel DS_CUDA_MLA_COMBINE=kernel; do
+    for env1 in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_GRAPHS=0 DS_CUDA_MOE_SORT=kernel \
+        DS_CUDA_MOE_COMBINE=kernel DS_CUDA_MLA_COMBINE=kernel; do
       if (cd "$1" && export "${env1?}" && with_weights ./"$2" "$3" --prompt-ids "$4" --max-new-tokens "$5" \
             --dump-logits triage.npy --dump-decode-logits triage-d.npy > triage.txt 2> triage.err) &&
          r=$(against_cpu "$1" triage "$2" "$6"); then
@@ -506,9 +509,11 @@ PY
   # dependent launch, with the dense decode GEMMs through cuBLASLt (a bf16
   # copy of the input first) instead of the GEMV kernel, with the decode
   # attention on CUDA cores instead of tensor cores, and with the experts'
-  # sort and the attention's split combine as launches of their own.
+  # sort, the experts' combine and the attention's split combine as
+  # launches of their own.
   local ab
-  for ab in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_MLA_DECODE=simt DS_CUDA_MOE_SORT=kernel DS_CUDA_MLA_COMBINE=kernel; do
+  for ab in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_MLA_DECODE=simt DS_CUDA_MOE_SORT=kernel \
+      DS_CUDA_MOE_COMBINE=kernel DS_CUDA_MLA_COMBINE=kernel; do
     if [ "$SECONDS" -lt 480 ]; then
       (cd "$dir/bench" && env "$ab" ./decode --prompt-ids "$ids" --max-new-tokens "$new1" --seed 1 > "ab-$ab.txt" 2> "ab-$ab.err") || true
       say "decode B=1, $ab: $(grep '^timing:' "$dir/bench/ab-$ab.txt" || tail -3 "$dir/bench/ab-$ab.err")"

@@ -15,6 +15,7 @@
 
 #include <cuda_profiler_api.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -141,6 +142,16 @@ cudaError_t checkLaunch(const void *kernel, dim3 grid, dim3 block,
   }
   return cudaSuccess;
 }
+
+void traceLaunch(const char *where, dim3 grid, dim3 block, size_t shared,
+                 bool early) {
+  const char *on = std::getenv("DS_CUDA_EMU_TRACE");
+  if (on && std::strcmp(on, "1") == 0)
+    std::fprintf(stderr,
+                 "cuda-emu: launch %s grid %ux%ux%u block %u smem %zu%s\n",
+                 where, grid.x, grid.y, grid.z, block.x * block.y * block.z,
+                 shared, early ? " early" : "");
+}
 } // namespace emu
 
 extern "C" {
@@ -164,7 +175,11 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int) {
   std::snprintf(prop->name, sizeof(prop->name), "CUDA emulator (CPU)");
   prop->major = 9;
   prop->minor = 0;
+  // DS_CUDA_EMU_SMS: a GPU's count, for the grids it would get (an H100
+  // SXM has 132); 4 by default, so that tests split work as small GPUs do.
   prop->multiProcessorCount = 4;
+  if (const char *s = std::getenv("DS_CUDA_EMU_SMS"))
+    prop->multiProcessorCount = std::max(1, std::atoi(s));
   prop->sharedMemPerBlock = 48 * 1024;
   prop->sharedMemPerBlockOptin = 227 * 1024;
   prop->totalGlobalMem = size_t(8) << 30;

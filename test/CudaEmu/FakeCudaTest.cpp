@@ -12,6 +12,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <string>
+
 namespace emu {
 cudaError_t checkLaunch(const void *kernel, dim3 grid, dim3 block,
                         size_t shared);
@@ -79,6 +82,37 @@ TEST(FakeCudaLaunch, AGridThatNeverWaitsIsRefused) {
                                           unwaitingKernel, dim3(2), dim3(32), 0,
                                           &out),
                "unwaiting: no thread of the grid waited");
+}
+
+// DS_CUDA_EMU_TRACE=1 names every kernel run with its configuration, and
+// DS_CUDA_EMU_SMS sets the multiprocessor count the backend sizes grids by:
+// a program's launches at a GPU's sizes, read without one.
+TEST(FakeCudaLaunch, TraceAndMultiprocessorCount) {
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
+            cudaSuccess);
+  int out = 0;
+  ASSERT_EQ(setenv("DS_CUDA_EMU_TRACE", "1", 1), 0);
+  testing::internal::CaptureStderr();
+  dsrt::cuda::launchKernelOn(stream, true, "traced", waitingKernel, dim3(3, 2),
+                             dim3(64), 0, &out);
+  const std::string err = testing::internal::GetCapturedStderr();
+  unsetenv("DS_CUDA_EMU_TRACE");
+  EXPECT_NE(err.find("cuda-emu: launch traced grid 3x2x1 block 64 smem 0 "
+                     "early\n"),
+            std::string::npos)
+      << err;
+  testing::internal::CaptureStderr();
+  dsrt::cuda::launchKernelOn(stream, false, "quiet", waitingKernel, dim3(1),
+                             dim3(32), 0, &out);
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+  cudaDeviceProp prop;
+  ASSERT_EQ(setenv("DS_CUDA_EMU_SMS", "132", 1), 0);
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  EXPECT_EQ(prop.multiProcessorCount, 132);
+  unsetenv("DS_CUDA_EMU_SMS");
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  EXPECT_EQ(prop.multiProcessorCount, 4);
 }
 
 } // namespace

@@ -548,11 +548,15 @@ void expectSortedLike(const MoECase &m, const std::vector<int32_t> &offsets,
 
 /// runExperts' launch sequence (MoE.cu) over the emulator; with `shared`
 /// (GEMV paths), the shared expert's blocks ride in the GEMV launches; with
-/// `fusedSort` (GEMV paths), the gate/up launch sorts the pairs itself.
+/// `fusedSort` (GEMV paths), the gate/up launch sorts the pairs itself;
+/// with `norm` (GEMV paths), the down launch's last block combines and
+/// normalizes (GemvCombine, its counter `*counter`) instead of the combine
+/// launch.
 template <class WT>
-std::vector<float> runExperts(const MoECase &m, Path path,
-                              const SharedCase *shared = nullptr,
-                              bool fusedSort = false) {
+std::vector<float>
+runExperts(const MoECase &m, Path path, const SharedCase *shared = nullptr,
+           bool fusedSort = false, const NormEpilogue *norm = nullptr,
+           unsigned *counter = nullptr) {
   using namespace dsrt::cuda::moe;
   const int64_t pairs = m.n * m.topK, E = m.count;
   constexpr bool bf16W = std::is_same<WT, __nv_bfloat16>::value;
@@ -629,16 +633,38 @@ std::vector<float> runExperts(const MoECase &m, Path path,
             dim3(blocks + xUp, yUp), dim3(256), gemvSortSharedBytes(E, pairs),
             groupedGemvKernel<WT, true, L, true>, xRows, gate, up,
             offsets.data(), active.data(), m.hidden, m.inter, h.data(), m.inter,
-            vecX, up1, sort, rowOf.data(), slotOf.data());
+            vecX, up1, sort, rowOf.data(), slotOf.data(), GemvCombine{});
       else
         emu::launch(dim3(blocks + xUp, yUp), dim3(256),
                     groupedGemvKernel<WT, true, L, false>, xRows, gate, up,
                     offsets.data(), active.data(), m.hidden, m.inter, h.data(),
-                    m.inter, vecX, up1, none, nullptr, nullptr);
-      emu::launch(dim3(blocks + xDown, yDown), dim3(256),
-                  groupedGemvKernel<WT, false, L, false>, hRows, down, nullptr,
-                  offsets.data(), active.data(), m.inter, m.hidden, yp.data(),
-                  m.hidden, vecH, down1, none, nullptr, nullptr);
+                    m.inter, vecX, up1, none, nullptr, nullptr, GemvCombine{});
+      GemvCombine combine{};
+      if (norm)
+        combine = {yp.data(),
+                   m.hidden,
+                   slotOf.data(),
+                   m.weights.data(),
+                   m.topK,
+                   m.n,
+                   shared ? ys.data() : nullptr,
+                   m.hidden,
+                   y.data(),
+                   m.hidden,
+                   *norm,
+                   counter};
+      if (norm)
+        emu::launch(dim3(blocks + xDown, yDown), dim3(256),
+                    groupedGemvKernel<WT, false, L, false, true>, hRows, down,
+                    nullptr, offsets.data(), active.data(), m.inter, m.hidden,
+                    yp.data(), m.hidden, vecH, down1, none, nullptr, nullptr,
+                    combine);
+      else
+        emu::launch(dim3(blocks + xDown, yDown), dim3(256),
+                    groupedGemvKernel<WT, false, L, false>, hRows, down,
+                    nullptr, offsets.data(), active.data(), m.inter, m.hidden,
+                    yp.data(), m.hidden, vecH, down1, none, nullptr, nullptr,
+                    combine);
     };
     if (path == Path::Gemv)
       gemvs(std::integral_constant<int, 32>());
@@ -647,6 +673,8 @@ std::vector<float> runExperts(const MoECase &m, Path path,
     if (fusedSort)
       expectSortedLike(m, offsets, active, rowOf, slotOf, wantOffsets,
                        wantActive);
+    if (norm)
+      return y;
   } else if (path == Path::Batched) {
     // runBatch's sequence, cuBLAS's batches as hostBatch over the pointer
     // arrays the gather kernel wrote. Every padded row of the sort's tiles
@@ -833,6 +861,61 @@ TEST(CudaEmuMoE, GroupedGemvSortsInItsBlocks) {
   const std::vector<float> got =
       runExperts<float>(other, Path::Gemv, nullptr, true);
   EXPECT_EQ(std::count(got.begin(), got.end(), 0.0f), int64_t(got.size()));
+}
+
+TEST(CudaEmuMoE, GroupedGemvCombinesInItsLastBlock) {
+  // DS_CUDA_MOE_COMBINE=fused: the down launch's last block to finish
+  // combines each token's pairs and the shared expert's row, adds the
+  // residual and normalizes, bit for bit the combine launch followed by
+  // addRmsNormKernel; its counter back at zero. Tokens 1 to 3, both lane
+  // layouts, with and without the shared expert's blocks (whose output the
+  // last block reads too), the sum apart or over the residual, and blocks
+  // with no expert (a rank none of whose experts was picked).
+  using namespace dsrt::cuda::moe;
+  for (int64_t n : {1, 2, 3})
+    for (bool bf16 : {false, true})
+      for (bool withShared : {false, true})
+        for (Path p : {Path::Gemv, Path::GemvShared}) {
+          SCOPED_TRACE(testing::Message()
+                       << "n " << n << " bf16 " << bf16 << " shared expert "
+                       << withShared << " shared inputs "
+                       << (p == Path::GemvShared));
+          MoECase m =
+              makeCase(n, 2, 8, 1, 6, 300, 40, 300, bf16, uint32_t(50 + n));
+          if (n == 1)
+            m.idx = {0, 7}; // both another rank's
+          const SharedCase sharedCase(200, 300, uint32_t(60 + n));
+          const SharedCase *shared = withShared ? &sharedCase : nullptr;
+          auto run = [&](const NormEpilogue *e, unsigned *counter) {
+            return bf16 ? runExperts<__nv_bfloat16>(m, p, shared, true, e,
+                                                    counter)
+                        : runExperts<float>(m, p, shared, true, e, counter);
+          };
+          const std::vector<float> y = run(nullptr, nullptr);
+          std::mt19937 rng(uint32_t(70 + n));
+          const std::vector<float> res = uniformVector(rng, n * m.hidden),
+                                   normW = uniformVector(rng, m.hidden);
+          std::vector<float> sum(y.size(), NAN), normed(y.size(), NAN);
+          emu::launch(dim3(unsigned(n)), dim3(256),
+                      dsrt::cuda::rowk::addRmsNormKernel, res.data(), m.hidden,
+                      y.data(), m.hidden, m.hidden, normW.data(), 1e-6f,
+                      sum.data(), m.hidden, normed.data(), m.hidden);
+          {
+            const bool inPlace = withShared == (p == Path::Gemv);
+            std::vector<float> r2 = res, s2(y.size(), NAN), n2(y.size(), NAN);
+            float *sumOut = inPlace ? r2.data() : s2.data();
+            const NormEpilogue e{r2.data(), m.hidden, normW.data(), 1e-6f,
+                                 sumOut,    m.hidden, n2.data(),    m.hidden};
+            unsigned counter = 0;
+            const std::vector<float> y2 = run(&e, &counter);
+            EXPECT_EQ(counter, 0u) << "the last block resets its counter";
+            for (size_t i = 0; i < y.size(); ++i) {
+              ASSERT_EQ(y2[i], y[i]) << "y " << i << " in place " << inPlace;
+              ASSERT_EQ(sumOut[i], sum[i]) << "sum " << i;
+              ASSERT_EQ(n2[i], normed[i]) << "normed " << i;
+            }
+          }
+        }
 }
 
 TEST(CudaEmuMoE, SimtGemmFloat32) {

@@ -78,11 +78,12 @@ struct DeviceState {
   /// Each logits row's argmax (Context::Outputs), on the device and pinned.
   int32_t *argmax = nullptr, *hostArgmax = nullptr;
   /// Counts of finished blocks (0 between launches) of the kernels whose
-  /// last block finishes the work: gateRouteKernel's and
-  /// denseGemvNormKernel's. Kernels of the one stream that touch a counter
-  /// only after their programmatic-launch wait, so after the previous
+  /// last block finishes the work: gateRouteKernel's, denseGemvNormKernel's
+  /// and the down GEMV's with GemvCombine. Kernels of the one stream that touch
+  /// a counter only after their programmatic-launch wait, so after the previous
   /// launch completed (and its last block reset the count).
-  unsigned *gateCounter = nullptr, *normCounter = nullptr;
+  unsigned *gateCounter = nullptr, *normCounter = nullptr,
+           *combineCounter = nullptr;
 
   /// The latent cache: pool[block][layer][64][rowFloats] like KVCache's
   /// (rows of rowFloats elements: bf16 in bf16 mode, which halves the bytes
@@ -153,6 +154,11 @@ struct DeviceState {
   /// GEMV's own blocks (moe::sortInBlock) rather than a sortPairsKernel
   /// launch before it (DS_CUDA_MOE_SORT=fused|kernel).
   bool moeFusedSort = true;
+
+  /// At batch 1 or 2 (moe::kCombineInGemvTokens), the experts' combine and
+  /// the add + RMSNorm after them in the down GEMV's last block, or a
+  /// launch of their own (DS_CUDA_MOE_COMBINE=fused|kernel).
+  bool moeFusedCombine = true;
 
   /// Decode attention over a bf16 latent cache on tensor cores (16 heads a
   /// block) where its shared memory fits, or the SIMT kernel (8 heads a
@@ -238,6 +244,11 @@ bool refuseEarlyLaunch(cudaStream_t stream);
 /// cudaFuncSetAttribute allowed that kernel.
 cudaError_t checkLaunch(const void *kernel, dim3 grid, dim3 block,
                         size_t shared);
+/// DS_CUDA_EMU_TRACE=1: one stderr line per kernel run (graph replays
+/// included), its name, grid, block and dynamic shared memory, to read a
+/// program's launches at a GPU's sizes (DS_CUDA_EMU_SMS) without one.
+void traceLaunch(const char *where, dim3 grid, dim3 block, size_t shared,
+                 bool early);
 } // namespace emu
 namespace dsrt {
 namespace cuda {
@@ -264,6 +275,7 @@ void launchKernelOn(cudaStream_t stream, bool early, const char *where,
         where);
   std::tuple<std::decay_t<Params>...> values(std::forward<Args>(args)...);
   emu::enqueue(stream, [=] {
+    emu::traceLaunch(where, grid, block, shared, early);
     const uint64_t waits = emu::gridWaits();
     std::apply(
         [&](const auto &...v) {

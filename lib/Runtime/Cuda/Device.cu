@@ -448,6 +448,16 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
       return false;
     }
   }
+  if (const char *m = std::getenv("DS_CUDA_MOE_COMBINE")) {
+    if (std::strcmp(m, "fused") == 0 || std::strcmp(m, "kernel") == 0) {
+      st.moeFusedCombine = std::strcmp(m, "fused") == 0;
+    } else {
+      *error =
+          std::string("DS_CUDA_MOE_COMBINE: expected fused or kernel, got '") +
+          m + "'";
+      return false;
+    }
+  }
   if (const char *m = std::getenv("DS_CUDA_MLA_COMBINE")) {
     if (std::strcmp(m, "fused") == 0 || std::strcmp(m, "kernel") == 0) {
       st.mlaFusedCombine = std::strcmp(m, "fused") == 0;
@@ -510,13 +520,14 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
       !(st.hiddenIn = deviceAlloc<float>(st, rows * size_t(spec.hiddenSize),
                                          error, "MTP inputs")) ||
       !(st.argmax = deviceAlloc<int32_t>(st, rows, error, "argmax")) ||
-      !(st.gateCounter = deviceAlloc<unsigned>(st, 2, error, "counters")) ||
-      cudaFail(cudaMemset(st.gateCounter, 0, 2 * sizeof(unsigned)),
+      !(st.gateCounter = deviceAlloc<unsigned>(st, 3, error, "counters")) ||
+      cudaFail(cudaMemset(st.gateCounter, 0, 3 * sizeof(unsigned)),
                "cudaMemset") ||
       cudaFail(cudaMallocHost(&st.hostArgmax, rows * sizeof(int32_t)),
                "cudaMallocHost"))
     return false;
   st.normCounter = st.gateCounter + 1;
+  st.combineCounter = st.gateCounter + 2;
 
   for (const RopeTable &t : ctx.impl().ropes) {
     DeviceState::Rope r;

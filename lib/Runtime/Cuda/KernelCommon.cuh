@@ -186,7 +186,7 @@ __device__ inline bool lastBlockDone(unsigned *counter, bool &last) {
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence(); // cumulative: the block's fenced writes come first
-    last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y * gridDim.z - 1;
   }
   __syncthreads();
   if (!last)

@@ -83,7 +83,8 @@ template <class WT, bool GATED, int LANES>
 void groupedGemv(DeviceState &st, const char *where, unsigned blocks,
                  const Rows &rows, const void *const *wa, const void *const *wb,
                  const SortArrays &s, int64_t K, int64_t N, float *out,
-                 int64_t ldo, bool vec, DenseGemv dense) {
+                 int64_t ldo, bool vec, DenseGemv dense,
+                 const GemvCombine &combine) {
   const int64_t perBlock = 8 * gemvColumnsPerWarp<LANES>();
   const unsigned gridY = unsigned((N + perBlock - 1) / perBlock);
   dense.firstBlock = blocks;
@@ -96,15 +97,25 @@ void groupedGemv(DeviceState &st, const char *where, unsigned blocks,
                    dim3(blocks + extra, gridY), 256,
                    gemvSortSharedBytes(s.sort.experts, s.sort.pairs), rows, wa,
                    wb, s.offsets, s.active, K, N, out, ldo, vec, dense, s.sort,
-                   s.rowOf, s.slotOf);
+                   s.rowOf, s.slotOf, combine);
       return;
     }
   }
   if (s.sort.idx)
     fatal(where, "a sort in a launch that does not sort");
+  if constexpr (!GATED) {
+    if (combine.counter) {
+      launchKernel(st, where, groupedGemvKernel<WT, false, LANES, false, true>,
+                   dim3(blocks + extra, gridY), 256, 0, rows, wa, wb, s.offsets,
+                   s.active, K, N, out, ldo, vec, dense, s.sort, s.rowOf,
+                   s.slotOf, combine);
+      return;
+    }
+  }
   launchKernel(st, where, groupedGemvKernel<WT, GATED, LANES, false>,
                dim3(blocks + extra, gridY), 256, 0, rows, wa, wb, s.offsets,
-               s.active, K, N, out, ldo, vec, dense, s.sort, s.rowOf, s.slotOf);
+               s.active, K, N, out, ldo, vec, dense, s.sort, s.rowOf, s.slotOf,
+               combine);
 }
 
 /// Four columns per warp (sharing each input load) when the experts hold
@@ -116,13 +127,13 @@ void groupedGemv(DeviceState &st, const char *where, bool shareInputs,
                  unsigned blocks, const Rows &rows, const void *const *wa,
                  const void *const *wb, const SortArrays &s, int64_t K,
                  int64_t N, float *out, int64_t ldo, bool vec,
-                 const DenseGemv &dense) {
+                 const DenseGemv &dense, const GemvCombine &combine = {}) {
   if (shareInputs)
     groupedGemv<WT, GATED, 8>(st, where, blocks, rows, wa, wb, s, K, N, out,
-                              ldo, vec, dense);
+                              ldo, vec, dense, combine);
   else
     groupedGemv<WT, GATED, 32>(st, where, blocks, rows, wa, wb, s, K, N, out,
-                               ldo, vec, dense);
+                               ldo, vec, dense, combine);
 }
 
 /// The shared expert's part of runExperts' GEMV launches: its weights (of
@@ -333,9 +344,28 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
                           vec(xRows.x, xRows.ldx, hidden), sharedUp);
     if (fp8Act)
       hRows.x = fakeQuantE4M3(st, h, inter, pairs, inter);
-    groupedGemv<WT, false>(st, "moeExpertsW (down)", shareInputs, blocks, hRows,
-                           down, nullptr, sorted, inter, hidden, yp, hidden,
-                           vec(hRows.x, hRows.ldx, inter), sharedDown);
+    // At batch 1 or 2, the combine + norm in the down launch's last block.
+    GemvCombine combine{};
+    if (norm && st.moeFusedCombine && n <= kCombineInGemvTokens)
+      combine = {yp,
+                 hidden,
+                 slotOf,
+                 weights,
+                 topK,
+                 n,
+                 shared ? shared->y : nullptr,
+                 hidden,
+                 y,
+                 ldy,
+                 *norm,
+                 st.combineCounter};
+    groupedGemv<WT, false>(
+        st,
+        combine.counter ? "moeExpertsW (down + combine)" : "moeExpertsW (down)",
+        shareInputs, blocks, hRows, down, nullptr, sorted, inter, hidden, yp,
+        hidden, vec(hRows.x, hRows.ldx, inter), sharedDown, combine);
+    if (combine.counter)
+      return;
   } else if (tensorCores) {
     const unsigned tiles = unsigned(tileBound(pairs, experts, kTcBM));
     launchKernel(st, "moeExpertsW (gate/up)", groupedGemmTcKernel<true>,

@@ -17,6 +17,10 @@ namespace moe {
 /// Up to this many tokens the experts run as GEMVs (each active expert's
 /// weights streamed once per 8 of its rows), above as tiled GEMMs.
 constexpr int64_t kGemvTokens = 64;
+/// Tokens up to which the combine + norm after the down GEMV runs in that
+/// launch's last block (row after row, on one multiprocessor) rather than
+/// as a launch of a block per token (DS_CUDA_MOE_COMBINE).
+constexpr int64_t kCombineInGemvTokens = 2;
 /// SIMT grouped GEMM tile (float32 weights).
 constexpr int kBM = 32, kBN = 64, kBK = 32;
 /// Tensor-core grouped GEMM tile (bf16 weights): 8 warps as 2 x 4, each a
@@ -146,6 +150,58 @@ struct DenseGemv {
   unsigned firstBlock; // past the grid: none
 };
 
+/// combineKernel for the whole row of token t, with the block, then, as
+/// addRmsNormKernel (same order of sums), sum = residual + y and normed =
+/// rmsNorm(sum). A thread reads and writes the same elements of y, sum and
+/// the residual only, so sum may alias the residual (in-place residual
+/// streams). yp and shared go past L1: in the down GEMV's last block
+/// (GemvCombine) other blocks of the launch wrote them.
+__device__ inline void combineNormRow(int64_t t, const float *yp,
+                                      int64_t hidden, const int32_t *slotOf,
+                                      const float *w, int64_t topK,
+                                      const float *shared, int64_t lds,
+                                      float *y, int64_t ldy,
+                                      const NormEpilogue &e, float *red) {
+  float *sum = e.sum + t * e.lds;
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t k = 0; k < topK; ++k) {
+      const int32_t slot = slotOf[t * topK + k];
+      if (slot >= 0)
+        acc += w[t * topK + k] * __ldcg(yp + int64_t(slot) * hidden + c);
+    }
+    if (shared)
+      acc += __ldcg(shared + t * lds + c);
+    y[t * ldy + c] = acc;
+    const float v = e.residual[t * e.ldr + c] + acc;
+    sum[c] = v;
+    ss += v * v;
+  }
+  ss = blockSum(ss, red);
+  const float r = 1.0f / sqrtf(ss / float(hidden) + e.eps);
+  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x)
+    e.normed[t * e.ldn + c] = sum[c] * r * e.weight[c];
+}
+
+/// The combine + residual add + RMSNorm of the MoE output (combineNormRow)
+/// done by the down GEMV's last block to finish (`counter`, zero between
+/// launches; null: not in this launch): one launch and one kernel
+/// boundary fewer on every MoE layer's decode path at batch 1.
+struct GemvCombine {
+  const float *yp; // the routed experts' rows [pairs, hidden] (the launch's)
+  int64_t hidden;
+  const int32_t *slotOf;
+  const float *w; // [n, topK] routing weights
+  int64_t topK, n;
+  const float *shared; // the shared expert's output [n, lds], or null
+  int64_t lds;
+  float *y;
+  int64_t ldy;
+  NormEpilogue norm;
+  unsigned *counter;
+};
+
 /// The x-blocks a DenseGemv of N columns needs beside a grid of `gridY`.
 template <int LANES>
 inline unsigned denseGemvBlocks(int64_t N, unsigned gridY) {
@@ -265,17 +321,21 @@ __device__ inline int32_t sortInBlock(const GemvSort &s, int32_t *offsets,
 /// the grid needs only min(experts, pairs) expert blocks. Blocks from
 /// dense.firstBlock on compute `dense` instead. SORT: the kernel with
 /// sortInBlock (its code costs the launches that do not sort up to 30
-/// registers a thread).
-template <class WT, bool GATED, int LANES, bool SORT>
+/// registers a thread). COMBINE (not GATED): the down GEMV whose last block
+/// runs `combine` (the others take no GemvCombine; a template apart, as its
+/// code costs the down GEMV's usual launches 8 to 24 registers).
+template <class WT, bool GATED, int LANES, bool SORT, bool COMBINE = false>
 __global__ void
 groupedGemvKernel(Rows rows, const void *const *wa, const void *const *wb,
                   int32_t *offsets, int32_t *active, int64_t K, int64_t N,
                   float *out, int64_t ldo, bool vec, DenseGemv dense,
-                  GemvSort sort, int32_t *rowOf, int32_t *slotOf) {
+                  GemvSort sort, int32_t *rowOf, int32_t *slotOf,
+                  GemvCombine combine) {
   // One call of gemvColumns for both kinds of block (two inlined copies
   // cost ~20 registers, and with them blocks per multiprocessor). Expert
   // blocks wait for the sort (or the routing) first; dense blocks issue
   // their first weight loads before they wait (gemvColumns' deferWait).
+  static_assert(!(GATED && COMBINE), "the combine follows the down GEMV");
   const bool isDense = blockIdx.x >= dense.firstBlock;
   if (!isDense)
     pdlEnter();
@@ -300,19 +360,38 @@ groupedGemvKernel(Rows rows, const void *const *wa, const void *const *wb,
     first = 0;
   } else {
     const int32_t e = active[blockIdx.x];
-    if (e < 0)
-      return;
-    first = offsets[e], count = offsets[e + 1] - first;
-    w1 = wa[e], w2 = GATED ? wb[e] : nullptr;
+    if (e < 0) {
+      count = 0; // no expert: nothing to compute, but the combine's count
+      w1 = w2 = nullptr;
+    } else {
+      first = offsets[e], count = offsets[e + 1] - first;
+      w1 = wa[e], w2 = GATED ? wb[e] : nullptr;
+    }
   }
   const int64_t col0 = (chunk * (blockDim.x / 32) + threadIdx.x / 32) *
                        gemvColumnsPerWarp<LANES>();
-  if (col0 >= N)
+  // With a combine, every thread reaches the barriers of lastBlockDone,
+  // having waited for the kernels before (in gemvColumns, or here).
+  const bool work = (isDense || count > 0) && col0 < N;
+  if (!COMBINE && !work)
     return;
-  gemvColumns<WT, GATED, LANES>(rows, static_cast<const WT *>(w1),
-                                static_cast<const WT *>(w2), first, count, K, N,
-                                col0, out, ldo, vec, false,
-                                /*deferWait=*/isDense);
+  if (work)
+    gemvColumns<WT, GATED, LANES>(rows, static_cast<const WT *>(w1),
+                                  static_cast<const WT *>(w2), first, count, K,
+                                  N, col0, out, ldo, vec, false,
+                                  /*deferWait=*/isDense);
+  if constexpr (COMBINE) {
+    if (!work)
+      pdlEnter();
+    __shared__ bool last;
+    __shared__ float red[32];
+    if (!lastBlockDone(combine.counter, last))
+      return;
+    for (int64_t t = 0; t < combine.n; ++t)
+      combineNormRow(t, combine.yp, combine.hidden, combine.slotOf, combine.w,
+                     combine.topK, combine.shared, combine.lds, combine.y,
+                     combine.ldy, combine.norm, red);
+  }
 }
 
 /// A grouped GEMM block's output tile: rows [r0, r0 + rows) of `expert`'s
@@ -666,11 +745,8 @@ __global__ void combineKernel(const float *yp, int64_t hidden,
   }
 }
 
-/// combineKernel for the whole row of token blockIdx.x, then, as
-/// addRmsNormKernel (same order of sums), sum = residual + y and normed =
-/// rmsNorm(sum): one launch instead of two after a MoE layer at decode. A
-/// thread reads and writes the same elements of y, sum and the residual
-/// only, so sum may alias the residual (in-place residual streams).
+/// combineNormRow of token blockIdx.x: one launch instead of the combine
+/// and the add + RMSNorm after a MoE layer at decode.
 __global__ void combineNormKernel(const float *yp, int64_t hidden,
                                   const int32_t *slotOf, const float *w,
                                   int64_t topK, const float *shared,
@@ -678,27 +754,8 @@ __global__ void combineNormKernel(const float *yp, int64_t hidden,
                                   NormEpilogue e) {
   pdlEnter();
   __shared__ float red[32];
-  const int64_t t = blockIdx.x;
-  float *sum = e.sum + t * e.lds;
-  float ss = 0.0f;
-  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
-    float acc = 0.0f;
-    for (int64_t k = 0; k < topK; ++k) {
-      const int32_t slot = slotOf[t * topK + k];
-      if (slot >= 0)
-        acc += w[t * topK + k] * yp[int64_t(slot) * hidden + c];
-    }
-    if (shared)
-      acc += shared[t * lds + c];
-    y[t * ldy + c] = acc;
-    const float v = e.residual[t * e.ldr + c] + acc;
-    sum[c] = v;
-    ss += v * v;
-  }
-  ss = blockSum(ss, red);
-  const float r = 1.0f / sqrtf(ss / float(hidden) + e.eps);
-  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x)
-    e.normed[t * e.ldn + c] = sum[c] * r * e.weight[c];
+  combineNormRow(blockIdx.x, yp, hidden, slotOf, w, topK, shared, lds, y, ldy,
+                 e, red);
 }
 
 } // namespace moe
