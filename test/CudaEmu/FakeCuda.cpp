@@ -143,6 +143,11 @@ cudaError_t checkLaunch(const void *kernel, dim3 grid, dim3 block,
   return cudaSuccess;
 }
 
+bool failLaunch(const char *where) {
+  const char *f = std::getenv("DS_CUDA_EMU_FAIL");
+  return f && std::strcmp(f, where) == 0;
+}
+
 void traceLaunch(const char *where, dim3 grid, dim3 block, size_t shared,
                  bool early) {
   const char *on = std::getenv("DS_CUDA_EMU_TRACE");

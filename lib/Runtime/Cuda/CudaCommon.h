@@ -249,6 +249,9 @@ cudaError_t checkLaunch(const void *kernel, dim3 grid, dim3 block,
 /// program's launches at a GPU's sizes (DS_CUDA_EMU_SMS) without one.
 void traceLaunch(const char *where, dim3 grid, dim3 block, size_t shared,
                  bool early);
+/// DS_CUDA_EMU_FAIL=NAME: the launches named NAME fail as a faulting
+/// kernel's would, for the scripts' handling of a kernel gone wrong.
+bool failLaunch(const char *where);
 } // namespace emu
 namespace dsrt {
 namespace cuda {
@@ -273,6 +276,8 @@ void launchKernelOn(cudaStream_t stream, bool early, const char *where,
   check(emu::checkLaunch(reinterpret_cast<const void *>(kernel), grid, block,
                          shared),
         where);
+  if (emu::failLaunch(where))
+    check(cudaErrorLaunchFailure, where);
   std::tuple<std::decay_t<Params>...> values(std::forward<Args>(args)...);
   emu::enqueue(stream, [=] {
     emu::traceLaunch(where, grid, block, shared, early);
