@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <set>
 #include <string>
 #include <thread>
@@ -203,6 +204,29 @@ const float *weight(Context &ctx, int64_t index) {
 }
 
 namespace {
+
+/// The runtime's switch `name` (an environment variable): *index is the
+/// position of its value in `choices` (untouched when unset); false, with
+/// the error naming the variable and what it takes, for any other value.
+bool envChoice(const char *name, std::initializer_list<const char *> choices,
+               int *index, std::string *error) {
+  const char *v = std::getenv(name);
+  if (!v)
+    return true;
+  int i = 0;
+  std::string expected;
+  for (const char *c : choices) {
+    if (std::strcmp(v, c) == 0) {
+      *index = i;
+      return true;
+    }
+    expected += i == 0 ? "" : i + 1 == int(choices.size()) ? " or " : ", ";
+    expected += c;
+    ++i;
+  }
+  *error = std::string(name) + ": expected " + expected + ", got '" + v + "'";
+  return false;
+}
 
 /// Whether kernels may start early (programmatic dependent launch): only
 /// where the loaded kernel image has pdlEnter's wait (sm_90 code; a JIT of
@@ -400,20 +424,11 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
     }
     st.gemvMaxRows = v;
   }
-  if (const char *m = std::getenv("DS_CUDA_MOE_GEMM")) {
-    if (std::strcmp(m, "auto") == 0)
-      st.moeGemm = DeviceState::MoeGemm::Auto;
-    else if (std::strcmp(m, "batched") == 0)
-      st.moeGemm = DeviceState::MoeGemm::Batched;
-    else if (std::strcmp(m, "tiled") == 0)
-      st.moeGemm = DeviceState::MoeGemm::Tiled;
-    else {
-      *error = std::string("DS_CUDA_MOE_GEMM: expected auto, batched or "
-                           "tiled, got '") +
-               m + "'";
-      return false;
-    }
-  }
+  int gemm = int(st.moeGemm); // the choices in MoeGemm's order
+  if (!envChoice("DS_CUDA_MOE_GEMM", {"auto", "batched", "tiled"}, &gemm,
+                 error))
+    return false;
+  st.moeGemm = DeviceState::MoeGemm(gemm);
   if (const char *w = std::getenv("DS_CUDA_PROFILE_STEPS")) {
     char *end = nullptr;
     const long long first = std::strtoll(w, &end, 10);
@@ -438,45 +453,18 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
                  "(DS_CUDA_PROFILE_STEPS)\n",
                  first, first + count - 1);
   }
-  if (const char *m = std::getenv("DS_CUDA_MOE_SORT")) {
-    if (std::strcmp(m, "fused") == 0 || std::strcmp(m, "kernel") == 0) {
-      st.moeFusedSort = std::strcmp(m, "fused") == 0;
-    } else {
-      *error =
-          std::string("DS_CUDA_MOE_SORT: expected fused or kernel, got '") + m +
-          "'";
-      return false;
-    }
-  }
-  if (const char *m = std::getenv("DS_CUDA_MOE_COMBINE")) {
-    if (std::strcmp(m, "fused") == 0 || std::strcmp(m, "kernel") == 0) {
-      st.moeFusedCombine = std::strcmp(m, "fused") == 0;
-    } else {
-      *error =
-          std::string("DS_CUDA_MOE_COMBINE: expected fused or kernel, got '") +
-          m + "'";
-      return false;
-    }
-  }
-  if (const char *m = std::getenv("DS_CUDA_MLA_COMBINE")) {
-    if (std::strcmp(m, "fused") == 0 || std::strcmp(m, "kernel") == 0) {
-      st.mlaFusedCombine = std::strcmp(m, "fused") == 0;
-    } else {
-      *error =
-          std::string("DS_CUDA_MLA_COMBINE: expected fused or kernel, got '") +
-          m + "'";
-      return false;
-    }
-  }
-  if (const char *m = std::getenv("DS_CUDA_MLA_DECODE")) {
-    if (std::strcmp(m, "auto") == 0 || std::strcmp(m, "simt") == 0) {
-      st.mlaDecodeTc = std::strcmp(m, "auto") == 0;
-    } else {
-      *error = std::string("DS_CUDA_MLA_DECODE: expected auto or simt, got '") +
-               m + "'";
-      return false;
-    }
-  }
+  // fused|kernel (auto|simt): index 0 is the default, the fused path.
+  int sort = 0, combine = 0, mlaCombine = 0, decode = 0;
+  if (!envChoice("DS_CUDA_MOE_SORT", {"fused", "kernel"}, &sort, error) ||
+      !envChoice("DS_CUDA_MOE_COMBINE", {"fused", "kernel"}, &combine, error) ||
+      !envChoice("DS_CUDA_MLA_COMBINE", {"fused", "kernel"}, &mlaCombine,
+                 error) ||
+      !envChoice("DS_CUDA_MLA_DECODE", {"auto", "simt"}, &decode, error))
+    return false;
+  st.moeFusedSort = sort == 0;
+  st.moeFusedCombine = combine == 0;
+  st.mlaFusedCombine = mlaCombine == 0;
+  st.mlaDecodeTc = decode == 0;
 
   st.maxTokens = std::max<int64_t>(
       {spec.prefillMaxTokens, spec.decodeMaxTokens, spec.mtpMaxTokens, 1});
