@@ -1946,8 +1946,13 @@ int32_t hostArgmax(const float *row, int64_t n) {
 TEST(CudaEmuArgmax, MatchesHost) {
   // 1000: one element per thread at most; 20000: more than one round of
   // loads per thread, so ties and the maximum fall in different rounds.
-  for (int64_t vocab : {1000, 20000}) {
-    const int64_t ld = vocab + 4;
+  // 16-byte loads where ld is a multiple of 4 (then 20003: a tail of 3
+  // single loads), single floats otherwise (1001, 20001).
+  for (auto [vocab, ld] : {std::pair<int64_t, int64_t>{1000, 1004},
+                           {20000, 20004},
+                           {20003, 20008},
+                           {1001, 1001},
+                           {20001, 20003}}) {
     std::vector<std::vector<float>> rows;
     std::mt19937 rng(uint32_t(7 + vocab));
     std::uniform_real_distribution<float> u(-5.0f, 5.0f);
