@@ -361,7 +361,7 @@ groupedGemvKernel(Rows rows, const void *const *wa, const void *const *wb,
   } else {
     const int32_t e = active[blockIdx.x];
     if (e < 0) {
-      count = 0; // no expert: nothing to compute, but the combine's count
+      count = 0; // no expert: nothing to compute (still counted by a combine)
       w1 = w2 = nullptr;
     } else {
       first = offsets[e], count = offsets[e + 1] - first;
