@@ -501,6 +501,9 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
   st.tokenSeq = in + 2 * st.maxTokens;
   st.blockTable = in + 3 * st.maxTokens;
   const size_t rows = size_t(st.maxTokens);
+  // The last-block counters (DeviceState), one allocation, zeroed once.
+  constexpr size_t kCounters = 3;
+  unsigned *counters = nullptr;
   if (!(st.logits = deviceAlloc<float>(st, rows * size_t(spec.vocabSize), error,
                                        "logits")) ||
       !(st.hidden = deviceAlloc<float>(st, rows * size_t(spec.hiddenSize),
@@ -508,14 +511,15 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
       !(st.hiddenIn = deviceAlloc<float>(st, rows * size_t(spec.hiddenSize),
                                          error, "MTP inputs")) ||
       !(st.argmax = deviceAlloc<int32_t>(st, rows, error, "argmax")) ||
-      !(st.gateCounter = deviceAlloc<unsigned>(st, 3, error, "counters")) ||
-      cudaFail(cudaMemset(st.gateCounter, 0, 3 * sizeof(unsigned)),
+      !(counters = deviceAlloc<unsigned>(st, kCounters, error, "counters")) ||
+      cudaFail(cudaMemset(counters, 0, kCounters * sizeof(unsigned)),
                "cudaMemset") ||
       cudaFail(cudaMallocHost(&st.hostArgmax, rows * sizeof(int32_t)),
                "cudaMallocHost"))
     return false;
-  st.normCounter = st.gateCounter + 1;
-  st.combineCounter = st.gateCounter + 2;
+  st.gateCounter = counters;
+  st.normCounter = counters + 1;
+  st.combineCounter = counters + 2;
 
   for (const RopeTable &t : ctx.impl().ropes) {
     DeviceState::Rope r;
