@@ -15,8 +15,8 @@
 # prefill and of the decode steps, same greedy tokens, batch mode and MTP
 # speculation too; a failing case is re-run
 # with each of DS_CUDA_PDL=0, DS_CUDA_GEMV_ROWS=0, DS_CUDA_GRAPHS=0,
-# DS_CUDA_MOE_SORT=kernel, DS_CUDA_MOE_COMBINE=kernel, DS_CUDA_MLA_COMBINE=kernel
-# to name the path at fault), bf16 on the tiny models
+# DS_CUDA_MOE_SORT=kernel, DS_CUDA_MOE_COMBINE=kernel, DS_CUDA_MLA_COMBINE=kernel,
+# DS_CUDA_MOE_GEMV=simt to name the path at fault), bf16 on the tiny models
 # (rel < 2e-2, the decode steps' where the tokens agree; v3-long's 120-token prefill takes the grouped-GEMM experts,
 # and again as cuBLAS batches: DS_CUDA_MOE_GEMM=batched; bench-mini is the
 # benchmark model's architecture at hidden 256, 3 layers, in f32 and bf16),
@@ -30,7 +30,8 @@
 # (DS_CUDA_MLA_DECODE=simt) and with the experts' sort, the experts' combine
 # and the attention's split combine as launches of their own
 # (DS_CUDA_MOE_SORT=kernel, DS_CUDA_MOE_COMBINE=kernel,
-# DS_CUDA_MLA_COMBINE=kernel), decode B=32 with its dense GEMMs on the GEMV
+# DS_CUDA_MLA_COMBINE=kernel), decode B=32 with the experts' GEMVs on CUDA
+# cores (DS_CUDA_MOE_GEMV=simt) and with its dense GEMMs on the GEMV
 # kernel (DS_CUDA_GEMV_ROWS=32), and prefill with the routed experts on the
 # tiled kernel (DS_CUDA_MOE_GEMM=tiled), for comparison. Results under $OUT (or DIR/out): gpu.txt, baseline.json.
 #   bench/gpu/run.sh ncu DIR       # on the GPU machine, in a call of its own
@@ -203,6 +204,12 @@ prepare() {
       (cd "$d" && with_weights ./cpu "$weights" --prompt-ids "$prompt" --max-new-tokens "$new" \
         --speculative=mtp --dump-decode-logits cpu-spec-d.npy > cpu-spec.txt)
     fi
+    if [ "$name" = bench-mini ]; then
+      # Its first 40 tokens: a prefill of grouped GEMVs (up to 64 tokens) at
+      # about 4 rows an expert, which bf16 runs on tensor cores.
+      (cd "$d" && with_weights ./cpu "$weights" --prompt-ids "$(echo "$prompt" | cut -d, -f1-40)" \
+        --max-new-tokens 2 --dump-logits cpu40.npy > cpu40.txt)
+    fi
     rm -f "$d/cpu"
   done < <(cases)
   echo "prepare: benchmark model"
@@ -371,7 +378,7 @@ PY
     fi
     triaged=$((triaged + 1))
     for env1 in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_GRAPHS=0 DS_CUDA_MOE_SORT=kernel \
-        DS_CUDA_MOE_COMBINE=kernel DS_CUDA_MLA_COMBINE=kernel; do
+        DS_CUDA_MOE_COMBINE=kernel DS_CUDA_MLA_COMBINE=kernel DS_CUDA_MOE_GEMV=simt; do
       if (cd "$1" && export "${env1?}" && with_weights ./"$2" "$3" --prompt-ids "$4" --max-new-tokens "$5" \
             --dump-logits triage.npy --dump-decode-logits triage-d.npy > triage.txt 2> triage.err) &&
          r=$(against_cpu "$1" triage "$2" "$6"); then
@@ -452,6 +459,29 @@ PY
       fi
     done
   fi
+  # The routed experts' grouped GEMV on tensor cores (bf16, two rows per
+  # expert or more: bench-mini's 40-token prefill), against the CPU backend
+  # (its routing near-ties as in against_cpu), and (report) against the
+  # CUDA-core GEMV's run (DS_CUDA_MOE_GEMV=simt).
+  if [ -f "$dir/e2e/bench-mini/cpu40.npy" ] && [ -x "$dir/e2e/bench-mini/bf16" ]; then
+    local d="$dir/e2e/bench-mini" weights prompt new p40
+    IFS='|' read -r weights prompt new < "$d/args"
+    p40=$(echo "$prompt" | cut -d, -f1-40)
+    r=""
+    if (cd "$d" && with_weights ./bf16 "$weights" --prompt-ids "$p40" --max-new-tokens 2 \
+          --dump-logits tc40.npy > tc40.txt 2> tc40.err) &&
+       r=$("$py" "$dir/compare.py" "$d/tc40.npy" "$d/cpu40.npy" --rtol 2e-2 --no-argmax --outlier-frac 0.25 2>&1); then
+      local simt="not run"
+      if (cd "$d" && DS_CUDA_MOE_GEMV=simt with_weights ./bf16 "$weights" --prompt-ids "$p40" \
+            --max-new-tokens 2 --dump-logits simt40.npy > simt40.txt 2> simt40.err); then
+        simt=$("$py" "$dir/compare.py" "$d/tc40.npy" "$d/simt40.npy" --report 2>&1)
+      fi
+      say "PASS bench-mini bf16, 40-token prefill, experts' GEMV on tensor cores: $r (vs DS_CUDA_MOE_GEMV=simt: $simt)"
+    else
+      say "FAIL bench-mini bf16, 40-token prefill, experts' GEMV on tensor cores: ${r:-} $(tail -3 "$d/tc40.err")"
+      failed=1
+    fi
+  fi
   if [ -x "$dir/dsrt-comm-nccl-test" ] && [ -d "$dir/e2e/v3" ]; then
     say "== NCCL: collectives on device buffers, a one-rank job end to end (at ${SECONDS} s)"
     # Open MPI as a singleton (no mpirun here), its components from the
@@ -499,7 +529,7 @@ PY
   # A run that fails is run again once with the switch triage found (else
   # every fused path off), so that a fault in one kernel still leaves
   # numbers, named by what they ran with.
-  local fallback=${safe_env:-DS_CUDA_PDL=0 DS_CUDA_MOE_SORT=kernel DS_CUDA_MOE_COMBINE=kernel DS_CUDA_MLA_COMBINE=kernel DS_CUDA_MLA_DECODE=simt}
+  local fallback=${safe_env:-DS_CUDA_PDL=0 DS_CUDA_MOE_SORT=kernel DS_CUDA_MOE_COMBINE=kernel DS_CUDA_MLA_COMBINE=kernel DS_CUDA_MLA_DECODE=simt DS_CUDA_MOE_GEMV=simt}
   bench_run() { # LABEL OUTFILE ERRFILE PATTERN COMMAND...
     local label=$1 o=$2 e=$3 pat=$4 src
     shift 4
@@ -559,6 +589,14 @@ PY
       say "decode B=1, $ab: skipped ($SECONDS s used)"
     fi
   done
+  # Decode B=32 with the routed experts' GEMVs (about 3 rows an expert) on
+  # CUDA cores, four columns a warp, instead of tensor cores.
+  if [ "$SECONDS" -lt 450 ]; then
+    (cd "$dir/bench" && DS_CUDA_MOE_GEMV=simt ./decode --requests requests32.jsonl --max-batch 32 --seed 1 --output /dev/null 2> ab32g.err) || true
+    say "decode B=32, DS_CUDA_MOE_GEMV=simt: $(grep '^batch:' "$dir/bench/ab32g.err" || tail -3 "$dir/bench/ab32g.err")"
+  else
+    say "decode B=32, DS_CUDA_MOE_GEMV=simt: skipped ($SECONDS s used)"
+  fi
   # Decode B=32 with its dense GEMMs (32 rows) on the GEMV kernel instead
   # of cuBLASLt: which is faster at 32 rows is a measurement, not a guess.
   if [ "$SECONDS" -lt 450 ]; then

@@ -13,7 +13,10 @@
 //    wait for the 32 lanes of the warp and fail if a lane has exited;
 //  - nvcuda::wmma holds whole 16x16 tiles in every lane: loads check the
 //    alignment rules of the real API (256-bit pointers, ldm a multiple of
-//    16 bytes), stores check that every lane holds the same tile.
+//    16 bytes), stores check that every lane holds the same tile;
+//  - mma.sync m16n8k16 (bf16, KernelCommon.cuh's mmaBf16) reads the other
+//    lanes' fragment registers by the PTX ISA's layout, so a kernel that
+//    puts a value in the wrong register or lane gets a wrong product.
 // A barrier no thread can pass (divergent __syncthreads, a warp op
 // reached by part of a warp) is reported, not waited on forever.
 // Blocks, and ready threads between barriers, run first to last, or last
@@ -337,6 +340,51 @@ inline unsigned ballot(bool pred) {
     bits |= unsigned(r.exchange[base + l] != 0) << l;
   warpSync(); // nobody overwrites a slot before every lane read it
   return bits;
+}
+
+/// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 for the calling
+/// warp (KernelCommon.cuh's mmaBf16 documents the fragments): each lane
+/// reads the A rows and B columns of its four outputs from the lanes that
+/// hold them, and adds their products to d in k order.
+inline void mmaM16N8K16Bf16(float d[4], const uint32_t a[4],
+                            const uint32_t b[2]) {
+  Runner &r = *runner();
+  const unsigned me = linearThread(), base = me - me % 32;
+  if (base + 32 > r.fibers.size())
+    die("mma.sync in a warp of fewer than 32 threads");
+  const uint32_t *mine[2] = {a, b};
+  r.tiles[me] = mine; // this fiber's stack stays put while it is parked
+  warpSync();
+  auto half = [](uint32_t word, int k) {
+    const uint16_t bits = uint16_t(k % 2 ? word >> 16 : word & 0xffffu);
+    uint32_t f = uint32_t(bits) << 16;
+    float v;
+    std::memcpy(&v, &f, sizeof(v));
+    return v;
+  };
+  auto operands = [&](unsigned lane) {
+    return static_cast<const uint32_t *const *>(r.tiles[base + lane]);
+  };
+  auto aAt = [&](int row, int k) { // lane (row % 8, (k % 8) / 2)
+    const uint32_t *la =
+        operands(unsigned(row % 8) * 4 + unsigned(k % 8) / 2)[0];
+    return half(la[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k);
+  };
+  auto bAt = [&](int k, int col) { // lane (col, (k % 8) / 2)
+    const uint32_t *lb = operands(unsigned(col) * 4 + unsigned(k % 8) / 2)[1];
+    return half(lb[k >= 8 ? 1 : 0], k);
+  };
+  const int g = int(me % 32) / 4, t = int(me % 4);
+  float out[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + (i >= 2 ? 8 : 0), col = 2 * t + i % 2;
+    float acc = d[i];
+    for (int k = 0; k < 16; ++k)
+      acc += aAt(row, k) * bAt(k, col);
+    out[i] = acc;
+  }
+  warpSync(); // nobody leaves (and reuses its stack) before all have read
+  std::memcpy(d, out, sizeof(out));
 }
 
 } // namespace emu

@@ -446,8 +446,9 @@ TEST(CudaEmuMoE, SortPairsManyExperts) {
   }
 }
 
-/// Gemv: a warp per column; GemvShared: four columns per warp.
-enum class Path { Gemv, GemvShared, Simt, TensorCores, Batched };
+/// Gemv: a warp per column; GemvShared: four columns per warp; GemvTc: 16
+/// columns per warp on tensor cores (bf16 weights, inputs rounded to bf16).
+enum class Path { Gemv, GemvShared, GemvTc, Simt, TensorCores, Batched };
 
 /// What cublasGemmBatchedEx computes for runBatch (MoE.cu), over the
 /// pointer arrays at a, b, c: entry i, C_i [rows, N] (row-major) = B_i
@@ -500,14 +501,17 @@ struct SharedCase {
     return bf16 ? static_cast<const void *>(b.data()) : f.data();
   }
 
-  /// y [n, hidden] += the shared expert of x.
-  void addTo(const MoECase &m, std::vector<float> &y) const {
+  /// y [n, hidden] += the shared expert of x (roundInputs: x and h rounded
+  /// to bf16, as the tensor-core GEMV rounds them).
+  void addTo(const MoECase &m, std::vector<float> &y,
+             bool roundInputs = false) const {
+    auto in = [&](float v) { return roundInputs ? bf16Round(v) : v; };
     for (int64_t t = 0; t < m.n; ++t) {
       std::vector<float> h(static_cast<size_t>(inter));
       for (int64_t j = 0; j < inter; ++j) {
         double g = 0, v = 0;
         for (int64_t c = 0; c < m.hidden; ++c) {
-          const double xv = m.x[size_t(t * m.ldx + c)];
+          const double xv = in(m.x[size_t(t * m.ldx + c)]);
           g += xv * gate[size_t(j * m.hidden + c)];
           v += xv * up[size_t(j * m.hidden + c)];
         }
@@ -516,7 +520,7 @@ struct SharedCase {
       for (int64_t c = 0; c < m.hidden; ++c) {
         double o = 0;
         for (int64_t j = 0; j < inter; ++j)
-          o += double(h[size_t(j)]) * down[size_t(c * inter + j)];
+          o += double(in(h[size_t(j)])) * down[size_t(c * inter + j)];
         y[size_t(t * m.hidden + c)] += float(o);
       }
     }
@@ -582,7 +586,7 @@ runExperts(const MoECase &m, Path path, const SharedCase *shared = nullptr,
   const int64_t si = shared ? shared->inter : 0;
   std::vector<float> sh(size_t(m.n * std::max<int64_t>(si, 1)), NAN),
       ys(size_t(m.n * m.hidden), NAN);
-  if (path == Path::Gemv || path == Path::GemvShared) {
+  if (path == Path::Gemv || path == Path::GemvShared || path == Path::GemvTc) {
     const unsigned blocks = unsigned(std::min(E, pairs));
     const bool bf16 = std::is_same<WT, __nv_bfloat16>::value;
     DenseGemv up1{}, down1{};
@@ -668,8 +672,12 @@ runExperts(const MoECase &m, Path path, const SharedCase *shared = nullptr,
     };
     if (path == Path::Gemv)
       gemvs(std::integral_constant<int, 32>());
-    else
+    else if (path == Path::GemvShared)
       gemvs(std::integral_constant<int, 8>());
+    else if constexpr (std::is_same<WT, __nv_bfloat16>::value)
+      gemvs(std::integral_constant<int, kMmaLanes>());
+    else
+      ADD_FAILURE() << "the tensor-core GEMV takes bf16 weights only";
     if (fusedSort)
       expectSortedLike(m, offsets, active, rowOf, slotOf, wantOffsets,
                        wantActive);
@@ -871,20 +879,24 @@ TEST(CudaEmuMoE, GroupedGemvCombinesInItsLastBlock) {
   // layouts, with and without the shared expert's blocks (whose output the
   // last block reads too), the sum apart or over the residual, and blocks
   // with no expert (a rank none of whose experts was picked).
+  // The tensor-core GEMV (bf16 only) at widths that are multiples of 64.
   using namespace dsrt::cuda::moe;
   for (int64_t n : {1, 2, 3})
     for (bool bf16 : {false, true})
       for (bool withShared : {false, true})
-        for (Path p : {Path::Gemv, Path::GemvShared}) {
+        for (Path p : {Path::Gemv, Path::GemvShared, Path::GemvTc}) {
+          if (p == Path::GemvTc && !bf16)
+            continue;
           SCOPED_TRACE(testing::Message()
                        << "n " << n << " bf16 " << bf16 << " shared expert "
-                       << withShared << " shared inputs "
-                       << (p == Path::GemvShared));
-          MoECase m =
-              makeCase(n, 2, 8, 1, 6, 300, 40, 300, bf16, uint32_t(50 + n));
+                       << withShared << " path " << int(p));
+          const bool tc = p == Path::GemvTc;
+          const int64_t hidden = tc ? 320 : 300;
+          MoECase m = makeCase(n, 2, 8, 1, 6, hidden, tc ? 64 : 40, hidden,
+                               bf16, uint32_t(50 + n));
           if (n == 1)
             m.idx = {0, 7}; // both another rank's
-          const SharedCase sharedCase(200, 300, uint32_t(60 + n));
+          const SharedCase sharedCase(tc ? 192 : 200, hidden, uint32_t(60 + n));
           const SharedCase *shared = withShared ? &sharedCase : nullptr;
           auto run = [&](const NormEpilogue *e, unsigned *counter) {
             return bf16 ? runExperts<__nv_bfloat16>(m, p, shared, true, e,
@@ -916,6 +928,33 @@ TEST(CudaEmuMoE, GroupedGemvCombinesInItsLastBlock) {
             }
           }
         }
+}
+
+TEST(CudaEmuMoE, GroupedGemvTensorCores) {
+  // 16 columns a warp on tensor cores, against products of bf16-rounded
+  // inputs: 45 tokens x 3 over 4 local experts of 6 (about 34 rows an
+  // expert: three passes of 16 rows, the last one partial; an EP range
+  // leaving pairs out), an x stride wider than the row, K of two 64-wide
+  // steps (gate/up) and of three (down: the second step of an unrolled
+  // pair absent); then with the fused sort.
+  MoECase m = makeCase(45, 3, 6, 1, 4, 128, 192, 132, true, 80);
+  expectClose(runExperts<__nv_bfloat16>(m, Path::GemvTc), m.reference(true),
+              1e-5);
+  expectClose(runExperts<__nv_bfloat16>(m, Path::GemvTc, nullptr, true),
+              m.reference(true), 1e-5);
+  // Decode-sized batches (a row or two per expert; B tiles mostly empty),
+  // and the shared expert's blocks beside the routed ones.
+  for (int64_t n : {1, 2, 3}) {
+    SCOPED_TRACE(testing::Message() << "n " << n);
+    MoECase d = makeCase(n, 3, 8, 0, 8, 192, 64, 192, true, uint32_t(81 + n));
+    expectClose(runExperts<__nv_bfloat16>(d, Path::GemvTc, nullptr, true),
+                d.reference(true), 1e-5);
+    const SharedCase shared(320, 192, uint32_t(85 + n));
+    std::vector<float> want = d.reference(true);
+    shared.addTo(d, want, true);
+    expectClose(runExperts<__nv_bfloat16>(d, Path::GemvTc, &shared, true), want,
+                1e-5);
+  }
 }
 
 TEST(CudaEmuMoE, SimtGemmFloat32) {
@@ -1023,6 +1062,8 @@ TEST(CudaEmuMoE, TensorCoreGemmManyRowsPerExpert) {
 template <class WT, bool GATED, int LANES>
 void checkDenseGemv(int64_t n, int64_t K, int64_t N, int64_t ldx, uint32_t seed,
                     bool accumulate = false) {
+  // The tensor-core GEMV multiplies x rounded to bf16.
+  auto in = [](float v) { return LANES == kMmaLanes ? bf16Round(v) : v; };
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::vector<float> x(size_t(n * ldx), NAN), wa(size_t(N * K)),
@@ -1044,8 +1085,8 @@ void checkDenseGemv(int64_t n, int64_t K, int64_t N, int64_t ldx, uint32_t seed,
         out[size_t(t * ldo + c)] = base;
       double p = 0, q = 0;
       for (int64_t k = 0; k < K; ++k) {
-        p += double(x[size_t(t * ldx + k)]) * wa[size_t(c * K + k)];
-        q += double(x[size_t(t * ldx + k)]) * wb[size_t(c * K + k)];
+        p += double(in(x[size_t(t * ldx + k)])) * wa[size_t(c * K + k)];
+        q += double(in(x[size_t(t * ldx + k)])) * wb[size_t(c * K + k)];
       }
       want[size_t(t * N + c)] = (accumulate ? base : 0.0f) +
                                 (GATED ? silu(float(p)) * float(q) : float(p));
@@ -1101,6 +1142,19 @@ TEST(CudaEmuGemv, DenseAccumulate) {
   checkDenseGemv<__nv_bfloat16, false, 32>(1, 1032, 37, 1036, 30, true);
   checkDenseGemv<float, false, 8>(5, 264, 21, 268, 31, true);
   checkDenseGemv<__nv_bfloat16, false, 32>(2, 70, 19, 70, 32, true);
+}
+
+TEST(CudaEmuGemv, DenseTensorCores) {
+  // 16 columns a warp: 72 columns end mid-group (the lanes' second column
+  // past N loads nothing and stores nothing), 37 mid-warp; 1 row, 8 (one B
+  // tile), 11, 16 (two tiles), 19 (a second pass over the weights); K of
+  // one 64-wide step, of two and of five; gated; accumulating.
+  for (int64_t n : {1, 8, 11, 16, 19})
+    checkDenseGemv<__nv_bfloat16, false, kMmaLanes>(n, 320, 72, 324,
+                                                    uint32_t(40 + n));
+  checkDenseGemv<__nv_bfloat16, true, kMmaLanes>(3, 64, 37, 68, 46);
+  checkDenseGemv<__nv_bfloat16, true, kMmaLanes>(17, 128, 72, 128, 47);
+  checkDenseGemv<__nv_bfloat16, false, kMmaLanes>(5, 128, 40, 132, 48, true);
 }
 
 /// denseGemvNormKernel (linearNormW at decode): bit for bit

@@ -155,6 +155,11 @@ struct DeviceState {
   /// launch before it (DS_CUDA_MOE_SORT=fused|kernel).
   bool moeFusedSort = true;
 
+  /// The routed experts' GEMVs at two rows per expert or more (batched
+  /// decode), bf16 weights: on tensor cores (gemvColumnsMma), or four
+  /// columns a warp on CUDA cores (DS_CUDA_MOE_GEMV=tc|simt).
+  bool moeGemvTc = true;
+
   /// At batch 1 or 2 (moe::kCombineInGemvTokens), the experts' combine and
   /// the add + RMSNorm after them in the down GEMV's last block, or a
   /// launch of their own (DS_CUDA_MOE_COMBINE=fused|kernel).

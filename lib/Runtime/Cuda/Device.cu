@@ -453,15 +453,18 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
                  "(DS_CUDA_PROFILE_STEPS)\n",
                  first, first + count - 1);
   }
-  // fused|kernel (auto|simt): index 0 is the default, the fused path.
-  int sort = 0, combine = 0, mlaCombine = 0, decode = 0;
+  // fused|kernel (auto|simt, tc|simt): index 0 is the default, the fused
+  // (tensor-core) path.
+  int sort = 0, combine = 0, mlaCombine = 0, decode = 0, moeGemv = 0;
   if (!envChoice("DS_CUDA_MOE_SORT", {"fused", "kernel"}, &sort, error) ||
+      !envChoice("DS_CUDA_MOE_GEMV", {"tc", "simt"}, &moeGemv, error) ||
       !envChoice("DS_CUDA_MOE_COMBINE", {"fused", "kernel"}, &combine, error) ||
       !envChoice("DS_CUDA_MLA_COMBINE", {"fused", "kernel"}, &mlaCombine,
                  error) ||
       !envChoice("DS_CUDA_MLA_DECODE", {"auto", "simt"}, &decode, error))
     return false;
   st.moeFusedSort = sort == 0;
+  st.moeGemvTc = moeGemv == 0;
   st.moeFusedCombine = combine == 0;
   st.mlaFusedCombine = mlaCombine == 0;
   st.mlaDecodeTc = decode == 0;

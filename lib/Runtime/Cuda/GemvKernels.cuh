@@ -13,6 +13,8 @@
 
 #include "KernelCommon.cuh"
 
+#include <type_traits>
+
 namespace dsrt {
 namespace cuda {
 
@@ -60,12 +62,154 @@ struct Rows {
   }
 };
 
+/// The LANES value of the tensor-core GEMV (gemvColumnsMma): 16 columns per
+/// warp, bf16 weights only.
+constexpr int kMmaLanes = 2;
+/// The K step of gemvColumnsMma: K must be a multiple of it.
+constexpr int64_t kMmaK = 64;
+
 /// Lanes per output column: 32 (a warp per column) or 8 (four columns per
 /// warp whose lanes load the same input addresses: a quarter of the input
-/// traffic through L1 per weight byte, which is what limits several rows).
+/// traffic through L1 per weight byte, which is what limits several rows);
+/// kMmaLanes: 16 columns per warp on tensor cores.
 template <int LANES> __host__ __device__ constexpr int gemvColumnsPerWarp() {
-  static_assert(LANES == 32 || LANES == 8, "8 or 32 lanes per column");
-  return 32 / LANES;
+  static_assert(LANES == 32 || LANES == 8 || LANES == kMmaLanes,
+                "8 or 32 lanes per column, or kMmaLanes");
+  return LANES == kMmaLanes ? 16 : 32 / LANES;
+}
+
+/// gemvColumns on tensor cores (mma.sync m16n8k16): one warp, columns
+/// [col0, col0 + 16) as the A operand's 16 rows, 8 input rows (rounded to
+/// bf16) as B's 8 columns, float32 accumulation; 16 input rows per pass
+/// over the weights. Each lane loads 16 consecutive weights of its two
+/// columns per 64 of K (two 16-byte loads each) and the same 16 positions
+/// of its input row: k is permuted within each 64 (position 16 t + 4 j + s
+/// of lane t is slot s of its k pairs in the j-th mma), the same for A and
+/// B, so the sum is the dot product. Where the CUDA-core GEMV spends 2 to 3
+/// instructions a lane per weight and row, this spends about one per 16
+/// weights and 8 rows, which keeps several rows per expert (batched decode)
+/// on the weight stream. Needs K % kMmaK == 0 and 16-byte aligned rows of
+/// weights and inputs (the caller checks); the rest as gemvColumns.
+template <bool GATED>
+__device__ inline void gemvColumnsMma(const Rows &rows, const __nv_bfloat16 *wa,
+                                      const __nv_bfloat16 *wb, int64_t first,
+                                      int64_t count, int64_t K, int64_t N,
+                                      int64_t col0, float *out, int64_t ldo,
+                                      bool accumulate, bool deferWait) {
+  bool waited = !deferWait;
+  auto wait = [&] {
+    if (!waited)
+      pdlEnter();
+    waited = true;
+  };
+  constexpr int kTiles = 2; // 8-row B tiles per pass: 16 input rows
+  // 64-wide K steps with their loads in flight: 128 bytes a lane either way
+  // (gated: two matrices), which keeps two blocks of 256 threads on a
+  // multiprocessor (128 registers, no spills).
+  constexpr int kUnroll = GATED ? 1 : 2;
+  const int lane = int(threadIdx.x % 32), g = lane / 4, t = lane % 4;
+  const int64_t c[2] = {col0 + g, col0 + g + 8};
+  const bool has[2] = {c[0] < N, c[1] < N};
+  const __nv_bfloat16 *w1[2], *w2[2];
+  for (int h = 0; h < 2; ++h) {
+    w1[h] = wa + (has[h] ? c[h] : 0) * K + 16 * t;
+    w2[h] = GATED ? wb + (has[h] ? c[h] : 0) * K + 16 * t : nullptr;
+  }
+  if (rows.rowOf) // another kernel's output
+    wait();
+  for (int64_t r0 = first; r0 < first + count; r0 += 8 * kTiles) {
+    const int64_t here = imin(8 * kTiles, first + count - r0);
+    const float *xr[kTiles]; // lane's input row of each B tile
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n)
+      xr[n] = 8 * n + g < here ? rows.row(r0 + 8 * n + g) + 16 * t : nullptr;
+    float d1[kTiles][4], d2[kTiles][4];
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        d1[n][i] = d2[n][i] = 0.0f;
+    for (int64_t k0 = 0; k0 < K; k0 += kMmaK * kUnroll) {
+      // [step][column half][16-byte half]: 8 words of 2 bf16 per column.
+      uint4 p1[kUnroll][2][2], p2[kUnroll][2][2];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t k = k0 + kMmaK * u;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            p1[u][h][q] = p2[u][h][q] = make_uint4(0, 0, 0, 0);
+            if (k < K && has[h]) {
+              p1[u][h][q] =
+                  __ldg(reinterpret_cast<const uint4 *>(w1[h] + k + 8 * q));
+              if (GATED)
+                p2[u][h][q] =
+                    __ldg(reinterpret_cast<const uint4 *>(w2[h] + k + 8 * q));
+            }
+          }
+      }
+      wait(); // first pass: the loads above are in flight meanwhile
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t k = k0 + kMmaK * u;
+        if (k >= K)
+          break;
+#pragma unroll
+        for (int n = 0; n < kTiles; ++n) {
+          if (8 * n >= here) // the same for the whole warp
+            break;
+          uint32_t xb[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+          if (xr[n]) {
+#pragma unroll
+            for (int v = 0; v < 4; ++v) {
+              const float4 f =
+                  *reinterpret_cast<const float4 *>(xr[n] + k + 4 * v);
+              xb[2 * v] = packBf16x2(f.x, f.y);
+              xb[2 * v + 1] = packBf16x2(f.z, f.w);
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            // Words 2j, 2j + 1 of a lane's 16 positions: k slots 2t, 2t+1
+            // and 2t+8, 2t+9 of the j-th mma.
+            auto word = [&](const uint4(&p)[2], int w) {
+              const uint4 &v = p[w / 4];
+              const int i = w % 4;
+              return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+            };
+            const uint32_t b[2] = {xb[2 * j], xb[2 * j + 1]};
+            const uint32_t a1[4] = {
+                word(p1[u][0], 2 * j), word(p1[u][1], 2 * j),
+                word(p1[u][0], 2 * j + 1), word(p1[u][1], 2 * j + 1)};
+            mmaBf16(d1[n], a1, b);
+            if (GATED) {
+              const uint32_t a2[4] = {
+                  word(p2[u][0], 2 * j), word(p2[u][1], 2 * j),
+                  word(p2[u][0], 2 * j + 1), word(p2[u][1], 2 * j + 1)};
+              mmaBf16(d2[n], a2, b);
+            }
+          }
+        }
+      }
+    }
+    wait(); // no K: nothing was loaded
+            // d[n][i]: column c[i / 2], input row 8 n + 2 t + i % 2.
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t r = 8 * n + 2 * t + i % 2;
+        if (r < here && has[i / 2]) {
+          float *o = out + (r0 + r) * ldo + c[i / 2];
+          const float s1 = d1[n][i], s2 = d2[n][i];
+          const float v = GATED ? s1 / (1.0f + expf(-s1)) * s2 : s1;
+          *o = accumulate ? *o + v : v;
+        }
+      }
+  }
+  // No rows: still wait (gemvColumns says why).
+  wait();
 }
 
 /// One warp: columns [col0, col0 + 32 / LANES) (those below N) of rows
@@ -85,6 +229,14 @@ gemvColumns(const Rows &rows, const WT *wa, const WT *wb, int64_t first,
             int64_t count, int64_t K, int64_t N, int64_t col0, float *out,
             int64_t ldo, bool vec, bool accumulate = false,
             bool deferWait = false) {
+  if constexpr (LANES == kMmaLanes) {
+    static_assert(std::is_same<WT, __nv_bfloat16>::value,
+                  "tensor-core GEMV of bf16 weights only");
+    (void)vec; // the caller checked it
+    gemvColumnsMma<GATED>(rows, wa, wb, first, count, K, N, col0, out, ldo,
+                          accumulate, deferWait);
+    return;
+  }
   bool waited = !deferWait;
   auto wait = [&] {
     if (!waited)

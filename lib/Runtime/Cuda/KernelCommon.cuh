@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #ifndef DS_CUDA_EMU
 #include <mma.h>
@@ -195,6 +196,39 @@ __device__ inline bool lastBlockDone(unsigned *counter, bool &last) {
   if (threadIdx.x == 0)
     *counter = 0; // every block has counted: ready for the next launch
   return true;
+}
+
+/// Two floats as the bf16x2 word of an mma operand (lo in the low half).
+__device__ inline uint32_t packBf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  uint32_t bits;
+  memcpy(&bits, &v, sizeof(bits));
+  return bits;
+}
+
+/// d += A B for the warp (mma.sync m16n8k16, bf16 in, float32 out): A 16x16
+/// row-major, B 16x8 column-major, spread over the lanes as the PTX ISA
+/// fixes. Lane (g = lane / 4, t = lane % 4) holds
+///   a[0] = A[g][2t, 2t+1]   a[1] = A[g+8][2t, 2t+1]
+///   a[2] = A[g][2t+8, 2t+9] a[3] = A[g+8][2t+8, 2t+9]
+///   b[0] = B[2t, 2t+1][g]   b[1] = B[2t+8, 2t+9][g]
+///   d = D[g][2t, 2t+1], D[g+8][2t, 2t+1]
+/// (the lower k of each pair in the word's low half). Every lane of the
+/// warp calls it (sm_80+).
+__device__ inline void mmaBf16(float d[4], const uint32_t a[4],
+                               const uint32_t b[2]) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+               "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+               "{%0, %1, %2, %3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]),
+                 "r"(b[1]));
+#elif defined(DS_CUDA_EMU)
+  emu::mmaM16N8K16Bf16(d, a, b);
+#else
+  (void)d, (void)a, (void)b;
+#endif
 }
 
 __device__ inline float toFloat(float v) { return v; }

@@ -118,22 +118,29 @@ void groupedGemv(DeviceState &st, const char *where, unsigned blocks,
                combine);
 }
 
-/// Four columns per warp (sharing each input load) when the experts hold
-/// two rows each or more on average, where the input reads through L1
-/// outweigh the weight bytes; else a warp per column (more warps in flight
-/// for experts of one row).
+/// groupedGemv with `lanes` lanes per column (gemvColumnsPerWarp): 32, 8,
+/// or kMmaLanes (bf16 weights only).
 template <class WT, bool GATED>
-void groupedGemv(DeviceState &st, const char *where, bool shareInputs,
-                 unsigned blocks, const Rows &rows, const void *const *wa,
-                 const void *const *wb, const SortArrays &s, int64_t K,
-                 int64_t N, float *out, int64_t ldo, bool vec,
-                 const DenseGemv &dense, const GemvCombine &combine = {}) {
-  if (shareInputs)
+void groupedGemv(DeviceState &st, const char *where, int lanes, unsigned blocks,
+                 const Rows &rows, const void *const *wa, const void *const *wb,
+                 const SortArrays &s, int64_t K, int64_t N, float *out,
+                 int64_t ldo, bool vec, const DenseGemv &dense,
+                 const GemvCombine &combine = {}) {
+  if constexpr (std::is_same<WT, __nv_bfloat16>::value) {
+    if (lanes == kMmaLanes) {
+      groupedGemv<WT, GATED, kMmaLanes>(st, where, blocks, rows, wa, wb, s, K,
+                                        N, out, ldo, vec, dense, combine);
+      return;
+    }
+  }
+  if (lanes == 8)
     groupedGemv<WT, GATED, 8>(st, where, blocks, rows, wa, wb, s, K, N, out,
                               ldo, vec, dense, combine);
-  else
+  else if (lanes == 32)
     groupedGemv<WT, GATED, 32>(st, where, blocks, rows, wa, wb, s, K, N, out,
                                ldo, vec, dense, combine);
+  else
+    fatal(where, "no grouped GEMV of that many lanes per column");
 }
 
 /// The shared expert's part of runExperts' GEMV launches: its weights (of
@@ -335,13 +342,25 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
     // Blocks for the active experts only (at most one per pair): at batch 1
     // 6 of 64 experts, not 64 mostly empty ones.
     const unsigned blocks = unsigned(imin(experts, pairs));
-    const bool shareInputs = pairs >= 2 * int64_t(blocks);
+    // Experts of one row (batch 1): a warp per column, the most warps in
+    // flight. Two rows each or more on average: bf16 weights on tensor
+    // cores (16 columns a warp), where every input-row FMA of the CUDA-core
+    // GEMV would cost more than the weight bytes' time; else four columns a
+    // warp sharing each input load (float32 weights, widths off kMmaK).
+    const bool severalRows = pairs >= 2 * int64_t(blocks);
+    const bool vecUp = vec(xRows.x, xRows.ldx, hidden);
+    const bool mma =
+        tensorCores && st.moeGemvTc && !fp8Act && vecUp &&
+        vec(h, inter, inter) && hidden % kMmaK == 0 && inter % kMmaK == 0 &&
+        (!shared ||
+         (shared->inter % kMmaK == 0 && sharedUp.vec && sharedDown.vec));
+    const int lanes = !severalRows ? 32 : mma ? kMmaLanes : 8;
     const SortArrays sortUp{offsets, active, rowOf, slotOf, fused};
     SortArrays sorted = sortUp;
     sorted.sort.idx = nullptr;
-    groupedGemv<WT, true>(st, "moeExpertsW (gate/up)", shareInputs, blocks,
-                          xRows, gate, up, sortUp, hidden, inter, h, inter,
-                          vec(xRows.x, xRows.ldx, hidden), sharedUp);
+    groupedGemv<WT, true>(st, "moeExpertsW (gate/up)", lanes, blocks, xRows,
+                          gate, up, sortUp, hidden, inter, h, inter, vecUp,
+                          sharedUp);
     if (fp8Act)
       hRows.x = fakeQuantE4M3(st, h, inter, pairs, inter);
     // At batch 1 or 2, the combine + norm in the down launch's last block.
@@ -362,8 +381,8 @@ void runExperts(DeviceState &st, const float *x, int64_t ldx, int64_t n,
     groupedGemv<WT, false>(
         st,
         combine.counter ? "moeExpertsW (down + combine)" : "moeExpertsW (down)",
-        shareInputs, blocks, hRows, down, nullptr, sorted, inter, hidden, yp,
-        hidden, vec(hRows.x, hRows.ldx, inter), sharedDown, combine);
+        lanes, blocks, hRows, down, nullptr, sorted, inter, hidden, yp, hidden,
+        vec(hRows.x, hRows.ldx, inter), sharedDown, combine);
     if (combine.counter)
       return;
   } else if (tensorCores) {

@@ -323,14 +323,16 @@ __device__ inline int32_t sortInBlock(const GemvSort &s, int32_t *offsets,
 /// sortInBlock (its code costs the launches that do not sort up to 30
 /// registers a thread). COMBINE (not GATED): the down GEMV whose last block
 /// runs `combine` (the others take no GemvCombine; a template apart, as its
-/// code costs the down GEMV's usual launches 8 to 24 registers).
+/// code costs the down GEMV's usual launches 8 to 24 registers). LANES
+/// kMmaLanes: 16 columns a warp on tensor cores (bf16 weights), held to 128
+/// registers, two blocks a multiprocessor.
 template <class WT, bool GATED, int LANES, bool SORT, bool COMBINE = false>
-__global__ void
-groupedGemvKernel(Rows rows, const void *const *wa, const void *const *wb,
-                  int32_t *offsets, int32_t *active, int64_t K, int64_t N,
-                  float *out, int64_t ldo, bool vec, DenseGemv dense,
-                  GemvSort sort, int32_t *rowOf, int32_t *slotOf,
-                  GemvCombine combine) {
+__global__ void __launch_bounds__(256, LANES == kMmaLanes ? 2 : 1)
+    groupedGemvKernel(Rows rows, const void *const *wa, const void *const *wb,
+                      int32_t *offsets, int32_t *active, int64_t K, int64_t N,
+                      float *out, int64_t ldo, bool vec, DenseGemv dense,
+                      GemvSort sort, int32_t *rowOf, int32_t *slotOf,
+                      GemvCombine combine) {
   // One call of gemvColumns for both kinds of block (two inlined copies
   // cost ~20 registers, and with them blocks per multiprocessor). Expert
   // blocks wait for the sort (or the routing) first; dense blocks issue
