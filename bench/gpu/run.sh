@@ -24,7 +24,9 @@
 # (bench/gpu/model.json = ../shared/bench/torch_baseline.py's model, random
 # bf16 weights): decode ms/step at batch 1 and 32 with a 1024-token context,
 # prefill of 2048 tokens; then torch_baseline.py (phases main, grouped) in
-# the same call; then, time permitting, decode B=1 without programmatic
+# the same call; then, time permitting, the experts' grouped GEMV form by
+# form at 1 to 16 rows per expert (ds-gemv-bench: GB/s against the copy
+# rate, and the forms' agreement), decode B=1 without programmatic
 # dependent launch (DS_CUDA_PDL=0) and with the dense GEMMs on cuBLASLt
 # (DS_CUDA_GEMV_ROWS=0) and with the decode attention on CUDA cores
 # (DS_CUDA_MLA_DECODE=simt) and with the experts' sort, the experts' combine
@@ -140,6 +142,9 @@ prepare() {
   # the sanitizer) and says so.
   [ "$emu" = 1 ] && echo "emulated (DS_GPU_EMU=1): no GPU, the CUDA backend's kernels on the CPU" > "$dir/emulated"
   cp "$root/test/e2e/compare.py" "$root/test/e2e/batch_check.py" "$root/bench/gpu/ncu_summary.py" "$dir/"
+  # The experts' grouped GEMV form by form (bench/gpu/GemvBench.h).
+  if [ "$emu" = 1 ]; then cp "$build/bin/ds-gemv-bench-emu" "$dir/gemv-bench"
+  else cp "$build/bin/ds-gemv-bench" "$dir/gemv-bench"; fi
   cp "$0" "$dir/run.sh"
   if [ -f "$root/../shared/bench/torch_baseline.py" ]; then
     cp "$root/../shared/bench/torch_baseline.py" "$dir/bench/"
@@ -572,6 +577,19 @@ PY
     say "== PyTorch baseline (phases main, grouped) (at ${SECONDS} s)"
     OUT="$out" timeout 400 "$py" "$dir/bench/torch_baseline.py" --only main,grouped > "$out/torch.txt" 2>&1 || true
     sed -n '/^=====/,/^=====/p' "$out/torch.txt" | tee -a "$report"
+  fi
+  # The experts' grouped GEMV in each form at 1 to 16 rows per expert, on
+  # the benchmark's expert shapes: GB/s against the copy rate, and whether
+  # the forms agree (the tensor cores' against the CUDA cores').
+  if [ -x "$dir/gemv-bench" ] && [ "$SECONDS" -lt 470 ]; then
+    say "== experts' grouped GEMV by form (ds-gemv-bench) (at ${SECONDS} s)"
+    if r=$(cd "$dir/bench" && timeout 120 "$dir/gemv-bench" 2>&1); then
+      say "$r"
+    else
+      say "$r"
+      say "FAIL ds-gemv-bench"
+      failed=1
+    fi
   fi
   # A/B, while the call has time left: decode B=1 without programmatic
   # dependent launch, with the dense decode GEMMs through cuBLASLt (a bf16
