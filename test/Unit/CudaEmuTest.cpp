@@ -114,6 +114,11 @@ TEST(CudaEmuDeathTest, ReportsFaults) {
 //===----------------------------------------------------------------------===//
 
 float bf16Round(float v) { return __bfloat162float(__float2bfloat16(v)); }
+std::vector<float> roundedBf16(std::vector<float> v) {
+  for (float &x : v)
+    x = bf16Round(x);
+  return v;
+}
 float silu(float g) { return g / (1.0f + std::exp(-g)); }
 
 MoERouting makeRouting(int64_t experts, int64_t topK, int64_t nGroup,
@@ -1680,6 +1685,13 @@ void checkAbsorbed(int64_t n, int64_t lora, uint32_t seed, int64_t nope = 16) {
   for (auto *v : {&q, &kvB, &oLat})
     for (float &x : *v)
       x = u(rng);
+  // kv_b's values exact in bf16: its bf16 copy (the runtime's, in bf16
+  // mode) must give the same bits.
+  for (float &x : kvB)
+    x = bf16Round(x);
+  std::vector<__nv_bfloat16> kvB16(kvB.size());
+  for (size_t i = 0; i < kvB.size(); ++i)
+    kvB16[i] = __float2bfloat16(kvB[i]);
   std::vector<float> qLat(size_t(n * heads * lora), NAN),
       out(size_t(n * ldo), NAN), wantQ(qLat.size()),
       wantOut(size_t(n * heads * vdim));
@@ -1701,15 +1713,31 @@ void checkAbsorbed(int64_t n, int64_t lora, uint32_t seed, int64_t nope = 16) {
       }
     }
   emu::launchShared(absorbQGrid(heads, lora), dim3(kAqGroups * kAqSlices),
-                    absorbQSharedBytes(n, nope), absorbQKernel,
+                    absorbQSharedBytes(n, nope), absorbQKernel<float>,
                     static_cast<const float *>(q.data()), ldq, qHead, n,
                     static_cast<const float *>(kvB.data()), kvHead, nope, lora,
                     heads, qLat.data(), lora % 4 == 0);
   expectClose(qLat, wantQ, 1e-5);
+  std::vector<float> qLat16(qLat.size(), NAN);
+  emu::launchShared(absorbQGrid(heads, lora), dim3(kAqGroups * kAqSlices),
+                    absorbQSharedBytes(n, nope), absorbQKernel<__nv_bfloat16>,
+                    static_cast<const float *>(q.data()), ldq, qHead, n,
+                    static_cast<const __nv_bfloat16 *>(kvB16.data()), kvHead,
+                    nope, lora, heads, qLat16.data(), lora % 4 == 0);
+  EXPECT_EQ(std::memcmp(qLat16.data(), qLat.data(), qLat.size() * 4), 0)
+      << "q_lat from bf16 kv_b differs";
   emu::launch(dim3(unsigned(heads), unsigned((vdim + 7) / 8)), dim3(256),
-              absorbOutKernel, static_cast<const float *>(oLat.data()), heads,
-              lora, static_cast<const float *>(kvB.data()), kvHead, nope, vdim,
-              n, out.data(), ldo, lora % 8 == 0);
+              absorbOutKernel<float>, static_cast<const float *>(oLat.data()),
+              heads, lora, static_cast<const float *>(kvB.data()), kvHead, nope,
+              vdim, n, out.data(), ldo, lora % 8 == 0);
+  std::vector<float> out16(out.size(), NAN);
+  emu::launch(dim3(unsigned(heads), unsigned((vdim + 7) / 8)), dim3(256),
+              absorbOutKernel<__nv_bfloat16>,
+              static_cast<const float *>(oLat.data()), heads, lora,
+              static_cast<const __nv_bfloat16 *>(kvB16.data()), kvHead, nope,
+              vdim, n, out16.data(), ldo, lora % 8 == 0);
+  EXPECT_EQ(std::memcmp(out16.data(), out.data(), out.size() * 4), 0)
+      << "the output product from bf16 kv_b differs";
   std::vector<float> got(wantOut.size());
   for (int64_t t = 0; t < n; ++t)
     for (int64_t c = 0; c < ldo; ++c) {
@@ -1764,7 +1792,7 @@ void checkQRopeLaunch(int64_t heads, int64_t n, int64_t lora, bool norm,
   auto random = [&](int64_t count) { return uniformVector(rng, count); };
   const std::vector<float> q = random(n * ldq), latent = random(n * ldl),
                            krope = random(n * ldk),
-                           kvB = random(heads * kvHead * lora),
+                           kvB = roundedBf16(random(heads * kvHead * lora)),
                            normW = random(lora), cosT = random(128 * rope / 2),
                            sinT = random(128 * rope / 2);
   struct Out {
@@ -1801,15 +1829,26 @@ void checkQRopeLaunch(int64_t heads, int64_t n, int64_t lora, bool norm,
   emu::launch(dim3(unsigned(n)), dim3(256), cacheWriteKernel<CT>, args(want));
   emu::launchShared(
       absorbQGrid(heads, lora), dim3(kAqGroups * kAqSlices), bytes,
-      absorbQKernel, static_cast<const float *>(want.q.data()), ldq, qHead, n,
-      kvB.data(), kvHead, nope, lora, heads, want.qLat.data(), vec);
+      absorbQKernel<float>, static_cast<const float *>(want.q.data()), ldq,
+      qHead, n, kvB.data(), kvHead, nope, lora, heads, want.qLat.data(), vec);
   const dim3 qGrid = absorbQGrid(heads, lora);
   const unsigned ropeRows = unsigned((n + heads - 1) / heads);
-  emu::launchShared(dim3(qGrid.x, qGrid.y + ropeRows),
-                    dim3(kAqGroups * kAqSlices), bytes, absorbQRopeKernel<CT>,
-                    static_cast<const float *>(got.q.data()), ldq, qHead, n,
-                    kvB.data(), kvHead, nope, lora, heads, got.qLat.data(), vec,
-                    qGrid.y, args(got));
+  emu::launchShared(
+      dim3(qGrid.x, qGrid.y + ropeRows), dim3(kAqGroups * kAqSlices), bytes,
+      absorbQRopeKernel<CT, float>, static_cast<const float *>(got.q.data()),
+      ldq, qHead, n, kvB.data(), kvHead, nope, lora, heads, got.qLat.data(),
+      vec, qGrid.y, args(got));
+  // kv_b in bf16 (exact): the same launch, the same bits.
+  Out got16 = start();
+  std::vector<__nv_bfloat16> kvB16(kvB.size());
+  for (size_t i = 0; i < kvB.size(); ++i)
+    kvB16[i] = __float2bfloat16(kvB[i]);
+  emu::launchShared(
+      dim3(qGrid.x, qGrid.y + ropeRows), dim3(kAqGroups * kAqSlices), bytes,
+      absorbQRopeKernel<CT, __nv_bfloat16>,
+      static_cast<const float *>(got16.q.data()), ldq, qHead, n,
+      static_cast<const __nv_bfloat16 *>(kvB16.data()), kvHead, nope, lora,
+      heads, got16.qLat.data(), vec, qGrid.y, args(got16));
   auto same = [](const auto &a, const auto &b, const char *what) {
     ASSERT_EQ(a.size(), b.size());
     EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])), 0)
@@ -1819,6 +1858,8 @@ void checkQRopeLaunch(int64_t heads, int64_t n, int64_t lora, bool norm,
   same(got.krope, want.krope, "the rope key");
   same(got.qLat, want.qLat, "q_lat");
   same(got.cache, want.cache, "the cache");
+  same(got16.qLat, want.qLat, "q_lat from bf16 kv_b");
+  same(got16.cache, want.cache, "the cache (bf16 kv_b)");
   EXPECT_NE(got.q, q) << "the query's rope columns were not rotated";
   EXPECT_EQ(std::count_if(got.qLat.begin(), got.qLat.end(),
                           [](float v) { return std::isnan(v); }),
@@ -1949,20 +1990,33 @@ void checkDecode(int64_t heads, int64_t lora, int64_t rope, uint32_t seed) {
       const int64_t vdim = 40, kvHead = nope + vdim, ldo = heads * vdim + 2;
       std::vector<float> kvB(size_t(heads * kvHead * lora));
       for (float &x : kvB)
-        x = u(rng);
-      std::vector<float> outTwo(size_t(n * ldo), 0.0f), outOne = outTwo;
+        x = bf16Round(u(rng));
+      std::vector<float> outTwo(size_t(n * ldo), 0.0f), outOne = outTwo,
+                                                        outOne16 = outTwo;
       const bool vec = lora % 8 == 0;
       emu::launch(dim3(unsigned(heads), unsigned((vdim + 7) / 8)), dim3(256),
-                  absorbOutKernel, static_cast<const float *>(oLat.data()),
-                  heads, lora, static_cast<const float *>(kvB.data()), kvHead,
-                  nope, vdim, n, outTwo.data(), ldo, vec);
+                  absorbOutKernel<float>,
+                  static_cast<const float *>(oLat.data()), heads, lora,
+                  static_cast<const float *>(kvB.data()), kvHead, nope, vdim, n,
+                  outTwo.data(), ldo, vec);
       emu::launchShared(absorbOutCombineGrid(heads, vdim), dim3(256),
                         absorbOutCombineSharedBytes(n, lora),
-                        absorbOutCombineKernel,
+                        absorbOutCombineKernel<float>,
                         static_cast<const float *>(part.data()), splits, heads,
                         lora, static_cast<const float *>(kvB.data()), kvHead,
                         nope, vdim, n, outOne.data(), ldo, vec);
       expectClose(outOne, outTwo, 1e-5);
+      // kv_b in bf16 (exact): the same bits.
+      std::vector<__nv_bfloat16> kvB16(kvB.size());
+      for (size_t i = 0; i < kvB.size(); ++i)
+        kvB16[i] = __float2bfloat16(kvB[i]);
+      emu::launchShared(absorbOutCombineGrid(heads, vdim), dim3(256),
+                        absorbOutCombineSharedBytes(n, lora),
+                        absorbOutCombineKernel<__nv_bfloat16>,
+                        static_cast<const float *>(part.data()), splits, heads,
+                        lora, static_cast<const __nv_bfloat16 *>(kvB16.data()),
+                        kvHead, nope, vdim, n, outOne16.data(), ldo, vec);
+      EXPECT_EQ(outOne16, outOne) << "the fused output from bf16 kv_b differs";
     }
 }
 

@@ -112,6 +112,13 @@ struct DeviceState {
   /// index arrays (stable addresses): [gate[E], up[E], down[E]].
   std::map<const int64_t *, const void **> expertTables;
 
+  /// bf16 copies of kv_b for the absorbed products of a few tokens, keyed by
+  /// the float32 weight's device address (made on first use, outside graph
+  /// capture): where every value is exact in bf16 (a bf16 checkpoint's, or
+  /// random bf16 weights), the same products at half the bytes; null where
+  /// some value is not (float32 checkpoints keep the float32 reads).
+  std::map<const float *, __nv_bfloat16 *> kvBBf16;
+
   /// DS_CUDA_PROFILE=1: each top-level kernel call is timed alone (stream
   /// synchronized around it, graphs off); a table per program (prefill,
   /// decode, mtp) goes to stderr at exit.

@@ -141,6 +141,8 @@ DeviceState::~DeviceState() {
   }
   for (auto &t : expertTables)
     cudaFree(t.second);
+  for (auto &k : kvBBf16)
+    cudaFree(k.second);
   if (lt)
     cublasLtDestroy(lt);
   if (blas)

@@ -21,6 +21,10 @@
 #include "CudaCommon.h"
 #include "MLAKernels.cuh"
 
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
 namespace dsrt {
 namespace cuda {
 
@@ -83,6 +87,47 @@ struct Prologue {
   double eps;
 };
 
+/// DeviceState::kvBBf16's copy of kv_b (the float32 device weight at kvB),
+/// made on first use from the host's values: null where one of them is not
+/// exact in bf16, or in f32 mode.
+const __nv_bfloat16 *kvBBf16(Context &ctx, DeviceState &st, const float *kvB) {
+  if (st.dtype != ComputeDtype::BF16)
+    return nullptr;
+  auto it = st.kvBBf16.find(kvB);
+  if (it != st.kvBBf16.end())
+    return it->second;
+  // Decode steps run eagerly before a graph captures them.
+  if (st.capturing)
+    fatal("mlaAttentionAbsorbed", "kv_b's bf16 copy made during graph capture");
+  __nv_bfloat16 *copy = nullptr;
+  for (size_t i = 0; i < st.weights.size(); ++i) {
+    const DeviceWeight &w = st.weights[i];
+    const float *host = ctx.weight(int64_t(i));
+    if (w.ptr != kvB || w.bf16 || !host)
+      continue;
+    const size_t numel = size_t(w.rows * w.cols);
+    std::vector<uint16_t> bits(numel);
+    bool exact = true;
+    for (size_t j = 0; j < numel && exact; ++j) {
+      uint32_t u;
+      std::memcpy(&u, &host[j], sizeof(u));
+      exact = (u & 0xffffu) == 0;
+      bits[j] = uint16_t(u >> 16);
+    }
+    if (!exact)
+      break;
+    check(cudaMalloc(&copy, numel * sizeof(uint16_t)), "mlaAttentionAbsorbed");
+    // On the compute stream (MoE.cu's expertTables say why).
+    check(cudaMemcpyAsync(copy, bits.data(), numel * sizeof(uint16_t),
+                          cudaMemcpyHostToDevice, st.stream),
+          "mlaAttentionAbsorbed");
+    check(cudaStreamSynchronize(st.stream), "mlaAttentionAbsorbed");
+    break;
+  }
+  st.kvBBf16[kvB] = copy;
+  return copy;
+}
+
 void absorbed(Context &ctx, int64_t layer, float *q, int64_t ldq,
               const float *kvB, const int32_t *pos, int64_t n, int64_t heads,
               int64_t nope, int64_t rope, int64_t vdim, double scale,
@@ -132,9 +177,23 @@ void absorbed(Context &ctx, int64_t layer, float *q, int64_t ldq,
   // launched like the rest, so no cuBLAS gap in a decode step); more: the
   // strided-batched SGEMMs.
   const bool few = n <= imin(st.gemvMaxRows, kGemvRows);
-  // q_lat[t, h] = q_nope[t, h] W_UK[h]: column-major C [lora, n] per head.
+  // Our kernels read kv_b in bf16 where that is exact: the same products,
+  // half the bytes (their launches say "bf16 kv_b"). f(w) launches with w,
+  // kv_b as float or bf16.
+  const __nv_bfloat16 *kvB16 = few ? kvBBf16(ctx, st, kvB) : nullptr;
+  auto withKvB = [&](auto f) {
+    if (kvB16)
+      f(kvB16);
+    else
+      f(kvB);
+  };
+  // q_lat[t, h] = q_nope[t, h] W_UK[h]: column-major C [lora, n] per head
+  // (16- or 8-byte loads of 4 dims).
+  const size_t kvBElt = kvB16 ? sizeof(__nv_bfloat16) : sizeof(float);
+  const void *kvBAt =
+      kvB16 ? static_cast<const void *>(kvB16) : static_cast<const void *>(kvB);
   const bool vecKvB =
-      lora % 4 == 0 && reinterpret_cast<uintptr_t>(kvB) % 16 == 0;
+      lora % 4 == 0 && reinterpret_cast<uintptr_t>(kvBAt) % (4 * kvBElt) == 0;
   if (few && pro) {
     // The prologue's blocks in the q product's launch: rows of `heads`
     // blocks after its grid's.
@@ -144,31 +203,42 @@ void absorbed(Context &ctx, int64_t layer, float *q, int64_t ldq,
     const size_t qBytes = absorbQSharedBytes(n, nope);
     const rowk::QRope qr{q, ldq, heads, qHead, nope};
     const DeviceState::Rope *t = &st.ropes[size_t(pro->ropeIndex)];
-    const char *where = "mlaAttentionAbsorbed (q_lat + rope)";
-    if (st.cacheBf16) {
-      const auto cw = cacheWriteArgs<__nv_bfloat16>(
-          ctx, layer, pro->latent, pro->ldl, pro->krope, pro->ldk, pos, t, qr,
-          pro->normW, pro->eps, where);
-      raiseSmem((const void *)absorbQRopeKernel<__nv_bfloat16>, qBytes, where);
-      launchKernel(st, where, absorbQRopeKernel<__nv_bfloat16>, grid,
-                   kAqGroups * kAqSlices, qBytes, q, ldq, qHead, n, kvB, kvHead,
-                   nope, lora, heads, qLat, vecKvB, qGrid.y, cw);
-    } else {
-      const auto cw = cacheWriteArgs<float>(ctx, layer, pro->latent, pro->ldl,
-                                            pro->krope, pro->ldk, pos, t, qr,
-                                            pro->normW, pro->eps, where);
-      raiseSmem((const void *)absorbQRopeKernel<float>, qBytes, where);
-      launchKernel(st, where, absorbQRopeKernel<float>, grid,
-                   kAqGroups * kAqSlices, qBytes, q, ldq, qHead, n, kvB, kvHead,
-                   nope, lora, heads, qLat, vecKvB, qGrid.y, cw);
-    }
+    const char *where = kvB16 ? "mlaAttentionAbsorbed (q_lat + rope, bf16 kv_b)"
+                              : "mlaAttentionAbsorbed (q_lat + rope)";
+    withKvB([&](auto w) {
+      using WT = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+      if (st.cacheBf16) {
+        const auto cw = cacheWriteArgs<__nv_bfloat16>(
+            ctx, layer, pro->latent, pro->ldl, pro->krope, pro->ldk, pos, t, qr,
+            pro->normW, pro->eps, where);
+        raiseSmem((const void *)absorbQRopeKernel<__nv_bfloat16, WT>, qBytes,
+                  where);
+        launchKernel(st, where, absorbQRopeKernel<__nv_bfloat16, WT>, grid,
+                     kAqGroups * kAqSlices, qBytes, q, ldq, qHead, n, w, kvHead,
+                     nope, lora, heads, qLat, vecKvB, qGrid.y, cw);
+      } else {
+        const auto cw = cacheWriteArgs<float>(ctx, layer, pro->latent, pro->ldl,
+                                              pro->krope, pro->ldk, pos, t, qr,
+                                              pro->normW, pro->eps, where);
+        raiseSmem((const void *)absorbQRopeKernel<float, WT>, qBytes, where);
+        launchKernel(st, where, absorbQRopeKernel<float, WT>, grid,
+                     kAqGroups * kAqSlices, qBytes, q, ldq, qHead, n, w, kvHead,
+                     nope, lora, heads, qLat, vecKvB, qGrid.y, cw);
+      }
+    });
   } else if (few) {
-    const size_t qBytes =
-        raiseSmem((const void *)absorbQKernel, absorbQSharedBytes(n, nope),
-                  "mlaAttentionAbsorbed");
-    launchKernel(st, "mlaAttentionAbsorbed (q_lat)", absorbQKernel,
-                 absorbQGrid(heads, lora), kAqGroups * kAqSlices, qBytes, q,
-                 ldq, qHead, n, kvB, kvHead, nope, lora, heads, qLat, vecKvB);
+    withKvB([&](auto w) {
+      using WT = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+      const size_t qBytes =
+          raiseSmem((const void *)absorbQKernel<WT>,
+                    absorbQSharedBytes(n, nope), "mlaAttentionAbsorbed");
+      launchKernel(st,
+                   kvB16 ? "mlaAttentionAbsorbed (q_lat, bf16 kv_b)"
+                         : "mlaAttentionAbsorbed (q_lat)",
+                   absorbQKernel<WT>, absorbQGrid(heads, lora),
+                   kAqGroups * kAqSlices, qBytes, q, ldq, qHead, n, w, kvHead,
+                   nope, lora, heads, qLat, vecKvB);
+    });
   } else {
     if (pro) // its own launch first
       qkRopeCacheWrite(ctx, layer, q, ldq, heads, qHead, nope, pro->latent,
@@ -209,11 +279,16 @@ void absorbed(Context &ctx, int64_t layer, float *q, int64_t ldq,
   }
   // Few split rows (batch 1): the combine in the output product's launch.
   if (few && st.mlaFusedCombine && n * splits <= kAoMaxSplitRows) {
-    launchKernel(st, "mlaAttentionAbsorbed (combine + output)",
-                 absorbOutCombineKernel, absorbOutCombineGrid(heads, vdim), 256,
-                 absorbOutCombineSharedBytes(n, lora), part, splits, heads,
-                 lora, kvB, kvHead, nope, vdim, n, out, ldo,
-                 vecRows(kvB, lora, lora, sizeof(float)));
+    withKvB([&](auto w) {
+      using WT = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+      launchKernel(
+          st,
+          kvB16 ? "mlaAttentionAbsorbed (combine + output, bf16 kv_b)"
+                : "mlaAttentionAbsorbed (combine + output)",
+          absorbOutCombineKernel<WT>, absorbOutCombineGrid(heads, vdim), 256,
+          absorbOutCombineSharedBytes(n, lora), part, splits, heads, lora, w,
+          kvHead, nope, vdim, n, out, ldo, vecRows(w, lora, lora, sizeof(WT)));
+    });
     return;
   }
   float *oLat = static_cast<float *>(scratch(
@@ -223,11 +298,17 @@ void absorbed(Context &ctx, int64_t layer, float *q, int64_t ldq,
                splits, oLat);
   // out[t, h] = o_lat[t, h] W_UV[h]^T: column-major C [vdim, n] per head.
   if (few)
-    launchKernel(st, "mlaAttentionAbsorbed (output)", absorbOutKernel,
-                 dim3(unsigned(heads), unsigned((vdim + 7) / 8)), 256, 0, oLat,
-                 heads, lora, kvB, kvHead, nope, vdim, n, out, ldo,
-                 vecRows(oLat, heads * lora, lora, sizeof(float)) &&
-                     vecRows(kvB, lora, lora, sizeof(float)));
+    withKvB([&](auto w) {
+      using WT = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+      launchKernel(st,
+                   kvB16 ? "mlaAttentionAbsorbed (output, bf16 kv_b)"
+                         : "mlaAttentionAbsorbed (output)",
+                   absorbOutKernel<WT>,
+                   dim3(unsigned(heads), unsigned((vdim + 7) / 8)), 256, 0,
+                   oLat, heads, lora, w, kvHead, nope, vdim, n, out, ldo,
+                   vecRows(oLat, heads * lora, lora, sizeof(float)) &&
+                       vecRows(w, lora, lora, sizeof(WT)));
+    });
   else
     check(cublasSgemmStridedBatched(
               st.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(vdim), int(n), int(lora),

@@ -815,8 +815,11 @@ inline size_t absorbQSharedBytes(int64_t n, int64_t nope) {
 /// rows' 4 dims at once (16-byte loads when `vec`: lora % 4 == 0) before
 /// using any, so W_UK is requested in one wave across heads x lora / 64
 /// blocks rather than row by row; the 16 slices' sums meet in shared memory.
+/// kv_b in float32 or bf16 (WT; `vec`: 16- or 8-byte loads of 4 dims): the
+/// same sums of the same values either way.
+template <class WT>
 __device__ inline void absorbQBlock(const float *q, int64_t ldq, int64_t qHead,
-                                    int64_t n, const float *kvB, int64_t kvHead,
+                                    int64_t n, const WT *kvB, int64_t kvHead,
                                     int64_t nope, int64_t lora, int64_t heads,
                                     float *qLat, bool vec) {
   DS_DYNAMIC_SHARED(float, smem);
@@ -824,19 +827,29 @@ __device__ inline void absorbQBlock(const float *q, int64_t ldq, int64_t qHead,
   float *qs = smem, *partial = smem + (n * nope + 3) / 4 * 4;
   const int g = int(threadIdx.x % kAqGroups), sl = int(threadIdx.x / kAqGroups);
   const int64_t c0 = int64_t(blockIdx.y) * kAqDims + 4 * g;
-  const float *w = kvB + h * kvHead * lora + c0;
+  const WT *w = kvB + h * kvHead * lora + c0;
   float wv[kAqRows][4];
   auto loadW = [&](int64_t i0) {
 #pragma unroll
     for (int r = 0; r < kAqRows; ++r) {
       const int64_t i = i0 + int64_t(r) * kAqSlices;
       if (i < nope && vec && c0 < lora) {
-        const float4 v = __ldg(reinterpret_cast<const float4 *>(w + i * lora));
-        wv[r][0] = v.x, wv[r][1] = v.y, wv[r][2] = v.z, wv[r][3] = v.w;
+        if constexpr (std::is_same<WT, float>::value) {
+          const float4 v =
+              __ldg(reinterpret_cast<const float4 *>(w + i * lora));
+          wv[r][0] = v.x, wv[r][1] = v.y, wv[r][2] = v.z, wv[r][3] = v.w;
+        } else {
+          const uint2 v = __ldg(reinterpret_cast<const uint2 *>(w + i * lora));
+          const __nv_bfloat16 *b = reinterpret_cast<const __nv_bfloat16 *>(&v);
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            wv[r][j] = __bfloat162float(b[j]);
+        }
       } else {
 #pragma unroll
         for (int j = 0; j < 4; ++j)
-          wv[r][j] = i < nope && c0 + j < lora ? w[i * lora + j] : 0.0f;
+          wv[r][j] =
+              i < nope && c0 + j < lora ? toFloat(w[i * lora + j]) : 0.0f;
       }
     }
   };
@@ -890,9 +903,10 @@ __device__ inline void absorbQBlock(const float *q, int64_t ldq, int64_t qHead,
   }
 }
 
+template <class WT>
 __global__ void __launch_bounds__(kAqGroups *kAqSlices)
     absorbQKernel(const float *q, int64_t ldq, int64_t qHead, int64_t n,
-                  const float *kvB, int64_t kvHead, int64_t nope, int64_t lora,
+                  const WT *kvB, int64_t kvHead, int64_t nope, int64_t lora,
                   int64_t heads, float *qLat, bool vec) {
   absorbQBlock(q, ldq, qHead, n, kvB, kvHead, nope, lora, heads, qLat, vec);
 }
@@ -907,12 +921,12 @@ static_assert(kAqGroups * kAqSlices == kNormThreads,
 /// were two: the q product reads only each head's first nope columns, which
 /// the prologue leaves alone, and the attention that reads what the
 /// prologue wrote is the next launch.
-template <class CT>
+template <class CT, class WT>
 __global__ void __launch_bounds__(kAqGroups *kAqSlices)
     absorbQRopeKernel(const float *q, int64_t ldq, int64_t qHead, int64_t n,
-                      const float *kvB, int64_t kvHead, int64_t nope,
-                      int64_t lora, int64_t heads, float *qLat, bool vec,
-                      unsigned qBlocksY, rowk::CacheWrite<CT> cw) {
+                      const WT *kvB, int64_t kvHead, int64_t nope, int64_t lora,
+                      int64_t heads, float *qLat, bool vec, unsigned qBlocksY,
+                      rowk::CacheWrite<CT> cw) {
   if (blockIdx.y >= qBlocksY) {
     pdlEnter();
     const int64_t i = int64_t(blockIdx.y - qBlocksY) * gridDim.x + blockIdx.x;
@@ -925,9 +939,11 @@ __global__ void __launch_bounds__(kAqGroups *kAqSlices)
 
 /// out[t, h * vdim + j] = o_lat[t, h] . W_UV[h][j], W_UV[h][j] row
 /// h * kvHead + nope + j of kv_b: block (head, 8 columns j), the GEMV's
-/// warp per column over the n <= kGemvRows tokens.
+/// warp per column over the n <= kGemvRows tokens; kv_b in float32 or bf16
+/// (WT: the same sums).
+template <class WT>
 __global__ void absorbOutKernel(const float *oLat, int64_t heads, int64_t lora,
-                                const float *kvB, int64_t kvHead, int64_t nope,
+                                const WT *kvB, int64_t kvHead, int64_t nope,
                                 int64_t vdim, int64_t n, float *out,
                                 int64_t ldo, bool vec) {
   // No pdlEnter here: gemvColumns waits after its first W_UV loads.
@@ -936,10 +952,10 @@ __global__ void absorbOutKernel(const float *oLat, int64_t heads, int64_t lora,
       int64_t(blockIdx.y) * (blockDim.x / 32) + threadIdx.x / 32;
   if (col0 >= vdim)
     return;
-  gemvColumns<float, false, 32>(Rows{oLat + h * lora, heads * lora, nullptr, 1},
-                                kvB + (h * kvHead + nope) * lora, nullptr, 0, n,
-                                lora, vdim, col0, out + h * vdim, ldo, vec,
-                                false, /*deferWait=*/true);
+  gemvColumns<WT, false, 32>(Rows{oLat + h * lora, heads * lora, nullptr, 1},
+                             kvB + (h * kvHead + nope) * lora, nullptr, 0, n,
+                             lora, vdim, col0, out + h * vdim, ldo, vec, false,
+                             /*deferWait=*/true);
 }
 
 /// absorbOutCombineKernel's block: 32 columns of W_UV (a warp of four).
@@ -962,29 +978,31 @@ inline size_t absorbOutCombineSharedBytes(int64_t n, int64_t lora) {
 /// blocks does; the same bits as mlaCombineKernel), then multiplies them
 /// with its W_UV rows, four columns a warp. The W_UV rows are asked into L2
 /// before the wait for the attention, so they arrive during its tail. One
-/// launch and one kernel boundary fewer per layer.
+/// launch and one kernel boundary fewer per layer. kv_b in float32 or bf16
+/// (WT: the same sums).
+template <class WT>
 __global__ void __launch_bounds__(256)
     absorbOutCombineKernel(const float *part, int splits, int64_t heads,
-                           int64_t lora, const float *kvB, int64_t kvHead,
+                           int64_t lora, const WT *kvB, int64_t kvHead,
                            int64_t nope, int64_t vdim, int64_t n, float *out,
                            int64_t ldo, bool vec) {
   DS_DYNAMIC_SHARED(float, oLatShared); // [n, lora]
   __shared__ float weight[kMaxSplits];
   const int64_t h = blockIdx.x, c0 = int64_t(blockIdx.y) * kAoColumns;
-  const float *wuv = kvB + (h * kvHead + nope) * lora;
-  // The block's W_UV rows are contiguous: a line (32 floats) a thread.
+  const WT *wuv = kvB + (h * kvHead + nope) * lora;
+  // The block's W_UV rows are contiguous: a 128-byte line a thread.
+  constexpr int64_t kLine = 128 / sizeof(WT);
   const int64_t span = imin(kAoColumns, vdim - c0) * lora;
-  for (int64_t e = int64_t(threadIdx.x) * 32; e < span;
-       e += int64_t(blockDim.x) * 32)
+  for (int64_t e = int64_t(threadIdx.x) * kLine; e < span;
+       e += int64_t(blockDim.x) * kLine)
     prefetchL2(wuv + c0 * lora + e);
   pdlEnter();
   for (int64_t t = 0; t < n; ++t)
     combineSplits(part + (t * heads + h) * splits * (lora + 2), lora, splits,
                   weight, oLatShared + t * lora);
   const int64_t col0 = c0 + int64_t(threadIdx.x / 32) * gemvColumnsPerWarp<8>();
-  gemvColumns<float, false, 8>(Rows{oLatShared, lora, nullptr, 1}, wuv, nullptr,
-                               0, n, lora, vdim, col0, out + h * vdim, ldo,
-                               vec);
+  gemvColumns<WT, false, 8>(Rows{oLatShared, lora, nullptr, 1}, wuv, nullptr, 0,
+                            n, lora, vdim, col0, out + h * vdim, ldo, vec);
 }
 
 } // namespace mla
