@@ -1,10 +1,11 @@
-//===- GemvBench.h - the routed experts' grouped GEMV, form by form -------===//
+//===- GemvBench.h - the decode GEMVs, form by form -----------------------===//
 //
 // ds-gemv-bench: times groupedGemvKernel (lib/Runtime/Cuda/MoEKernels.cuh)
 // in each of its forms (a warp per column, four columns a warp, 16 columns
 // a warp on tensor cores) over the benchmark model's expert shapes at the
 // rows per expert that decode batches give (1 at batch 1, about 3 at batch
-// 32, 6 at 64), and checks that the forms agree. The runtime picks a form
+// 32, 6 at 64), then the dense decode GEMV (Gemm.cu's, up to 32 rows) the
+// same way, and checks that the forms agree. The runtime picks a form
 // by rows per expert (MoE.cu); this measures what each form reaches at
 // each, against the device's copy bandwidth, so the choice can follow the
 // numbers. Weight sets rotate between timed launches, so that each launch
@@ -123,11 +124,12 @@ inline double copyGBps() {
 #endif
 
 /// One shape: `experts` active experts of `rows` rows each, weights [N, K]
-/// (two of them when gated).
+/// (two of them when gated); `dense`: one weight, denseGemvKernel (the
+/// decode-time dense GEMMs of up to DS_CUDA_GEMV_ROWS rows), experts 1.
 struct Shape {
   const char *name;
   int64_t experts, rows, K, N;
-  bool gated;
+  bool gated, dense = false;
 };
 
 /// The grouped GEMV of one form over `sets` rotating weight sets.
@@ -136,6 +138,7 @@ struct Problem {
   int64_t sets;
   bf16 *w = nullptr;            // [sets * experts * (gated ? 2 : 1)][N, K]
   const void **table = nullptr; // per set: [wa[experts], wb[experts]]
+  std::vector<const void *> hostTable; // the same on the host
   float *x = nullptr, *y = nullptr;
   int32_t *offsets = nullptr, *active = nullptr, *rowOf = nullptr;
 
@@ -167,6 +170,7 @@ struct Problem {
       }
     table = static_cast<const void **>(devAlloc(t.size() * sizeof(void *)));
     toDevice(table, t.data(), t.size() * sizeof(void *));
+    hostTable = t;
     std::vector<float> xs(size_t(pairs * s.K));
     for (float &v : xs)
       v = 4.0f * u(rng);
@@ -207,10 +211,26 @@ struct Problem {
 
   /// One launch of the form with LANES lanes per column over weight set
   /// `set`, as MoE.cu's groupedGemv launches it (no sort, no shared
-  /// expert, no combine).
+  /// expert, no combine), or as Gemm.cu's denseGemv does.
   template <int LANES> void run(int64_t set) {
     const int64_t perBlock = 8 * dsrt::cuda::gemvColumnsPerWarp<LANES>();
     const unsigned gridY = unsigned((s.N + perBlock - 1) / perBlock);
+    if (s.dense) {
+      const size_t at = size_t((set % sets) * 2 * s.experts);
+      const auto *wa = static_cast<const bf16 *>(hostTable[at]);
+      const auto *wb = static_cast<const bf16 *>(hostTable[at + 1]);
+      const Rows rows{x, s.K, nullptr, 1};
+      if (s.gated)
+        launch(dim3(gridY), dim3(256), 0,
+               dsrt::cuda::denseGemvKernel<bf16, true, LANES>, rows, wa, wb,
+               s.rows, s.K, s.N, y, s.N, true, false);
+      else
+        launch(dim3(gridY), dim3(256), 0,
+               dsrt::cuda::denseGemvKernel<bf16, false, LANES>, rows, wa,
+               static_cast<const bf16 *>(nullptr), s.rows, s.K, s.N, y, s.N,
+               true, false);
+      return;
+    }
     const void *const *wa = table + (set % sets) * 2 * s.experts;
     DenseGemv dense{};
     dense.firstBlock = unsigned(s.experts);
@@ -266,9 +286,11 @@ inline int benchMain(int argc, char **argv) {
           "each form\n(a warp per column, four columns a warp, 16 columns a "
           "warp on tensor cores)\nat the benchmark model's expert shapes "
           "(hidden 2048, expert width 1408)\nfor 1 to 16 rows per expert, "
-          "and checks that the forms agree (within\n2e-2 of the largest "
-          "output: the tensor cores round inputs to bf16).\n--quick: small "
-          "shapes and one launch each (the agreement check only).\n");
+          "then the dense decode GEMV the same way (q_proj,\no_proj, the "
+          "shared experts) for 1 to 32 rows, and checks that the forms "
+          "agree\n(within 2e-2 of the largest output: the tensor cores "
+          "round inputs to bf16).\n--quick: small shapes and one launch "
+          "each (the agreement check only).\n");
       return 0;
     } else
       fail("unknown argument '" + a + "' (--help lists them)");
@@ -288,54 +310,77 @@ inline int benchMain(int argc, char **argv) {
                 "bytes read + written)\n",
                 copy);
   bool agree = true;
+  // One shape: every form once (agreement), then timed.
+  auto measure = [&](const Shape &s, uint32_t seed) {
+    // Enough rotating sets that a launch's weights left L2 before they
+    // come round again (50 MB of L2 on an H100): 256 MB between reuses.
+    const double setBytes =
+        double(s.experts) * double(s.N * s.K) * 2.0 * (s.gated ? 2 : 1);
+    const int64_t sets =
+        quick ? 1 : std::max<int64_t>(1, int64_t(std::ceil(256e6 / setBytes)));
+    Problem p(s, sets, seed);
+    p.run<32>(0);
+    sync();
+    const std::vector<float> ref = p.output();
+    p.run<8>(0);
+    sync();
+    const double d8 = relDiff(p.output(), ref);
+    p.run<kMmaLanes>(0);
+    sync();
+    const double dtc = relDiff(p.output(), ref);
+    agree = agree && d8 <= 1e-5 && dtc <= 2e-2;
+    std::printf(
+        "%s%s experts %lld rows %lld K %lld N %lld:", s.dense ? "dense " : "",
+        s.name, static_cast<long long>(s.experts),
+        static_cast<long long>(s.rows), static_cast<long long>(s.K),
+        static_cast<long long>(s.N));
+    auto report = [&](const char *form, double sec) {
+      const double gbps = p.bytes() / sec * 1e-9;
+      if (copy > 0)
+        std::printf(" %s %.1f us %.0f GB/s (%.0f%%);", form, sec * 1e6, gbps,
+                    100.0 * gbps / copy);
+      else
+        std::printf(" %s ran;", form);
+    };
+    report("lanes32", timeCalls(iters, [&](int i) { p.run<32>(i); }));
+    report("lanes8", timeCalls(iters, [&](int i) { p.run<8>(i); }));
+    report("tc", timeCalls(iters, [&](int i) { p.run<kMmaLanes>(i); }));
+    std::printf(" max rel diff vs lanes32: lanes8 %.1e, tc %.1e\n", d8, dtc);
+    std::fflush(stdout);
+  };
   int64_t last[2] = {0, 0};
   for (const auto &c : er) {
     const int64_t experts = quick ? std::min<int64_t>(c[0], 4) : c[0];
     if (experts == last[0] && c[1] == last[1])
       continue; // --quick's cap made it the point before
     last[0] = experts, last[1] = c[1];
-    for (int gated = 1; gated >= 0; --gated) {
-      const Shape s{gated ? "gate/up" : "down",
-                    experts,
-                    c[1],
-                    gated ? H : I,
-                    gated ? I : H,
-                    gated != 0};
-      // Enough rotating sets that a launch's weights left L2 before they
-      // come round again (50 MB of L2 on an H100): 256 MB between reuses.
-      const double setBytes =
-          double(s.experts) * double(s.N * s.K) * 2.0 * (s.gated ? 2 : 1);
-      const int64_t sets =
-          quick ? 1
-                : std::max<int64_t>(1, int64_t(std::ceil(256e6 / setBytes)));
-      Problem p(s, sets, uint32_t(c[0] * 100 + c[1] * 2 + gated));
-      p.run<32>(0);
-      sync();
-      const std::vector<float> ref = p.output();
-      p.run<8>(0);
-      sync();
-      const double d8 = relDiff(p.output(), ref);
-      p.run<kMmaLanes>(0);
-      sync();
-      const double dtc = relDiff(p.output(), ref);
-      agree = agree && d8 <= 1e-5 && dtc <= 2e-2;
-      std::printf("%s experts %lld rows %lld K %lld N %lld:", s.name,
-                  static_cast<long long>(s.experts),
-                  static_cast<long long>(s.rows), static_cast<long long>(s.K),
-                  static_cast<long long>(s.N));
-      auto report = [&](const char *form, double sec) {
-        const double gbps = p.bytes() / sec * 1e-9;
-        if (copy > 0)
-          std::printf(" %s %.1f us %.0f GB/s (%.0f%%);", form, sec * 1e6, gbps,
-                      100.0 * gbps / copy);
-        else
-          std::printf(" %s ran;", form);
-      };
-      report("lanes32", timeCalls(iters, [&](int i) { p.run<32>(i); }));
-      report("lanes8", timeCalls(iters, [&](int i) { p.run<8>(i); }));
-      report("tc", timeCalls(iters, [&](int i) { p.run<kMmaLanes>(i); }));
-      std::printf(" max rel diff vs lanes32: lanes8 %.1e, tc %.1e\n", d8, dtc);
-      std::fflush(stdout);
+    for (int gated = 1; gated >= 0; --gated)
+      measure(Shape{gated ? "gate/up" : "down", experts, c[1], gated ? H : I,
+                    gated ? I : H, gated != 0},
+              uint32_t(c[0] * 100 + c[1] * 2 + gated));
+  }
+  // The dense decode GEMMs at the benchmark's dims (q and the output
+  // projection, the shared experts' gate/up and down) for 1 to 32 rows:
+  // where the GEMV forms stand as rows grow (DS_CUDA_GEMV_ROWS; above it
+  // cuBLASLt runs them, after a bf16 copy of the input).
+  struct DenseShape {
+    const char *name;
+    int64_t K, N;
+    bool gated;
+  };
+  const DenseShape dense[] = {{"q_proj", 2048, 3072, false},
+                              {"o_proj", 2048, 2048, false},
+                              {"shared gate/up", 2048, 2816, true},
+                              {"shared down", 2816, 2048, false}};
+  for (const DenseShape &d : dense) {
+    if (quick && !d.gated)
+      continue; // one shape, at small dims
+    for (int64_t r : {1, 2, 4, 8, 16, 32}) {
+      if (quick && r != 1 && r != 8 && r != 32)
+        continue;
+      Shape s{d.name, 1, r, quick ? 192 : d.K, quick ? 72 : d.N, d.gated};
+      s.dense = true;
+      measure(s, uint32_t(7000 + r));
     }
   }
   if (!agree) {
