@@ -81,32 +81,60 @@ inline void *devAlloc(size_t bytes) {
   return p;
 }
 inline void devFree(void *p) { cudaFree(p); }
+inline cudaStream_t stream() {
+  static cudaStream_t s = [] {
+    cudaStream_t made = nullptr;
+    cudaOk(cudaStreamCreateWithFlags(&made, cudaStreamNonBlocking),
+           "cudaStreamCreate");
+    return made;
+  }();
+  return s;
+}
+// Copies in the kernels' stream order, complete on return (a legacy-stream
+// cudaMemcpy would not wait for the non-blocking stream's kernels, nor
+// they for its DMA).
 inline void toDevice(void *d, const void *h, size_t b) {
-  cudaOk(cudaMemcpy(d, h, b, cudaMemcpyHostToDevice), "cudaMemcpy");
+  cudaOk(cudaMemcpyAsync(d, h, b, cudaMemcpyHostToDevice, stream()),
+         "cudaMemcpy");
+  cudaOk(cudaStreamSynchronize(stream()), "cudaMemcpy");
 }
 inline void toHost(void *h, const void *d, size_t b) {
-  cudaOk(cudaMemcpy(h, d, b, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  cudaOk(cudaMemcpyAsync(h, d, b, cudaMemcpyDeviceToHost, stream()),
+         "cudaMemcpy");
+  cudaOk(cudaStreamSynchronize(stream()), "cudaMemcpy");
 }
 template <class... K, class... A>
 void launch(dim3 grid, dim3 block, size_t shared, void (*k)(K...), A... a) {
-  k<<<grid, block, shared>>>(a...);
+  k<<<grid, block, shared, stream()>>>(a...);
   cudaOk(cudaGetLastError(), "kernel launch");
 }
-inline void sync() { cudaOk(cudaDeviceSynchronize(), "kernel"); }
+inline void sync() { cudaOk(cudaStreamSynchronize(stream()), "kernel"); }
+/// Seconds per call of f over `iters` calls, replayed as one CUDA graph
+/// (as the runtime replays a decode step), so that host launch overhead
+/// does not count; after a warm-up replay.
 template <class F> double timeCalls(int iters, F f) {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  cudaOk(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal),
+         "cudaStreamBeginCapture");
+  for (int i = 0; i < iters; ++i)
+    f(i + 1);
+  cudaOk(cudaStreamEndCapture(stream(), &graph), "cudaStreamEndCapture");
+  cudaOk(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
   cudaEvent_t a, b;
   cudaOk(cudaEventCreate(&a), "cudaEventCreate");
   cudaOk(cudaEventCreate(&b), "cudaEventCreate");
-  f(0); // warm-up
-  cudaOk(cudaEventRecord(a), "cudaEventRecord");
-  for (int i = 0; i < iters; ++i)
-    f(i + 1);
-  cudaOk(cudaEventRecord(b), "cudaEventRecord");
+  cudaOk(cudaGraphLaunch(exec, stream()), "cudaGraphLaunch"); // warm-up
+  cudaOk(cudaEventRecord(a, stream()), "cudaEventRecord");
+  cudaOk(cudaGraphLaunch(exec, stream()), "cudaGraphLaunch");
+  cudaOk(cudaEventRecord(b, stream()), "cudaEventRecord");
   cudaOk(cudaEventSynchronize(b), "cudaEventSynchronize");
   float ms = 0;
   cudaOk(cudaEventElapsedTime(&ms, a, b), "cudaEventElapsedTime");
   cudaEventDestroy(a);
   cudaEventDestroy(b);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
   return double(ms) * 1e-3 / iters;
 }
 /// Device-to-device cudaMemcpy of 1 GiB: bytes read plus written per
@@ -115,7 +143,8 @@ inline double copyGBps() {
   const size_t bytes = size_t(1) << 30;
   void *a = devAlloc(bytes), *b = devAlloc(bytes);
   const double s = timeCalls(5, [&](int) {
-    cudaOk(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice), "copy");
+    cudaOk(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream()),
+           "copy");
   });
   devFree(a);
   devFree(b);
@@ -238,16 +267,23 @@ struct Problem {
     const Rows rows{x, s.K, rowOf, 1};
     if (s.gated)
       launch(dim3(unsigned(s.experts), gridY), dim3(256), 0,
-             groupedGemvKernel<bf16, true, LANES, false>, rows, wa,
+             groupedGemvFor<bf16, true, LANES, false>(), rows, wa,
              wa + s.experts, offsets, active, s.K, s.N, y, s.N, true, dense,
              none, static_cast<int32_t *>(nullptr),
              static_cast<int32_t *>(nullptr), GemvCombine{});
     else
       launch(dim3(unsigned(s.experts), gridY), dim3(256), 0,
-             groupedGemvKernel<bf16, false, LANES, false>, rows, wa,
+             groupedGemvFor<bf16, false, LANES, false>(), rows, wa,
              wa + s.experts, offsets, active, s.K, s.N, y, s.N, true, dense,
              none, static_cast<int32_t *>(nullptr),
              static_cast<int32_t *>(nullptr), GemvCombine{});
+  }
+
+  /// NaN in every output, so that a form leaving some unwritten cannot
+  /// pass for another's results.
+  void clearOutput() {
+    const std::vector<float> nan(size_t(s.experts * s.rows * s.N), NAN);
+    toDevice(y, nan.data(), nan.size() * sizeof(float));
   }
 
   std::vector<float> output() const {
@@ -262,8 +298,8 @@ inline double relDiff(const std::vector<float> &a,
                       const std::vector<float> &b) {
   double err = 0, ref = 0;
   for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i]))
-      return INFINITY;
+    if (!std::isfinite(a[i]) || !std::isfinite(b[i]))
+      return INFINITY; // an output left unwritten (NaN), or overflow
     err = std::max(err, double(std::fabs(a[i] - b[i])));
     ref = std::max(ref, double(std::fabs(b[i])));
   }
@@ -319,12 +355,15 @@ inline int benchMain(int argc, char **argv) {
     const int64_t sets =
         quick ? 1 : std::max<int64_t>(1, int64_t(std::ceil(256e6 / setBytes)));
     Problem p(s, sets, seed);
+    p.clearOutput();
     p.run<32>(0);
     sync();
     const std::vector<float> ref = p.output();
+    p.clearOutput();
     p.run<8>(0);
     sync();
     const double d8 = relDiff(p.output(), ref);
+    p.clearOutput();
     p.run<kMmaLanes>(0);
     sync();
     const double dtc = relDiff(p.output(), ref);

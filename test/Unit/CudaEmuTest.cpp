@@ -640,12 +640,12 @@ runExperts(const MoECase &m, Path path, const SharedCase *shared = nullptr,
       if (fusedSort)
         emu::launchShared(
             dim3(blocks + xUp, yUp), dim3(256), gemvSortSharedBytes(E, pairs),
-            groupedGemvKernel<WT, true, L, true>, xRows, gate, up,
+            groupedGemvFor<WT, true, L, true>(), xRows, gate, up,
             offsets.data(), active.data(), m.hidden, m.inter, h.data(), m.inter,
             vecX, up1, sort, rowOf.data(), slotOf.data(), GemvCombine{});
       else
         emu::launch(dim3(blocks + xUp, yUp), dim3(256),
-                    groupedGemvKernel<WT, true, L, false>, xRows, gate, up,
+                    groupedGemvFor<WT, true, L, false>(), xRows, gate, up,
                     offsets.data(), active.data(), m.hidden, m.inter, h.data(),
                     m.inter, vecX, up1, none, nullptr, nullptr, GemvCombine{});
       GemvCombine combine{};
@@ -664,16 +664,15 @@ runExperts(const MoECase &m, Path path, const SharedCase *shared = nullptr,
                    counter};
       if (norm)
         emu::launch(dim3(blocks + xDown, yDown), dim3(256),
-                    groupedGemvKernel<WT, false, L, false, true>, hRows, down,
+                    groupedGemvFor<WT, false, L, false, true>(), hRows, down,
                     nullptr, offsets.data(), active.data(), m.inter, m.hidden,
                     yp.data(), m.hidden, vecH, down1, none, nullptr, nullptr,
                     combine);
       else
         emu::launch(dim3(blocks + xDown, yDown), dim3(256),
-                    groupedGemvKernel<WT, false, L, false>, hRows, down,
-                    nullptr, offsets.data(), active.data(), m.inter, m.hidden,
-                    yp.data(), m.hidden, vecH, down1, none, nullptr, nullptr,
-                    combine);
+                    groupedGemvFor<WT, false, L, false>(), hRows, down, nullptr,
+                    offsets.data(), active.data(), m.inter, m.hidden, yp.data(),
+                    m.hidden, vecH, down1, none, nullptr, nullptr, combine);
     };
     if (path == Path::Gemv)
       gemvs(std::integral_constant<int, 32>());

@@ -342,7 +342,9 @@ gemvColumns(const Rows &rows, const WT *wa, const WT *wb, int64_t first,
 /// Dense GEMV for a few rows (decode): y [n, N] = x W^T (GATED: the SwiGLU
 /// of the two products); 8 warps per block, 32 / LANES columns per warp; x
 /// read in float32 as it is (no conversion pass before the product);
-/// `accumulate`: y += the product.
+/// `accumulate`: y += the product. (kMmaLanes: ds-gemv-bench only, so far;
+/// without the grouped GEMV's launch bounds, which would cost the other
+/// forms registers.)
 template <class WT, bool GATED, int LANES>
 __global__ void denseGemvKernel(Rows rows, const WT *wa, const WT *wb,
                                 int64_t n, int64_t K, int64_t N, float *out,

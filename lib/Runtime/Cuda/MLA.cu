@@ -21,6 +21,7 @@
 #include "CudaCommon.h"
 #include "MLAKernels.cuh"
 
+#include <cstdio>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -116,12 +117,21 @@ const __nv_bfloat16 *kvBBf16(Context &ctx, DeviceState &st, const float *kvB) {
     }
     if (!exact)
       break;
-    check(cudaMalloc(&copy, numel * sizeof(uint16_t)), "mlaAttentionAbsorbed");
-    // On the compute stream (MoE.cu's expertTables say why).
+    // An optimization: without the memory for it, the float32 reads.
+    if (cudaMalloc(&copy, numel * sizeof(uint16_t)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      std::fprintf(stderr,
+                   "cuda: no device memory for kv_b's bf16 copy (%.1f MB); "
+                   "the absorbed products read it in float32\n",
+                   double(numel) * 2e-6);
+      copy = nullptr;
+      break;
+    }
+    // On the compute stream (MoE.cu's expertTables say why); pageable
+    // memory is staged before the call returns, so `bits` may go.
     check(cudaMemcpyAsync(copy, bits.data(), numel * sizeof(uint16_t),
                           cudaMemcpyHostToDevice, st.stream),
           "mlaAttentionAbsorbed");
-    check(cudaStreamSynchronize(st.stream), "mlaAttentionAbsorbed");
     break;
   }
   st.kvBBf16[kvB] = copy;

@@ -93,7 +93,7 @@ void groupedGemv(DeviceState &st, const char *where, unsigned blocks,
   // Only the first (gated) GEMV sorts.
   if constexpr (GATED) {
     if (s.sort.idx) {
-      launchKernel(st, where, groupedGemvKernel<WT, GATED, LANES, true>,
+      launchKernel(st, where, groupedGemvFor<WT, GATED, LANES, true>(),
                    dim3(blocks + extra, gridY), 256,
                    gemvSortSharedBytes(s.sort.experts, s.sort.pairs), rows, wa,
                    wb, s.offsets, s.active, K, N, out, ldo, vec, dense, s.sort,
@@ -105,14 +105,14 @@ void groupedGemv(DeviceState &st, const char *where, unsigned blocks,
     fatal(where, "a sort in a launch that does not sort");
   if constexpr (!GATED) {
     if (combine.counter) {
-      launchKernel(st, where, groupedGemvKernel<WT, false, LANES, false, true>,
+      launchKernel(st, where, groupedGemvFor<WT, false, LANES, false, true>(),
                    dim3(blocks + extra, gridY), 256, 0, rows, wa, wb, s.offsets,
                    s.active, K, N, out, ldo, vec, dense, s.sort, s.rowOf,
                    s.slotOf, combine);
       return;
     }
   }
-  launchKernel(st, where, groupedGemvKernel<WT, GATED, LANES, false>,
+  launchKernel(st, where, groupedGemvFor<WT, GATED, LANES, false>(),
                dim3(blocks + extra, gridY), 256, 0, rows, wa, wb, s.offsets,
                s.active, K, N, out, ldo, vec, dense, s.sort, s.rowOf, s.slotOf,
                combine);

@@ -324,15 +324,15 @@ __device__ inline int32_t sortInBlock(const GemvSort &s, int32_t *offsets,
 /// registers a thread). COMBINE (not GATED): the down GEMV whose last block
 /// runs `combine` (the others take no GemvCombine; a template apart, as its
 /// code costs the down GEMV's usual launches 8 to 24 registers). LANES
-/// kMmaLanes: 16 columns a warp on tensor cores (bf16 weights), held to 128
-/// registers, two blocks a multiprocessor.
-template <class WT, bool GATED, int LANES, bool SORT, bool COMBINE = false>
-__global__ void __launch_bounds__(256, LANES == kMmaLanes ? 2 : 1)
-    groupedGemvKernel(Rows rows, const void *const *wa, const void *const *wb,
-                      int32_t *offsets, int32_t *active, int64_t K, int64_t N,
-                      float *out, int64_t ldo, bool vec, DenseGemv dense,
-                      GemvSort sort, int32_t *rowOf, int32_t *slotOf,
-                      GemvCombine combine) {
+/// kMmaLanes: 16 columns a warp on tensor cores (bf16 weights; launched as
+/// groupedGemvMmaKernel). The body of groupedGemvKernel, one block.
+template <class WT, bool GATED, int LANES, bool SORT, bool COMBINE>
+__device__ inline void
+groupedGemvBlock(Rows rows, const void *const *wa, const void *const *wb,
+                 int32_t *offsets, int32_t *active, int64_t K, int64_t N,
+                 float *out, int64_t ldo, bool vec, DenseGemv dense,
+                 GemvSort sort, int32_t *rowOf, int32_t *slotOf,
+                 GemvCombine combine) {
   // One call of gemvColumns for both kinds of block (two inlined copies
   // cost ~20 registers, and with them blocks per multiprocessor). Expert
   // blocks wait for the sort (or the routing) first; dense blocks issue
@@ -394,6 +394,43 @@ __global__ void __launch_bounds__(256, LANES == kMmaLanes ? 2 : 1)
                      combine.topK, combine.shared, combine.lds, combine.y,
                      combine.ldy, combine.norm, red);
   }
+}
+
+template <class WT, bool GATED, int LANES, bool SORT, bool COMBINE = false>
+__global__ void
+groupedGemvKernel(Rows rows, const void *const *wa, const void *const *wb,
+                  int32_t *offsets, int32_t *active, int64_t K, int64_t N,
+                  float *out, int64_t ldo, bool vec, DenseGemv dense,
+                  GemvSort sort, int32_t *rowOf, int32_t *slotOf,
+                  GemvCombine combine) {
+  groupedGemvBlock<WT, GATED, LANES, SORT, COMBINE>(
+      rows, wa, wb, offsets, active, K, N, out, ldo, vec, dense, sort, rowOf,
+      slotOf, combine);
+}
+
+/// groupedGemvKernel's tensor-core form (LANES kMmaLanes, bf16 weights),
+/// held to 128 registers: two blocks of 256 threads a multiprocessor. A
+/// kernel apart: launch bounds on the other forms change their register
+/// allocation (the bf16 down GEMV's 72 to 96, three blocks to two).
+template <bool GATED, bool SORT, bool COMBINE = false>
+__global__ void __launch_bounds__(256, 2)
+    groupedGemvMmaKernel(Rows rows, const void *const *wa,
+                         const void *const *wb, int32_t *offsets,
+                         int32_t *active, int64_t K, int64_t N, float *out,
+                         int64_t ldo, bool vec, DenseGemv dense, GemvSort sort,
+                         int32_t *rowOf, int32_t *slotOf, GemvCombine combine) {
+  groupedGemvBlock<__nv_bfloat16, GATED, kMmaLanes, SORT, COMBINE>(
+      rows, wa, wb, offsets, active, K, N, out, ldo, vec, dense, sort, rowOf,
+      slotOf, combine);
+}
+
+/// The grouped GEMV kernel of a form.
+template <class WT, bool GATED, int LANES, bool SORT, bool COMBINE = false>
+constexpr auto groupedGemvFor() {
+  if constexpr (LANES == kMmaLanes)
+    return &groupedGemvMmaKernel<GATED, SORT, COMBINE>;
+  else
+    return &groupedGemvKernel<WT, GATED, LANES, SORT, COMBINE>;
 }
 
 /// A grouped GEMM block's output tile: rows [r0, r0 + rows) of `expert`'s
