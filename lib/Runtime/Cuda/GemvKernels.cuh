@@ -81,11 +81,13 @@ template <int LANES> __host__ __device__ constexpr int gemvColumnsPerWarp() {
 /// gemvColumns on tensor cores (mma.sync m16n8k16): one warp, columns
 /// [col0, col0 + 16) as the A operand's 16 rows, 8 input rows (rounded to
 /// bf16) as B's 8 columns, float32 accumulation; 16 input rows per pass
-/// over the weights. Each lane loads 16 consecutive weights of its two
-/// columns per 64 of K (two 16-byte loads each) and the same 16 positions
-/// of its input row: k is permuted within each 64 (position 16 t + 4 j + s
-/// of lane t is slot s of its k pairs in the j-th mma), the same for A and
-/// B, so the sum is the dot product. Where the CUDA-core GEMV spends 2 to 3
+/// over the weights. Per 64 of K each lane loads 8 consecutive weights of
+/// each of its two columns from each half of the 64 (two 16-byte loads, at
+/// 8 t and 32 + 8 t: a row's 4 lanes read 64 whole bytes a load) and the
+/// same 16 positions of its input row: k is permuted within each 64
+/// (position 32 (j / 2) + 8 t + 4 (j % 2) + s of lane t is slot s of its k
+/// pairs in the j-th mma), the same for A and B, so the sum is the dot
+/// product. Where the CUDA-core GEMV spends 2 to 3
 /// instructions a lane per weight and row, this spends about one per 16
 /// weights and 8 rows, which keeps several rows per expert (batched decode)
 /// on the weight stream. Needs K % kMmaK == 0 and 16-byte aligned rows of
@@ -112,8 +114,8 @@ __device__ inline void gemvColumnsMma(const Rows &rows, const __nv_bfloat16 *wa,
   const bool has[2] = {c[0] < N, c[1] < N};
   const __nv_bfloat16 *w1[2], *w2[2];
   for (int h = 0; h < 2; ++h) {
-    w1[h] = wa + (has[h] ? c[h] : 0) * K + 16 * t;
-    w2[h] = GATED ? wb + (has[h] ? c[h] : 0) * K + 16 * t : nullptr;
+    w1[h] = wa + (has[h] ? c[h] : 0) * K + 8 * t;
+    w2[h] = GATED ? wb + (has[h] ? c[h] : 0) * K + 8 * t : nullptr;
   }
   if (rows.rowOf) // another kernel's output
     wait();
@@ -122,7 +124,7 @@ __device__ inline void gemvColumnsMma(const Rows &rows, const __nv_bfloat16 *wa,
     const float *xr[kTiles]; // lane's input row of each B tile
 #pragma unroll
     for (int n = 0; n < kTiles; ++n)
-      xr[n] = 8 * n + g < here ? rows.row(r0 + 8 * n + g) + 16 * t : nullptr;
+      xr[n] = 8 * n + g < here ? rows.row(r0 + 8 * n + g) + 8 * t : nullptr;
     float d1[kTiles][4], d2[kTiles][4];
 #pragma unroll
     for (int n = 0; n < kTiles; ++n)
@@ -142,10 +144,10 @@ __device__ inline void gemvColumnsMma(const Rows &rows, const __nv_bfloat16 *wa,
             p1[u][h][q] = p2[u][h][q] = make_uint4(0, 0, 0, 0);
             if (k < K && has[h]) {
               p1[u][h][q] =
-                  __ldg(reinterpret_cast<const uint4 *>(w1[h] + k + 8 * q));
+                  __ldg(reinterpret_cast<const uint4 *>(w1[h] + k + 32 * q));
               if (GATED)
                 p2[u][h][q] =
-                    __ldg(reinterpret_cast<const uint4 *>(w2[h] + k + 8 * q));
+                    __ldg(reinterpret_cast<const uint4 *>(w2[h] + k + 32 * q));
             }
           }
       }
@@ -163,8 +165,8 @@ __device__ inline void gemvColumnsMma(const Rows &rows, const __nv_bfloat16 *wa,
           if (xr[n]) {
 #pragma unroll
             for (int v = 0; v < 4; ++v) {
-              const float4 f =
-                  *reinterpret_cast<const float4 *>(xr[n] + k + 4 * v);
+              const float4 f = *reinterpret_cast<const float4 *>(
+                  xr[n] + k + 32 * (v / 2) + 4 * (v % 2));
               xb[2 * v] = packBf16x2(f.x, f.y);
               xb[2 * v + 1] = packBf16x2(f.z, f.w);
             }
