@@ -87,11 +87,11 @@ template <int LANES> __host__ __device__ constexpr int gemvColumnsPerWarp() {
 /// same 16 positions of its input row: k is permuted within each 64
 /// (position 32 (j / 2) + 8 t + 4 (j % 2) + s of lane t is slot s of its k
 /// pairs in the j-th mma), the same for A and B, so the sum is the dot
-/// product. Where the CUDA-core GEMV spends 2 to 3
-/// instructions a lane per weight and row, this spends about one per 16
-/// weights and 8 rows, which keeps several rows per expert (batched decode)
-/// on the weight stream. Needs K % kMmaK == 0 and 16-byte aligned rows of
-/// weights and inputs (the caller checks); the rest as gemvColumns.
+/// product. Where the CUDA-core GEMV spends 2 to 3 instructions a lane per
+/// weight and row, this spends about one per 16 weights and 8 rows, which
+/// keeps several rows per expert (batched decode) on the weight stream. Needs K
+/// % kMmaK == 0 and 16-byte aligned rows of weights and inputs (the caller
+/// checks); the rest as gemvColumns.
 template <bool GATED>
 __device__ inline void gemvColumnsMma(const Rows &rows, const __nv_bfloat16 *wa,
                                       const __nv_bfloat16 *wb, int64_t first,
@@ -117,6 +117,12 @@ __device__ inline void gemvColumnsMma(const Rows &rows, const __nv_bfloat16 *wa,
     w1[h] = wa + (has[h] ? c[h] : 0) * K + 8 * t;
     w2[h] = GATED ? wb + (has[h] ? c[h] : 0) * K + 8 * t : nullptr;
   }
+  // Word w (2 bf16) of a lane's 16 weights of a column in one K step.
+  auto word = [](const uint4(&p)[2], int w) {
+    const uint4 &v = p[w / 4];
+    const int i = w % 4;
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+  };
   if (rows.rowOf) // another kernel's output
     wait();
   for (int64_t r0 = first; r0 < first + count; r0 += 8 * kTiles) {
@@ -175,11 +181,6 @@ __device__ inline void gemvColumnsMma(const Rows &rows, const __nv_bfloat16 *wa,
           for (int j = 0; j < 4; ++j) {
             // Words 2j, 2j + 1 of a lane's 16 positions: k slots 2t, 2t+1
             // and 2t+8, 2t+9 of the j-th mma.
-            auto word = [&](const uint4(&p)[2], int w) {
-              const uint4 &v = p[w / 4];
-              const int i = w % 4;
-              return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-            };
             const uint32_t b[2] = {xb[2 * j], xb[2 * j + 1]};
             const uint32_t a1[4] = {
                 word(p1[u][0], 2 * j), word(p1[u][1], 2 * j),
