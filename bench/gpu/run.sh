@@ -596,10 +596,11 @@ PY
   # copy of the input first) instead of the GEMV kernel, with the decode
   # attention on CUDA cores instead of tensor cores, and with the experts'
   # sort, the experts' combine and the attention's split combine as
-  # launches of their own.
+  # launches of their own, and with kv_b read in float32 by the absorbed
+  # products instead of its exact bf16 copy.
   local ab
   for ab in DS_CUDA_PDL=0 DS_CUDA_GEMV_ROWS=0 DS_CUDA_MLA_DECODE=simt DS_CUDA_MOE_SORT=kernel \
-      DS_CUDA_MOE_COMBINE=kernel DS_CUDA_MLA_COMBINE=kernel; do
+      DS_CUDA_MOE_COMBINE=kernel DS_CUDA_MLA_COMBINE=kernel DS_CUDA_WEIGHT_COPIES=none; do
     if [ "$SECONDS" -lt 480 ]; then
       (cd "$dir/bench" && env "$ab" ./decode --prompt-ids "$ids" --max-new-tokens "$new1" --seed 1 > "ab-$ab.txt" 2> "ab-$ab.err") || true
       say "decode B=1, $ab: $(grep '^timing:' "$dir/bench/ab-$ab.txt" || tail -3 "$dir/bench/ab-$ab.err")"
@@ -630,6 +631,14 @@ PY
     say "prefill $plen, DS_CUDA_MOE_GEMM=tiled: $(grep '^timing:' "$dir/bench/ab-tiled.txt" || tail -3 "$dir/bench/ab-tiled.err")"
   else
     say "prefill $plen, DS_CUDA_MOE_GEMM=tiled: skipped ($SECONDS s used)"
+  fi
+  # Prefill with kv_b's product in float32 (SGEMM) instead of its exact
+  # bf16 copy on tensor cores.
+  if [ "$SECONDS" -lt 530 ]; then
+    (cd "$dir/bench" && DS_CUDA_WEIGHT_COPIES=none ./prefill --prompt-ids "$pids" --max-new-tokens 1 --seed 1 > ab-copies.txt 2> ab-copies.err) || true
+    say "prefill $plen, DS_CUDA_WEIGHT_COPIES=none: $(grep '^timing:' "$dir/bench/ab-copies.txt" || tail -3 "$dir/bench/ab-copies.err")"
+  else
+    say "prefill $plen, DS_CUDA_WEIGHT_COPIES=none: skipped ($SECONDS s used)"
   fi
   if [ "$SECONDS" -lt 300 ]; then
     ncu_steps

@@ -18,9 +18,13 @@
 // bf16 (impl().bf16[i]; weights[i] stays null) when its checkpoint tensor is
 // BF16 (copied as it is: converting it would be exact, so the GEMMs, which
 // decode panels on the fly, give the float copy's results bit for bit), or,
-// for random weights, when it is declared BF16 (the float random values
-// rounded to nearest even bf16: a BF16 model's random weights are then bf16
-// values).
+// for random weights, when it is declared BF16.
+//
+// Random weights stand for a checkpoint of the declared dtype: a BF16
+// weight's float random values are rounded to nearest even bf16 whether it
+// is kept in bf16 or in float32 (a BF16 model's kv_b, norms and router then
+// hold bf16 values, as its checkpoint's would, and the CUDA backend's bf16
+// copies of them are exact). F16 and F32 weights keep the float values.
 //
 //===----------------------------------------------------------------------===//
 
@@ -402,8 +406,12 @@ void Context::randomWeights(uint64_t seed) {
     std::vector<float> &dst = impl.storage[size_t(i)];
     dst.resize(size_t(numel));
     float *out = dst.data();
+    const bool bf16 = w.dtype == DType::BF16;
     auto body = [&](int64_t begin, int64_t end) {
       randomPart(w, part, seed, begin, end, out + begin);
+      if (bf16)
+        for (int64_t j = begin; j < end; ++j)
+          out[j] = bf16ToFloat(floatToBf16(out[j]));
     };
     forRange(*this, numel, numel, body);
     impl.weights[size_t(i)] = out;

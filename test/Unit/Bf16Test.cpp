@@ -197,7 +197,7 @@ TEST(Bf16Weights, FailedLoadDropsBf16Weights) {
   EXPECT_EQ(ctx2.weightBytes(), 0);
 }
 
-TEST(Bf16Weights, RandomWeightsRoundedForGemmOnlyBf16) {
+TEST(Bf16Weights, RandomWeightsOfBf16AreBf16Values) {
   Model m;
   const int64_t kept =
       m.add("model.layers.0.mlp.up_proj.weight", 300, 260, DType::BF16, kGemm);
@@ -210,30 +210,42 @@ TEST(Bf16Weights, RandomWeightsRoundedForGemmOnlyBf16) {
   const int64_t fp8 = m.add("model.layers.0.mlp.up_proj.weight", 300, 260,
                             DType::F8E4M3, kGemm);
   const int64_t norm = m.add("model.norm.weight", 260, 0, DType::BF16, kGemm);
+  const int64_t normF32 = m.add("model.norm.weight", 260, 0, DType::F32);
   Context one(m.finish(), 1), two(m.finish(), 2);
   one.randomWeights(9);
   two.randomWeights(9);
   const int64_t e = 300 * 260;
   for (Context *ctx : {&one, &two}) {
+    // Only a 2-D GEMM-only BF16 weight is kept in bf16.
     ASSERT_NE(ctx->bf16Weight(kept), nullptr);
     EXPECT_EQ(ctx->weight(kept), nullptr);
-    for (int64_t i : {plain, f32, f16, norm}) {
+    for (int64_t i : {plain, f32, f16, norm, normF32}) {
       EXPECT_EQ(ctx->bf16Weight(i), nullptr) << i;
       EXPECT_NE(ctx->weight(i), nullptr) << i;
     }
     EXPECT_EQ(ctx->bf16Weight(fp8), nullptr);
     EXPECT_NE(ctx->fp8Weight(fp8), nullptr);
-    // The float random values, rounded to nearest even.
+    // F32 and F16 weights hold the float random values; BF16 ones those
+    // values rounded to nearest even, kept in bf16 or as float32.
+    EXPECT_EQ(std::memcmp(ctx->weight(f16), ctx->weight(f32), e * 4), 0);
     bool anyRounded = false;
     for (int64_t i = 0; i < e; ++i) {
-      const float v = ctx->weight(plain)[i];
+      const float v = ctx->weight(f32)[i];
       ASSERT_EQ(ctx->bf16Weight(kept)[i], floatToBf16(v)) << i;
+      ASSERT_EQ(ctx->weight(plain)[i], bf16ToFloat(floatToBf16(v))) << i;
       anyRounded |= bf16ToFloat(floatToBf16(v)) != v;
     }
     EXPECT_TRUE(anyRounded);
-    EXPECT_EQ(std::memcmp(ctx->weight(plain), ctx->weight(f32), e * 4), 0);
+    bool normRounded = false;
+    for (int64_t i = 0; i < 260; ++i) {
+      const float v = ctx->weight(normF32)[i];
+      ASSERT_EQ(ctx->weight(norm)[i], bf16ToFloat(floatToBf16(v))) << i;
+      normRounded |= bf16ToFloat(floatToBf16(v)) != v;
+    }
+    EXPECT_TRUE(normRounded);
   }
   EXPECT_EQ(std::memcmp(one.bf16Weight(kept), two.bf16Weight(kept), e * 2), 0);
+  EXPECT_EQ(std::memcmp(one.weight(plain), two.weight(plain), e * 4), 0);
 }
 
 TEST(Bf16Weights, GemmOnlyStorageHalvesBytes) {

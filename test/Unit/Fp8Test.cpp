@@ -231,7 +231,8 @@ TEST(Fp8Weights, FloatCheckpointQuantizedOnLoad) {
 TEST(Fp8Weights, RandomWeightsAreQuantizedFloatRandomWeights) {
   Model m;
   m.add("model.layers.0.mlp.up_proj.weight", 300, 200, DType::F8E4M3);
-  m.add("model.layers.0.mlp.up_proj.weight", 300, 200, DType::BF16);
+  // The float random values (a BF16 weight's are rounded to bf16).
+  m.add("model.layers.0.mlp.up_proj.weight", 300, 200, DType::F32);
   m.add("model.norm.weight", 200, 0, DType::F8E4M3); // 1-D: kept in float
   Context one(m.finish(), 1), two(m.finish(), 2);
   one.randomWeights(9);

@@ -56,11 +56,13 @@ struct WeightSpec {
   /// bit the float32 copy's results at half the memory and bandwidth. F32
   /// and F16 checkpoint tensors of such a weight still load as float32.
   ///
-  /// randomWeights: a 2-D kGemmOnly weight declared BF16 gets the float
-  /// random values rounded to bf16 (nearest even) and kept in bf16, so a
-  /// BF16 model's random-weight outputs differ slightly from those of the
-  /// float32 values (as a BF16 checkpoint of them would); every other
-  /// non-FP8 weight gets the float values as float32.
+  /// randomWeights: stands for a checkpoint of the declared dtype. A weight
+  /// declared BF16 gets the float random values rounded to bf16 (nearest
+  /// even), kept in bf16 if it is a 2-D kGemmOnly weight and as float32
+  /// values otherwise, so a BF16 model's random-weight outputs differ
+  /// slightly from those of the float values (as a BF16 checkpoint of them
+  /// would); F32 and F16 weights get the float values as float32, F8E4M3
+  /// ones the float values quantized.
   DType dtype;
   /// kGemmOnly: only GEMM kernels (linearW, gatedUp, moeExpertsW, moeGate)
   /// read this weight, never through weight(i).

@@ -112,12 +112,11 @@ struct DeviceState {
   /// index arrays (stable addresses): [gate[E], up[E], down[E]].
   std::map<const int64_t *, const void **> expertTables;
 
-  /// bf16 copies of kv_b for the absorbed products of a few tokens, keyed by
-  /// the float32 weight's device address (made on first use, outside graph
-  /// capture): where every value is exact in bf16 (a bf16 checkpoint's, or
-  /// random bf16 weights), the same products at half the bytes; null where
-  /// some value is not (float32 checkpoints keep the float32 reads).
-  std::map<const float *, __nv_bfloat16 *> kvBBf16;
+  /// bf16Twin's copies, keyed by the float32 weight's device address (null:
+  /// some value is not exact in bf16, or no memory for it); none made with
+  /// DS_CUDA_WEIGHT_COPIES=none.
+  bool bf16Twins = true;
+  std::map<const void *, __nv_bfloat16 *> twins;
 
   /// DS_CUDA_PROFILE=1: each top-level kernel call is timed alone (stream
   /// synchronized around it, graphs off); a table per program (prefill,
@@ -343,6 +342,16 @@ inline bool vecRows(const void *p, int64_t ld, int64_t k, size_t elt) {
 inline int blocksFor(int64_t n, int threads) {
   return int((n + threads - 1) / threads);
 }
+
+/// An exact bf16 copy of the float32 device weight at `ptr` (bf16 mode
+/// only), made from the host's values on first use and kept to the end: a
+/// float32 weight whose values are all bf16 (a bf16 checkpoint's kv_b, or a
+/// BF16 model's random weights) then gives the same products at half the
+/// bytes. Null in f32 mode, where some value is not exact in bf16 (a float32
+/// checkpoint's: rounding it would move outputs), without the device memory
+/// for it (stderr says so, naming `where`), or when first asked for during
+/// graph capture.
+const __nv_bfloat16 *bf16Twin(Context &ctx, const void *ptr, const char *where);
 
 /// y [n, out] = x [n, in] W^T for a device weight (float32 x; W f32 or
 /// bf16: in bf16 x is converted first); float32 accumulation. accumulate:

@@ -141,7 +141,7 @@ DeviceState::~DeviceState() {
   }
   for (auto &t : expertTables)
     cudaFree(t.second);
-  for (auto &k : kvBBf16)
+  for (auto &k : twins)
     cudaFree(k.second);
   if (lt)
     cublasLtDestroy(lt);
@@ -203,6 +203,57 @@ const float *weight(Context &ctx, int64_t index) {
   if (w.bf16)
     fatal("weight", "a bf16 weight read as float32");
   return static_cast<const float *>(w.ptr);
+}
+
+const __nv_bfloat16 *bf16Twin(Context &ctx, const void *ptr,
+                              const char *where) {
+  DeviceState &st = state(ctx);
+  if (st.dtype != ComputeDtype::BF16 || !st.bf16Twins || !ptr)
+    return nullptr;
+  auto it = st.twins.find(ptr);
+  if (it != st.twins.end())
+    return it->second;
+  // An allocation and a copy on the stream would join the graph: the f32
+  // reads, and the next eager call makes the copy (decode steps run eagerly
+  // before their graph is captured, so theirs exist by then).
+  if (st.capturing)
+    return nullptr;
+  __nv_bfloat16 *copy = nullptr;
+  for (size_t i = 0; i < st.weights.size(); ++i) {
+    const DeviceWeight &w = st.weights[i];
+    const float *host = ctx.weight(int64_t(i));
+    if (w.ptr != ptr || w.bf16 || !host)
+      continue;
+    const size_t numel = size_t(w.rows * w.cols);
+    std::vector<uint16_t> bits(numel);
+    bool exact = true;
+    for (size_t j = 0; j < numel && exact; ++j) {
+      uint32_t u;
+      std::memcpy(&u, &host[j], sizeof(u));
+      exact = (u & 0xffffu) == 0;
+      bits[j] = uint16_t(u >> 16);
+    }
+    if (!exact)
+      break;
+    // An optimization: without the memory for it, the float32 reads.
+    if (cudaMalloc(&copy, numel * sizeof(uint16_t)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      std::fprintf(stderr,
+                   "cuda: no device memory for a bf16 copy of %s (%.1f MB); "
+                   "%s reads it in float32\n",
+                   ctx.spec().weights[i].name, double(numel) * 2e-6, where);
+      copy = nullptr;
+      break;
+    }
+    // On the compute stream (MoE.cu's expertTables say why); pageable
+    // memory is staged before the call returns, so `bits` may go.
+    check(cudaMemcpyAsync(copy, bits.data(), numel * sizeof(uint16_t),
+                          cudaMemcpyHostToDevice, st.stream),
+          where);
+    break;
+  }
+  st.twins[ptr] = copy;
+  return copy;
 }
 
 namespace {
@@ -457,8 +508,10 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
   }
   // fused|kernel (auto|simt, tc|simt): index 0 is the default, the fused
   // (tensor-core) path.
-  int sort = 0, combine = 0, mlaCombine = 0, decode = 0, moeGemv = 0;
+  int sort = 0, combine = 0, mlaCombine = 0, decode = 0, moeGemv = 0,
+      copies = 0;
   if (!envChoice("DS_CUDA_MOE_SORT", {"fused", "kernel"}, &sort, error) ||
+      !envChoice("DS_CUDA_WEIGHT_COPIES", {"bf16", "none"}, &copies, error) ||
       !envChoice("DS_CUDA_MOE_GEMV", {"tc", "simt"}, &moeGemv, error) ||
       !envChoice("DS_CUDA_MOE_COMBINE", {"fused", "kernel"}, &combine, error) ||
       !envChoice("DS_CUDA_MLA_COMBINE", {"fused", "kernel"}, &mlaCombine,
@@ -470,6 +523,7 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
   st.moeFusedCombine = combine == 0;
   st.mlaFusedCombine = mlaCombine == 0;
   st.mlaDecodeTc = decode == 0;
+  st.bf16Twins = copies == 0;
 
   st.maxTokens = std::max<int64_t>(
       {spec.prefillMaxTokens, spec.decodeMaxTokens, spec.mtpMaxTokens, 1});

@@ -6,8 +6,10 @@
 // bf16 weights take bf16 inputs (x converted into scratch first) with a
 // float32 result and float32 accumulation (CUBLAS_COMPUTE_32F); float32
 // weights multiply in true float32 (no TF32), the mode that is checked
-// against the CPU backend. Plans (layouts + the heuristic's algorithm) are
-// cached per shape, stride, dtype and pointer alignment.
+// against the CPU backend; in bf16 mode a float32 weight whose values are
+// all bf16 (bf16Twin) multiplies as its bf16 copy. Plans (layouts + the
+// heuristic's algorithm) are cached per shape, stride, dtype and pointer
+// alignment.
 //
 // Up to DeviceState::gemvMaxRows rows (decode) the product is instead a GEMV
 // kernel (GemvKernels.cuh) that reads the float32 input as it is: one launch
@@ -239,10 +241,20 @@ static void linear(Context &ctx, const float *x, int64_t ldx, int64_t n,
       ctx, st.profile && std::strstr(ctx.spec().weights[weight].name, "lm_head")
                ? "linearW lm_head"
                : "linearW");
-  const DeviceWeight &w = st.weights[size_t(weight)];
+  DeviceWeight w = st.weights[size_t(weight)];
   if (w.rows != out)
     fatal("linearW", "weight height differs from the output's");
   x = actInput(ctx, x, &ldx, n, in, weight, act);
+  // A float32 weight whose values are bf16 (a bf16 checkpoint's kv_b, which
+  // the absorbed products read too) multiplies as a bf16 one in bf16 mode's
+  // GEMMs: its exact copy at half the bytes, on bf16 tensor cores (the
+  // prefill's kv_b product, 9 GFLOP a layer at 2048 tokens, not in float32).
+  // The GEMV reads the float32 weight as it is.
+  if (!w.bf16 && std::max(n, pathRows) > st.gemvMaxRows && n > 0)
+    if (const __nv_bfloat16 *twin = bf16Twin(ctx, w.ptr, "linearW")) {
+      w.ptr = const_cast<__nv_bfloat16 *>(twin);
+      w.bf16 = true;
+    }
   gemmWeight(ctx, x, ldx, n, in, w, y, ldy, "linearW", accumulate, pathRows);
 }
 

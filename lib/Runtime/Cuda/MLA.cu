@@ -88,56 +88,6 @@ struct Prologue {
   double eps;
 };
 
-/// DeviceState::kvBBf16's copy of kv_b (the float32 device weight at kvB),
-/// made on first use from the host's values: null where one of them is not
-/// exact in bf16, or in f32 mode.
-const __nv_bfloat16 *kvBBf16(Context &ctx, DeviceState &st, const float *kvB) {
-  if (st.dtype != ComputeDtype::BF16)
-    return nullptr;
-  auto it = st.kvBBf16.find(kvB);
-  if (it != st.kvBBf16.end())
-    return it->second;
-  // Decode steps run eagerly before a graph captures them.
-  if (st.capturing)
-    fatal("mlaAttentionAbsorbed", "kv_b's bf16 copy made during graph capture");
-  __nv_bfloat16 *copy = nullptr;
-  for (size_t i = 0; i < st.weights.size(); ++i) {
-    const DeviceWeight &w = st.weights[i];
-    const float *host = ctx.weight(int64_t(i));
-    if (w.ptr != kvB || w.bf16 || !host)
-      continue;
-    const size_t numel = size_t(w.rows * w.cols);
-    std::vector<uint16_t> bits(numel);
-    bool exact = true;
-    for (size_t j = 0; j < numel && exact; ++j) {
-      uint32_t u;
-      std::memcpy(&u, &host[j], sizeof(u));
-      exact = (u & 0xffffu) == 0;
-      bits[j] = uint16_t(u >> 16);
-    }
-    if (!exact)
-      break;
-    // An optimization: without the memory for it, the float32 reads.
-    if (cudaMalloc(&copy, numel * sizeof(uint16_t)) != cudaSuccess) {
-      (void)cudaGetLastError();
-      std::fprintf(stderr,
-                   "cuda: no device memory for kv_b's bf16 copy (%.1f MB); "
-                   "the absorbed products read it in float32\n",
-                   double(numel) * 2e-6);
-      copy = nullptr;
-      break;
-    }
-    // On the compute stream (MoE.cu's expertTables say why); pageable
-    // memory is staged before the call returns, so `bits` may go.
-    check(cudaMemcpyAsync(copy, bits.data(), numel * sizeof(uint16_t),
-                          cudaMemcpyHostToDevice, st.stream),
-          "mlaAttentionAbsorbed");
-    break;
-  }
-  st.kvBBf16[kvB] = copy;
-  return copy;
-}
-
 void absorbed(Context &ctx, int64_t layer, float *q, int64_t ldq,
               const float *kvB, const int32_t *pos, int64_t n, int64_t heads,
               int64_t nope, int64_t rope, int64_t vdim, double scale,
@@ -190,7 +140,8 @@ void absorbed(Context &ctx, int64_t layer, float *q, int64_t ldq,
   // Our kernels read kv_b in bf16 where that is exact: the same products,
   // half the bytes (their launches say "bf16 kv_b"). f(w) launches with w,
   // kv_b as float or bf16.
-  const __nv_bfloat16 *kvB16 = few ? kvBBf16(ctx, st, kvB) : nullptr;
+  const __nv_bfloat16 *kvB16 =
+      few ? bf16Twin(ctx, kvB, "mlaAttentionAbsorbed") : nullptr;
   auto withKvB = [&](auto f) {
     if (kvB16)
       f(kvB16);
