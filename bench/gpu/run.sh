@@ -632,6 +632,14 @@ PY
   else
     say "prefill $plen, DS_CUDA_MOE_GEMM=tiled: skipped ($SECONDS s used)"
   fi
+  # Prefill with the attention's scores and output through shared memory
+  # (WMMA) instead of in registers (mma.sync).
+  if [ "$SECONDS" -lt 525 ]; then
+    (cd "$dir/bench" && DS_CUDA_MLA_PREFILL=wmma ./prefill --prompt-ids "$pids" --max-new-tokens 1 --seed 1 > ab-wmma.txt 2> ab-wmma.err) || true
+    say "prefill $plen, DS_CUDA_MLA_PREFILL=wmma: $(grep '^timing:' "$dir/bench/ab-wmma.txt" || tail -3 "$dir/bench/ab-wmma.err")"
+  else
+    say "prefill $plen, DS_CUDA_MLA_PREFILL=wmma: skipped ($SECONDS s used)"
+  fi
   # Prefill with kv_b's product in float32 (SGEMM) instead of its exact
   # bf16 copy on tensor cores.
   if [ "$SECONDS" -lt 530 ]; then

@@ -1609,13 +1609,22 @@ struct PrefillCase {
     return out;
   }
 
-  /// MLA.cu's launch of either kernel; the [n, heads * vdim] part of out,
-  /// after checking that nothing beyond it (ldo padding) was written.
-  std::vector<float> run(bool tensorCores) const {
+  enum Kernel { Simt, Wmma, Mma };
+
+  /// MLA.cu's launch of a kernel; the [n, heads * vdim] part of out, after
+  /// checking that nothing beyond it (ldo padding) was written.
+  std::vector<float> run(Kernel kernel) const {
     using namespace dsrt::cuda::mla;
     const int64_t qHead = nope + rope, kvHead = nope + vdim;
     std::vector<float> out(size_t(n * ldo), std::nanf(""));
-    if (tensorCores) {
+    if (kernel == Mma) {
+      const PrefillMmaLayout mma(qHead, vdim);
+      emu::launchShared(dim3(unsigned((n + kTcQ - 1) / kTcQ), unsigned(heads)),
+                        dim3(kTcWarps * 32), size_t(mma.bytes),
+                        mlaPrefillMmaKernel, q.data(), ldq, kv.data(), ldkv,
+                        krope.data(), ldk, n, nope, vdim, qHead, kvHead, scale,
+                        out.data(), ldo);
+    } else if (kernel == Wmma) {
       const PrefillTcLayout tc(qHead, vdim);
       emu::launchShared(dim3(unsigned((n + kTcQ - 1) / kTcQ), unsigned(heads)),
                         dim3(kTcWarps * 32), size_t(tc.bytes),
@@ -1644,30 +1653,49 @@ struct PrefillCase {
 TEST(CudaEmuMLA, PrefillFloat32) {
   // 150 queries: 9 full 16-query tiles and a tail of 6.
   PrefillCase c(150, 3, 24, 8, 20, 21);
-  expectClose(c.run(false), c.reference(false), 1e-5);
+  expectClose(c.run(PrefillCase::Simt), c.reference(false), 1e-5);
 }
 
-TEST(CudaEmuMLA, PrefillTensorCores) {
+/// The tensor-core kernels: WMMA through shared memory, and mma.sync with
+/// scores and output in registers.
+class CudaEmuMLAPrefillTc
+    : public ::testing::TestWithParam<PrefillCase::Kernel> {};
+
+TEST_P(CudaEmuMLAPrefillTc, Tiles) {
   // Two full 64-query tiles and a tail of 22 (a warp with no queries); head
-  // dims 32 and 20 (v padded to 32).
+  // dims 32 and 20 (v padded to 32; the mma kernel's last n-tile of 8 is
+  // cut at 20).
   for (bool aligned : {false, true}) {
     SCOPED_TRACE(aligned ? "16-byte loads" : "element-wise loads");
     PrefillCase c(150, 3, 24, 8, 20, 22, aligned);
-    expectClose(c.run(true), c.reference(true), 4e-3);
+    expectClose(c.run(GetParam()), c.reference(true), 4e-3);
   }
   // 16-byte loads with a zero chunk of K padding (qk 24 + 4 = 28 of 32).
   PrefillCase c(70, 2, 24, 4, 20, 24, true);
-  expectClose(c.run(true), c.reference(true), 4e-3);
+  expectClose(c.run(GetParam()), c.reference(true), 4e-3);
+  // Odd head dims: qk 13 + 6 = 19 (padded to 32), v 7 (one short n-tile).
+  PrefillCase odd(90, 2, 13, 6, 7, 26);
+  expectClose(odd.run(GetParam()), odd.reference(true), 4e-3);
 }
 
-TEST(CudaEmuMLA, PrefillTensorCoresDeepSeekHeads) {
-  // DeepSeek-V3's head dims: qk 128 + 64, v 128; 16 + 1 queries.
+TEST_P(CudaEmuMLAPrefillTc, DeepSeekHeads) {
+  // DeepSeek-V3's head dims: qk 128 + 64, v 128; 16 + 1 queries, and 130
+  // (the last query tile's warps read three key tiles).
   for (bool aligned : {false, true}) {
     SCOPED_TRACE(aligned ? "16-byte loads" : "element-wise loads");
     PrefillCase c(17, 1, 128, 64, 128, 23, aligned);
-    expectClose(c.run(true), c.reference(true), 4e-3);
+    expectClose(c.run(GetParam()), c.reference(true), 4e-3);
   }
+  PrefillCase c(130, 2, 128, 64, 128, 27, true);
+  expectClose(c.run(GetParam()), c.reference(true), 4e-3);
 }
+
+INSTANTIATE_TEST_SUITE_P(Kernels, CudaEmuMLAPrefillTc,
+                         ::testing::Values(PrefillCase::Wmma, PrefillCase::Mma),
+                         [](const auto &info) {
+                           return info.param == PrefillCase::Wmma ? "Wmma"
+                                                                  : "Mma";
+                         });
 
 /// absorbQKernel and absorbOutKernel against double-precision products
 /// over kv_b [heads * (nope + vdim), lora] (W_UK rows, then W_UV rows, per

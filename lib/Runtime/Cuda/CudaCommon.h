@@ -175,6 +175,9 @@ struct DeviceState {
   /// block) where its shared memory fits, or the SIMT kernel (8 heads a
   /// block) always (DS_CUDA_MLA_DECODE=auto|simt).
   bool mlaDecodeTc = true;
+  /// DS_CUDA_MLA_PREFILL: bf16 prefill attention with scores and output in
+  /// registers (mma.sync; else the WMMA kernel's shared-memory tiles).
+  bool mlaPrefillMma = true;
 
   /// Decode attention at batch 1 (few split rows): the splits' combine in
   /// the W_UV product's launch, or a launch of its own

@@ -509,20 +509,22 @@ bool prepareOnDevice(Context &ctx, ComputeDtype dtype, int device,
   // fused|kernel (auto|simt, tc|simt): index 0 is the default, the fused
   // (tensor-core) path.
   int sort = 0, combine = 0, mlaCombine = 0, decode = 0, moeGemv = 0,
-      copies = 0;
+      copies = 0, prefill = 0;
   if (!envChoice("DS_CUDA_MOE_SORT", {"fused", "kernel"}, &sort, error) ||
       !envChoice("DS_CUDA_WEIGHT_COPIES", {"bf16", "none"}, &copies, error) ||
       !envChoice("DS_CUDA_MOE_GEMV", {"tc", "simt"}, &moeGemv, error) ||
       !envChoice("DS_CUDA_MOE_COMBINE", {"fused", "kernel"}, &combine, error) ||
       !envChoice("DS_CUDA_MLA_COMBINE", {"fused", "kernel"}, &mlaCombine,
                  error) ||
-      !envChoice("DS_CUDA_MLA_DECODE", {"auto", "simt"}, &decode, error))
+      !envChoice("DS_CUDA_MLA_DECODE", {"auto", "simt"}, &decode, error) ||
+      !envChoice("DS_CUDA_MLA_PREFILL", {"mma", "wmma"}, &prefill, error))
     return false;
   st.moeFusedSort = sort == 0;
   st.moeGemvTc = moeGemv == 0;
   st.moeFusedCombine = combine == 0;
   st.mlaFusedCombine = mlaCombine == 0;
   st.mlaDecodeTc = decode == 0;
+  st.mlaPrefillMma = prefill == 0;
   st.bf16Twins = copies == 0;
 
   st.maxTokens = std::max<int64_t>(

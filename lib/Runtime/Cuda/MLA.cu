@@ -3,8 +3,10 @@
 // Prefill (naive form): flash-attention style, causal, with an online
 // softmax. bf16 mode runs it on tensor cores (a block takes 64 queries of
 // one head and streams 64 keys at a time, bf16 operands, float32
-// accumulation); f32 mode, which must match the CPU backend to 1e-4, keeps
-// float32 on CUDA cores (16 queries, 16 keys per tile).
+// accumulation): scores and output in registers (mma.sync, as
+// FlashAttention-2) up to 128 v dims, else through shared memory (WMMA);
+// f32 mode, which must match the CPU backend to 1e-4, keeps float32 on CUDA
+// cores (16 queries, 16 keys per tile).
 //
 // Decode (absorbed form), as FlashMLA splits it: q_lat = q_nope W_UK per
 // head, then attention over the latent cache rows (lora + rope values, read
@@ -55,7 +57,19 @@ void mlaAttentionNaive(Context &ctx, const float *q, int64_t ldq,
     fatal("mlaAttentionNaive", "v head dim above 256");
   DeviceState &st = state(ctx);
   const int64_t qHead = nope + rope, kvHead = nope + vdim;
-  // bf16 mode: tensor cores, where the head dims fit the shared memory.
+  // bf16 mode: tensor cores, where the head dims fit the shared memory;
+  // scores and output in registers (mma.sync) up to kMmaVMax v dims.
+  const PrefillMmaLayout mma(qHead, vdim);
+  if (st.dtype == ComputeDtype::BF16 && st.mlaPrefillMma && vdim <= kMmaVMax &&
+      size_t(mma.bytes) <= st.sharedOptin) {
+    raiseSmem((const void *)mlaPrefillMmaKernel, size_t(mma.bytes),
+              "mlaAttentionNaive");
+    dim3 grid(unsigned((n + kTcQ - 1) / kTcQ), unsigned(heads));
+    launchKernel(st, "mlaAttentionNaive", mlaPrefillMmaKernel, grid,
+                 kTcWarps * 32, size_t(mma.bytes), q, ldq, kv, ldkv, krope, ldk,
+                 n, nope, vdim, qHead, kvHead, float(scale), out, ldo);
+    return;
+  }
   const PrefillTcLayout tc(qHead, vdim);
   if (st.dtype == ComputeDtype::BF16 && size_t(tc.bytes) <= st.sharedOptin) {
     raiseSmem((const void *)mlaPrefillTcKernel, size_t(tc.bytes),

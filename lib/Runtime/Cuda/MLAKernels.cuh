@@ -180,6 +180,97 @@ struct PrefillTcLayout {
   }
 };
 
+/// Whether loadPrefillTile may load 16-byte chunks: every part of a K/V row
+/// starts 16-byte aligned, and a row's chunks fit a warp's kTcChunks each.
+__device__ inline bool prefillTileVec(const float *kv, int64_t ldkv,
+                                      const float *krope, int64_t ldk,
+                                      int64_t nope, int64_t qHead, int64_t vdim,
+                                      int64_t kvHead, int64_t qPad,
+                                      int64_t vPad) {
+  return nope % 4 == 0 && qHead % 4 == 0 && vdim % 4 == 0 && kvHead % 4 == 0 &&
+         ldkv % 4 == 0 && ldk % 4 == 0 &&
+         reinterpret_cast<uintptr_t>(kv) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(krope) % 16 == 0 &&
+         qPad / 4 + vPad / 4 <= 32 * kTcChunks;
+}
+
+/// Keys [j0, j0 + kTcK) of one head into shared memory as bf16 (the whole
+/// block calls it): K rows (nope from kvHead0, rope from krope, zeros to
+/// qPad) into ks [kTcK][ldQK], V rows (zeros to vPad) into vs [kTcK][ldV];
+/// rows at or past `keys` are zeros. vec (prefillTileVec): rows as 16-byte
+/// chunks, chunk c of a row being K's for c < qPad / 4 and V's above, a
+/// warp's rows kTcRowsInFlight at a time with every load issued before any
+/// store; else element by element.
+__device__ inline void loadPrefillTile(const float *kvHead0, int64_t ldkv,
+                                       const float *krope, int64_t ldk,
+                                       int64_t j0, int64_t keys, int64_t nope,
+                                       int64_t qHead, int64_t vdim,
+                                       int64_t qPad, int64_t vPad, bool vec,
+                                       __nv_bfloat16 *ks, int64_t ldQK,
+                                       __nv_bfloat16 *vs, int64_t ldV) {
+  using bf16 = __nv_bfloat16;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int nc = int(nope / 4), hc = int(qHead / 4), qc = int(qPad / 4);
+  const int dc = int(vdim / 4), vc = int(vPad / 4);
+  if (vec) {
+    for (int r0 = warp; r0 < kTcK; r0 += kTcWarps * kTcRowsInFlight) {
+      float4 v[kTcRowsInFlight][kTcChunks];
+#pragma unroll
+      for (int i = 0; i < kTcRowsInFlight; ++i) {
+        const int64_t j = j0 + r0 + i * kTcWarps;
+        const float *kvRow = kvHead0 + j * ldkv, *kr = krope + j * ldk;
+#pragma unroll
+        for (int c = 0; c < kTcChunks; ++c) {
+          const int ch = lane + 32 * c;
+          const float *src = nullptr;
+          if (j < keys) {
+            if (ch < nc)
+              src = kvRow + 4 * ch;
+            else if (ch < hc)
+              src = kr + 4 * (ch - nc);
+            else if (ch >= qc && ch - qc < dc)
+              src = kvRow + nope + 4 * (ch - qc);
+          }
+          v[i][c] = src ? *reinterpret_cast<const float4 *>(src)
+                        : float4{0.0f, 0.0f, 0.0f, 0.0f};
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kTcRowsInFlight; ++i) {
+        const int r = r0 + i * kTcWarps;
+#pragma unroll
+        for (int c = 0; c < kTcChunks; ++c) {
+          const int ch = lane + 32 * c;
+          bf16 *dst = ch < qc        ? ks + r * ldQK + 4 * ch
+                      : ch < qc + vc ? vs + r * ldV + 4 * (ch - qc)
+                                     : nullptr;
+          if (dst) {
+            dst[0] = __float2bfloat16(v[i][c].x);
+            dst[1] = __float2bfloat16(v[i][c].y);
+            dst[2] = __float2bfloat16(v[i][c].z);
+            dst[3] = __float2bfloat16(v[i][c].w);
+          }
+        }
+      }
+    }
+    return;
+  }
+  for (int64_t r = warp; r < kTcK; r += kTcWarps) {
+    const int64_t j = j0 + r;
+    const bool live = j < keys;
+    const float *kvRow = kvHead0 + j * ldkv, *kr = krope + j * ldk;
+    for (int64_t d = lane; d < qPad; d += 32) {
+      float v = 0.0f;
+      if (live && d < qHead)
+        v = d < nope ? kvRow[d] : kr[d - nope];
+      ks[r * ldQK + d] = __float2bfloat16(v);
+    }
+    for (int64_t d = lane; d < vPad; d += 32)
+      vs[r * ldV + d] =
+          __float2bfloat16(live && d < vdim ? kvRow[nope + d] : 0.0f);
+  }
+}
+
 /// Causal attention of the naive (prefill) form on tensor cores; the same
 /// arguments and result as mlaPrefillKernel. Each warp owns 16 query rows
 /// end to end (scores, their online softmax, the output rows), so only the
@@ -225,78 +316,13 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     lRow[tid] = 0.0f;
   }
 
-  // K and V rows as 16-byte chunks (4 floats), where every part of a row
-  // starts 16-byte aligned: chunk c of a row is K's (nope, then rope, then
-  // zeros to qPad) for c < qPad / 4, V's (then zeros to vPad) above.
-  const int nc = int(nope / 4), hc = int(qHead / 4), qc = int(L.qPad / 4);
-  const int dc = int(vdim / 4), vc = int(L.vPad / 4);
-  const bool vec = nope % 4 == 0 && qHead % 4 == 0 && vdim % 4 == 0 &&
-                   kvHead % 4 == 0 && ldkv % 4 == 0 && ldk % 4 == 0 &&
-                   reinterpret_cast<uintptr_t>(kv) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(krope) % 16 == 0 &&
-                   qc + vc <= 32 * kTcChunks;
   const float *kvHead0 = kv + h * kvHead; // this head's K/V columns
-
+  const bool vec = prefillTileVec(kv, ldkv, krope, ldk, nope, qHead, vdim,
+                                  kvHead, L.qPad, L.vPad);
   for (int64_t j0 = 0; j0 < keys; j0 += kTcK) {
     __syncthreads(); // every warp is done with the previous K and V
-    if (vec) {
-      // A warp's rows two at a time, every load issued before any store.
-      for (int r0 = warp; r0 < kTcK; r0 += kTcWarps * kTcRowsInFlight) {
-        float4 v[kTcRowsInFlight][kTcChunks];
-#pragma unroll
-        for (int i = 0; i < kTcRowsInFlight; ++i) {
-          const int64_t j = j0 + r0 + i * kTcWarps;
-          const float *kvRow = kvHead0 + j * ldkv, *kr = krope + j * ldk;
-#pragma unroll
-          for (int c = 0; c < kTcChunks; ++c) {
-            const int ch = lane + 32 * c;
-            const float *src = nullptr;
-            if (j < keys) {
-              if (ch < nc)
-                src = kvRow + 4 * ch;
-              else if (ch < hc)
-                src = kr + 4 * (ch - nc);
-              else if (ch >= qc && ch - qc < dc)
-                src = kvRow + nope + 4 * (ch - qc);
-            }
-            v[i][c] = src ? *reinterpret_cast<const float4 *>(src)
-                          : float4{0.0f, 0.0f, 0.0f, 0.0f};
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < kTcRowsInFlight; ++i) {
-          const int r = r0 + i * kTcWarps;
-#pragma unroll
-          for (int c = 0; c < kTcChunks; ++c) {
-            const int ch = lane + 32 * c;
-            bf16 *dst = ch < qc        ? ks + r * L.ldQK + 4 * ch
-                        : ch < qc + vc ? vs + r * L.ldV + 4 * (ch - qc)
-                                       : nullptr;
-            if (dst) {
-              dst[0] = __float2bfloat16(v[i][c].x);
-              dst[1] = __float2bfloat16(v[i][c].y);
-              dst[2] = __float2bfloat16(v[i][c].z);
-              dst[3] = __float2bfloat16(v[i][c].w);
-            }
-          }
-        }
-      }
-    } else {
-      for (int64_t r = warp; r < kTcK; r += kTcWarps) {
-        const int64_t j = j0 + r;
-        const bool live = j < keys;
-        const float *kvRow = kv + j * ldkv + h * kvHead, *kr = krope + j * ldk;
-        for (int64_t d = lane; d < L.qPad; d += 32) {
-          float v = 0.0f;
-          if (live && d < qHead)
-            v = d < nope ? kvRow[d] : kr[d - nope];
-          ks[r * L.ldQK + d] = __float2bfloat16(v);
-        }
-        for (int64_t d = lane; d < L.vPad; d += 32)
-          vs[r * L.ldV + d] =
-              __float2bfloat16(live && d < vdim ? kvRow[nope + d] : 0.0f);
-      }
-    }
+    loadPrefillTile(kvHead0, ldkv, krope, ldk, j0, keys, nope, qHead, vdim,
+                    L.qPad, L.vPad, vec, ks, L.ldQK, vs, L.ldV);
     __syncthreads();
     if (w0 >= rows)
       continue; // this warp's queries are all padding
@@ -373,6 +399,204 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     const int64_t r = w0 + rr;
     for (int64_t d = lane; d < vdim; d += 32)
       out[(i0 + r) * ldo + h * vdim + d] = os[r * L.ldO + d] / lRow[r];
+  }
+}
+
+/// The mma prefill's v head dims held in registers (16 bf16 n-tiles of 8).
+constexpr int kMmaVMax = 128;
+
+/// mlaPrefillMmaKernel's shared memory: Q, K and V tiles in bf16 only (the
+/// scores, probabilities and output stay in registers), 67 KB at
+/// DeepSeek's head dims, so three blocks share a multiprocessor. Strides as
+/// PrefillTcLayout's: 8 bf16 past the padded dims, so the fragment loads of
+/// a row group's eight rows start on different banks.
+struct PrefillMmaLayout {
+  int64_t qPad, vPad, ldQK, ldV; ///< head dims rounded up to 16; strides
+  int64_t offK, offV, bytes;     ///< byte offsets (Q at 0), total
+
+  __host__ __device__ PrefillMmaLayout(int64_t qHead, int64_t vdim) {
+    qPad = (qHead + 15) / 16 * 16;
+    vPad = (vdim + 15) / 16 * 16;
+    ldQK = qPad + 8, ldV = vPad + 8;
+    offK = PrefillTcLayout::align(kTcQ * ldQK * 2);        // Q [kTcQ][ldQK]
+    offV = offK + PrefillTcLayout::align(kTcK * ldQK * 2); // K [kTcK][ldQK]
+    bytes = offV + PrefillTcLayout::align(kTcK * ldV * 2); // V [kTcK][ldV]
+  }
+};
+
+/// Two consecutive bf16 of shared memory as one fragment register (the
+/// lower index in the low half); p is 4-byte aligned (one 32-bit load,
+/// where a memcpy from a bf16 pointer may become two).
+__device__ inline uint32_t bf16Pair(const __nv_bfloat16 *p) {
+  return *reinterpret_cast<const uint32_t *>(p);
+}
+
+/// Two bf16 from different rows as one fragment register (lo in the low
+/// half).
+__device__ inline uint32_t bf16Pair(const __nv_bfloat16 *lo,
+                                    const __nv_bfloat16 *hi) {
+  uint16_t a, b;
+  memcpy(&a, lo, sizeof(a));
+  memcpy(&b, hi, sizeof(b));
+  return uint32_t(a) | uint32_t(b) << 16;
+}
+
+/// Causal attention of the naive (prefill) form on tensor cores, as
+/// FlashAttention-2 keeps it: the same arguments, block shape (64 queries
+/// of one head, 4 warps of 16) and rounding points as mlaPrefillTcKernel
+/// (q, k, v and the probabilities in bf16, float32 scores, softmax and
+/// output), but each warp's scores and output accumulate in registers
+/// (mma.sync m16n8k16): the scores' C fragments are, pairwise, the A
+/// fragments of P V, so no score or output tile goes through shared memory,
+/// and only Q, K and V do. Needs vdim <= kMmaVMax.
+__global__ void __launch_bounds__(kTcWarps * 32, 3)
+    mlaPrefillMmaKernel(const float *q, int64_t ldq, const float *kv,
+                        int64_t ldkv, const float *krope, int64_t ldk,
+                        int64_t n, int64_t nope, int64_t vdim, int64_t qHead,
+                        int64_t kvHead, float scale, float *out, int64_t ldo) {
+  pdlEnter();
+  using bf16 = __nv_bfloat16;
+  DS_DYNAMIC_SHARED(unsigned char, smemMma);
+  const PrefillMmaLayout L(qHead, vdim);
+  bf16 *qs = reinterpret_cast<bf16 *>(smemMma);
+  bf16 *ks = reinterpret_cast<bf16 *>(smemMma + L.offK);
+  bf16 *vs = reinterpret_cast<bf16 *>(smemMma + L.offV);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int w0 = warp * 16, g = lane / 4, t = lane % 4;
+  const int64_t h = blockIdx.y;
+  // Later query tiles see more keys: they are scheduled first.
+  const int64_t i0 = int64_t(gridDim.x - 1 - blockIdx.x) * kTcQ;
+  const int64_t rows = imin(kTcQ, n - i0);
+  const int64_t keys = i0 + rows; // the last query sees keys [0, keys)
+
+  for (int64_t r = warp; r < kTcQ; r += kTcWarps) {
+    const float *src = q + (i0 + r) * ldq + h * qHead;
+    for (int64_t d = lane; d < L.qPad; d += 32)
+      qs[r * L.ldQK + d] =
+          __float2bfloat16(r < rows && d < qHead ? src[d] : 0.0f);
+  }
+
+  // Lane (g, t) holds rows w0 + g and w0 + g + 8 of the warp's 16: their
+  // output columns 8 vt + 2t and + 1, softmax max and sum.
+  constexpr int kVT = kMmaVMax / 8;
+  const int vTiles = int(L.vPad / 8);
+  float o[kVT][4];
+#pragma unroll
+  for (int vt = 0; vt < kVT; ++vt)
+    o[vt][0] = o[vt][1] = o[vt][2] = o[vt][3] = 0.0f;
+  float mRun[2] = {-INFINITY, -INFINITY}, lRun[2] = {0.0f, 0.0f};
+  const int64_t qi[2] = {i0 + w0 + g, i0 + w0 + g + 8};
+
+  const float *kvHead0 = kv + h * kvHead; // this head's K/V columns
+  const bool vec = prefillTileVec(kv, ldkv, krope, ldk, nope, qHead, vdim,
+                                  kvHead, L.qPad, L.vPad);
+  for (int64_t j0 = 0; j0 < keys; j0 += kTcK) {
+    __syncthreads(); // every warp is done with the previous K and V
+    loadPrefillTile(kvHead0, ldkv, krope, ldk, j0, keys, nope, qHead, vdim,
+                    L.qPad, L.vPad, vec, ks, L.ldQK, vs, L.ldV);
+    __syncthreads();
+    if (w0 >= rows)
+      continue; // this warp's queries are all padding
+
+    // S = Q K^T: 8 n-tiles of 8 keys; Q's fragment once per k step.
+    float sc[kTcK / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kTcK / 8; ++nt)
+      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+    for (int64_t k = 0; k < L.qPad; k += 16) {
+      const bf16 *qa = qs + (w0 + g) * L.ldQK + k + 2 * t;
+      const uint32_t a[4] = {bf16Pair(qa), bf16Pair(qa + 8 * L.ldQK),
+                             bf16Pair(qa + 8), bf16Pair(qa + 8 * L.ldQK + 8)};
+#pragma unroll
+      for (int nt = 0; nt < kTcK / 8; ++nt) {
+        const bf16 *kb = ks + (nt * 8 + g) * L.ldQK + k + 2 * t;
+        const uint32_t b[2] = {bf16Pair(kb), bf16Pair(kb + 8)};
+        mmaBf16(sc[nt], a, b);
+      }
+    }
+
+    // Online softmax of rows g and g + 8 (a row's 64 scores are spread over
+    // the 4 lanes of its group). P in bf16; the sums add the rounded values,
+    // so P V is normalised by what it used.
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kTcK / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t key = j0 + nt * 8 + 2 * t + (e & 1);
+        const float v = key <= qi[e / 2] ? sc[nt][e] * scale : -INFINITY;
+        sc[nt][e] = v;
+        mx[e / 2] = fmaxf(mx[e / 2], v);
+      }
+    float mNew[2], corr[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      mNew[r] = fmaxf(mRun[r], mx[r]);
+    }
+    uint32_t pw[kTcK / 8][2]; // [n-tile][row]: keys 2t, 2t + 1 of the tile
+#pragma unroll
+    for (int nt = 0; nt < kTcK / 8; ++nt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const bool none = mNew[r] == -INFINITY;
+        const bf16 p0 =
+            __float2bfloat16(none ? 0.0f : expf(sc[nt][2 * r] - mNew[r]));
+        const bf16 p1 =
+            __float2bfloat16(none ? 0.0f : expf(sc[nt][2 * r + 1] - mNew[r]));
+        sum[r] += __bfloat162float(p0) + __bfloat162float(p1);
+        pw[nt][r] = bf16Pair(&p0, &p1);
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+      corr[r] = mNew[r] == -INFINITY ? 1.0f : expf(mRun[r] - mNew[r]);
+      mRun[r] = mNew[r];
+      lRun[r] = lRun[r] * corr[r] + sum[r];
+    }
+#pragma unroll
+    for (int vt = 0; vt < kVT; ++vt) {
+      o[vt][0] *= corr[0], o[vt][1] *= corr[0];
+      o[vt][2] *= corr[1], o[vt][3] *= corr[1];
+    }
+
+    // O += P V: P's A fragment for 16 keys is the scores' C fragments of
+    // their two n-tiles; V's B fragment pairs rows 2t, 2t + 1 (+ 8).
+#pragma unroll
+    for (int kk = 0; kk < kTcK / 16; ++kk) {
+      const uint32_t a[4] = {pw[2 * kk][0], pw[2 * kk][1], pw[2 * kk + 1][0],
+                             pw[2 * kk + 1][1]};
+      const bf16 *vb = vs + (kk * 16 + 2 * t) * L.ldV + g;
+#pragma unroll
+      for (int vt = 0; vt < kVT; ++vt) {
+        if (vt >= vTiles)
+          break;
+        const bf16 *c = vb + vt * 8;
+        const uint32_t b[2] = {bf16Pair(c, c + L.ldV),
+                               bf16Pair(c + 8 * L.ldV, c + 9 * L.ldV)};
+        mmaBf16(o[vt], a, b);
+      }
+    }
+  }
+  if (w0 >= rows)
+    return;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = w0 + g + 8 * r;
+    if (row >= rows)
+      continue;
+    const float inv = 1.0f / lRun[r];
+    float *dst = out + (i0 + row) * ldo + h * vdim;
+#pragma unroll
+    for (int vt = 0; vt < kVT; ++vt) {
+      const int64_t d = vt * 8 + 2 * t;
+      if (d < vdim)
+        dst[d] = o[vt][2 * r] * inv;
+      if (d + 1 < vdim)
+        dst[d + 1] = o[vt][2 * r + 1] * inv;
+    }
   }
 }
 
