@@ -486,6 +486,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3)
     o[vt][0] = o[vt][1] = o[vt][2] = o[vt][3] = 0.0f;
   float mRun[2] = {-INFINITY, -INFINITY}, lRun[2] = {0.0f, 0.0f};
   const int64_t qi[2] = {i0 + w0 + g, i0 + w0 + g + 8};
+  const float scale2 = scale * 1.4426950408889634f; // log2(e)
 
   const float *kvHead0 = kv + h * kvHead; // this head's K/V columns
   const bool vec = prefillTileVec(kv, ldkv, krope, ldk, nope, qHead, vdim,
@@ -516,15 +517,20 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3)
     }
 
     // Online softmax of rows g and g + 8 (a row's 64 scores are spread over
-    // the 4 lanes of its group). P in bf16; the sums add the rounded values,
-    // so P V is normalised by what it used.
+    // the 4 lanes of its group), in base 2: scores times scale * log2(e),
+    // so each probability is one exp2 (the same values as exp of the scaled
+    // scores). P in bf16; the sums add the rounded values, so P V is
+    // normalised by what it used. Keys past a row's query are masked by
+    // their offset in the tile (j0 <= i0 <= every query of the block).
+    const int lim[2] = {int(imin(qi[0] - j0, kTcK)),
+                        int(imin(qi[1] - j0, kTcK))};
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < kTcK / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int64_t key = j0 + nt * 8 + 2 * t + (e & 1);
-        const float v = key <= qi[e / 2] ? sc[nt][e] * scale : -INFINITY;
+        const int key = nt * 8 + 2 * t + (e & 1);
+        const float v = key <= lim[e / 2] ? sc[nt][e] * scale2 : -INFINITY;
         sc[nt][e] = v;
         mx[e / 2] = fmaxf(mx[e / 2], v);
       }
@@ -542,9 +548,9 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3)
       for (int r = 0; r < 2; ++r) {
         const bool none = mNew[r] == -INFINITY;
         const bf16 p0 =
-            __float2bfloat16(none ? 0.0f : expf(sc[nt][2 * r] - mNew[r]));
+            __float2bfloat16(none ? 0.0f : exp2f(sc[nt][2 * r] - mNew[r]));
         const bf16 p1 =
-            __float2bfloat16(none ? 0.0f : expf(sc[nt][2 * r + 1] - mNew[r]));
+            __float2bfloat16(none ? 0.0f : exp2f(sc[nt][2 * r + 1] - mNew[r]));
         sum[r] += __bfloat162float(p0) + __bfloat162float(p1);
         pw[nt][r] = bf16Pair(&p0, &p1);
       }
@@ -552,7 +558,7 @@ __global__ void __launch_bounds__(kTcWarps * 32, 3)
     for (int r = 0; r < 2; ++r) {
       sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
       sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
-      corr[r] = mNew[r] == -INFINITY ? 1.0f : expf(mRun[r] - mNew[r]);
+      corr[r] = mNew[r] == -INFINITY ? 1.0f : exp2f(mRun[r] - mNew[r]);
       mRun[r] = mNew[r];
       lRun[r] = lRun[r] * corr[r] + sum[r];
     }
